@@ -1,0 +1,1 @@
+"""FlowForge data foundation."""

@@ -1,0 +1,1 @@
+"""Schema, engine and Piccolo app of FlowForge."""

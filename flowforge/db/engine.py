@@ -1,0 +1,249 @@
+"""The one database engine: lazily configured, pooled, with transactions that never leak.
+
+``piccolo_conf.DB`` is an instance of :class:`FlowForgeEngine`. It differs from
+Piccolo's ``PostgresEngine`` in four deliberate ways:
+
+* Construction touches nothing. The connection target is resolved from
+  :func:`flowforge.settings.get_settings` on first use (``DATABASE_URL``, or the
+  embedded server), so importing ``piccolo_conf`` never blocks on the network.
+* Every pool acquire has a timeout (``DB_POOL_ACQUIRE_TIMEOUT``); Piccolo's waits
+  forever on a full pool. A timeout is a :class:`PoolTimeoutError` (HTTP 503).
+* :class:`SafeTransaction` always releases its connection and resets the
+  current-transaction context, even when BEGIN, COMMIT or ROLLBACK fails.
+  Piccolo's ``PostgresTransaction.__aexit__`` has no ``finally``: a failed COMMIT
+  leaks the pooled connection, and a failed ROLLBACK leaves the task's later
+  queries pointed at a dead connection (see ../shared/PICCOLO_NOTES.md).
+* Pool start never fails because the database is down: the app stays up,
+  ``/readyz`` reports 503, and connections are made as soon as it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
+
+from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class PoolTimeoutError(DatabaseUnavailableError):
+    """No database connection became free in time; try again shortly."""
+
+    code = "pool_timeout"
+
+
+def database_url(settings: Settings) -> str:
+    """The URL to connect to: ``DATABASE_URL``, or the embedded server's."""
+    if settings.database_url is not None:
+        return settings.database_url
+    from flowforge.db import embedded
+
+    return embedded.database_url(settings.data_dir)
+
+
+def asyncpg_config(settings: Settings) -> dict[str, Any]:
+    """Connection arguments for asyncpg, from settings."""
+    return {
+        "dsn": database_url(settings),
+        "timeout": settings.connect_timeout,
+        # The client-side backstop fires a little after the server-side limit,
+        # so a slow statement is cancelled cleanly by the server first.
+        "command_timeout": settings.statement_timeout + 5,
+        "server_settings": {
+            "application_name": "flowforge",
+            "statement_timeout": str(int(settings.statement_timeout * 1000)),
+            # Never sit idle inside a transaction holding locks (a stuck client).
+            "idle_in_transaction_session_timeout": str(
+                int((settings.statement_timeout + 30) * 1000)
+            ),
+        },
+    }
+
+
+class SafeTransaction(PostgresTransaction):
+    """A Piccolo transaction that always gives its connection back.
+
+    Nested use is a no-op returning the outer transaction (Piccolo's
+    behaviour); use ``await tx.savepoint()`` for a partial rollback.
+    """
+
+    engine: FlowForgeEngine
+
+    async def __aenter__(self) -> PostgresTransaction:
+        if self._parent is not None:
+            return self._parent
+        self.connection = await self.engine.acquire()
+        try:
+            self.transaction = self.connection.transaction()
+            await self.begin()
+        except BaseException:
+            await self.engine.release(self.connection, broken=True)
+            raise
+        self.context = self.engine.current_transaction.set(self)
+        return self
+
+    async def __aexit__(self, exception_type: Any, exception: Any, traceback: Any) -> bool:
+        if self._parent is not None:
+            return exception is None
+        broken = False
+        try:
+            if exception is not None:
+                if not self._rolled_back:
+                    try:
+                        await self.rollback()
+                    except Exception:
+                        # The original exception is the one that matters; the
+                        # connection is discarded below.
+                        broken = True
+                        logger.warning("rollback failed; discarding connection", exc_info=True)
+            elif not self._committed and not self._rolled_back:
+                try:
+                    await self.commit()
+                except BaseException:
+                    broken = True
+                    raise
+        finally:
+            self.engine.current_transaction.reset(self.context)
+            await self.engine.release(self.connection, broken=broken)
+        return exception is None
+
+
+class FlowForgeEngine(PostgresEngine):
+    """Piccolo's PostgresEngine, configured from settings on first use."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._resolved_config: dict[str, Any] | None = None
+        super().__init__(config={}, extensions=())
+
+    # Piccolo's Engine.__init__ connects to check the server version and create
+    # extensions. We need no extension (gen_random_uuid is core since PG 13) and
+    # check the version when the pool starts instead.
+    async def check_version(self) -> None:
+        return None
+
+    async def prep_database(self) -> None:
+        return None
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings if self._settings is not None else get_settings()
+
+    @property  # type: ignore[override]
+    def config(self) -> dict[str, Any]:
+        if self._resolved_config is None:
+            self._resolved_config = asyncpg_config(self.settings)
+        return self._resolved_config
+
+    @config.setter
+    def config(self, value: dict[str, Any]) -> None:
+        # Piccolo's __init__ assigns {}; an explicit non-empty config wins.
+        self._resolved_config = value or None
+
+    def reconfigure(self, settings: Settings | None = None) -> None:
+        """Forget the resolved target; the next connection reads `settings` (or the env)."""
+        if self.pool is not None:
+            raise RuntimeError("close the connection pool before reconfiguring the engine")
+        self._settings = settings
+        self._resolved_config = None
+
+    def transaction(self, allow_nested: bool = True) -> SafeTransaction:
+        return SafeTransaction(engine=self, allow_nested=allow_nested)
+
+    async def start_connection_pool(self, **kwargs: Any) -> None:
+        """Create the pool sized by settings; warm it if the database is up.
+
+        The pool is created with no initial connections so that a database
+        that is down at start-up does not stop the process; it then opens
+        ``DB_POOL_MIN_SIZE`` connections on a best-effort basis.
+        """
+        if self.pool is not None:
+            return
+        settings = self.settings
+        options: dict[str, Any] = {
+            **self.config,
+            "min_size": 0,
+            "max_size": settings.pool_max_size,
+            "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
+            **kwargs,
+        }
+        self.pool = await asyncpg.create_pool(**options)
+        await self.warm_up(settings.pool_min_size)
+
+    async def warm_up(self, count: int) -> None:
+        """Open `count` connections now, so the first requests do not pay for them."""
+        if self.pool is None or count <= 0:
+            return
+        connections: list[Any] = []
+        try:
+            for _ in range(count):
+                connections.append(await self.pool.acquire(timeout=self.settings.connect_timeout))
+        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as error:
+            logger.warning("database not reachable at start-up (%s); will retry on demand", error)
+        finally:
+            for connection in connections:
+                await self.pool.release(connection)
+
+    async def close_connection_pool(self) -> None:
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            try:
+                await asyncio.wait_for(pool.close(), timeout=self.settings.statement_timeout)
+            except (TimeoutError, *CONNECTION_ERRORS):
+                logger.warning("pool did not close cleanly; terminating it", exc_info=True)
+                pool.terminate()
+
+    async def acquire(self) -> Any:
+        """A connection from the pool (or a new one without a pool), within the timeout."""
+        if self.pool is None:
+            return await self.get_new_connection()
+        timeout = self.settings.pool_acquire_timeout
+        try:
+            return await self.pool.acquire(timeout=timeout)
+        except TimeoutError:
+            raise PoolTimeoutError(
+                f"No database connection became free within {timeout:g}s; try again shortly."
+            ) from None
+
+    async def release(self, connection: Any, *, broken: bool = False) -> None:
+        """Give a connection back; a broken one is terminated instead of reused."""
+        if self.pool is None:
+            connection.terminate() if broken else await connection.close()
+            return
+        if broken:
+            connection.terminate()
+        try:
+            await self.pool.release(connection, timeout=self.settings.connect_timeout)
+        except Exception:
+            logger.warning("pool release failed; terminating connection", exc_info=True)
+            connection.terminate()
+
+    async def _run_in_pool(self, query: str, args: Any = None) -> Any:
+        connection = await self.acquire()
+        broken = False
+        try:
+            return await connection.fetch(query, *(args or []))
+        except CONNECTION_ERRORS:
+            broken = True
+            raise
+        finally:
+            await self.release(connection, broken=broken)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Run raw SQL on the current transaction's connection, or a pooled one.
+
+        For hot paths and operational queries where the query builder adds
+        nothing; values are always bound parameters, never formatted in.
+        """
+        current = self.current_transaction.get()
+        if current is not None:
+            return list(await current.connection.fetch(sql, *args))
+        if self.pool is not None:
+            return list(await self._run_in_pool(sql, args))
+        return list(await self._run_in_new_connection(sql, args))

@@ -1,0 +1,17 @@
+"""The `flowforge` Piccolo app: its tables, its migrations and its commands."""
+
+from piccolo.conf.apps import AppConfig, Command
+
+from flowforge.db.tables import TABLES
+from flowforge.seed import seed
+from flowforge.settings import REPO_ROOT
+
+APP_CONFIG = AppConfig(
+    app_name="flowforge",
+    # Top-level folder: Piccolo imports every .py in it by bare name, so it
+    # holds migrations and nothing else.
+    migrations_folder_path=str(REPO_ROOT / "piccolo_migrations"),
+    table_classes=list(TABLES),
+    migration_dependencies=[],
+    commands=[Command(callable=seed, aliases=["seed-data"])],
+)

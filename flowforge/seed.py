@@ -1,0 +1,2 @@
+async def seed() -> None:
+    """Placeholder."""
