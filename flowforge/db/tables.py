@@ -33,6 +33,8 @@ from piccolo.columns.defaults.uuid import UUID4
 from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
+from flowforge.db.engine import DB
+
 
 def sql_in(column: str, enum: type[StrEnum]) -> str:
     """``column IN ('a', 'b')`` for a CHECK constraint, from the Python enum."""
@@ -116,7 +118,7 @@ class Audited:
     updated_at = _now()
 
 
-class User(Audited, Table, tablename="users"):
+class User(Audited, Table, tablename="users", db=DB):
     email = _required_text(320)
     display_name = _required_text(200)
     role = Varchar(length=16, null=False, default=Role.DEVELOPER.value, choices=Role)
@@ -128,7 +130,7 @@ class User(Audited, Table, tablename="users"):
     users_display_name_not_blank = Check("btrim(display_name) <> ''")
 
 
-class ApiKey(Audited, Table, tablename="api_keys"):
+class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     # CASCADE: a key is a credential of its user and means nothing without them.
     user_id = ForeignKey(User, null=False, on_delete=OnDelete.cascade, index=True)
     name = _required_text(100)
@@ -148,7 +150,7 @@ class ApiKey(Audited, Table, tablename="api_keys"):
     api_keys_name_not_blank = Check("btrim(name) <> ''")
 
 
-class Workflow(Audited, Table, tablename="workflows"):
+class Workflow(Audited, Table, tablename="workflows", db=DB):
     # RESTRICT: deleting a user must not silently erase their workflows and run
     # history; deactivate the user instead (users.is_active).
     owner_id = ForeignKey(User, null=False, on_delete=OnDelete.restrict)
@@ -165,7 +167,7 @@ class Workflow(Audited, Table, tablename="workflows"):
     workflows_name_not_blank = Check("btrim(name) <> ''")
 
 
-class WorkflowStep(Audited, Table, tablename="workflow_steps"):
+class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
     # CASCADE: steps are part of the workflow's definition. Run history does not
     # depend on them (run_step_logs keeps its own snapshot of the step).
     workflow_id = ForeignKey(Workflow, null=False, on_delete=OnDelete.cascade)
@@ -184,7 +186,7 @@ class WorkflowStep(Audited, Table, tablename="workflow_steps"):
     workflow_steps_action_type_not_blank = Check("btrim(action_type) <> ''")
 
 
-class WorkflowRun(Audited, Table, tablename="workflow_runs"):
+class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     # RESTRICT: run history is an audit record. A workflow with runs cannot be
     # deleted (deactivate it); retention pruning removes old runs first.
     workflow_id = ForeignKey(Workflow, null=False, on_delete=OnDelete.restrict)
@@ -210,7 +212,7 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs"):
     workflow_runs_inputs_object = Check("jsonb_typeof(inputs) = 'object'")
 
 
-class RunStepLog(Audited, Table, tablename="run_step_logs"):
+class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
     """One attempt of one step in one run."""
 
     # CASCADE: step logs are part of their run and are pruned with it.
@@ -236,7 +238,7 @@ class RunStepLog(Audited, Table, tablename="run_step_logs"):
     run_step_logs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
 
 
-class Outbox(Audited, Table, tablename="outbox"):
+class Outbox(Audited, Table, tablename="outbox", db=DB):
     """Domain events, written in the same transaction as the change they describe."""
 
     aggregate_type = _required_text(64)

@@ -1,0 +1,100 @@
+"""The one translation from errors to HTTP responses.
+
+Every error response has the same shape::
+
+    {"error": {"code": "conflict", "message": "...", "details": {...}}}
+
+Domain errors map by class; driver errors that escaped a transaction are
+translated first (flowforge.errors.translate_db_error); anything else is a 500
+with a generic message. Raw database text and tracebacks never reach a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from flowforge.errors import (
+    AppError,
+    ConflictError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    translate_db_error,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: list[tuple[type[AppError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (DatabaseUnavailableError, 503),
+]
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def status_for(error: AppError) -> int:
+    for error_class, status in STATUS_BY_ERROR:
+        if isinstance(error, error_class):
+            return status
+    return 500
+
+
+def app_error_response(error: AppError) -> JSONResponse:
+    status = status_for(error)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(
+        error_body(error.code, error.message, error.details), status_code=status, headers=headers
+    )
+
+
+async def handle_app_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, AppError)
+    return app_error_response(error)
+
+
+async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
+    domain_error = translate_db_error(error)
+    if domain_error is not None:
+        return app_error_response(domain_error)
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        error_body("internal_error", "An unexpected error occurred."), status_code=500
+    )
+
+
+async def handle_validation(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = [
+        {
+            "location": ".".join(str(part) for part in item.get("loc", ())),
+            "message": item.get("msg", "invalid value"),
+        }
+        for item in error.errors()
+    ]
+    return JSONResponse(
+        error_body("validation_error", "The request is not valid.", {"problems": problems}),
+        status_code=422,
+    )
+
+
+async def handle_http(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, handle_app_error)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(StarletteHTTPException, handle_http)
+    app.add_exception_handler(Exception, handle_unexpected)

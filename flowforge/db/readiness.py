@@ -1,0 +1,69 @@
+"""Is the database ready for this code? Reachable, and its schema at head."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import lru_cache
+
+import asyncpg
+from piccolo.apps.migrations.commands.base import BaseMigrationManager
+
+from flowforge.db.engine import DB
+from flowforge.db.registry import APP_REGISTRY
+from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+
+
+class NotReadyError(Exception):
+    """The database cannot serve this version of FlowForge (yet)."""
+
+
+@lru_cache(maxsize=1)
+def expected_migrations() -> frozenset[tuple[str, str]]:
+    """(app, migration id) for every migration file of every registered app."""
+    manager = BaseMigrationManager()
+    expected = set()
+    for app_config in APP_REGISTRY.app_configs.values():
+        modules = manager.get_migration_modules(app_config.resolved_migrations_folder_path)
+        expected.update((app_config.app_name, migration_id) for migration_id in modules)
+    return frozenset(expected)
+
+
+async def _applied_migrations() -> set[tuple[str, str]]:
+    try:
+        rows = await DB.fetch("SELECT app_name, name FROM migration")
+    except asyncpg.exceptions.UndefinedTableError:
+        return set()
+    return {(row["app_name"], row["name"]) for row in rows}
+
+
+async def check_database(timeout: float) -> None:
+    """Raise NotReadyError with a safe, short reason unless the database is ready.
+
+    A query through the pool proves the database answers; comparing applied
+    migrations with the migration files proves the schema is the one this
+    code expects. Pooled connections that died while the server restarted
+    each fail once, so connection errors are retried (bounded by pool size
+    and by `timeout`) before the check gives up.
+    """
+    attempts = DB.settings.pool_max_size + 1
+    try:
+        async with asyncio.timeout(timeout):
+            for attempt in range(attempts):
+                try:
+                    applied = await _applied_migrations()
+                    break
+                except CONNECTION_ERRORS:
+                    if attempt == attempts - 1:
+                        raise
+    except TimeoutError:
+        raise NotReadyError(f"no answer within {timeout:g}s") from None
+    except DatabaseUnavailableError as error:
+        raise NotReadyError(error.message.rstrip(".").lower()) from None
+    except CONNECTION_ERRORS as error:
+        raise NotReadyError(f"cannot connect ({type(error).__name__})") from None
+    except asyncpg.PostgresError as error:
+        raise NotReadyError(f"query failed ({error.sqlstate})") from None
+    pending = expected_migrations() - applied
+    if pending:
+        names = ", ".join(sorted(f"{app}:{migration}" for app, migration in pending))
+        raise NotReadyError(f"{len(pending)} migration(s) not applied: {names}")

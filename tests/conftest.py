@@ -1,0 +1,52 @@
+"""Session set-up: one test database built by the real migrations.
+
+1. A template database is migrated with the real CLI
+   (`piccolo migrations forwards all`), exactly as a deployment would be.
+2. The test database is cloned from it, and DATABASE_URL points at it for the
+   rest of the session (the engine reads settings lazily, nothing is patched).
+3. Each test that uses the database starts from empty tables (TRUNCATE before,
+   not clean-up after, so a crashed test cannot poison the next one). Tests
+   may commit freely.
+
+Migration tests build their own scratch databases (tests/test_migrations.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests import support
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    template = support.database_name("template")
+    template_url = await support.create_database(template)
+    support.piccolo("migrations", "forwards", "all", database_url=template_url)
+    name = support.database_name("main")
+    url = await support.create_database(name, template=template)
+
+    from flowforge.db.engine import DB
+    from flowforge.settings import get_settings
+
+    os.environ["DATABASE_URL"] = url
+    os.environ["FLOWFORGE_ENV"] = "test"
+    get_settings.cache_clear()
+    DB.reconfigure()
+    yield url
+    if DB.pool is not None:
+        await DB.close_connection_pool()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[None]:
+    """Empty app tables and a running pool on the migrated test database."""
+    from flowforge.db.engine import DB
+
+    if DB.pool is None:
+        await DB.start_connection_pool()
+    await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
+    yield

@@ -1,0 +1,94 @@
+"""Test databases: a server (DATABASE_URL's, or the embedded one), and databases on it.
+
+The suite never touches the database DATABASE_URL names: it creates its own
+databases on the same server, named after this checkout so that two
+checkouts (or pytest-xdist workers) never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Captured before conftest points DATABASE_URL at the test database.
+USER_DATABASE_URL = os.environ.get("DATABASE_URL") or None
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` with its database name replaced (works for host and socket URLs)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def server_url() -> str:
+    """A URL on the server the tests use, for its maintenance database."""
+    if USER_DATABASE_URL:
+        return with_database(USER_DATABASE_URL, "postgres")
+    from flowforge.db import embedded
+    from flowforge.settings import Settings
+
+    return embedded.database_url(Settings().data_dir, "postgres")
+
+
+def database_name(purpose: str) -> str:
+    checkout = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"ff_test_{checkout}_{worker}_{purpose}"
+
+
+async def create_database(name: str, template: str | None = None) -> str:
+    """(Re)create database `name`, empty or cloned from `template`; returns its URL."""
+    admin_url = server_url()
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        clause = f' TEMPLATE "{template}" STRATEGY FILE_COPY' if template else ""
+        await connection.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await connection.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(name: str) -> None:
+    connection = await asyncpg.connect(server_url())
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+def piccolo(*args: str, database_url: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the real `piccolo` CLI against `database_url`, from the repository root."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "piccolo.main", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"piccolo {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+APP_TABLES = [
+    "users",
+    "api_keys",
+    "workflows",
+    "workflow_steps",
+    "workflow_runs",
+    "run_step_logs",
+    "outbox",
+]
