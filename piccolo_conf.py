@@ -1,14 +1,13 @@
 """Piccolo configuration for the `piccolo` CLI: the one engine and the apps.
 
-Importing this module does not connect: the engine resolves DATABASE_URL (or
-starts the embedded server) on first use. Invalid settings stop here with a
-readable message and exit status 2.
+Settings are validated here, and the database target resolved (starting the
+embedded server when DATABASE_URL is unset), so a bad configuration stops the
+CLI with a readable message and exit status 2 instead of a traceback.
 """
 
-from flowforge.db.engine import DB
+from flowforge.db.engine import DB, check_configuration
 from flowforge.db.registry import APP_REGISTRY
-from flowforge.settings import get_settings
 
-get_settings()
+check_configuration()
 
 __all__ = ["APP_REGISTRY", "DB"]

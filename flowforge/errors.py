@@ -44,6 +44,12 @@ class InvalidTransitionError(ConflictError):
     code = "invalid_transition"
 
 
+class InvalidInputError(AppError):
+    """The input is not valid."""
+
+    code = "invalid_input"
+
+
 class DatabaseUnavailableError(AppError):
     """The database is unavailable right now; try again shortly."""
 
@@ -120,7 +126,7 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
 
 # Connection-class failures: the server went away, the network broke, or the
 # connection was lost mid-statement. All of them mean "try again later".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
     OSError,  # includes TimeoutError (connect timeout)
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.ConnectionFailureError,
@@ -147,7 +153,7 @@ def translate_db_error(error: BaseException) -> AppError | None:
         return ConflictError(constraint=name)
     if isinstance(error, asyncpg.exceptions.DataError):
         # Bad value for a column type (invalid UUID text, out-of-range number, ...).
-        return ConflictError("A value has the wrong type or is out of range.")
+        return InvalidInputError("A value has the wrong type or is out of range.")
     if isinstance(error, asyncpg.exceptions.QueryCanceledError):
         return DatabaseUnavailableError("The database took too long to answer; try again.")
     if isinstance(error, CONNECTION_ERRORS):

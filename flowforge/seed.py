@@ -40,7 +40,9 @@ USERS = [
 ]
 
 # name, owner email, trigger type, trigger config, steps (name, action type, config)
-WORKFLOWS: list[tuple[str, str, TriggerType, dict[str, Any], list[tuple[str, str, dict[str, Any]]]]] = [
+WORKFLOWS: list[
+    tuple[str, str, TriggerType, dict[str, Any], list[tuple[str, str, dict[str, Any]]]]
+] = [
     (
         "Nightly report",
         "developer@flowforge.local",
@@ -69,7 +71,11 @@ WORKFLOWS: list[tuple[str, str, TriggerType, dict[str, Any], list[tuple[str, str
         {"path": "/hooks/github", "secret_ref": "github-webhook"},
         [
             ("Parse payload", "json.transform", {"expression": "$.commits[*].message"}),
-            ("Post to Slack", "http.request", {"method": "POST", "url": "https://slack.example/hook"}),
+            (
+                "Post to Slack",
+                "http.request",
+                {"method": "POST", "url": "https://slack.example/hook"},
+            ),
         ],
     ),
     (
@@ -78,7 +84,11 @@ WORKFLOWS: list[tuple[str, str, TriggerType, dict[str, Any], list[tuple[str, str
         TriggerType.MANUAL,
         {},
         [
-            ("Fetch invoices", "http.request", {"method": "GET", "url": "https://billing.example/api"}),
+            (
+                "Fetch invoices",
+                "http.request",
+                {"method": "GET", "url": "https://billing.example/api"},
+            ),
             ("Match payments", "python.call", {"function": "recon.match"}),
             ("Flag mismatches", "python.call", {"function": "recon.flag"}),
             ("Notify finance", "email.send", {"to": ["finance@example.com"]}),
@@ -128,8 +138,14 @@ def build() -> SeedData:
         created = at(index)
         data.users.append((user_ids[email], email, name, role.value, True, created))
         data.events.append(
-            (seed_id("event", "user.created", email), "user", user_ids[email], "user.created",
-             dumps({"user_id": user_ids[email], "email": email, "role": role.value}), created)
+            (
+                seed_id("event", "user.created", email),
+                "user",
+                user_ids[email],
+                "user.created",
+                dumps({"user_id": user_ids[email], "email": email, "role": role.value}),
+                created,
+            )
         )
 
     workflow_steps: list[list[tuple[UUID, int, str]]] = []
@@ -137,23 +153,51 @@ def build() -> SeedData:
         workflow_id = seed_id("workflow", name)
         created = at(60 + index)
         data.workflows.append(
-            (workflow_id, user_ids[owner], name, f"Seeded example: {name.lower()}.",
-             trigger.value, dumps(trigger_config), True, created)
+            (
+                workflow_id,
+                user_ids[owner],
+                name,
+                f"Seeded example: {name.lower()}.",
+                trigger.value,
+                dumps(trigger_config),
+                True,
+                created,
+            )
         )
         these_steps = []
         for position, (step_name, action, config) in enumerate(steps):
             step_id = seed_id("step", name, position)
             these_steps.append((step_id, position, step_name))
             data.steps.append(
-                (step_id, workflow_id, position, step_name, action, dumps(config),
-                 dumps(RETRY_POLICY), created)
+                (
+                    step_id,
+                    workflow_id,
+                    position,
+                    step_name,
+                    action,
+                    dumps(config),
+                    dumps(RETRY_POLICY),
+                    created,
+                )
             )
         workflow_steps.append(these_steps)
         data.events.append(
-            (seed_id("event", "workflow.created", name), "workflow", workflow_id,
-             "workflow.created",
-             dumps({"workflow_id": workflow_id, "owner_id": user_ids[owner], "name": name,
-                    "trigger_type": trigger.value, "step_count": len(steps)}), created)
+            (
+                seed_id("event", "workflow.created", name),
+                "workflow",
+                workflow_id,
+                "workflow.created",
+                dumps(
+                    {
+                        "workflow_id": workflow_id,
+                        "owner_id": user_ids[owner],
+                        "name": name,
+                        "trigger_type": trigger.value,
+                        "step_count": len(steps),
+                    }
+                ),
+                created,
+            )
         )
 
     for number, (workflow_index, status, failing_position) in enumerate(RUNS):
@@ -182,8 +226,14 @@ def _add_run(
 
     def event(kind: str, when: datetime.datetime, **payload: Any) -> None:
         data.events.append(
-            (seed_id("event", kind, run_id), "workflow_run", run_id, kind,
-             dumps({"run_id": run_id, "workflow_id": workflow_id, **payload}), when)
+            (
+                seed_id("event", kind, run_id),
+                "workflow_run",
+                run_id,
+                kind,
+                dumps({"run_id": run_id, "workflow_id": workflow_id, **payload}),
+                when,
+            )
         )
 
     event("run.created", created, status="pending")
@@ -193,7 +243,9 @@ def _add_run(
         # A running run is part-way through: its last step is still running.
         last = len(steps) - 1 if status is RunStatus.RUNNING else None
         for step_id, position, step_name in steps:
-            attempts = 2 if position == failing_position or (position == 0 and number % 3 == 0) else 1
+            attempts = (
+                2 if position == failing_position or (position == 0 and number % 3 == 0) else 1
+            )
             if position == failing_position:
                 attempts = 3
             for attempt in range(1, attempts + 1):
@@ -207,13 +259,24 @@ def _add_run(
                 else:
                     log_status, finished, log_error = RunStatus.COMPLETED, clock, None
                 data.logs.append(
-                    (seed_id("log", run_id, position, attempt), run_id, step_id, position,
-                     step_name, attempt, log_status.value, dumps({"attempt": attempt}),
-                     dumps({"ok": True}) if log_status is RunStatus.COMPLETED else None,
-                     log_error, step_started, finished, step_started)
+                    (
+                        seed_id("log", run_id, position, attempt),
+                        run_id,
+                        step_id,
+                        position,
+                        step_name,
+                        attempt,
+                        log_status.value,
+                        dumps({"attempt": attempt}),
+                        dumps({"ok": True}) if log_status is RunStatus.COMPLETED else None,
+                        log_error,
+                        step_started,
+                        finished,
+                        step_started,
+                    )
                 )
                 error = log_error or error
-            if position == failing_position or position == last:
+            if position in (failing_position, last):
                 break
     finished = clock if status.is_terminal else None
     if status is RunStatus.COMPLETED:
@@ -224,10 +287,20 @@ def _add_run(
         finished = created + datetime.timedelta(minutes=1)
         event("run.cancelled", finished, status="cancelled")
     data.runs.append(
-        (run_id, workflow_id, status.value, trigger, owner_id, dumps({"run_number": number}),
-         dumps({"ok": True}) if status is RunStatus.COMPLETED else None,
-         error if status is RunStatus.FAILED else None, f"seed-{number}", started, finished,
-         created)
+        (
+            run_id,
+            workflow_id,
+            status.value,
+            trigger,
+            owner_id,
+            dumps({"run_number": number}),
+            dumps({"ok": True}) if status is RunStatus.COMPLETED else None,
+            error if status is RunStatus.FAILED else None,
+            f"seed-{number}",
+            started,
+            finished,
+            created,
+        )
     )
 
 

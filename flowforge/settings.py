@@ -98,7 +98,9 @@ def describe_validation_error(error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "settings"
         field = Settings.model_fields.get(where)
-        name = field.validation_alias if field and isinstance(field.validation_alias, str) else where
+        name = (
+            field.validation_alias if field and isinstance(field.validation_alias, str) else where
+        )
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {str(name).upper()}: {message}")
     return "\n".join(lines)

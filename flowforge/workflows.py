@@ -22,6 +22,22 @@ STEP_COLUMNS = (
 )
 
 
+# Constant column lists interpolated at import time; every value is a bind parameter.
+INSERT_WORKFLOW = f"""
+    INSERT INTO workflows (owner_id, name, description, trigger_type, trigger_config)
+    VALUES ($1, $2, $3, $4, $5::jsonb)
+    RETURNING {WORKFLOW_COLUMNS}
+"""  # noqa: S608
+# All steps in one round trip: one array per column, unnested into rows.
+INSERT_STEPS = f"""
+    INSERT INTO workflow_steps (workflow_id, position, name, action_type, config, retry_policy)
+    SELECT $1, s.position, s.name, s.action_type, s.config::jsonb, s.retry_policy::jsonb
+    FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS s(position, name, action_type, config, retry_policy)
+    RETURNING {STEP_COLUMNS}
+"""  # noqa: S608
+
+
 @dataclass(frozen=True)
 class StepSpec:
     position: int
@@ -58,11 +74,7 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
     connection = DB.require_transaction().connection
     workflow = _record(
         await connection.fetchrow(
-            f"""
-            INSERT INTO workflows (owner_id, name, description, trigger_type, trigger_config)
-            VALUES ($1, $2, $3, $4, $5::jsonb)
-            RETURNING {WORKFLOW_COLUMNS}
-            """,
+            INSERT_WORKFLOW,
             spec.owner_id,
             spec.name,
             spec.description,
@@ -73,13 +85,7 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     if spec.steps:
         rows = await connection.fetch(
-            f"""
-            INSERT INTO workflow_steps (workflow_id, position, name, action_type, config, retry_policy)
-            SELECT $1, s.position, s.name, s.action_type, s.config::jsonb, s.retry_policy::jsonb
-            FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
-                AS s(position, name, action_type, config, retry_policy)
-            RETURNING {STEP_COLUMNS}
-            """,
+            INSERT_STEPS,
             workflow["id"],
             [step.position for step in spec.steps],
             [step.name for step in spec.steps],

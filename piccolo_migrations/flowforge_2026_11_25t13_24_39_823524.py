@@ -21,7 +21,15 @@ ID = "2026-11-25T13:24:39:823524"
 VERSION = "1.38.0"
 DESCRIPTION = "updated_at triggers, case-insensitive email, query-pattern indexes"
 
-TABLES = ["users", "api_keys", "workflows", "workflow_steps", "workflow_runs", "run_step_logs", "outbox"]
+TABLES = [
+    "users",
+    "api_keys",
+    "workflows",
+    "workflow_steps",
+    "workflow_runs",
+    "run_step_logs",
+    "outbox",
+]
 
 FORWARDS = [
     """

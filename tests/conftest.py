@@ -42,11 +42,10 @@ async def database_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[None]:
+async def db(database_url: str) -> None:
     """Empty app tables and a running pool on the migrated test database."""
     from flowforge.db.engine import DB
 
     if DB.pool is None:
         await DB.start_connection_pool()
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
-    yield

@@ -7,10 +7,12 @@ checkouts (or pytest-xdist workers) never collide.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -38,7 +40,7 @@ def server_url() -> str:
 
 
 def database_name(purpose: str) -> str:
-    checkout = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]  # noqa: S324 - a name, not security
+    checkout = hashlib.sha1(str(REPO_ROOT).encode()).hexdigest()[:8]
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     return f"ff_test_{checkout}_{worker}_{purpose}"
 
@@ -67,7 +69,7 @@ async def drop_database(name: str) -> None:
 def piccolo(*args: str, database_url: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the real `piccolo` CLI against `database_url`, from the repository root."""
     env = {**os.environ, "DATABASE_URL": database_url}
-    result = subprocess.run(  # noqa: S603
+    result = subprocess.run(
         [sys.executable, "-m", "piccolo.main", *args],
         cwd=REPO_ROOT,
         env=env,
@@ -92,3 +94,29 @@ APP_TABLES = [
     "run_step_logs",
     "outbox",
 ]
+
+
+@contextlib.asynccontextmanager
+async def global_engine_on(url: str) -> AsyncIterator[None]:
+    """Point the process's engine (flowforge.db.engine.DB) at `url`, then restore it."""
+    from flowforge.db.engine import DB
+    from flowforge.settings import get_settings
+
+    previous = os.environ.get("DATABASE_URL")
+    had_pool = DB.pool is not None
+    await DB.close_connection_pool()
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    DB.reconfigure()
+    try:
+        yield
+    finally:
+        await DB.close_connection_pool()
+        if previous is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = previous
+        get_settings.cache_clear()
+        DB.reconfigure()
+        if had_pool:
+            await DB.start_connection_pool()

@@ -88,7 +88,9 @@ async def test_updated_at_is_maintained_by_the_database_even_for_raw_sql() -> No
     user = await make_user()
     await asyncio.sleep(0.01)
     await DB.fetch("UPDATE users SET display_name = 'Ada L.' WHERE id = $1", user["id"])
-    after = (await DB.fetch("SELECT created_at, updated_at FROM users WHERE id = $1", user["id"]))[0]
+    after = (await DB.fetch("SELECT created_at, updated_at FROM users WHERE id = $1", user["id"]))[
+        0
+    ]
     assert after["created_at"] == user["created_at"]
     assert after["updated_at"] > user["updated_at"]
 
@@ -278,9 +280,7 @@ async def test_step_logs_survive_replacing_the_workflows_steps() -> None:
         WorkflowStep, workflow_id=workflow["id"], position=0, name="old", action_type="a"
     )
     run = await make_run(workflow["id"], status="running", started_at=NOW)
-    await insert(
-        RunStepLog, run_id=run["id"], step_id=step["id"], step_position=0, step_name="old"
-    )
+    await insert(RunStepLog, run_id=run["id"], step_id=step["id"], step_position=0, step_name="old")
     await WorkflowStep.delete().where(WorkflowStep.workflow_id == workflow["id"])
     logs = await RunStepLog.select(RunStepLog.step_id, RunStepLog.step_name).run()
     assert logs == [{"step_id": None, "step_name": "old"}]

@@ -10,8 +10,7 @@ from fastapi import FastAPI
 
 from flowforge.api import health
 from flowforge.api.errors import install_error_handlers
-from flowforge.db.engine import DB
-from flowforge.settings import get_settings
+from flowforge.db.engine import DB, check_configuration
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    get_settings()  # invalid settings stop start-up here, with a readable message
+    check_configuration()  # bad settings stop start-up here, with a readable message
     app = FastAPI(title="FlowForge", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(health.router)

@@ -14,15 +14,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flowforge.errors import (
+    CONNECTION_ERRORS,
     AppError,
     ConflictError,
     DatabaseUnavailableError,
+    InvalidInputError,
     NotFoundError,
     translate_db_error,
 )
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 STATUS_BY_ERROR: list[tuple[type[AppError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
+    (InvalidInputError, 422),
     (DatabaseUnavailableError, 503),
 ]
 
@@ -95,6 +99,12 @@ async def handle_http(request: Request, error: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, handle_app_error)
+    # Driver errors that escaped a transaction's translation are expected
+    # failures (a constraint, a lost connection), not bugs: handled here, they
+    # are answered without Starlette logging them as unhandled.
+    expected_failures: tuple[type[Exception], ...] = (asyncpg.PostgresError, *CONNECTION_ERRORS)
+    for error_class in expected_failures:
+        app.add_exception_handler(error_class, handle_unexpected)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(Exception, handle_unexpected)

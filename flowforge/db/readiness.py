@@ -21,7 +21,7 @@ class NotReadyError(Exception):
 def expected_migrations() -> frozenset[tuple[str, str]]:
     """(app, migration id) for every migration file of every registered app."""
     manager = BaseMigrationManager()
-    expected = set()
+    expected: set[tuple[str, str]] = set()
     for app_config in APP_REGISTRY.app_configs.values():
         modules = manager.get_migration_modules(app_config.resolved_migrations_folder_path)
         expected.update((app_config.app_name, migration_id) for migration_id in modules)
@@ -36,18 +36,18 @@ async def _applied_migrations() -> set[tuple[str, str]]:
     return {(row["app_name"], row["name"]) for row in rows}
 
 
-async def check_database(timeout: float) -> None:
+async def check_database(deadline_seconds: float) -> None:
     """Raise NotReadyError with a safe, short reason unless the database is ready.
 
     A query through the pool proves the database answers; comparing applied
     migrations with the migration files proves the schema is the one this
     code expects. Pooled connections that died while the server restarted
     each fail once, so connection errors are retried (bounded by pool size
-    and by `timeout`) before the check gives up.
+    and by `deadline_seconds`) before the check gives up.
     """
     attempts = DB.settings.pool_max_size + 1
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(deadline_seconds):
             for attempt in range(attempts):
                 try:
                     applied = await _applied_migrations()
@@ -56,7 +56,7 @@ async def check_database(timeout: float) -> None:
                     if attempt == attempts - 1:
                         raise
     except TimeoutError:
-        raise NotReadyError(f"no answer within {timeout:g}s") from None
+        raise NotReadyError(f"no answer within {deadline_seconds:g}s") from None
     except DatabaseUnavailableError as error:
         raise NotReadyError(error.message.rstrip(".").lower()) from None
     except CONNECTION_ERRORS as error:

@@ -97,8 +97,8 @@ def _id() -> UUID:
     return UUID(primary_key=True, default=UUID4())
 
 
-def _now(**kwargs: object) -> Timestamptz:
-    return Timestamptz(default=TimestamptzNow(), null=False, **kwargs)
+def _now() -> Timestamptz:
+    return Timestamptz(default=TimestamptzNow(), null=False)
 
 
 def _required_text(length: int) -> Varchar:

@@ -1,0 +1,50 @@
+# One command per intent. Every target installs what it needs first.
+#   make run    set up, migrate, seed and serve on http://127.0.0.1:8000
+#   make test   set up and run the whole suite with coverage (>= 80% of flowforge/)
+#   make lint   ruff + mypy, check mode only
+
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: setup migrate seed run serve test lint db-status db-stop clean
+
+$(INSTALLED): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,embedded]'
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)
+
+migrate: setup
+	$(BIN)/piccolo migrations forwards all
+
+seed: migrate
+	$(BIN)/piccolo flowforge seed
+
+serve: setup
+	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
+
+run: seed serve
+
+test: setup
+	$(BIN)/pytest --cov=flowforge --cov-report=term-missing:skip-covered
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+db-status: setup
+	$(BIN)/python -m flowforge.db.embedded status
+
+db-stop: setup
+	$(BIN)/python -m flowforge.db.embedded stop
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

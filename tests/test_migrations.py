@@ -1,0 +1,192 @@
+"""The migrations themselves, through the real `piccolo` CLI, on scratch databases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from piccolo.apps.migrations.commands.new import AutoMigrationManager
+from piccolo.columns import Varchar
+from piccolo.conf.apps import AppConfig
+from piccolo.constraints import Check
+
+from flowforge.db import tables
+from flowforge.db.piccolo_app import APP_CONFIG
+from tests import support
+
+RAW_MIGRATION_ID = "2026-11-25T13:24:39:823524"
+
+# Every database object the flowforge app creates, by kind.
+APP_INDEXES = {
+    "users_email_lower_key",
+    "workflows_owner_id_created_at_idx",
+    "workflow_runs_workflow_id_created_at_idx",
+    "workflow_runs_workflow_id_status_created_at_idx",
+    "workflow_runs_status_created_at_idx",
+    "workflow_runs_triggered_by_user_id_idx",
+    "run_step_logs_step_id_idx",
+    "outbox_unpublished_idx",
+    "api_keys_user_id",
+    "api_keys_prefix_key",
+    "workflow_steps_workflow_position_key",
+    "workflow_runs_workflow_idempotency_key",
+    "run_step_logs_run_step_attempt_key",
+}
+ALL_APP_TABLES = {*support.APP_TABLES, "piccolo_user", "sessions"}
+
+
+async def inventory(url: str) -> dict[str, set[str]]:
+    """The app-created objects present in the database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        tables_ = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'migration'"
+        )
+        indexes = await connection.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
+            "AND tablename <> 'migration'"
+        )
+        triggers = await connection.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        functions = await connection.fetch(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+        )
+        constraints = await connection.fetch(
+            "SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
+            "AND conrelid <> COALESCE(to_regclass('public.migration'), 0)::oid"
+        )
+    finally:
+        await connection.close()
+    return {
+        "tables": {row["tablename"] for row in tables_},
+        "indexes": {row["indexname"] for row in indexes},
+        "triggers": {row["tgname"] for row in triggers},
+        "functions": {row["proname"] for row in functions},
+        "constraints": {row["conname"] for row in constraints},
+    }
+
+
+async def row_counts(url: str) -> dict[str, int]:
+    connection = await asyncpg.connect(url)
+    try:
+        return {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            for table in support.APP_TABLES
+        }
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def scratch_url() -> AsyncIterator[str]:
+    name = support.database_name("scratch")
+    yield await support.create_database(name)
+    await support.drop_database(name)
+
+
+async def test_forwards_backwards_forwards_cycle(scratch_url: str) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    built = await inventory(scratch_url)
+    assert built["tables"] == ALL_APP_TABLES
+    assert built["indexes"] >= APP_INDEXES
+    assert {f"{table}_set_updated_at" for table in support.APP_TABLES} <= built["triggers"]
+    assert "flowforge_set_updated_at" in built["functions"]
+
+    support.piccolo(
+        "migrations",
+        "backwards",
+        "all",
+        "--migration_id=all",
+        "--auto_agree",
+        database_url=scratch_url,
+    )
+    assert await inventory(scratch_url) == {
+        "tables": set(),
+        "indexes": set(),
+        "triggers": set(),
+        "functions": set(),
+        "constraints": set(),
+    }
+
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    assert await inventory(scratch_url) == built
+
+
+async def test_stepping_back_the_index_and_trigger_migration_loses_no_rows(
+    scratch_url: str,
+) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    support.piccolo("flowforge", "seed", database_url=scratch_url)
+    seeded = await row_counts(scratch_url)
+    assert seeded["workflow_runs"] == 10 and seeded["run_step_logs"] > 0 and seeded["outbox"] > 0
+    built = await inventory(scratch_url)
+
+    support.piccolo(
+        "migrations",
+        "backwards",
+        "flowforge",
+        f"--migration_id={RAW_MIGRATION_ID}",
+        "--auto_agree",
+        database_url=scratch_url,
+    )
+    stepped_back = await inventory(scratch_url)
+    assert "outbox_unpublished_idx" not in stepped_back["indexes"]
+    assert "users_set_updated_at" not in stepped_back["triggers"]
+    assert stepped_back["tables"] == built["tables"]
+    assert await row_counts(scratch_url) == seeded
+
+    support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+    assert await inventory(scratch_url) == built
+    assert await row_counts(scratch_url) == seeded
+
+
+async def test_backwards_without_auto_agree_and_stdin_fails_cleanly(scratch_url: str) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    result = support.piccolo(
+        "migrations",
+        "backwards",
+        "flowforge",
+        "--migration_id=all",
+        database_url=scratch_url,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert (await inventory(scratch_url))["tables"] == ALL_APP_TABLES
+
+
+async def alter_statements(app_config: AppConfig) -> list[Any]:
+    manager = AutoMigrationManager(auto_input="n")
+    found = await manager.get_alter_statements(app_config=app_config)
+    return [statement for group in found for statement in group.statements]
+
+
+async def test_table_classes_match_the_migrations() -> None:
+    """Drift: a Table class changed without a matching migration fails here."""
+    assert await alter_statements(APP_CONFIG) == []
+
+
+class DriftedUser(tables.Audited, tables.Table, tablename="users"):
+    """`users` with one column more and one constraint renamed: must be detected."""
+
+    email = Varchar(length=320, null=False, default=None)
+    display_name = Varchar(length=200, null=False, default=None)
+    role = Varchar(length=16, null=False, default="developer")
+    is_active = tables.Boolean(default=True, null=False)
+    nickname = Varchar(length=50)
+    users_email_format = Check(r"email ~ '^[^@\s]+@[^@\s]+$'")
+    users_role_is_valid = Check("role IN ('admin', 'developer', 'viewer')")
+    users_display_name_not_blank = Check("btrim(display_name) <> ''")
+
+
+async def test_the_drift_check_detects_a_change() -> None:
+    drifted = AppConfig(
+        app_name=APP_CONFIG.app_name,
+        migrations_folder_path=APP_CONFIG.migrations_folder_path,
+        table_classes=[
+            DriftedUser if table is tables.User else table for table in APP_CONFIG.table_classes
+        ],
+    )
+    statements = " ".join(str(statement) for statement in await alter_statements(drifted))
+    assert "nickname" in statements
+    assert "users_role_is_valid" in statements

@@ -1,0 +1,126 @@
+"""Settings: documented defaults, and bad values stop start-up with a clear message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from flowforge.db.engine import asyncpg_config
+from flowforge.settings import Environment, Settings, SettingsError, get_settings
+from tests.support import REPO_ROOT
+
+DEFAULTS = {
+    "database_url": None,
+    "pool_min_size": 2,
+    "pool_max_size": 20,
+    "pool_acquire_timeout": 10.0,
+    "pool_max_inactive_lifetime": 1800.0,
+    "statement_timeout": 30.0,
+    "connect_timeout": 5.0,
+    "environment": Environment.DEVELOPMENT,
+}
+SETTING_VARIABLES = [
+    "DATABASE_URL",
+    "FLOWFORGE_ENV",
+    "FLOWFORGE_DATA_DIR",
+    "DB_POOL_MIN_SIZE",
+    "DB_POOL_MAX_SIZE",
+    "DB_POOL_ACQUIRE_TIMEOUT",
+    "DB_POOL_MAX_INACTIVE_LIFETIME",
+    "DB_STATEMENT_TIMEOUT",
+    "DB_CONNECT_TIMEOUT",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in SETTING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(REPO_ROOT / "tests")  # no .env here
+    return monkeypatch
+
+
+def test_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    for name, value in DEFAULTS.items():
+        assert getattr(settings, name) == value, name
+    assert settings.data_dir == REPO_ROOT / ".flowforge"
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in SETTING_VARIABLES:
+        assert f"`{name}`" in readme, name
+
+
+def test_environment_overrides(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", "postgresql://u:p@db:5432/app")
+    clean_env.setenv("DB_POOL_MIN_SIZE", "1")
+    clean_env.setenv("DB_POOL_MAX_SIZE", "4")
+    clean_env.setenv("DB_STATEMENT_TIMEOUT", "2.5")
+    settings = Settings()
+    assert (settings.pool_min_size, settings.pool_max_size) == (1, 4)
+    config = asyncpg_config(settings)
+    assert config["dsn"] == "postgresql://u:p@db:5432/app"
+    assert config["server_settings"]["statement_timeout"] == "2500"
+    assert config["command_timeout"] > settings.statement_timeout
+    assert config["timeout"] == settings.connect_timeout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DB_POOL_MAX_SIZE", "lots", "DB_POOL_MAX_SIZE: Input should be a valid integer"),
+        ("DB_POOL_MAX_SIZE", "0", "DB_POOL_MAX_SIZE: Input should be greater than or equal to 1"),
+        ("DB_POOL_MIN_SIZE", "50", "DB_POOL_MIN_SIZE (50) must not exceed DB_POOL_MAX_SIZE (20)"),
+        ("DB_POOL_ACQUIRE_TIMEOUT", "-1", "DB_POOL_ACQUIRE_TIMEOUT: Input should be greater"),
+        ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL: must be a PostgreSQL URL"),
+        ("DATABASE_URL", "postgresql://localhost", "DATABASE_URL: must name a database"),
+        ("FLOWFORGE_ENV", "staging", "FLOWFORGE_ENV: Input should be"),
+        ("FLOWFORGE_ENV", "production", "DATABASE_URL is required when FLOWFORGE_ENV=production"),
+    ],
+)
+def test_invalid_settings_fail_with_a_clear_message(
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    clean_env.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError) as caught:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("FlowForge cannot start: invalid settings")
+    assert message in err
+
+
+def test_empty_database_url_means_embedded(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("DATABASE_URL", "")
+    assert Settings().database_url is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [sys.executable, "-m", "piccolo.main", "migrations", "check"],
+        [sys.executable, "-c", "import flowforge.main"],
+    ],
+    ids=["piccolo-cli", "app-import"],
+)
+def test_entry_points_exit_2_without_traceback_on_bad_settings(command: list[str]) -> None:
+    env = {**os.environ, "DB_POOL_MAX_SIZE": "lots"}
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "DB_POOL_MAX_SIZE: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
