@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid5
 
+from flowforge import events
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, RunStatus, TriggerType
 from flowforge.jsonutil import dumps
@@ -140,7 +141,7 @@ def build() -> SeedData:
         data.events.append(
             (
                 seed_id("event", "user.created", email),
-                "user",
+                events.USER,
                 user_ids[email],
                 "user.created",
                 dumps({"user_id": user_ids[email], "email": email, "role": role.value}),
@@ -184,7 +185,7 @@ def build() -> SeedData:
         data.events.append(
             (
                 seed_id("event", "workflow.created", name),
-                "workflow",
+                events.WORKFLOW,
                 workflow_id,
                 "workflow.created",
                 dumps(
@@ -224,21 +225,37 @@ def _add_run(
     clock = started or created
     error = None
 
-    def event(kind: str, when: datetime.datetime, **payload: Any) -> None:
+    def event(
+        new: RunStatus,
+        previous: RunStatus | None,
+        when: datetime.datetime,
+        finished: datetime.datetime | None = None,
+        error: str | None = None,
+    ) -> None:
+        kind = events.RUN_EVENT_BY_STATUS[new.value]
+        run = {
+            "id": run_id,
+            "workflow_id": workflow_id,
+            "status": new.value,
+            "error": error,
+            "started_at": started,
+            "finished_at": finished,
+        }
+        payload = events.run_payload(run, previous.value if previous else None)
         data.events.append(
             (
                 seed_id("event", kind, run_id),
-                "workflow_run",
+                events.WORKFLOW_RUN,
                 run_id,
                 kind,
-                dumps({"run_id": run_id, "workflow_id": workflow_id, **payload}),
+                dumps(payload),
                 when,
             )
         )
 
-    event("run.created", created, status="pending")
+    event(RunStatus.PENDING, None, created)
     if started is not None:
-        event("run.started", started, status="running")
+        event(RunStatus.RUNNING, RunStatus.PENDING, started)
         steps = workflow_steps[workflow_index]
         # A running run is part-way through: its last step is still running.
         last = len(steps) - 1 if status is RunStatus.RUNNING else None
@@ -280,12 +297,12 @@ def _add_run(
                 break
     finished = clock if status.is_terminal else None
     if status is RunStatus.COMPLETED:
-        event("run.completed", clock, status="completed")
+        event(status, RunStatus.RUNNING, clock, finished=finished)
     elif status is RunStatus.FAILED:
-        event("run.failed", clock, status="failed", error=error)
+        event(status, RunStatus.RUNNING, clock, finished=finished, error=error)
     elif status is RunStatus.CANCELLED:
         finished = created + datetime.timedelta(minutes=1)
-        event("run.cancelled", finished, status="cancelled")
+        event(status, RunStatus.PENDING, finished, finished=finished)
     data.runs.append(
         (
             run_id,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from flowforge import events
 from flowforge.db.engine import DB
 from flowforge.db.tables import TriggerType
 from flowforge.errors import NotFoundError
@@ -95,7 +96,7 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
         )
         steps = sorted((_record(row) for row in rows), key=lambda step: step["position"])
     await record_event(
-        "workflow",
+        events.WORKFLOW,
         workflow["id"],
         "workflow.created",
         {
@@ -118,4 +119,6 @@ async def delete_workflow(workflow_id: UUID) -> None:
     )
     if deleted is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    await record_event("workflow", workflow_id, "workflow.deleted", {"workflow_id": workflow_id})
+    await record_event(
+        events.WORKFLOW, workflow_id, "workflow.deleted", {"workflow_id": workflow_id}
+    )
