@@ -27,6 +27,8 @@ from flowforge.db.tables import (
 pytestmark = pytest.mark.usefixtures("db")
 
 NOW = datetime.datetime.now(datetime.UTC)
+# ON DELETE RESTRICT reports SQLSTATE 23503 up to PostgreSQL 17 and 23001 from 18.
+RESTRICT_VIOLATION = (asyncpg.ForeignKeyViolationError, asyncpg.RestrictViolationError)
 
 
 async def insert(table: Any, **values: Any) -> dict[str, Any]:
@@ -246,7 +248,7 @@ async def test_deleting_a_user_deletes_their_api_keys() -> None:
 async def test_a_user_who_owns_workflows_cannot_be_deleted() -> None:
     user = await make_user()
     await make_workflow(user["id"])
-    with pytest.raises(asyncpg.RestrictViolationError) as caught:
+    with pytest.raises(RESTRICT_VIOLATION) as caught:
         await User.delete().where(User.id == user["id"])
     assert caught.value.constraint_name == "workflows_owner_id_fkey"
 
@@ -256,7 +258,7 @@ async def test_deleting_a_workflow_deletes_its_steps_but_not_its_run_history() -
     workflow = await make_workflow(user["id"])
     await insert(WorkflowStep, workflow_id=workflow["id"], position=0, name="s", action_type="a")
     await make_run(workflow["id"])
-    with pytest.raises(asyncpg.RestrictViolationError) as caught:
+    with pytest.raises(RESTRICT_VIOLATION) as caught:
         await Workflow.delete().where(Workflow.id == workflow["id"])
     assert caught.value.constraint_name == "workflow_runs_workflow_id_fkey"
     await WorkflowRun.delete().where(WorkflowRun.workflow_id == workflow["id"])
