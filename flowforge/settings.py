@@ -29,7 +29,12 @@ class Settings(BaseSettings):
     """FlowForge settings. Environment variables win over `.env`."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        # Settings(pool_max_size=2) in code works too, not only DB_POOL_MAX_SIZE.
+        populate_by_name=True,
     )
 
     environment: Environment = Field(

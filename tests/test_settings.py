@@ -124,3 +124,9 @@ def test_entry_points_exit_2_without_traceback_on_bad_settings(command: list[str
     assert result.returncode == 2
     assert "DB_POOL_MAX_SIZE: Input should be a valid integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_settings_can_be_built_in_code_by_field_name(clean_env: pytest.MonkeyPatch) -> None:
+    settings = Settings(pool_min_size=1, pool_max_size=2, database_url="postgresql://h/db")
+    assert (settings.pool_min_size, settings.pool_max_size) == (1, 2)
+    assert settings.database_url == "postgresql://h/db"
