@@ -7,7 +7,7 @@ Each constraint has a deliberate name; ``flowforge.errors.CONSTRAINT_MESSAGES``
 maps those names to messages a user can act on.
 
 Not expressible as Piccolo columns, so created by the raw-SQL migration
-(``piccolo_migrations/flowforge_2025_11_25_0002_triggers_indexes.py``):
+(``piccolo_migrations/flowforge_2026_11_25t13_24_39_823524.py``):
 the ``updated_at`` trigger on every table, the case-insensitive unique email
 index, and the composite / partial indexes for the known query patterns.
 """
