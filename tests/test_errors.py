@@ -19,6 +19,7 @@ from flowforge.errors import (
     translate_db_error,
     translated_db_errors,
 )
+from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -242,27 +243,8 @@ async def test_every_constraint_in_the_schema_has_a_message_and_a_violation_test
         WHERE tablename = ANY($2::text[]) AND indexdef LIKE 'CREATE UNIQUE INDEX%'
             AND indexname NOT LIKE '%_pkey'
         """,
-        [
-            f"public.{table}"
-            for table in (
-                "users",
-                "api_keys",
-                "workflows",
-                "workflow_steps",
-                "workflow_runs",
-                "run_step_logs",
-                "outbox",
-            )
-        ],
-        [
-            "users",
-            "api_keys",
-            "workflows",
-            "workflow_steps",
-            "workflow_runs",
-            "run_step_logs",
-            "outbox",
-        ],
+        [f"public.{table}" for table in support.APP_TABLES],
+        support.APP_TABLES,
     )
     in_schema = {row["name"] for row in rows}
     assert in_schema == set(CONSTRAINT_MESSAGES)
