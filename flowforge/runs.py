@@ -199,11 +199,11 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 TRANSITION_RUN = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
-        status = $2,
-        started_at = CASE WHEN $2 = 'running' THEN now() ELSE r.started_at END,
-        finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE now() END,
-        error = CASE WHEN $2 IN ('failed', 'cancelled') THEN $4 ELSE r.error END,
-        outputs = CASE WHEN $2 = 'completed' THEN $5::jsonb ELSE r.outputs END
+        status = $2::text,
+        started_at = CASE WHEN $2::text = 'running' THEN now() ELSE r.started_at END,
+        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE now() END,
+        error = CASE WHEN $2::text IN ('failed', 'cancelled') THEN $4::text ELSE r.error END,
+        outputs = CASE WHEN $2::text = 'completed' THEN $5::jsonb ELSE r.outputs END
     WHERE r.id = $1 AND r.status = ANY($3::text[])
       AND ($6::uuid IS NULL OR EXISTS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
@@ -402,9 +402,9 @@ WITH step AS (
     SELECT $1, s.id, s.position, s.name,
         coalesce((SELECT max(attempt) FROM run_step_logs
                   WHERE run_id = $1 AND step_position = $3), 0) + 1,
-        $4, $5::jsonb, $6::jsonb, $7,
+        $4::text, $5::jsonb, $6::jsonb, $7::text,
         least(coalesce($8::timestamptz, now()), now()),
-        CASE WHEN $4 = 'running' THEN NULL ELSE now() END
+        CASE WHEN $4::text = 'running' THEN NULL ELSE now() END
     FROM step s
     RETURNING {LOG_COLUMNS}
 ), event AS (
