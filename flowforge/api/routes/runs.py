@@ -162,14 +162,15 @@ IdempotencyKey = Annotated[
 )
 async def trigger_run(
     workflow_id: UUID,
-    body: RunTrigger,
     response: Response,
     transaction: Transaction,
     principal: CurrentPrincipal,
+    body: RunTrigger | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> RunTriggered:
     """Creates a pending run (201). An inactive workflow cannot be triggered (409)."""
     principal.require(Scope.WRITE)
+    body = body or RunTrigger()
     run, created = await runs.trigger_run(
         workflow_id,
         inputs=body.inputs,
