@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from piccolo_admin.endpoints import TableConfig, create_admin
+from piccolo_api.crud.endpoints import OrderBy
 
 from flowforge.db.tables import (
     ApiKey,
@@ -34,11 +35,13 @@ def table_configs() -> list[TableConfig]:
     return [
         TableConfig(
             User,
+            order_by=[OrderBy(User.created_at, ascending=False)],
             visible_columns=[User.email, User.display_name, User.role, User.is_active],
             visible_filters=[User.email, User.role, User.is_active],
         ),
         TableConfig(
             ApiKey,
+            order_by=[OrderBy(ApiKey.created_at, ascending=False)],
             visible_columns=[
                 ApiKey.prefix,
                 ApiKey.name,
@@ -53,6 +56,7 @@ def table_configs() -> list[TableConfig]:
         ),
         TableConfig(
             Workflow,
+            order_by=[OrderBy(Workflow.created_at, ascending=False)],
             visible_columns=[
                 Workflow.name,
                 Workflow.owner_id,
@@ -81,6 +85,7 @@ def table_configs() -> list[TableConfig]:
         ),
         TableConfig(
             WorkflowRun,
+            order_by=[OrderBy(WorkflowRun.created_at, ascending=False)],
             visible_columns=[
                 WorkflowRun.id,
                 WorkflowRun.workflow_id,
@@ -101,6 +106,7 @@ def table_configs() -> list[TableConfig]:
         ),
         TableConfig(
             RunStepLog,
+            order_by=[OrderBy(RunStepLog.created_at, ascending=False)],
             visible_columns=[
                 RunStepLog.run_id,
                 RunStepLog.step_position,
@@ -116,6 +122,7 @@ def table_configs() -> list[TableConfig]:
         ),
         TableConfig(
             Outbox,
+            order_by=[OrderBy(Outbox.created_at, ascending=False)],
             visible_columns=[
                 Outbox.event_type,
                 Outbox.aggregate_type,
