@@ -132,7 +132,7 @@ async def create_api_key(
     grants it (``granted_by``), within that key's own scopes: a key never
     mints a more powerful one. ``granted_by=None`` is the trusted CLI.
     """
-    wanted = frozenset(scopes)
+    wanted = frozenset(Scope(scope) for scope in scopes)
     connection = DB.require_transaction().connection
     user = await connection.fetchrow("SELECT role, is_active FROM users WHERE id = $1", user_id)
     if user is None:
