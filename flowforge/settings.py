@@ -87,6 +87,12 @@ class Settings(BaseSettings):
             raise ValueError("must name a database, e.g. postgresql://host:5432/flowforge")
         return value
 
+    @field_validator("admin_password", mode="before")
+    @classmethod
+    def _blank_password_is_unset(cls, value: object) -> object:
+        # `FLOWFORGE_ADMIN_PASSWORD=` (e.g. from compose's `${VAR:-}`) means "generate one".
+        return None if isinstance(value, str) and value.strip() == "" else value
+
     @model_validator(mode="after")
     def _check_pool_bounds(self) -> Self:
         if self.pool_min_size > self.pool_max_size:

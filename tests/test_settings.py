@@ -175,3 +175,5 @@ def test_admin_password_rules(clean_env: pytest.MonkeyPatch) -> None:
     assert "correct horse" not in repr(settings)  # a secret, never printed
     clean_env.delenv("FLOWFORGE_ADMIN_PASSWORD")
     assert Settings().admin_password is None  # generated on first use
+    clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", "")
+    assert Settings().admin_password is None  # compose's ${VAR:-}
