@@ -562,3 +562,35 @@ async def test_step_logs_keep_their_snapshot_when_steps_are_replaced(
         "step_logs"
     ]
     assert (log["step_id"], log["step_position"], log["step_name"]) == (None, 1, "Render")
+
+
+def _normalise(payload: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps parsed, ids as text: the same facts whatever the serialisation."""
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key.endswith("_at") and isinstance(value, str):
+            out[key] = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        else:
+            out[key] = str(value) if key.endswith("_id") and value is not None else value
+    return out
+
+
+async def test_run_event_payloads_follow_the_events_contract(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    """Payloads built in SQL carry exactly events.run_payload's facts (plus extras)."""
+    run = await trigger(client, developer, workflow["id"])
+    states = [run]
+    previous = [None, "pending", "running"]
+    for action, body in (("start", {}), ("fail", {"error": "boom"})):
+        response = await post(client, developer, f"/api/v1/runs/{run['id']}/{action}", **body)
+        states.append(response.json())
+    emitted = await events(run["id"])
+    assert [e["event_type"] for e in emitted] == ["run.created", "run.started", "run.failed"]
+    for event, state, before in zip(emitted, states, previous, strict=True):
+        expected = _normalise(contract.run_payload(state, before))
+        got = _normalise(event["payload"])
+        assert {key: got[key] for key in expected} == expected, event["event_type"]
+        assert event["payload"]["started_at"] is None or event["payload"]["started_at"].endswith(
+            "+00:00"
+        )
