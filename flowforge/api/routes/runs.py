@@ -22,6 +22,7 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
+from flowforge.principal import Principal
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 422))
 
@@ -218,7 +219,7 @@ async def get_run(run_id: UUID, transaction: Transaction, principal: CurrentPrin
     return RunDetail.model_validate(await runs.get_run(run_id, owner_id=principal.owner_filter))
 
 
-async def _transition(principal: Any, run_id: UUID, action: str, **kwargs: Any) -> RunOut:
+async def _transition(principal: Principal, run_id: UUID, action: str, **kwargs: Any) -> RunOut:
     principal.require(Scope.WRITE)
     run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
     return RunOut.model_validate(run)

@@ -22,6 +22,7 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import Role, Scope
+from flowforge.principal import Principal
 
 router = APIRouter(tags=["users"], responses=error_responses(401, 403, 422))
 
@@ -100,7 +101,7 @@ async def get_user(user_id: UUID, transaction: Transaction, principal: CurrentPr
     return UserOut.model_validate(await users.get_user(user_id))
 
 
-async def _update(user_id: UUID, principal: Any, **changes: Any) -> UserOut:
+async def _update(user_id: UUID, principal: Principal, **changes: Any) -> UserOut:
     principal.require_admin()
     user = await users.update_user(user_id, acting_user_id=principal.user_id, **changes)
     return UserOut.model_validate(user)
