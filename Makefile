@@ -9,6 +9,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The browser test drives Debian's chromium (Playwright never downloads one).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup migrate seed run serve test lint db-status db-stop clean
 
@@ -21,6 +24,12 @@ $(INSTALLED): pyproject.toml requirements.lock
 
 setup: $(INSTALLED)
 
+# chromium does not depend on PostgreSQL packages, so installing it cannot
+# upgrade the server under a running cluster (see the machine notes).
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
 migrate: setup
 	$(BIN)/piccolo migrations forwards all
 
@@ -32,7 +41,7 @@ serve: setup
 
 run: seed serve
 
-test: setup
+test: setup $(CHROMIUM)
 	$(BIN)/pytest --cov=flowforge --cov-report=term-missing:skip-covered
 
 lint: setup

@@ -44,10 +44,40 @@ class InvalidTransitionError(ConflictError):
     code = "invalid_transition"
 
 
+class WorkflowInactiveError(ConflictError):
+    """The workflow is deactivated: reactivate it before triggering runs."""
+
+    code = "workflow_inactive"
+
+
 class InvalidInputError(AppError):
     """The input is not valid."""
 
     code = "invalid_input"
+
+
+class InvalidCursorError(InvalidInputError):
+    """The pagination cursor is not valid: pass back the `next_cursor` of a previous page."""
+
+    code = "invalid_cursor"
+
+
+class IdempotencyConflictError(ConflictError):
+    """This Idempotency-Key was already used with a different request."""
+
+    code = "idempotency_conflict"
+
+
+class UnauthorizedError(AppError):
+    """A valid API key is required: send `Authorization: Bearer <key>`."""
+
+    code = "unauthorized"
+
+
+class ForbiddenError(AppError):
+    """This API key is not allowed to do this."""
+
+    code = "forbidden"
 
 
 class DatabaseUnavailableError(AppError):

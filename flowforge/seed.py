@@ -396,7 +396,16 @@ async def write(data: SeedData) -> dict[str, int]:
 
 
 async def seed() -> None:
-    """Create (or restore) the development seed data. Safe to run repeatedly."""
+    """Create (or restore) the development seed data. Safe to run repeatedly.
+
+    Also gives the seeded admin an API key (once) and ensures the Piccolo Admin
+    login (flowforge/bootstrap.py), so a new user can call the API right away.
+    """
+    from flowforge import bootstrap
+
     async with DB.transaction():
         counts = await write(build())
+        key_message = await bootstrap.ensure_bootstrap_key()
     print("seeded: " + ", ".join(f"{count} {table}" for table, count in counts.items()))
+    print(key_message)
+    await bootstrap.create_admin_login()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     # Seconds to establish a new connection.
     connect_timeout: float = Field(default=5.0, gt=0, le=300, validation_alias="DB_CONNECT_TIMEOUT")
 
+    # The Piccolo Admin login that `piccolo flowforge seed` / `create_admin_login`
+    # ensures. No password: one is generated and printed once, when the login is created.
+    admin_username: str = Field(
+        default="admin",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.@-]+$",
+        validation_alias="FLOWFORGE_ADMIN_USERNAME",
+    )
+    admin_password: SecretStr | None = Field(
+        default=None, validation_alias="FLOWFORGE_ADMIN_PASSWORD"
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -79,6 +92,12 @@ class Settings(BaseSettings):
             raise ValueError("must name a database, e.g. postgresql://host:5432/flowforge")
         return value
 
+    @field_validator("admin_password", mode="before")
+    @classmethod
+    def _blank_password_is_unset(cls, value: object) -> object:
+        # `FLOWFORGE_ADMIN_PASSWORD=` (e.g. from compose's `${VAR:-}`) means "generate one".
+        return None if isinstance(value, str) and value.strip() == "" else value
+
     @model_validator(mode="after")
     def _check_pool_bounds(self) -> Self:
         if self.pool_min_size > self.pool_max_size:
@@ -86,12 +105,50 @@ class Settings(BaseSettings):
                 f"DB_POOL_MIN_SIZE ({self.pool_min_size}) must not exceed "
                 f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
             )
+        if self.admin_password is not None and self.environment is not Environment.DEVELOPMENT:
+            problem = weak_password_problem(self.admin_password.get_secret_value())
+            if problem:
+                raise ValueError(
+                    f"FLOWFORGE_ADMIN_PASSWORD {problem}; outside FLOWFORGE_ENV=development "
+                    "set a real one, or unset it to have one generated"
+                )
         if self.environment is Environment.PRODUCTION and self.database_url is None:
             raise ValueError(
                 "DATABASE_URL is required when FLOWFORGE_ENV=production: "
                 "the embedded database is for development and tests only"
             )
         return self
+
+
+# Values found in examples and defaults: never acceptable outside development.
+PLACEHOLDER_PASSWORDS = frozenset(
+    {
+        "admin",
+        "administrator",
+        "password",
+        "changeme",
+        "change-me",
+        "change_me",
+        "secret",
+        "flowforge",
+        "letmein",
+        "123456",
+        "12345678",
+        "qwerty",
+        "test",
+        "example",
+    }
+)
+MIN_PASSWORD_LENGTH = 12
+
+
+def weak_password_problem(password: str) -> str | None:
+    """Why `password` is not acceptable outside development, or None."""
+    if password.strip().lower() in PLACEHOLDER_PASSWORDS or "change" in password.lower():
+        return "is a placeholder"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"is shorter than {MIN_PASSWORD_LENGTH} characters"
+    return None
 
 
 class SettingsError(SystemExit):

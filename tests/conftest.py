@@ -14,11 +14,14 @@ Migration tests build their own scratch databases (tests/test_migrations.py).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests import support
+
+SESSION_STARTED = time.time()
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +52,19 @@ async def db(database_url: str) -> None:
     if DB.pool is None:
         await DB.start_connection_pool()
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fuzzing figures when this session ran the fuzz test."""
+    import json
+
+    report_path = support.REPO_ROOT / "tests" / "artifacts" / "fuzz-report.json"
+    if not report_path.exists() or report_path.stat().st_mtime < SESSION_STARTED:
+        return  # not run in this session
+    report = json.loads(report_path.read_text())
+    terminalreporter.write_sep("-", "OpenAPI fuzzing (schemathesis)")
+    terminalreporter.write_line(
+        f"{report['requests']} requests to {report['operations']} operations in "
+        f"{report['seconds']} s, {report['server_errors']} server errors (5xx); "
+        f"statuses: {report['statuses']}"
+    )

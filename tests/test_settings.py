@@ -21,6 +21,8 @@ DEFAULTS = {
     "statement_timeout": 30.0,
     "connect_timeout": 5.0,
     "environment": Environment.DEVELOPMENT,
+    "admin_username": "admin",
+    "admin_password": None,
 }
 SETTING_VARIABLES = [
     "DATABASE_URL",
@@ -32,6 +34,8 @@ SETTING_VARIABLES = [
     "DB_POOL_MAX_INACTIVE_LIFETIME",
     "DB_STATEMENT_TIMEOUT",
     "DB_CONNECT_TIMEOUT",
+    "FLOWFORGE_ADMIN_USERNAME",
+    "FLOWFORGE_ADMIN_PASSWORD",
 ]
 
 
@@ -81,6 +85,7 @@ def test_environment_overrides(clean_env: pytest.MonkeyPatch) -> None:
         ("DATABASE_URL", "postgresql://localhost", "DATABASE_URL: must name a database"),
         ("FLOWFORGE_ENV", "staging", "FLOWFORGE_ENV: Input should be"),
         ("FLOWFORGE_ENV", "production", "DATABASE_URL is required when FLOWFORGE_ENV=production"),
+        ("FLOWFORGE_ADMIN_USERNAME", "has space", "FLOWFORGE_ADMIN_USERNAME: String should match"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(
@@ -130,3 +135,51 @@ def test_settings_can_be_built_in_code_by_field_name(clean_env: pytest.MonkeyPat
     settings = Settings(pool_min_size=1, pool_max_size=2, database_url="postgresql://h/db")
     assert (settings.pool_min_size, settings.pool_max_size) == (1, 2)
     assert settings.database_url == "postgresql://h/db"
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("change-me", "is a placeholder"),
+        ("admin", "is a placeholder"),
+        ("Password", "is a placeholder"),
+        ("please-change-this", "is a placeholder"),
+        ("short-Pw1", "is shorter than 12 characters"),
+    ],
+)
+@pytest.mark.parametrize("environment", ["test", "production"])
+def test_placeholder_admin_passwords_are_refused_outside_development(
+    clean_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    environment: str,
+    password: str,
+    problem: str,
+) -> None:
+    clean_env.setenv("FLOWFORGE_ENV", environment)
+    clean_env.setenv("DATABASE_URL", "postgresql://u:p@db:5432/app")
+    clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", password)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert f"FLOWFORGE_ADMIN_PASSWORD {problem}" in err
+    assert password not in err.replace(f"FLOWFORGE_ADMIN_PASSWORD {problem}", "")
+
+
+def test_admin_password_rules(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", "change-me")
+    # Development accepts anything, placeholders included.
+    assert Settings().admin_password is not None
+    clean_env.setenv("FLOWFORGE_ENV", "production")
+    clean_env.setenv("DATABASE_URL", "postgresql://u:p@db:5432/app")
+    clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", "correct horse battery staple")
+    settings = Settings()
+    assert settings.admin_password is not None
+    assert "correct horse" not in repr(settings)  # a secret, never printed
+    clean_env.delenv("FLOWFORGE_ADMIN_PASSWORD")
+    assert Settings().admin_password is None  # generated on first use
+    clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", "")
+    assert Settings().admin_password is None  # compose's ${VAR:-}

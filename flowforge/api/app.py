@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from flowforge.api import health
+from flowforge.api import health, routes
+from flowforge.api.admin import build_admin
 from flowforge.api.errors import install_error_handlers
+from flowforge.api.limits import BodySizeLimit
 from flowforge.db.engine import DB, check_configuration
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     check_configuration()  # bad settings stop start-up here, with a readable message
-    app = FastAPI(title="FlowForge", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="FlowForge",
+        version="0.1.0",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit)
     app.include_router(health.router)
+    app.include_router(routes.router)
+    app.mount("/admin/", build_admin())
     return app
+
+
+API_DESCRIPTION = """
+Workflows of ordered steps, their runs, and each step attempt.
+
+**Auth:** `Authorization: Bearer ff_<prefix>_<secret>` (issue keys with
+`POST /api/v1/api-keys`, or `piccolo flowforge create_api_key`). Scopes: `read`
+for reads, `write` for changes, `admin` for users and other users' keys. Roles:
+viewers are read-only; developers see and change their own workflows and runs;
+admins everything. Another user's workflow or run is a 404, a missing scope or
+role a 403.
+
+**Errors** always have the shape
+`{"error": {"code": "...", "message": "...", "details": {...}}}`.
+
+**Lists** are newest first with keyset pagination: pass `next_cursor` back as
+`cursor`.
+
+**Piccolo Admin** (read-only) is at [/admin/](/admin/).
+"""

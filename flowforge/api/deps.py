@@ -5,6 +5,8 @@ after the route returns and before the response is sent, and rolls back on
 any exception. ``scope="function"`` is what puts the COMMIT before the
 response: with FastAPI's default (request scope) the commit would run after
 the response had gone out, and a failed commit would reach the client as 200.
+
+``CurrentPrincipal`` is the authenticated caller (see flowforge/principal.py).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from flowforge.api_keys import authenticate
 from flowforge.db.engine import DB, SafeTransaction
-from flowforge.errors import translated_db_errors
+from flowforge.errors import UnauthorizedError, translated_db_errors
+from flowforge.principal import Principal
 
 
 async def db_transaction() -> AsyncIterator[SafeTransaction]:
@@ -25,3 +30,26 @@ async def db_transaction() -> AsyncIterator[SafeTransaction]:
 
 
 Transaction = Annotated[SafeTransaction, Depends(db_transaction, scope="function")]
+
+
+# `Authorization: Bearer <key>`; declared as a security scheme so /docs offers
+# "Authorize". auto_error=False: a missing or malformed header is our 401, in
+# our error shape, with WWW-Authenticate.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key: `Authorization: Bearer ff_<prefix>_<secret>`.",
+)
+
+
+async def current_principal(
+    transaction: Transaction,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The caller, authenticated in the request's own transaction (one connection)."""
+    if credentials is None:
+        raise UnauthorizedError()
+    return await authenticate(credentials.credentials)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

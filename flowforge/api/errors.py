@@ -25,14 +25,18 @@ from flowforge.errors import (
     AppError,
     ConflictError,
     DatabaseUnavailableError,
+    ForbiddenError,
     InvalidInputError,
     NotFoundError,
+    UnauthorizedError,
     translate_db_error,
 )
 
 logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: list[tuple[type[AppError], int]] = [
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
     (InvalidInputError, 422),
@@ -51,9 +55,17 @@ def status_for(error: AppError) -> int:
     return 500
 
 
+# RFC 6750: a 401 tells the client how to authenticate.
+WWW_AUTHENTICATE = 'Bearer realm="flowforge"'
+
+
 def app_error_response(error: AppError) -> JSONResponse:
     status = status_for(error)
-    headers = {"Retry-After": "1"} if status == 503 else None
+    headers: dict[str, str] | None = None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    elif status == 401:
+        headers = {"WWW-Authenticate": WWW_AUTHENTICATE}
     return JSONResponse(
         error_body(error.code, error.message, error.details), status_code=status, headers=headers
     )
@@ -91,7 +103,12 @@ async def handle_validation(request: Request, error: Exception) -> JSONResponse:
 
 async def handle_http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    code = {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }.get(error.status_code, "http_error")
     return JSONResponse(
         error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
     )

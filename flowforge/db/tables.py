@@ -30,6 +30,7 @@ from piccolo.columns import (
 )
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.defaults.uuid import UUID4
+from piccolo.columns.readable import Readable
 from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
@@ -129,6 +130,11 @@ class User(Audited, Table, tablename="users", db=DB):
     users_role_valid = Check(sql_in("role", Role))
     users_display_name_not_blank = Check("btrim(display_name) <> ''")
 
+    # get_readable: how Piccolo Admin shows a reference to a row (not its UUID).
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="%s", columns=[cls.email])
+
 
 class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     # CASCADE: a key is a credential of its user and means nothing without them.
@@ -166,6 +172,10 @@ class Workflow(Audited, Table, tablename="workflows", db=DB):
     workflows_trigger_config_object = Check("jsonb_typeof(trigger_config) = 'object'")
     workflows_name_not_blank = Check("btrim(name) <> ''")
 
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="%s", columns=[cls.name])
+
 
 class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
     # CASCADE: steps are part of the workflow's definition. Run history does not
@@ -184,6 +194,10 @@ class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
     workflow_steps_retry_policy_object = Check("jsonb_typeof(retry_policy) = 'object'")
     workflow_steps_name_not_blank = Check("btrim(name) <> ''")
     workflow_steps_action_type_not_blank = Check("btrim(action_type) <> ''")
+
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="%s. %s", columns=[cls.position, cls.name])
 
 
 class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
@@ -210,6 +224,10 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     workflow_runs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
     workflow_runs_failed_has_error = Check("status <> 'failed' OR error IS NOT NULL")
     workflow_runs_inputs_object = Check("jsonb_typeof(inputs) = 'object'")
+
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="%s (%s)", columns=[cls.status, cls.created_at])
 
 
 class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):

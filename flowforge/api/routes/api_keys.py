@@ -1,0 +1,142 @@
+"""API keys: issue (the full key is in the response once, never again), list, revoke."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+from flowforge import api_keys
+from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.schemas import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    KeyName,
+    Limit,
+    Page,
+    RequestModel,
+    error_responses,
+)
+from flowforge.db.tables import Scope
+from flowforge.principal import Principal
+
+router = APIRouter(tags=["api keys"], responses=error_responses(401, 403, 422))
+
+
+class ApiKeyOut(BaseModel):
+    """A stored key: never its secret or its hash."""
+
+    id: UUID
+    user_id: UUID
+    name: str
+    prefix: str = Field(description="Not secret: the `<prefix>` in `ff_<prefix>_<secret>`.")
+    scopes: list[Scope]
+    expires_at: datetime.datetime | None
+    revoked_at: datetime.datetime | None
+    last_used_at: datetime.datetime | None = Field(
+        description="Last successful use, to within a minute (it is written at most once a minute)."
+    )
+    created_at: datetime.datetime
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(
+        description="The full key, `ff_<prefix>_<secret>`. Shown only in this response: store it now."
+    )
+
+
+class ApiKeyCreate(RequestModel):
+    name: KeyName
+    scopes: list[Scope] = Field(
+        default=[Scope.READ],
+        min_length=1,
+        max_length=3,
+        description="Any of read, write, admin; within your role and your own key's scopes.",
+    )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When the key stops working (with a time zone); null: never."
+    )
+    user_id: UUID | None = Field(
+        default=None, description="Issue the key to another user (admin scope); default: yourself."
+    )
+
+    @field_validator("scopes")
+    @classmethod
+    def _unique(cls, scopes: list[Scope]) -> list[Scope]:
+        return sorted(set(scopes))
+
+    @field_validator("expires_at")
+    @classmethod
+    def _future(cls, value: datetime.datetime | None) -> datetime.datetime | None:
+        if value is not None and value <= datetime.datetime.now(datetime.UTC):
+            raise ValueError("must be in the future")
+        return value
+
+
+def _managed_user(principal: Principal, user_id: UUID | None, scope: Scope) -> UUID:
+    """The user whose keys this request manages: yourself (`scope`), or anyone (admin)."""
+    if user_id is None or user_id == principal.user_id:
+        principal.require(scope)
+        return principal.user_id
+    principal.require_admin()
+    return user_id
+
+
+@router.post(
+    "/api-keys",
+    status_code=201,
+    summary="Issue an API key (the full key is returned once)",
+    responses=error_responses(404, 409),
+)
+async def create_api_key(
+    body: ApiKeyCreate, transaction: Transaction, principal: CurrentPrincipal
+) -> ApiKeyCreated:
+    """Only a prefix and a SHA-256 hash are stored; the secret cannot be shown again.
+    A key's scopes must be allowed by its user's role (viewer: read; developer: read,
+    write; admin: all) and by the scopes of the key making the request."""
+    user_id = _managed_user(principal, body.user_id, Scope.WRITE)
+    key, full_key = await api_keys.create_api_key(
+        user_id,
+        name=body.name,
+        scopes=body.scopes,
+        expires_at=body.expires_at,
+        granted_by=principal,
+    )
+    return ApiKeyCreated.model_validate({**key, "key": full_key})
+
+
+@router.get("/api-keys", summary="List API keys, newest first")
+async def list_api_keys(
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+    user_id: Annotated[
+        UUID | None, Query(description="Another user's keys (admin scope); default: yours.")
+    ] = None,
+    limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Page[ApiKeyOut]:
+    owner = _managed_user(principal, user_id, Scope.READ)
+    items, next_cursor = await api_keys.list_api_keys(user_id=owner, limit=limit, cursor=cursor)
+    return Page[ApiKeyOut](
+        items=[ApiKeyOut.model_validate(item) for item in items], next_cursor=next_cursor
+    )
+
+
+@router.post(
+    "/api-keys/{api_key_id}/revoke",
+    summary="Revoke an API key (at once; revoking twice is harmless)",
+    responses=error_responses(404),
+)
+async def revoke_api_key(
+    api_key_id: UUID, transaction: Transaction, principal: CurrentPrincipal
+) -> ApiKeyOut:
+    """Your own keys with the write scope; anyone's with the admin scope."""
+    if Scope.ADMIN in principal.effective_scopes:
+        key = await api_keys.revoke_api_key(api_key_id)
+    else:
+        principal.require(Scope.WRITE)
+        key = await api_keys.revoke_api_key(api_key_id, user_id=principal.user_id)
+    return ApiKeyOut.model_validate(key)

@@ -1,0 +1,332 @@
+"""Runs: trigger, list, read, move through the lifecycle, log step attempts."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
+
+from flowforge import runs
+from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.schemas import (
+    DEFAULT_PAGE_SIZE,
+    Cursor,
+    ErrorText,
+    JsonObject,
+    Limit,
+    Page,
+    RequestModel,
+    error_responses,
+)
+from flowforge.db.tables import RunStatus, Scope, TriggerType
+from flowforge.principal import Principal
+
+router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 422))
+
+LIFECYCLE = (
+    "Lifecycle: pending → running → completed | failed | cancelled, and pending → "
+    "cancelled. Any other move (e.g. out of a terminal state, or pending → completed) "
+    "is a 409 `invalid_transition` naming the current and requested states; of two "
+    "concurrent moves of one run exactly one succeeds."
+)
+
+
+class RunTrigger(RequestModel):
+    inputs: JsonObject = Field(default_factory=dict)
+    trigger_type: TriggerType = TriggerType.MANUAL
+
+
+class RunComplete(RequestModel):
+    outputs: JsonObject | None = None
+
+
+class RunFail(RequestModel):
+    error: ErrorText = Field(description="Why the run failed (required).")
+
+
+class RunCancel(RequestModel):
+    reason: ErrorText | None = Field(default=None, description="Recorded as the run's error.")
+
+
+class StepLogAppend(RequestModel):
+    step_position: int = Field(ge=0, le=1_000_000, description="The step's position.")
+    status: RunStatus = Field(
+        default=RunStatus.RUNNING,
+        description="running (finish it later), completed or failed (finished now).",
+    )
+    input: JsonObject | None = None
+    output: JsonObject | None = None
+    error: ErrorText | None = None
+    started_at: AwareDatetime | None = Field(
+        default=None, description="When the attempt started (default and at most: now)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StepLogAppend:
+        if self.status not in runs.ATTEMPT_STATUSES:
+            raise ValueError("status must be running, completed or failed")
+        _check_error(self.status, self.error)
+        return self
+
+
+class StepLogFinish(RequestModel):
+    status: RunStatus = Field(description="completed or failed.")
+    output: JsonObject | None = None
+    error: ErrorText | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StepLogFinish:
+        if self.status not in runs.FINISHED_ATTEMPT_STATUSES:
+            raise ValueError("status must be completed or failed")
+        _check_error(self.status, self.error)
+        return self
+
+
+def _check_error(status: RunStatus, error: str | None) -> None:
+    if status is RunStatus.FAILED and error is None:
+        raise ValueError("a failed attempt needs an error")
+    if status is not RunStatus.FAILED and error is not None:
+        raise ValueError("only a failed attempt has an error")
+
+
+class StepLogOut(BaseModel):
+    id: UUID
+    run_id: UUID
+    step_id: UUID | None = Field(description="Null once the step was removed from the workflow.")
+    step_position: int
+    step_name: str
+    attempt: int
+    status: RunStatus
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+class RunOut(BaseModel):
+    id: UUID
+    workflow_id: UUID
+    status: RunStatus
+    trigger_type: TriggerType
+    triggered_by_user_id: UUID | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: str | None
+    idempotency_key: str | None
+    started_at: datetime.datetime | None
+    finished_at: datetime.datetime | None
+    created_at: datetime.datetime
+    updated_at: datetime.datetime = Field(
+        description="Also bumped by every logged attempt: a heartbeat of a running run."
+    )
+
+
+class RunTriggered(RunOut):
+    replayed: bool = Field(
+        description="True when an earlier request with the same Idempotency-Key made this run."
+    )
+
+
+class RunDetail(RunOut):
+    step_logs: list[StepLogOut] = Field(description="By step position, then attempt.")
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description=(
+            "Retry-safe triggering: the same key with the same inputs returns the same run "
+            "(200, `replayed: true`); the same key with different inputs is a 409."
+        ),
+    ),
+]
+
+
+@router.post(
+    "/workflows/{workflow_id}/runs",
+    status_code=201,
+    summary="Trigger a run",
+    responses={
+        200: {"model": RunTriggered, "description": "Replay of an earlier Idempotency-Key"},
+        **error_responses(404, 409),
+    },
+)
+async def trigger_run(
+    workflow_id: UUID,
+    response: Response,
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+    body: RunTrigger | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> RunTriggered:
+    """Creates a pending run (201). An inactive workflow cannot be triggered (409)."""
+    principal.require(Scope.WRITE)
+    body = body or RunTrigger()
+    run, created = await runs.trigger_run(
+        workflow_id,
+        inputs=body.inputs,
+        trigger_type=body.trigger_type,
+        triggered_by=principal.user_id,
+        idempotency_key=idempotency_key,
+        owner_id=principal.owner_filter,
+    )
+    response.headers["Location"] = f"/api/v1/runs/{run['id']}"
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return RunTriggered.model_validate({**run, "replayed": not created})
+
+
+@router.get(
+    "/workflows/{workflow_id}/runs",
+    summary="List a workflow's runs, newest first",
+    responses=error_responses(404),
+)
+async def list_runs(
+    workflow_id: UUID,
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Page[RunOut]:
+    """Keyset pagination: pass `next_cursor` back as `cursor`. Runs created
+    meanwhile never shift or repeat items."""
+    principal.require(Scope.READ)
+    items, next_cursor = await runs.list_runs(
+        workflow_id, status=status, limit=limit, cursor=cursor, owner_id=principal.owner_filter
+    )
+    return Page[RunOut](
+        items=[RunOut.model_validate(item) for item in items], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/runs/{run_id}", summary="Get a run with its step attempts", responses=error_responses(404)
+)
+async def get_run(run_id: UUID, transaction: Transaction, principal: CurrentPrincipal) -> RunDetail:
+    principal.require(Scope.READ)
+    return RunDetail.model_validate(await runs.get_run(run_id, owner_id=principal.owner_filter))
+
+
+async def _transition(principal: Principal, run_id: UUID, action: str, **kwargs: Any) -> RunOut:
+    principal.require(Scope.WRITE)
+    run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
+    return RunOut.model_validate(run)
+
+
+TRANSITION_RESPONSES = error_responses(404, 409)
+
+
+@router.post(
+    "/runs/{run_id}/start",
+    summary="Start a pending run",
+    description=LIFECYCLE,
+    responses=TRANSITION_RESPONSES,
+)
+async def start_run(run_id: UUID, transaction: Transaction, principal: CurrentPrincipal) -> RunOut:
+    return await _transition(principal, run_id, "start")
+
+
+@router.post(
+    "/runs/{run_id}/complete",
+    summary="Complete a running run",
+    description=LIFECYCLE,
+    responses=TRANSITION_RESPONSES,
+)
+async def complete_run(
+    run_id: UUID,
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+    body: RunComplete | None = None,
+) -> RunOut:
+    outputs = body.outputs if body is not None else None
+    return await _transition(principal, run_id, "complete", outputs=outputs)
+
+
+@router.post(
+    "/runs/{run_id}/fail",
+    summary="Fail a running run (with its error)",
+    description=LIFECYCLE,
+    responses=TRANSITION_RESPONSES,
+)
+async def fail_run(
+    run_id: UUID, body: RunFail, transaction: Transaction, principal: CurrentPrincipal
+) -> RunOut:
+    return await _transition(principal, run_id, "fail", error=body.error)
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    summary="Cancel a pending or running run",
+    description=LIFECYCLE + " Open step attempts of a run that ends are closed as cancelled.",
+    responses=TRANSITION_RESPONSES,
+)
+async def cancel_run(
+    run_id: UUID,
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+    body: RunCancel | None = None,
+) -> RunOut:
+    reason = body.reason if body is not None else None
+    return await _transition(principal, run_id, "cancel", error=reason)
+
+
+@router.post(
+    "/runs/{run_id}/step-logs",
+    status_code=201,
+    summary="Log an attempt of a step of a running run",
+    responses=TRANSITION_RESPONSES,
+)
+async def append_step_log(
+    run_id: UUID, body: StepLogAppend, transaction: Transaction, principal: CurrentPrincipal
+) -> StepLogOut:
+    """The server numbers attempts per step (1, 2, ...), safely under concurrency,
+    and copies the step's name and position into the log. The run must be running
+    (409 otherwise); each logged attempt also bumps the run's `updated_at`."""
+    principal.require(Scope.WRITE)
+    log = await runs.append_step_log(
+        run_id,
+        step_position=body.step_position,
+        status=body.status,
+        input=body.input,
+        output=body.output,
+        error=body.error,
+        started_at=body.started_at,
+        owner_id=principal.owner_filter,
+    )
+    return StepLogOut.model_validate(log)
+
+
+@router.post(
+    "/runs/{run_id}/step-logs/{step_log_id}/finish",
+    summary="Finish a running step attempt as completed or failed",
+    responses=TRANSITION_RESPONSES,
+)
+async def finish_step_log(
+    run_id: UUID,
+    step_log_id: UUID,
+    body: StepLogFinish,
+    transaction: Transaction,
+    principal: CurrentPrincipal,
+) -> StepLogOut:
+    principal.require(Scope.WRITE)
+    log = await runs.finish_step_log(
+        run_id,
+        step_log_id,
+        status=body.status,
+        output=body.output,
+        error=body.error,
+        owner_id=principal.owner_filter,
+    )
+    return StepLogOut.model_validate(log)

@@ -1,0 +1,228 @@
+"""API keys: issue, list, revoke, and authenticate a bearer key.
+
+A key looks like ``ff_<prefix>_<secret>``: the prefix (16 hex characters) is
+not secret and is stored to find the key; the secret never is. What is stored
+is the SHA-256 of the whole key, compared in constant time. SHA-256 without a
+salt or stretching is right here (unlike for passwords): the secret is 256
+random bits, so there is nothing to guess or precompute.
+
+``last_used_at`` is a coarse "recently used" signal, not an access log: it is
+written at most once per :data:`LAST_USED_GRANULARITY_SECONDS` per key, by the
+authentication query itself, and skipped (``SKIP LOCKED``) when another request
+is writing it, so authentication never waits on a lock and a busy key does not
+turn every request into a write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable
+from typing import Any, Final
+from uuid import UUID
+
+from flowforge import events
+from flowforge.db.engine import DB
+from flowforge.db.tables import Role, Scope
+from flowforge.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from flowforge.outbox import record_event
+from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.principal import SCOPES_BY_ROLE, Principal
+
+KEY_PATTERN: Final = re.compile(r"ff_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+LAST_USED_GRANULARITY_SECONDS: Final = 60
+# Compared against when the prefix is unknown, so both failures take as long.
+_DUMMY_HASH: Final = hashlib.sha256(b"flowforge-no-such-key").hexdigest()
+
+KEY_COLUMNS: Final = (
+    "id, user_id, name, prefix, scopes, expires_at, revoked_at, last_used_at, created_at, "
+    "updated_at"
+)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> tuple[str, str]:
+    """A new (prefix, full key). The full key is shown once and never stored."""
+    prefix = secrets.token_hex(8)
+    return prefix, f"ff_{prefix}_{secrets.token_urlsafe(32)}"
+
+
+# -- authenticate -------------------------------------------------------------------------
+
+# One round trip: the key and its user by prefix, plus the throttled, never
+# blocking last_used_at write (only for a key that is valid right now).
+AUTHENTICATE = f"""
+WITH touched AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE id = (
+        SELECT id FROM api_keys
+        WHERE prefix = $1 AND key_hash = $2 AND revoked_at IS NULL
+          AND (expires_at IS NULL OR expires_at > now())
+          AND (last_used_at IS NULL
+               OR last_used_at < now() - make_interval(secs => {LAST_USED_GRANULARITY_SECONDS}))
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+)
+SELECT k.id, k.user_id, k.key_hash, k.scopes, k.revoked_at IS NOT NULL AS revoked,
+    k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
+    u.role, u.is_active
+FROM api_keys k JOIN users u ON u.id = k.user_id
+WHERE k.prefix = $1
+"""  # noqa: S608 - a constant number, no client text
+
+
+async def authenticate(key: str) -> Principal:
+    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+    match = KEY_PATTERN.fullmatch(key)
+    if match is None:
+        raise UnauthorizedError("The API key is not valid.")
+    presented = hash_key(key)
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(AUTHENTICATE, match.group(1), presented)
+    stored = row["key_hash"] if row is not None else _DUMMY_HASH
+    if not hmac.compare_digest(presented, stored) or row is None:
+        raise UnauthorizedError("The API key is not valid.")
+    if row["revoked"]:
+        raise UnauthorizedError("The API key has been revoked.")
+    if row["expired"]:
+        raise UnauthorizedError("The API key has expired.")
+    if not row["is_active"]:
+        raise UnauthorizedError("The API key's user is deactivated.")
+    return Principal(
+        user_id=row["user_id"],
+        role=Role(row["role"]),
+        scopes=frozenset(Scope(scope) for scope in row["scopes"]),
+        key_id=row["id"],
+    )
+
+
+# -- manage -------------------------------------------------------------------------------
+
+INSERT_KEY = f"""
+INSERT INTO api_keys (user_id, name, prefix, key_hash, scopes, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING {KEY_COLUMNS}
+"""  # noqa: S608
+
+
+def _key(row: Any) -> dict[str, Any]:
+    key = dict(row)
+    key["scopes"] = list(key["scopes"])
+    return key
+
+
+async def create_api_key(
+    user_id: UUID,
+    *,
+    name: str,
+    scopes: Iterable[Scope],
+    expires_at: datetime.datetime | None = None,
+    granted_by: Principal | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Issue a key for a user; returns (stored key, full key). The full key exists only here.
+
+    The scopes must be within what the user's role allows and, when a key
+    grants it (``granted_by``), within that key's own scopes: a key never
+    mints a more powerful one. ``granted_by=None`` is the trusted CLI.
+    """
+    wanted = frozenset(Scope(scope) for scope in scopes)
+    connection = DB.require_transaction().connection
+    user = await connection.fetchrow("SELECT role, is_active FROM users WHERE id = $1", user_id)
+    if user is None:
+        raise NotFoundError("User not found.", user_id=str(user_id))
+    if not user["is_active"]:
+        raise ConflictError("The user is deactivated; activate them first.", user_id=str(user_id))
+    role = Role(user["role"])
+    beyond_role = wanted - SCOPES_BY_ROLE[role]
+    if beyond_role:
+        raise ForbiddenError(
+            f"A {role.value}'s key cannot have the scope(s): "
+            f"{', '.join(sorted(s.value for s in beyond_role))}.",
+            role=role.value,
+        )
+    if granted_by is not None and not wanted <= granted_by.scopes:
+        raise ForbiddenError(
+            "A key cannot grant scopes it does not have itself.",
+            key_scopes=sorted(s.value for s in granted_by.scopes),
+        )
+    prefix, full_key = generate_key()
+    row = await connection.fetchrow(
+        INSERT_KEY,
+        user_id,
+        name,
+        prefix,
+        hash_key(full_key),
+        sorted(scope.value for scope in wanted),
+        expires_at,
+    )
+    key = _key(row)
+    await record_event(
+        events.API_KEY,
+        key["id"],
+        "api_key.created",
+        {
+            "api_key_id": key["id"],
+            "user_id": user_id,
+            "name": name,
+            "prefix": prefix,
+            "scopes": key["scopes"],
+            "expires_at": expires_at,
+        },
+    )
+    return key, full_key
+
+
+LIST_KEYS = f"""
+SELECT {KEY_COLUMNS} FROM api_keys
+WHERE ($2::uuid IS NULL OR user_id = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+ORDER BY created_at DESC, id DESC
+LIMIT $1
+"""  # noqa: S608
+
+
+async def list_api_keys(
+    *, user_id: UUID | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of keys (one user's, or everyone's), newest first. Never the hash."""
+    position = decode_cursor(cursor)
+    created_at, after_id = position if position is not None else (None, None)
+    connection = DB.require_transaction().connection
+    rows = await connection.fetch(LIST_KEYS, limit + 1, user_id, created_at, after_id)
+    return page([_key(row) for row in rows], limit)
+
+
+REVOKE_KEY = f"""
+UPDATE api_keys SET revoked_at = now()
+WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL
+RETURNING {KEY_COLUMNS}
+"""  # noqa: S608
+GET_KEY = f"""
+SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)
+"""  # noqa: S608
+
+
+async def revoke_api_key(key_id: UUID, *, user_id: UUID | None = None) -> dict[str, Any]:
+    """Revoke a key (one of `user_id`'s, or any); revoking a revoked key changes nothing."""
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(REVOKE_KEY, key_id, user_id)
+    if row is None:
+        existing = await connection.fetchrow(GET_KEY, key_id, user_id)
+        if existing is None:
+            raise NotFoundError("API key not found.", api_key_id=str(key_id))
+        return _key(existing)
+    key = _key(row)
+    await record_event(
+        events.API_KEY,
+        key_id,
+        "api_key.revoked",
+        {"api_key_id": key_id, "user_id": key["user_id"], "prefix": key["prefix"]},
+    )
+    return key

@@ -1,0 +1,132 @@
+"""Getting a first user in: an API key and a Piccolo Admin login, from the command line.
+
+* ``piccolo flowforge create_api_key --email admin@flowforge.local`` issues a key
+  and prints it (the only time it is ever shown).
+* ``piccolo flowforge create_admin_login`` makes sure the Piccolo Admin login
+  ``FLOWFORGE_ADMIN_USERNAME`` exists (password: ``FLOWFORGE_ADMIN_PASSWORD``, or
+  generated and printed once).
+* ``piccolo flowforge seed`` does both for the seeded admin (see :func:`bootstrap`),
+  so ``make run`` prints everything needed to call the API and open /admin/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+from typing import Any
+
+from piccolo.apps.user.tables import BaseUser
+
+from flowforge import api_keys
+from flowforge.db.engine import DB
+from flowforge.db.tables import Scope
+from flowforge.settings import get_settings
+
+BOOTSTRAP_EMAIL = "admin@flowforge.local"
+BOOTSTRAP_KEY_NAME = "bootstrap"
+
+
+def describe_key(email: str, key: dict[str, Any], full_key: str) -> str:
+    scopes = ",".join(key["scopes"])
+    return (
+        f"API key for {email} (scopes {scopes}) - shown only now, store it:\n"
+        f"  {full_key}\n"
+        f'  try: curl -H "Authorization: Bearer {full_key}" http://127.0.0.1:8000/api/v1/me'
+    )
+
+
+async def issue_key_for_email(
+    email: str, name: str, scopes: list[Scope], expires_at: datetime.datetime | None = None
+) -> tuple[dict[str, Any], str]:
+    """Issue a key to the user with `email` (in the current transaction)."""
+    connection = DB.require_transaction().connection
+    user_id = await connection.fetchval(
+        "SELECT id FROM users WHERE lower(email) = lower($1)", email
+    )
+    if user_id is None:
+        raise SystemExit(f"No user with email {email!r}; create one first (or run the seed).")
+    return await api_keys.create_api_key(user_id, name=name, scopes=scopes, expires_at=expires_at)
+
+
+async def create_api_key(
+    email: str = BOOTSTRAP_EMAIL,
+    name: str = "cli",
+    scopes: str = "read,write",
+    expires_in_days: int = 0,
+) -> None:
+    """Issue an API key to a user and print it once.
+
+    :param email: the user's email address
+    :param name: a name to tell the key apart
+    :param scopes: comma-separated: read, write, admin (within the user's role)
+    :param expires_in_days: days until the key expires; 0 means never
+    """
+    wanted = [Scope(scope.strip()) for scope in str(scopes).split(",") if scope.strip()]
+    expires_at = (
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=int(expires_in_days))
+        if int(expires_in_days) > 0
+        else None
+    )
+    async with DB.transaction():
+        key, full_key = await issue_key_for_email(email, name, wanted, expires_at)
+    print(describe_key(email, key, full_key))  # after COMMIT: a printed key works
+
+
+async def ensure_bootstrap_key() -> str:
+    """Give the seeded admin a key named "bootstrap", once; returns what to print.
+
+    Idempotent: while an unrevoked bootstrap key exists nothing is written
+    (its secret cannot be shown again; issue another with create_api_key).
+    Print the result only after the transaction commits.
+    """
+    connection = DB.require_transaction().connection
+    existing = await connection.fetchval(
+        "SELECT k.prefix FROM api_keys k JOIN users u ON u.id = k.user_id "
+        "WHERE lower(u.email) = $1 AND k.name = $2 AND k.revoked_at IS NULL",
+        BOOTSTRAP_EMAIL,
+        BOOTSTRAP_KEY_NAME,
+    )
+    if existing is not None:
+        return (
+            f"bootstrap API key for {BOOTSTRAP_EMAIL} exists (prefix {existing}); a new one: "
+            f"piccolo flowforge create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
+        )
+    key, full_key = await issue_key_for_email(
+        BOOTSTRAP_EMAIL, BOOTSTRAP_KEY_NAME, [Scope.READ, Scope.WRITE, Scope.ADMIN]
+    )
+    return describe_key(BOOTSTRAP_EMAIL, key, full_key)
+
+
+async def create_admin_login() -> None:
+    """Make sure the Piccolo Admin login FLOWFORGE_ADMIN_USERNAME exists.
+
+    With FLOWFORGE_ADMIN_PASSWORD set, the login gets that password (created,
+    or updated if it differs). Without it, a new login gets a generated
+    password, printed once; an existing login is left alone.
+    """
+    settings = get_settings()
+    username = settings.admin_username
+    password = settings.admin_password.get_secret_value() if settings.admin_password else None
+    existing = await BaseUser.select(BaseUser.id).where(BaseUser.username == username).first()
+    if existing is None:
+        generated = password is None
+        if password is None:
+            password = secrets.token_urlsafe(18)
+        await BaseUser.create_user(
+            username=username,
+            password=password,
+            email=f"{username}@flowforge.local" if "@" not in username else username,
+            active=True,
+            admin=True,
+            superuser=True,
+        )
+        shown = f"password {password} - shown only now" if generated else "FLOWFORGE_ADMIN_PASSWORD"
+        print(f"admin login for /admin/ created: username {username}, {shown}")
+        return
+    if password is not None and await BaseUser.login(username, password) is None:
+        await BaseUser.update_password(username, password)
+        print(f"admin login {username}: password set from FLOWFORGE_ADMIN_PASSWORD")
+    await BaseUser.update({BaseUser.active: True, BaseUser.admin: True}).where(
+        BaseUser.username == username
+    )
+    print(f"admin login for /admin/ exists: username {username}")

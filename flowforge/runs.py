@@ -1,0 +1,528 @@
+"""Run operations: trigger, lifecycle transitions, listing, reading, step attempts.
+
+Every function runs in the caller's transaction (``DB.require_transaction()``)
+and never commits. They are the hot paths of the platform, so each is
+parameterised SQL on the transaction's connection, one round trip where one is
+enough: a run and its ``run.*`` event are written by one statement (a
+data-modifying CTE), JSON columns are decoded once, and rows come back as dicts.
+
+``owner_id`` limits an operation to the runs of workflows that user owns (None:
+no limit, for admins); a run outside that limit is reported as not found.
+
+Lifecycle (``RunStatus``)::
+
+    pending -> running -> completed | failed | cancelled
+    pending -> cancelled
+
+A transition is one compare-and-set ``UPDATE ... WHERE status = ANY(allowed)``:
+of two concurrent transitions of one run, the second waits for the first's row
+lock, re-checks the status the first wrote, and matches nothing, so exactly one
+wins and the other gets :class:`InvalidTransitionError` naming the state it found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+from uuid import UUID
+
+from flowforge.db.engine import DB
+from flowforge.db.tables import RunStatus, TriggerType
+from flowforge.errors import (
+    IdempotencyConflictError,
+    InvalidTransitionError,
+    NotFoundError,
+    WorkflowInactiveError,
+)
+from flowforge.jsonutil import dumps, loads
+from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
+
+RUN_COLUMNS: Final = (
+    "id, workflow_id, status, trigger_type, triggered_by_user_id, inputs, outputs, error, "
+    "idempotency_key, started_at, finished_at, created_at, updated_at"
+)
+LOG_COLUMNS: Final = (
+    "id, run_id, step_id, step_position, step_name, attempt, status, input, output, error, "
+    "started_at, finished_at, created_at, updated_at"
+)
+LOG_FIELDS: Final = tuple(name.strip() for name in LOG_COLUMNS.split(","))
+
+
+def _prefixed(columns: str, alias: str) -> str:
+    return ", ".join(f"{alias}.{name.strip()}" for name in columns.split(","))
+
+
+def iso(expression: str) -> str:
+    """SQL for a timestamptz as the ISO 8601 text Python's ``isoformat()`` gives (UTC).
+
+    Event payloads are built in SQL (one round trip); this keeps their
+    timestamps identical in form whatever the session's TimeZone is.
+    """
+    return f"to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
+
+
+def _run_event_payload(alias: str, previous_status: str, extra: str = "") -> str:
+    """``jsonb_build_object`` matching :func:`flowforge.events.run_payload`."""
+    return f"""jsonb_build_object(
+        'run_id', {alias}.id, 'workflow_id', {alias}.workflow_id, 'status', {alias}.status,
+        'previous_status', {previous_status}, 'error', {alias}.error,
+        'started_at', {iso(alias + ".started_at")}, 'finished_at', {iso(alias + ".finished_at")}
+        {extra})"""
+
+
+def _run(row: Mapping[str, Any]) -> dict[str, Any]:
+    run = dict(row)
+    run["inputs"] = loads(run["inputs"])
+    if run["outputs"] is not None:
+        run["outputs"] = loads(run["outputs"])
+    return run
+
+
+def _log(values: Mapping[str, Any]) -> dict[str, Any]:
+    log = dict(values)
+    for key in ("input", "output"):
+        if log[key] is not None:
+            log[key] = loads(log[key])
+    return log
+
+
+# -- trigger ----------------------------------------------------------------------------
+
+# One statement: check the workflow (visible, active), insert the run unless its
+# idempotency key is taken, write run.created for a new run, and return either
+# the new run (created = true) or the run that already holds the key.
+TRIGGER_RUN = f"""
+WITH wf AS (
+    SELECT id, is_active FROM workflows
+    WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
+), created AS (
+    INSERT INTO workflow_runs (workflow_id, trigger_type, triggered_by_user_id, inputs,
+                               idempotency_key)
+    SELECT wf.id, $2, $3, $4::jsonb, $5 FROM wf WHERE wf.is_active
+    ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
+    RETURNING {RUN_COLUMNS}
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', c.id, 'run.created', {
+    _run_event_payload(
+        "c",
+        "NULL",
+        ", 'trigger_type', c.trigger_type, 'triggered_by_user_id', c.triggered_by_user_id, "
+        "'inputs', c.inputs, 'idempotency_key', c.idempotency_key",
+    )
+}
+    FROM created c
+)
+SELECT true AS created, {RUN_COLUMNS} FROM created
+UNION ALL
+SELECT false, {_prefixed(RUN_COLUMNS, "r")}
+FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
+WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
+"""  # noqa: S608 - constant fragments; every value is a bind parameter
+
+WORKFLOW_STATE = """
+SELECT is_active FROM workflows WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
+"""
+RUN_BY_KEY = f"""
+SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
+"""  # noqa: S608
+
+
+async def trigger_run(
+    workflow_id: UUID,
+    *,
+    inputs: Mapping[str, Any],
+    trigger_type: TriggerType = TriggerType.MANUAL,
+    triggered_by: UUID | None = None,
+    idempotency_key: str | None = None,
+    owner_id: UUID | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Create a pending run and its ``run.created`` event; returns (run, created).
+
+    With an ``idempotency_key`` already used for this workflow, returns the
+    existing run and ``created=False`` when the inputs and trigger type match,
+    and raises :class:`IdempotencyConflictError` when they do not.
+    """
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(
+        TRIGGER_RUN,
+        workflow_id,
+        trigger_type.value,
+        triggered_by,
+        dumps(inputs),
+        idempotency_key,
+        owner_id,
+    )
+    if row is None:
+        state = await connection.fetchrow(WORKFLOW_STATE, workflow_id, owner_id)
+        if state is None:
+            raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
+        if not state["is_active"]:
+            raise WorkflowInactiveError(workflow_id=str(workflow_id))
+        # The key was taken by a transaction that committed after this
+        # statement's snapshot was taken: read it now (a new snapshot).
+        row = await connection.fetchrow(RUN_BY_KEY, workflow_id, idempotency_key)
+        if row is None:  # pragma: no cover - the key's holder rolled back: a retry will work
+            raise IdempotencyConflictError(
+                "A request with this Idempotency-Key is in progress; retry shortly.",
+                idempotency_key=idempotency_key,
+            )
+        created = False
+    else:
+        created = bool(row["created"])
+    run = _run(row)
+    run.pop("created", None)
+    if not created and (run["inputs"] != inputs or run["trigger_type"] != trigger_type.value):
+        raise IdempotencyConflictError(
+            "This Idempotency-Key was already used for this workflow with different inputs.",
+            idempotency_key=idempotency_key,
+            run_id=str(run["id"]),
+        )
+    return run, created
+
+
+# -- transitions -------------------------------------------------------------------------
+
+# action -> (new status, statuses it may leave)
+TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
+    "start": (RunStatus.RUNNING, (RunStatus.PENDING,)),
+    "complete": (RunStatus.COMPLETED, (RunStatus.RUNNING,)),
+    "fail": (RunStatus.FAILED, (RunStatus.RUNNING,)),
+    "cancel": (RunStatus.CANCELLED, (RunStatus.PENDING, RunStatus.RUNNING)),
+}
+
+# Compare-and-set: the new status, timestamps that satisfy
+# workflow_runs_timestamps_match_status, and the run.<status> event, in one
+# statement. A run that ends closes its open step attempts as cancelled.
+# previous_status: when only one status may be left it is that one; otherwise
+# (cancel) the run had started iff started_at is set (the same CHECK).
+TRANSITION_RUN = f"""
+WITH changed AS (
+    UPDATE workflow_runs r SET
+        status = $2::text,
+        started_at = CASE WHEN $2::text = 'running' THEN now() ELSE r.started_at END,
+        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE now() END,
+        error = CASE WHEN $2::text IN ('failed', 'cancelled') THEN $4::text ELSE r.error END,
+        outputs = CASE WHEN $2::text = 'completed' THEN $5::jsonb ELSE r.outputs END
+    WHERE r.id = $1 AND r.status = ANY($3::text[])
+      AND ($6::uuid IS NULL OR EXISTS (
+          SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
+    RETURNING {_prefixed(RUN_COLUMNS, "r")}
+), closed AS (
+    UPDATE run_step_logs l SET status = 'cancelled', finished_at = now()
+    FROM changed c
+    WHERE c.status <> 'running' AND l.run_id = c.id AND l.status IN ('pending', 'running')
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', c.id, $7, {
+    _run_event_payload(
+        "c",
+        "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
+        "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
+        ", 'outputs', c.outputs",
+    )
+}
+    FROM changed c
+)
+SELECT {RUN_COLUMNS} FROM changed
+"""  # noqa: S608
+
+RUN_STATE = """
+SELECT r.status FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
+"""
+
+RUN_EVENT_BY_STATUS: Final = {
+    RunStatus.RUNNING: "run.started",
+    RunStatus.COMPLETED: "run.completed",
+    RunStatus.FAILED: "run.failed",
+    RunStatus.CANCELLED: "run.cancelled",
+}
+
+
+async def transition_run(
+    run_id: UUID,
+    action: str,
+    *,
+    error: str | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    owner_id: UUID | None = None,
+) -> dict[str, Any]:
+    """Apply `action` (start, complete, fail, cancel) to a run and write its event.
+
+    ``error`` is required to fail a run (it is the run's error) and optional
+    to cancel it (the reason); ``outputs`` is recorded when a run completes.
+    Raises :class:`InvalidTransitionError` (naming the current and requested
+    states) when the run's status does not allow `action`.
+    """
+    target, allowed = TRANSITIONS[action]
+    if target is RunStatus.FAILED and not error:
+        raise ValueError("a failed run must record its error")
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(
+        TRANSITION_RUN,
+        run_id,
+        target.value,
+        [status.value for status in allowed],
+        error,
+        dumps(outputs) if outputs is not None else None,
+        owner_id,
+        RUN_EVENT_BY_STATUS[target],
+    )
+    if row is None:
+        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        if current is None:
+            raise NotFoundError("Run not found.", run_id=str(run_id))
+        raise InvalidTransitionError(
+            f"Cannot {action} a run that is {current}: only a "
+            f"{' or '.join(status.value for status in allowed)} run can become {target.value}.",
+            run_id=str(run_id),
+            current_status=current,
+            requested_status=target.value,
+        )
+    return _run(row)
+
+
+# -- reading -----------------------------------------------------------------------------
+
+# The run, its workflow's owner, and its step attempts in order, in one query
+# (the attempts as an array of rows: no JSON round trip, native types).
+GET_RUN = f"""
+SELECT {_prefixed(RUN_COLUMNS, "r")},
+    ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l WHERE l.run_id = r.id
+          ORDER BY l.step_position, l.attempt) AS step_logs
+FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
+WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
+"""  # noqa: S608
+
+
+async def get_run(run_id: UUID, *, owner_id: UUID | None = None) -> dict[str, Any]:
+    """A run with its step attempts (by step position, then attempt)."""
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(GET_RUN, run_id, owner_id)
+    if row is None:
+        raise NotFoundError("Run not found.", run_id=str(run_id))
+    run = _run(row)
+    run["step_logs"] = [
+        _log(dict(zip(LOG_FIELDS, values, strict=True))) for values in row["step_logs"]
+    ]
+    return run
+
+
+_LIST_RUNS_CACHE: dict[tuple[bool, bool, bool], str] = {}
+
+
+def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
+    """One SQL text per filter combination, so each gets a plan that uses its index.
+
+    (A single text with ``$n IS NULL OR ...`` would get a generic plan that
+    cannot use the status column of the composite index.) Parameters, in
+    order: workflow id, limit, [status], [created_at, id], [owner id]. The
+    workflow is joined laterally: no row at all means "workflow not found or
+    not yours"; one row of NULLs means "no runs".
+    """
+    key = (by_status, after, by_owner)
+    if key not in _LIST_RUNS_CACHE:
+        conditions = ["r.workflow_id = w.id"]
+        number = 2
+        if by_status:
+            number += 1
+            conditions.append(f"r.status = ${number}")
+        if after:
+            conditions.append(f"(r.created_at, r.id) < (${number + 1}, ${number + 2})")
+            number += 2
+        owner = f"AND w.owner_id = ${number + 1}" if by_owner else ""
+        _LIST_RUNS_CACHE[key] = f"""
+SELECT w.id AS visible_workflow_id, {_prefixed(RUN_COLUMNS, "r")}
+FROM workflows w LEFT JOIN LATERAL (
+    SELECT {RUN_COLUMNS} FROM workflow_runs r
+    WHERE {" AND ".join(conditions)}
+    ORDER BY r.created_at DESC, r.id DESC
+    LIMIT $2
+) r ON true
+WHERE w.id = $1 {owner}
+"""  # noqa: S608
+    return _LIST_RUNS_CACHE[key]
+
+
+async def list_runs(
+    workflow_id: UUID,
+    *,
+    status: RunStatus | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+    owner_id: UUID | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of a workflow's runs, newest first; returns (runs, next cursor or None)."""
+    position = decode_cursor(cursor)
+    sql = _list_runs_sql(status is not None, position is not None, owner_id is not None)
+    args: list[Any] = [workflow_id, limit + 1]
+    if status is not None:
+        args.append(status.value)
+    if position is not None:
+        args.extend(position)
+    if owner_id is not None:
+        args.append(owner_id)
+    connection = DB.require_transaction().connection
+    rows = await connection.fetch(sql, *args)
+    if not rows:
+        raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
+    runs = [_run(row) for row in rows if row["id"] is not None]
+    for run in runs:
+        del run["visible_workflow_id"]
+    return page(runs, limit)
+
+
+# -- step attempts -----------------------------------------------------------------------
+
+# Lock the run (serialising attempt numbering for it), check it is running, and
+# bump updated_at: the heartbeat a future reaper can use to find stuck runs.
+LOCK_RUNNING_RUN = """
+UPDATE workflow_runs r SET updated_at = now()
+WHERE r.id = $1 AND r.status = 'running'
+  AND ($2::uuid IS NULL OR EXISTS (
+      SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $2))
+RETURNING r.workflow_id
+"""
+
+STEP_LOG_EVENT = f"""jsonb_build_object(
+    'run_id', l.run_id, 'workflow_id', $2::uuid, 'step_log_id', l.id, 'step_id', l.step_id,
+    'step_position', l.step_position, 'step_name', l.step_name, 'attempt', l.attempt,
+    'status', l.status, 'error', l.error,
+    'started_at', {iso("l.started_at")}, 'finished_at', {iso("l.finished_at")})"""
+
+# A separate statement from the lock on purpose: it takes a new snapshot, so
+# max(attempt) sees attempts committed by whoever held the lock before us.
+APPEND_STEP_LOG = f"""
+WITH step AS (
+    SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
+), logged AS (
+    INSERT INTO run_step_logs (run_id, step_id, step_position, step_name, attempt, status,
+                               input, output, error, started_at, finished_at)
+    SELECT $1, s.id, s.position, s.name,
+        coalesce((SELECT max(attempt) FROM run_step_logs
+                  WHERE run_id = $1 AND step_position = $3), 0) + 1,
+        $4::text, $5::jsonb, $6::jsonb, $7::text,
+        least(coalesce($8::timestamptz, now()), now()),
+        CASE WHEN $4::text = 'running' THEN NULL ELSE now() END
+    FROM step s
+    RETURNING {LOG_COLUMNS}
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM logged l
+)
+SELECT {LOG_COLUMNS} FROM logged
+"""  # noqa: S608
+
+FINISH_STEP_LOG = f"""
+WITH finished AS (
+    UPDATE run_step_logs SET status = $3, output = $4::jsonb, error = $5, finished_at = now()
+    WHERE id = $6 AND run_id = $1 AND status = 'running'
+    RETURNING {LOG_COLUMNS}
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM finished l
+)
+SELECT {LOG_COLUMNS} FROM finished
+"""  # noqa: S608
+
+STEP_LOG_STATE = "SELECT status FROM run_step_logs WHERE id = $1 AND run_id = $2"
+
+# Statuses an attempt may be logged with, and may finish with.
+ATTEMPT_STATUSES: Final = frozenset({RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED})
+FINISHED_ATTEMPT_STATUSES: Final = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
+
+
+async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> UUID:
+    connection = DB.require_transaction().connection
+    workflow_id: UUID | None = await connection.fetchval(LOCK_RUNNING_RUN, run_id, owner_id)
+    if workflow_id is None:
+        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        if current is None:
+            raise NotFoundError("Run not found.", run_id=str(run_id))
+        raise InvalidTransitionError(
+            f"Step attempts can only be {what} while the run is running; it is {current}.",
+            run_id=str(run_id),
+            current_status=current,
+            requested_status=RunStatus.RUNNING.value,
+        )
+    return workflow_id
+
+
+async def append_step_log(
+    run_id: UUID,
+    *,
+    step_position: int,
+    status: RunStatus = RunStatus.RUNNING,
+    input: Mapping[str, Any] | None = None,
+    output: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    started_at: Any = None,
+    owner_id: UUID | None = None,
+) -> dict[str, Any]:
+    """Log the next attempt of the step at `step_position` of a running run.
+
+    The attempt number is the step's last attempt + 1, assigned under the
+    run's row lock, so concurrent appends never collide. The step's name and
+    position are copied into the log (they survive later edits of the
+    workflow). ``started_at`` (default: now) is capped at now; an attempt
+    logged as completed or failed is finished now.
+    """
+    if status not in ATTEMPT_STATUSES:
+        raise ValueError(f"an attempt cannot be logged as {status}")
+    workflow_id = await _lock_running_run(run_id, owner_id, "logged")
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(
+        APPEND_STEP_LOG,
+        run_id,
+        workflow_id,
+        step_position,
+        status.value,
+        dumps(input) if input is not None else None,
+        dumps(output) if output is not None else None,
+        error,
+        started_at,
+    )
+    if row is None:
+        raise NotFoundError(
+            f"The run's workflow has no step at position {step_position}.",
+            run_id=str(run_id),
+            step_position=step_position,
+        )
+    return _log(row)
+
+
+async def finish_step_log(
+    run_id: UUID,
+    step_log_id: UUID,
+    *,
+    status: RunStatus,
+    output: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    owner_id: UUID | None = None,
+) -> dict[str, Any]:
+    """Finish a running attempt as completed or failed (the run must be running)."""
+    if status not in FINISHED_ATTEMPT_STATUSES:
+        raise ValueError(f"an attempt cannot finish as {status}")
+    workflow_id = await _lock_running_run(run_id, owner_id, "finished")
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(
+        FINISH_STEP_LOG,
+        run_id,
+        workflow_id,
+        status.value,
+        dumps(output) if output is not None else None,
+        error,
+        step_log_id,
+    )
+    if row is None:
+        current = await connection.fetchval(STEP_LOG_STATE, step_log_id, run_id)
+        if current is None:
+            raise NotFoundError("Step attempt not found.", step_log_id=str(step_log_id))
+        raise InvalidTransitionError(
+            f"Only a running attempt can finish; this one is {current}.",
+            step_log_id=str(step_log_id),
+            current_status=current,
+            requested_status=status.value,
+        )
+    return _log(row)

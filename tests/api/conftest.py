@@ -1,0 +1,132 @@
+"""The real app (lifespan included) on the test database, and callers with real keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+
+from flowforge import api_keys, users
+from flowforge.api.app import create_app
+from flowforge.db.engine import DB
+from flowforge.db.tables import Role, Scope
+
+
+@dataclass
+class Caller:
+    """A user with one API key, as a client would hold it."""
+
+    user_id: UUID
+    email: str
+    key: str
+    key_id: UUID
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_caller(
+    email: str, role: Role, scopes: tuple[Scope, ...] | None = None, **key_options: Any
+) -> Caller:
+    async with DB.transaction():
+        user = await users.create_user(email, email.split("@")[0].title(), role)
+        key, full_key = await api_keys.create_api_key(
+            user["id"],
+            name="test",
+            scopes=scopes if scopes is not None else sorted(_all_scopes(role)),
+            **key_options,
+        )
+    return Caller(user["id"], email, full_key, key["id"])
+
+
+def _all_scopes(role: Role) -> set[Scope]:
+    from flowforge.principal import SCOPES_BY_ROLE
+
+    return set(SCOPES_BY_ROLE[role])
+
+
+@pytest.fixture
+async def client(db: None) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as c,
+    ):
+        yield c
+
+
+@pytest.fixture
+async def admin(db: None) -> Caller:
+    return await make_caller("ada@example.com", Role.ADMIN)
+
+
+@pytest.fixture
+async def developer(db: None) -> Caller:
+    return await make_caller("dev@example.com", Role.DEVELOPER)
+
+
+@pytest.fixture
+async def other_developer(db: None) -> Caller:
+    return await make_caller("other@example.com", Role.DEVELOPER)
+
+
+@pytest.fixture
+async def viewer(db: None) -> Caller:
+    return await make_caller("vic@example.com", Role.VIEWER)
+
+
+WORKFLOW_BODY: dict[str, Any] = {
+    "name": "Nightly report",
+    "description": "Sends the numbers",
+    "trigger_type": "schedule",
+    "trigger_config": {"cron": "0 2 * * *"},
+    "steps": [
+        {"name": "Query", "action_type": "sql.query", "config": {"sql": "select 1"}},
+        {"name": "Render", "action_type": "template.render"},
+        {"name": "Email", "action_type": "email.send", "retry_policy": {"max_attempts": 3}},
+    ],
+}
+
+
+async def create_workflow(
+    client: httpx.AsyncClient, caller: Caller, **overrides: Any
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/workflows", json={**WORKFLOW_BODY, **overrides}, headers=caller.headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def trigger(
+    client: httpx.AsyncClient, caller: Caller, workflow_id: Any, **body: Any
+) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/v1/workflows/{workflow_id}/runs", json=body, headers=caller.headers
+    )
+    assert response.status_code == 201, response.text
+    run: dict[str, Any] = response.json()
+    return run
+
+
+async def events(aggregate_id: Any = None) -> list[dict[str, Any]]:
+    """Outbox rows (oldest first), payload decoded."""
+    import json
+
+    rows = await DB.fetch(
+        "SELECT aggregate_type, aggregate_id, event_type, payload FROM outbox "
+        "WHERE $1::uuid IS NULL OR aggregate_id = $1 ORDER BY created_at, id",
+        aggregate_id if aggregate_id is None else UUID(str(aggregate_id)),
+    )
+    return [{**dict(row), "payload": json.loads(row["payload"])} for row in rows]
+
+
+async def count(table: str) -> int:
+    return int((await DB.fetch(f"SELECT count(*) AS n FROM {table}"))[0]["n"])

@@ -1,0 +1,138 @@
+"""From `make run` to a first API call: the seed's bootstrap key, the CLI commands, the admin login."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+import pytest
+
+from flowforge.db.engine import DB
+from tests import support
+
+KEY = re.compile(r"ff_[0-9a-f]{16}_[A-Za-z0-9_-]{43}")
+
+
+def piccolo(*args: str, database_url: str, **env: str) -> str:
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return support.piccolo(*args, database_url=database_url).stdout
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+async def no_admin_logins(db: None) -> None:
+    await DB.fetch("DELETE FROM piccolo_user")
+
+
+async def test_seed_prints_a_working_admin_key_once(
+    client: httpx.AsyncClient, database_url: str, no_admin_logins: None
+) -> None:
+    first = piccolo("flowforge", "seed", database_url=database_url)
+    [key] = set(KEY.findall(first))
+    response = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 200
+    assert response.json()["user"]["email"] == "admin@flowforge.local"
+    assert response.json()["scopes"] == ["admin", "read", "write"]
+    assert "admin login for /admin/ created: username admin, password" in first
+
+    second = piccolo("flowforge", "seed", database_url=database_url)
+    assert KEY.findall(second) == []
+    assert "bootstrap API key for admin@flowforge.local exists" in second
+    assert "admin login for /admin/ exists" in second
+    keys = await DB.fetch("SELECT count(*) AS n FROM api_keys WHERE name = 'bootstrap'")
+    assert keys[0]["n"] == 1
+    # The curl session of the README, with the seeded key.
+    headers = {"Authorization": f"Bearer {key}"}
+    made = await client.post(
+        "/api/v1/workflows",
+        json={"name": "Hello", "steps": [{"name": "Say hi", "action_type": "log"}]},
+        headers=headers,
+    )
+    assert made.status_code == 201
+    run = await client.post(
+        f"/api/v1/workflows/{made.json()['id']}/runs", json={"inputs": {}}, headers=headers
+    )
+    assert run.status_code == 201
+    listed = await client.get(f"/api/v1/workflows/{made.json()['id']}/runs", headers=headers)
+    assert [r["id"] for r in listed.json()["items"]] == [run.json()["id"]]
+
+
+async def test_create_api_key_command(client: httpx.AsyncClient, database_url: str) -> None:
+    piccolo("flowforge", "seed", database_url=database_url)
+    out = piccolo(
+        "flowforge",
+        "create_api_key",
+        "--email=developer@flowforge.local",
+        "--name=laptop",
+        "--scopes=read",
+        "--expires_in_days=7",
+        database_url=database_url,
+    )
+    [key] = set(KEY.findall(out))
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert (me.status_code, me.json()["scopes"]) == (200, ["read"])
+    row = (await DB.fetch("SELECT expires_at FROM api_keys WHERE name = 'laptop'"))[0]
+    assert row["expires_at"] is not None
+    result = support.piccolo(
+        "flowforge",
+        "create_api_key",
+        "--email=nobody@example.com",
+        database_url=database_url,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "No user with email" in result.stdout + result.stderr
+
+
+async def test_admin_login_from_settings(database_url: str, no_admin_logins: None) -> None:
+    from piccolo.apps.user.tables import BaseUser
+
+    password = "a-real-password-for-tests"
+    out = piccolo(
+        "flowforge",
+        "create_admin_login",
+        database_url=database_url,
+        FLOWFORGE_ADMIN_USERNAME="ops",
+        FLOWFORGE_ADMIN_PASSWORD=password,
+    )
+    assert "username ops, FLOWFORGE_ADMIN_PASSWORD" in out
+    assert password not in out
+    assert await BaseUser.login("ops", password) is not None
+    changed = "another-real-password"
+    out = piccolo(
+        "flowforge",
+        "create_admin_login",
+        database_url=database_url,
+        FLOWFORGE_ADMIN_USERNAME="ops",
+        FLOWFORGE_ADMIN_PASSWORD=changed,
+    )
+    assert "password set from FLOWFORGE_ADMIN_PASSWORD" in out
+    assert await BaseUser.login("ops", changed) is not None
+    stored = await DB.fetch("SELECT password, admin, superuser FROM piccolo_user")
+    assert changed not in stored[0]["password"]
+    assert stored[0]["admin"] and stored[0]["superuser"]
+
+
+def test_placeholder_admin_password_stops_the_cli(database_url: str) -> None:
+    env = {**os.environ, "FLOWFORGE_ENV": "test", "FLOWFORGE_ADMIN_PASSWORD": "change-me"}
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "piccolo.main", "flowforge", "create_admin_login"],
+        cwd=support.REPO_ROOT,
+        env={**env, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "FLOWFORGE_ADMIN_PASSWORD is a placeholder" in result.stderr

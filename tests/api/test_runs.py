@@ -1,0 +1,596 @@
+"""Runs over HTTP: trigger (idempotent), list with filters and cursors, read, lifecycle, attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from flowforge import events as contract
+from flowforge.db.engine import DB
+from tests.api.conftest import Caller, count, create_workflow, events, trigger
+
+
+@pytest.fixture
+async def workflow(client: httpx.AsyncClient, developer: Caller) -> dict[str, Any]:
+    return await create_workflow(client, developer)
+
+
+async def post(client: httpx.AsyncClient, caller: Caller, path: str, **body: Any) -> httpx.Response:
+    return await client.post(path, json=body or None, headers=caller.headers)
+
+
+# -- trigger -----------------------------------------------------------------------------
+
+
+async def test_trigger_creates_a_pending_run_and_its_event(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    response = await client.post(
+        f"/api/v1/workflows/{workflow['id']}/runs",
+        json={"inputs": {"day": "2026-01-05", "n": 3}},
+        headers=developer.headers,
+    )
+    assert response.status_code == 201
+    run = response.json()
+    assert response.headers["location"] == f"/api/v1/runs/{run['id']}"
+    assert run["status"] == "pending"
+    assert run["inputs"] == {"day": "2026-01-05", "n": 3}
+    assert run["triggered_by_user_id"] == str(developer.user_id)
+    assert run["trigger_type"] == "manual"
+    assert run["replayed"] is False
+    assert run["started_at"] is None and run["finished_at"] is None
+    [event] = await events(run["id"])
+    assert event["event_type"] == "run.created"
+    assert event["aggregate_type"] == contract.WORKFLOW_RUN
+    expected = contract.run_payload({**run, "error": None}, None)
+    assert {k: event["payload"][k] for k in expected} == expected
+    assert event["payload"]["inputs"] == run["inputs"]
+    assert event["payload"]["triggered_by_user_id"] == str(developer.user_id)
+
+
+async def test_idempotency_key_replays_the_same_run(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    headers = {**developer.headers, "Idempotency-Key": "order-42"}
+    first = await client.post(path, json={"inputs": {"a": 1}}, headers=headers)
+    again = await client.post(path, json={"inputs": {"a": 1}}, headers=headers)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.json()["replayed"] is True
+    assert await count("workflow_runs") == 1
+    assert len(await events(first.json()["id"])) == 1  # no second run.created
+
+
+async def test_idempotency_key_with_different_inputs_is_a_409(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    headers = {**developer.headers, "Idempotency-Key": "order-42"}
+    assert (await client.post(path, json={"inputs": {"a": 1}}, headers=headers)).status_code == 201
+    response = await client.post(path, json={"inputs": {"a": 2}}, headers=headers)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "idempotency_conflict"
+    assert await count("workflow_runs") == 1
+
+
+async def test_the_same_idempotency_key_on_another_workflow_is_another_run(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    second = await create_workflow(client, developer, name="Second")
+    headers = {**developer.headers, "Idempotency-Key": "k"}
+    for wf in (workflow, second):
+        response = await client.post(f"/api/v1/workflows/{wf['id']}/runs", json={}, headers=headers)
+        assert response.status_code == 201
+
+
+async def test_concurrent_triggers_with_one_key_make_one_run(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    headers = {**developer.headers, "Idempotency-Key": "same"}
+    responses = await asyncio.gather(
+        *(client.post(path, json={"inputs": {"x": 1}}, headers=headers) for _ in range(6))
+    )
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [201]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await count("workflow_runs") == 1
+
+
+async def test_trigger_refuses_inactive_missing_and_foreign_workflows(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    other_developer: Caller,
+    workflow: dict[str, Any],
+) -> None:
+    foreign = await client.post(
+        f"/api/v1/workflows/{workflow['id']}/runs", json={}, headers=other_developer.headers
+    )
+    assert foreign.status_code == 404
+    missing = await client.post(
+        "/api/v1/workflows/00000000-0000-0000-0000-000000000000/runs",
+        json={},
+        headers=developer.headers,
+    )
+    assert missing.status_code == 404
+    await post(client, developer, f"/api/v1/workflows/{workflow['id']}/deactivate")
+    inactive = await client.post(
+        f"/api/v1/workflows/{workflow['id']}/runs", json={}, headers=developer.headers
+    )
+    assert inactive.status_code == 409
+    assert inactive.json()["error"]["code"] == "workflow_inactive"
+    assert await count("workflow_runs") == 0
+
+
+async def test_replay_still_works_after_the_workflow_was_deactivated(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    headers = {**developer.headers, "Idempotency-Key": "k1"}
+    first = await client.post(path, json={}, headers=headers)
+    await post(client, developer, f"/api/v1/workflows/{workflow['id']}/deactivate")
+    again = await client.post(path, json={}, headers=headers)
+    assert (again.status_code, again.json()["id"]) == (200, first.json()["id"])
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+async def test_a_run_goes_pending_running_completed_with_events(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    started = await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    assert started.status_code == 200
+    assert started.json()["status"] == "running"
+    assert started.json()["started_at"] is not None
+    done = await post(client, developer, f"/api/v1/runs/{run['id']}/complete", outputs={"rows": 10})
+    assert done.status_code == 200
+    body = done.json()
+    assert body["status"] == "completed"
+    assert body["outputs"] == {"rows": 10}
+    assert body["finished_at"] >= body["started_at"]
+    kinds = [(e["event_type"], e["payload"]["previous_status"]) for e in await events(run["id"])]
+    assert kinds == [
+        ("run.created", None),
+        ("run.started", "pending"),
+        ("run.completed", "running"),
+    ]
+    completed = (await events(run["id"]))[-1]["payload"]
+    assert completed["outputs"] == {"rows": 10}
+    assert datetime.datetime.fromisoformat(
+        completed["finished_at"]
+    ) == datetime.datetime.fromisoformat(body["finished_at"])
+
+
+async def test_fail_records_the_error(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    failed = await post(client, developer, f"/api/v1/runs/{run['id']}/fail", error="boom")
+    assert failed.status_code == 200
+    assert (failed.json()["status"], failed.json()["error"]) == ("failed", "boom")
+    last = (await events(run["id"]))[-1]
+    assert (last["event_type"], last["payload"]["error"]) == ("run.failed", "boom")
+    no_error = await client.post(
+        f"/api/v1/runs/{run['id']}/fail", json={}, headers=developer.headers
+    )
+    assert no_error.status_code == 422
+
+
+@pytest.mark.parametrize("started", [False, True])
+async def test_cancel_from_pending_or_running(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], started: bool
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    if started:
+        await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    cancelled = await post(
+        client, developer, f"/api/v1/runs/{run['id']}/cancel", reason="not needed"
+    )
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert (body["status"], body["error"]) == ("cancelled", "not needed")
+    assert (body["started_at"] is not None) is started
+    last = (await events(run["id"]))[-1]
+    assert last["event_type"] == "run.cancelled"
+    assert last["payload"]["previous_status"] == ("running" if started else "pending")
+
+
+async def test_cancel_without_a_body(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    response = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=developer.headers)
+    assert response.status_code == 200
+    assert response.json()["error"] is None
+
+
+@pytest.mark.parametrize(
+    ("path", "action", "current", "requested"),
+    [
+        ([], "complete", "pending", "completed"),
+        ([], "fail", "pending", "failed"),
+        (["start"], "start", "running", "running"),
+        (["start", "complete"], "cancel", "completed", "cancelled"),
+        (["start", "complete"], "start", "completed", "running"),
+        (["cancel"], "start", "cancelled", "running"),
+        (["cancel"], "cancel", "cancelled", "cancelled"),
+    ],
+)
+async def test_illegal_transitions_are_409_naming_both_states(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    path: list[str],
+    action: str,
+    current: str,
+    requested: str,
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    for step in path:
+        assert (
+            await post(client, developer, f"/api/v1/runs/{run['id']}/{step}")
+        ).status_code == 200
+    before = await count("outbox")
+    body = {"error": "x"} if action == "fail" else {}
+    response = await post(client, developer, f"/api/v1/runs/{run['id']}/{action}", **body)
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "invalid_transition"
+    assert error["details"]["current_status"] == current
+    assert error["details"]["requested_status"] == requested
+    assert current in error["message"]
+    assert await count("outbox") == before  # nothing written
+
+
+async def test_two_concurrent_transitions_of_one_run_exactly_one_wins(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    for _ in range(5):
+        run = await trigger(client, developer, workflow["id"])
+        await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+        # Two real requests, each in its own transaction on its own connection.
+        complete, fail = await asyncio.gather(
+            post(client, developer, f"/api/v1/runs/{run['id']}/complete"),
+            post(client, developer, f"/api/v1/runs/{run['id']}/fail", error="lost race?"),
+        )
+        statuses = sorted([complete.status_code, fail.status_code])
+        assert statuses == [200, 409], (complete.text, fail.text)
+        winner = complete if complete.status_code == 200 else fail
+        loser = fail if winner is complete else complete
+        final = winner.json()["status"]
+        assert loser.json()["error"]["details"]["current_status"] == final
+        terminal = [e for e in await events(run["id"]) if e["event_type"] != "run.created"]
+        assert [e["event_type"] for e in terminal] == ["run.started", f"run.{final}"]
+
+
+async def test_concurrent_transitions_in_raw_transactions_one_wins(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    """The domain function itself: two open transactions race; the loser waits, then loses."""
+    from flowforge import runs
+    from flowforge.errors import InvalidTransitionError
+
+    run = await trigger(client, developer, workflow["id"])
+    run_id = run["id"]
+    first_done = asyncio.Event()
+
+    async def first() -> str:
+        async with DB.transaction():
+            result = await runs.transition_run(run_id, "start")
+            await asyncio.sleep(0.2)  # hold the row lock while the other one waits
+            first_done.set()
+        return str(result["status"])
+
+    async def second() -> str:
+        await asyncio.sleep(0.05)
+        async with DB.transaction():
+            try:
+                await runs.transition_run(run_id, "cancel")
+            except InvalidTransitionError:
+                return "lost"
+        return "won"
+
+    results = await asyncio.gather(first(), second())
+    # cancel is legal from running too, so the second wins *after* the first:
+    # it saw the committed "running" state, never the stale "pending".
+    assert results == ["running", "won"]
+    cancel_event = (await events(run_id))[-1]
+    assert cancel_event["payload"]["previous_status"] == "running"
+
+
+async def test_transition_of_unknown_or_foreign_run_is_404(
+    client: httpx.AsyncClient, developer: Caller, other_developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    assert (
+        await post(client, other_developer, f"/api/v1/runs/{run['id']}/start")
+    ).status_code == 404
+    missing = "/api/v1/runs/00000000-0000-0000-0000-000000000000/start"
+    assert (await post(client, developer, missing)).status_code == 404
+    assert (
+        await client.get(f"/api/v1/runs/{run['id']}", headers=other_developer.headers)
+    ).status_code == 404
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+async def test_list_runs_newest_first_with_cursor_pages(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    made = [await trigger(client, developer, workflow["id"], inputs={"i": i}) for i in range(7)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 3}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get(
+            f"/api/v1/workflows/{workflow['id']}/runs", params=params, headers=developer.headers
+        )
+        assert response.status_code == 200
+        body = response.json()
+        seen += [item["id"] for item in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        # A run created between pages does not shift or repeat anything.
+        if pages == 1:
+            await trigger(client, developer, workflow["id"], inputs={"late": True})
+    assert pages == 3
+    assert seen == [run["id"] for run in reversed(made)]
+
+
+async def test_list_runs_filters_by_status(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    runs = [await trigger(client, developer, workflow["id"]) for _ in range(4)]
+    for run in runs[:2]:
+        await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    await post(client, developer, f"/api/v1/runs/{runs[0]['id']}/complete")
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    by_status = {}
+    for status in ("pending", "running", "completed", "failed"):
+        response = await client.get(path, params={"status": status}, headers=developer.headers)
+        by_status[status] = [item["id"] for item in response.json()["items"]]
+    assert by_status == {
+        "pending": [runs[3]["id"], runs[2]["id"]],
+        "running": [runs[1]["id"]],
+        "completed": [runs[0]["id"]],
+        "failed": [],
+    }
+    # Status filter and cursor together.
+    first = await client.get(
+        path, params={"status": "pending", "limit": 1}, headers=developer.headers
+    )
+    second = await client.get(
+        path,
+        params={"status": "pending", "limit": 1, "cursor": first.json()["next_cursor"]},
+        headers=developer.headers,
+    )
+    assert [i["id"] for i in second.json()["items"]] == [runs[2]["id"]]
+    assert second.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"status": "sleeping"}, "validation_error"),
+        ({"limit": 0}, "validation_error"),
+        ({"limit": 201}, "validation_error"),
+        ({"limit": -1}, "validation_error"),
+        ({"cursor": "not-a-cursor"}, "invalid_cursor"),
+        ({"cursor": "bm90fGF8dXVpZA"}, "invalid_cursor"),
+        ({"cursor": "x" * 300}, "validation_error"),
+        ({"cursor": "abc$%"}, "validation_error"),
+    ],
+)
+async def test_list_runs_rejects_bad_parameters(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    params: dict[str, Any],
+    code: str,
+) -> None:
+    response = await client.get(
+        f"/api/v1/workflows/{workflow['id']}/runs", params=params, headers=developer.headers
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == code
+
+
+async def test_list_runs_of_missing_or_foreign_workflow_is_404_and_empty_is_empty(
+    client: httpx.AsyncClient, developer: Caller, other_developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    assert (await client.get(path, headers=other_developer.headers)).status_code == 404
+    empty = await client.get(path, headers=developer.headers)
+    assert empty.json() == {"items": [], "next_cursor": None}
+
+
+# -- step attempts -----------------------------------------------------------------------
+
+
+async def running_run(
+    client: httpx.AsyncClient, caller: Caller, workflow: dict[str, Any]
+) -> dict[str, Any]:
+    run = await trigger(client, caller, workflow["id"])
+    await post(client, caller, f"/api/v1/runs/{run['id']}/start")
+    return run
+
+
+async def test_step_attempts_are_numbered_by_the_server_and_returned_in_order(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await running_run(client, developer, workflow)
+    path = f"/api/v1/runs/{run['id']}/step-logs"
+    first = await post(client, developer, path, step_position=0, status="failed", error="timeout")
+    assert first.status_code == 201
+    assert (first.json()["attempt"], first.json()["step_name"]) == (1, "Query")
+    second = await post(
+        client, developer, path, step_position=0, status="completed", output={"n": 1}
+    )
+    assert second.json()["attempt"] == 2
+    third = await post(client, developer, path, step_position=1, input={"rows": 1})
+    assert (third.json()["attempt"], third.json()["status"]) == (1, "running")
+    assert third.json()["finished_at"] is None
+
+    detail = await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)
+    logs = detail.json()["step_logs"]
+    assert [(log["step_position"], log["attempt"], log["status"]) for log in logs] == [
+        (0, 1, "failed"),
+        (0, 2, "completed"),
+        (1, 1, "running"),
+    ]
+    assert logs[0]["error"] == "timeout"
+    assert logs[1]["output"] == {"n": 1}
+    assert logs[2]["input"] == {"rows": 1}
+    # Heartbeat: logging bumps the run's updated_at.
+    assert detail.json()["updated_at"] > run["updated_at"]
+    logged = [e for e in await events(run["id"]) if e["event_type"] == "run.step_logged"]
+    assert [e["payload"]["attempt"] for e in logged] == [1, 2, 1]
+    assert logged[0]["payload"]["workflow_id"] == workflow["id"]
+
+    finish = await post(
+        client,
+        developer,
+        f"/api/v1/runs/{run['id']}/step-logs/{third.json()['id']}/finish",
+        status="completed",
+        output={"ok": True},
+    )
+    assert finish.status_code == 200
+    assert finish.json()["status"] == "completed"
+    assert finish.json()["finished_at"] is not None
+    again = await post(
+        client,
+        developer,
+        f"/api/v1/runs/{run['id']}/step-logs/{third.json()['id']}/finish",
+        status="failed",
+        error="late",
+    )
+    assert again.status_code == 409
+    assert again.json()["error"]["details"]["current_status"] == "completed"
+
+
+async def test_concurrent_attempts_get_distinct_numbers(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await running_run(client, developer, workflow)
+    path = f"/api/v1/runs/{run['id']}/step-logs"
+    responses = await asyncio.gather(
+        *(post(client, developer, path, step_position=2, status="completed") for _ in range(8))
+    )
+    assert all(r.status_code == 201 for r in responses), [r.text for r in responses]
+    assert sorted(r.json()["attempt"] for r in responses) == list(range(1, 9))
+
+
+async def test_attempts_need_a_running_run_and_an_existing_step(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    path = f"/api/v1/runs/{run['id']}/step-logs"
+    pending = await post(client, developer, path, step_position=0)
+    assert pending.status_code == 409
+    assert pending.json()["error"]["details"]["current_status"] == "pending"
+    await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    missing_step = await post(client, developer, path, step_position=9)
+    assert missing_step.status_code == 404
+    assert "position 9" in missing_step.json()["error"]["message"]
+    unknown = await post(
+        client,
+        developer,
+        "/api/v1/runs/00000000-0000-0000-0000-000000000000/step-logs",
+        step_position=0,
+    )
+    assert unknown.status_code == 404
+    bad = [
+        {"step_position": -1},
+        {"step_position": 0, "status": "pending"},
+        {"step_position": 0, "status": "failed"},
+        {"step_position": 0, "status": "completed", "error": "x"},
+        {"step_position": 0, "surprise": 1},
+    ]
+    for body in bad:
+        response = await client.post(path, json=body, headers=developer.headers)
+        assert response.status_code == 422, body
+    assert await count("run_step_logs") == 0
+
+
+async def test_ending_a_run_closes_its_open_attempts(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await running_run(client, developer, workflow)
+    log = (
+        await post(client, developer, f"/api/v1/runs/{run['id']}/step-logs", step_position=0)
+    ).json()
+    await post(client, developer, f"/api/v1/runs/{run['id']}/cancel")
+    detail = (await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)).json()
+    assert detail["step_logs"][0]["id"] == log["id"]
+    assert detail["step_logs"][0]["status"] == "cancelled"
+    finished = await post(
+        client,
+        developer,
+        f"/api/v1/runs/{run['id']}/step-logs/{log['id']}/finish",
+        status="completed",
+    )
+    assert finished.status_code == 409
+
+
+async def test_step_logs_keep_their_snapshot_when_steps_are_replaced(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await running_run(client, developer, workflow)
+    await post(client, developer, f"/api/v1/runs/{run['id']}/step-logs", step_position=1)
+    replaced = await client.put(
+        f"/api/v1/workflows/{workflow['id']}/steps",
+        json={"steps": [{"name": "Only", "action_type": "noop"}]},
+        headers=developer.headers,
+    )
+    assert replaced.status_code == 200
+    [log] = (await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert (log["step_id"], log["step_position"], log["step_name"]) == (None, 1, "Render")
+
+
+def _normalise(payload: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps parsed, ids as text: the same facts whatever the serialisation."""
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if key.endswith("_at") and isinstance(value, str):
+            out[key] = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        else:
+            out[key] = str(value) if key.endswith("_id") and value is not None else value
+    return out
+
+
+async def test_run_event_payloads_follow_the_events_contract(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    """Payloads built in SQL carry exactly events.run_payload's facts (plus extras)."""
+    run = await trigger(client, developer, workflow["id"])
+    states = [run]
+    previous = [None, "pending", "running"]
+    for action, body in (("start", {}), ("fail", {"error": "boom"})):
+        response = await post(client, developer, f"/api/v1/runs/{run['id']}/{action}", **body)
+        states.append(response.json())
+    emitted = await events(run["id"])
+    assert [e["event_type"] for e in emitted] == ["run.created", "run.started", "run.failed"]
+    for event, state, before in zip(emitted, states, previous, strict=True):
+        expected = _normalise(contract.run_payload(state, before))
+        got = _normalise(event["payload"])
+        assert {key: got[key] for key in expected} == expected, event["event_type"]
+        assert event["payload"]["started_at"] is None or event["payload"]["started_at"].endswith(
+            "+00:00"
+        )

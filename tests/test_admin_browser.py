@@ -1,0 +1,139 @@
+"""Piccolo Admin in a real headless Chromium: log in, open the runs, filter by status, see a run.
+
+Runs the app under real uvicorn on a free port against the test database.
+The screenshots land in tests/artifacts/ (gitignored). `make test` installs
+Debian's chromium when it is missing; Playwright never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from flowforge import seed
+from flowforge.db.engine import DB
+from tests.live import live_server
+from tests.support import REPO_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
+USERNAME = "browser-admin"
+PASSWORD = "browser-test-password-1"
+FAILED_RUN_ERROR = "Email team: upstream timed out (attempt 3)"
+
+
+@pytest.fixture
+async def seeded(db: None) -> list[str]:
+    """The seed data, and an admin login the browser knows the password of.
+
+    Returns the stored API key hashes (which the admin must never show).
+    """
+    from piccolo.apps.user.tables import BaseUser
+
+    await seed.seed()
+    await DB.fetch("DELETE FROM piccolo_user WHERE username = $1", USERNAME)
+    await BaseUser.create_user(
+        username=USERNAME, password=PASSWORD, active=True, admin=True, superuser=True
+    )
+    return [row["key_hash"] for row in await DB.fetch("SELECT key_hash FROM api_keys")]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM.exists(), "Debian chromium is missing: `make test` installs it"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def log_in(page: Page, base_url: str) -> None:
+    page.goto(f"{base_url}/admin/")
+    page.locator("input[name=username]").fill(USERNAME)
+    page.locator("input[name=password]").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_url(re.compile(r".*/admin/#/$"))
+
+
+def test_admin_log_in_filter_runs_by_status_and_open_a_run(
+    seeded: list[str], database_url: str, browser: Browser
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with live_server(database_url, ARTIFACTS / "admin-uvicorn.log") as base_url:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        log_in(page, base_url)
+
+        page.get_by_role("link", name="Workflow Runs").first.click()
+        expect(page.get_by_role("heading", name="Workflow Runs")).to_be_visible()
+        # Data rows: the ones linking to a run (the page has other tables too).
+        rows = page.locator("tr:has(a[href*='#/workflow_runs/'])")
+        expect(rows).to_have_count(10)
+        # Foreign keys read as names, not UUIDs.
+        expect(page.locator("table").get_by_text("Nightly report").first).to_be_visible()
+
+        page.get_by_text("SHOW FILTERS").click()
+        page.locator("select[name=status]").select_option("failed")
+        page.get_by_role("button", name="APPLY").click()
+        expect(rows).to_have_count(2)
+        for row in rows.all():
+            expect(row).to_contain_text("Failed")
+        page.get_by_text("CLOSE").click()
+        page.wait_for_timeout(600)  # let the table's fade-in finish for the screenshot
+        page.screenshot(path=str(ARTIFACTS / "admin-runs-filtered-failed.png"), full_page=True)
+
+        row = rows.filter(has_text="Nightly report")
+        row.locator("a").first.click()
+        expect(
+            page.get_by_text("Edit Workflow Run").or_(page.get_by_text("Workflow Run"))
+        ).to_be_visible()
+        expect(
+            page.locator(f"text={FAILED_RUN_ERROR}").or_(page.locator("textarea >> nth=0"))
+        ).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "admin-run-detail.png"), full_page=True)
+
+
+def test_admin_is_read_only_and_never_shows_secrets(
+    seeded: list[str], database_url: str, browser: Browser
+) -> None:
+    hashes = seeded
+    assert hashes
+    with live_server(database_url, ARTIFACTS / "admin-uvicorn-api.log") as base_url:
+        context = browser.new_context()
+        page = context.new_page()
+        log_in(page, base_url)
+        api = f"{base_url}/admin/api/tables"
+
+        keys = page.request.get(f"{api}/api_keys/?__readable=true")
+        assert keys.status == 200
+        rows = keys.json()["rows"]
+        assert rows
+        assert all(row.get("key_hash") is None for row in rows)  # secret=True: never sent
+        for stored in hashes:
+            assert stored not in keys.text()
+        single = page.request.get(f"{api}/api_keys/{rows[0]['id']}/")
+        assert single.status == 200
+        assert single.json().get("key_hash") is None
+
+        csrf = next(c["value"] for c in context.cookies() if c["name"] == "csrftoken")
+        headers = {"X-CSRFToken": csrf}
+        for table in ("outbox", "run_step_logs", "workflow_runs", "workflows", "api_keys"):
+            created = page.request.post(f"{api}/{table}/", data={}, headers=headers)
+            assert created.status in (403, 405), (table, created.status)
+        outbox_row = page.request.get(f"{api}/outbox/?__page_size=1").json()["rows"][0]
+        deleted = page.request.delete(f"{api}/outbox/{outbox_row['id']}/", headers=headers)
+        assert deleted.status in (403, 405)
+        context.close()
