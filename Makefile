@@ -2,6 +2,7 @@
 #   make run    set up, migrate, seed and serve on http://127.0.0.1:8000
 #   make test   set up and run the whole suite with coverage (>= 80% of flowforge/)
 #   make lint   ruff + mypy, check mode only
+#   make bench  benchmarks against the raw-asyncpg floor (benchmarks/README.md)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup migrate seed run serve test lint db-status db-stop clean
+.PHONY: setup migrate seed run serve test lint bench db-status db-stop clean
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -48,6 +49,9 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 db-status: setup
 	$(BIN)/python -m flowforge.db.embedded status

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 from piccolo.columns import JSON, JSONB
@@ -49,20 +50,28 @@ async def copy_rows(table: type[Table], rows: Iterable[Mapping[str, Any]]) -> in
     if first is None:
         return 0
     names, json_columns = _columns(table, first)
-    positions = [(name, name in json_columns) for name in names]
+    values_of = itemgetter(*names)
+    json_positions = [index for index, name in enumerate(names) if name in json_columns]
+    width = len(names)
 
     def record(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        if len(row) != len(names):
-            raise InvalidInputError("Every row must have the same columns.", columns=names)
         try:
-            return tuple(
-                dumps(row[name]) if is_json and not isinstance(row[name], str) else row[name]
-                for name, is_json in positions
-            )
-        except KeyError as missing:
+            if len(row) != width:
+                raise KeyError
+            values = values_of(row)
+        except KeyError:
             raise InvalidInputError(
-                "Every row must have the same columns.", missing=str(missing)
+                "Every row must have the same columns.", columns=names
             ) from None
+        if width == 1:
+            values = (values,)
+        if json_positions:
+            values = list(values)
+            for index in json_positions:
+                if not isinstance(values[index], str):
+                    values[index] = dumps(values[index])
+            values = tuple(values)
+        return values  # type: ignore[no-any-return]
 
     total = 0
     pending: Iterable[Mapping[str, Any]] = [first]

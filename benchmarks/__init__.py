@@ -1,0 +1,1 @@
+"""FlowForge benchmarks: `make bench` (see benchmarks/README.md)."""

@@ -1,0 +1,333 @@
+"""The benchmark data set: realistic volume, loaded with COPY, reused between runs.
+
+Default: 1,000 users, 10,000 workflows (3 steps each), 1,000,000 runs spread
+over 90 days with a realistic status mix, ~2 step logs per started run, and
+~2 outbox events per run of which all but the last few hundred are published.
+The database is built by the real migrations (the `piccolo` CLI), exactly like
+a deployment, then loaded with COPY. A marker row records the sizes so the next
+run with the same sizes reuses the data instead of loading it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATABASE = "flowforge_bench"
+CHUNK = 50_000
+BUSY_WORKFLOWS = 50
+NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
+STATUS_MIX = [("completed", 90), ("failed", 5), ("cancelled", 2), ("running", 2), ("pending", 1)]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    users: int = 1_000
+    workflows: int = 10_000
+    runs: int = 1_000_000
+    steps_per_workflow: int = 3
+    unpublished_events: int = 500
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(users=100, workflows=1_000, runs=100_000)
+
+
+def server_url() -> str:
+    """The maintenance database of the server the benchmarks use."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    sys.path.insert(0, str(REPO_ROOT))
+    from flowforge.db import embedded
+    from flowforge.settings import Settings
+
+    return embedded.database_url(Settings().data_dir, "postgres")
+
+
+def database_url() -> str:
+    return urlunsplit(urlsplit(server_url())._replace(path=f"/{DATABASE}"))
+
+
+def uid(rng: random.Random) -> uuid.UUID:
+    return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+@dataclass
+class Loaded:
+    """What the operations need to know about the data set."""
+
+    sizes: Sizes
+    user_ids: list[uuid.UUID]
+    workflow_ids: list[uuid.UUID]
+    workflow_owner: dict[uuid.UUID, uuid.UUID]
+    busy_workflow_ids: list[uuid.UUID]  # workflows with many runs, for list/get
+    sample_run_ids: list[uuid.UUID]  # runs with step logs
+    rows_loaded: int = 0
+    load_seconds: float = 0.0
+
+
+def _runs(sizes: Sizes, workflow_ids: list[uuid.UUID], rng: random.Random) -> Iterator[tuple]:
+    statuses = [status for status, weight in STATUS_MIX for _ in range(weight)]
+    span = 90 * 24 * 3600
+    busy = workflow_ids[:BUSY_WORKFLOWS]
+    for index in range(sizes.runs):
+        # A fifth of all runs belong to a few busy workflows (thousands of runs
+        # each); the rest are spread evenly (~80 runs per workflow by default).
+        if rng.random() < 0.2:
+            workflow_id = busy[rng.randrange(len(busy))]
+        else:
+            workflow_id = workflow_ids[index % len(workflow_ids)]
+        created = NOW - datetime.timedelta(seconds=span * (1 - index / sizes.runs))
+        status = statuses[rng.randrange(len(statuses))]
+        started = created + datetime.timedelta(seconds=1) if status != "pending" else None
+        if status == "cancelled":
+            started = None
+        finished = (
+            created + datetime.timedelta(seconds=30)
+            if status in ("completed", "failed", "cancelled")
+            else None
+        )
+        yield (
+            uid(rng),
+            workflow_id,
+            status,
+            "manual",
+            json.dumps({"n": index}),
+            '{"ok":true}' if status == "completed" else None,
+            "step failed" if status == "failed" else None,
+            started,
+            finished,
+            created,
+            created,
+        )
+
+
+RUN_COLUMNS = [
+    "id", "workflow_id", "status", "trigger_type", "inputs", "outputs", "error",
+    "started_at", "finished_at", "created_at", "updated_at",
+]  # fmt: skip
+LOG_COLUMNS = [
+    "run_id", "step_position", "step_name", "attempt", "status", "input", "output",
+    "started_at", "finished_at", "created_at", "updated_at",
+]  # fmt: skip
+OUTBOX_COLUMNS = [
+    "aggregate_type", "aggregate_id", "event_type", "payload", "published_at",
+    "created_at", "updated_at",
+]  # fmt: skip
+
+
+async def _copy(
+    connection: asyncpg.Connection, table: str, columns: list[str], rows: Iterator[tuple]
+) -> int:
+    total = 0
+    chunk: list[tuple] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            await connection.copy_records_to_table(table, records=chunk, columns=columns)
+            total += len(chunk)
+            chunk = []
+    if chunk:
+        await connection.copy_records_to_table(table, records=chunk, columns=columns)
+        total += len(chunk)
+    return total
+
+
+async def load(connection: asyncpg.Connection, sizes: Sizes) -> Loaded:
+    """Load the whole data set with COPY; returns handles for the operations."""
+    rng = random.Random(20261125)
+    started = time.perf_counter()
+    # The generated rows are consistent by construction: skip per-row FK and
+    # trigger work during the load (what pg_restore does). Needs a superuser;
+    # without one the load is merely slower.
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await connection.execute("SET session_replication_role = replica")
+    user_ids = [uid(rng) for _ in range(sizes.users)]
+    rows = 0
+    rows += await _copy(
+        connection, "users", ["id", "email", "display_name", "role"],
+        ((u, f"user{i}@bench.example", f"User {i}", "admin" if i == 0 else "developer")
+         for i, u in enumerate(user_ids)),
+    )  # fmt: skip
+    workflow_ids = [uid(rng) for _ in range(sizes.workflows)]
+    owner = {w: user_ids[i % len(user_ids)] for i, w in enumerate(workflow_ids)}
+    rows += await _copy(
+        connection, "workflows", ["id", "owner_id", "name", "trigger_type", "trigger_config"],
+        ((w, owner[w], f"Workflow {i}", "manual", "{}") for i, w in enumerate(workflow_ids)),
+    )  # fmt: skip
+    rows += await _copy(
+        connection, "workflow_steps", ["workflow_id", "position", "name", "action_type", "config"],
+        ((w, p, f"step {p}", "http.request", '{"url":"https://example.com"}')
+         for w in workflow_ids for p in range(sizes.steps_per_workflow)),
+    )  # fmt: skip
+
+    sample_runs: list[uuid.UUID] = []
+    log_rows: list[tuple] = []
+    event_rows: list[tuple] = []
+    run_chunk: list[tuple] = []
+    unpublished_from = sizes.runs - sizes.unpublished_events // 2
+
+    async def flush() -> int:
+        copied = 0
+        if run_chunk:
+            await connection.copy_records_to_table(
+                "workflow_runs", records=run_chunk, columns=RUN_COLUMNS
+            )
+            copied += len(run_chunk)
+        if log_rows:
+            await connection.copy_records_to_table(
+                "run_step_logs", records=log_rows, columns=LOG_COLUMNS
+            )
+            copied += len(log_rows)
+        if event_rows:
+            await connection.copy_records_to_table(
+                "outbox", records=event_rows, columns=OUTBOX_COLUMNS
+            )
+            copied += len(event_rows)
+        run_chunk.clear()
+        log_rows.clear()
+        event_rows.clear()
+        return copied
+
+    for index, run in enumerate(_runs(sizes, workflow_ids, rng)):
+        run_id, status, started_at, finished_at, created = run[0], run[2], run[7], run[8], run[9]
+        run_chunk.append(run)
+        if started_at is not None:
+            for position in range(2):
+                log_status = (
+                    "running"
+                    if status == "running" and position == 1
+                    else ("failed" if status == "failed" and position == 1 else "completed")
+                )
+                log_finished = None if log_status == "running" else finished_at or started_at
+                log_rows.append((
+                    run_id, position, f"step {position}", 1, log_status, "{}",
+                    '{"ok":true}' if log_status == "completed" else None,
+                    started_at, log_finished, started_at, started_at,
+                ))  # fmt: skip
+            if len(sample_runs) < 1000 and index % 97 == 0:
+                sample_runs.append(run_id)
+        published = created + datetime.timedelta(seconds=2) if index < unpublished_from else None
+        event_rows.append(
+            (
+                "workflow_run",
+                run_id,
+                "run.created",
+                '{"status":"pending"}',
+                published,
+                created,
+                created,
+            )
+        )
+        if finished_at is not None:
+            event_rows.append(
+                ("workflow_run", run_id, f"run.{status}", json.dumps({"status": status}), published, finished_at, finished_at)
+            )  # fmt: skip
+        if len(run_chunk) >= CHUNK:
+            rows += await flush()
+    rows += await flush()
+    await connection.execute("ANALYZE")
+    return Loaded(
+        sizes=sizes,
+        user_ids=user_ids,
+        workflow_ids=workflow_ids,
+        workflow_owner=owner,
+        busy_workflow_ids=workflow_ids[:BUSY_WORKFLOWS],
+        sample_run_ids=sample_runs,
+        rows_loaded=rows,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def schema_version() -> list[str]:
+    """The migration files: a data set built before a new migration is rebuilt."""
+    return sorted(path.name for path in (REPO_ROOT / "piccolo_migrations").glob("*.py"))
+
+
+def migrate(url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "piccolo.main", "migrations", "forwards", "all"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"migrations failed:\n{result.stdout}\n{result.stderr}")
+
+
+async def prepare(sizes: Sizes, *, fresh: bool) -> Loaded:
+    """A migrated, loaded benchmark database with these sizes (reused when it matches)."""
+    admin = await asyncpg.connect(server_url())
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
+        marker = None
+        if exists and not fresh:
+            connection = await asyncpg.connect(database_url())
+            try:
+                marker = await connection.fetchval(
+                    "SELECT obj_description('public.workflow_runs'::regclass, 'pg_class')"
+                )
+            except asyncpg.PostgresError:
+                marker = None
+            finally:
+                await connection.close()
+        if marker:
+            meta = json.loads(marker)
+            if meta.get("sizes") == asdict(sizes) and meta.get("schema") == schema_version():
+                return await _reuse(sizes, meta)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await admin.close()
+    migrate(database_url())
+    connection = await asyncpg.connect(database_url())
+    try:
+        loaded = await load(connection, sizes)
+        meta = {
+            "sizes": asdict(sizes),
+            "schema": schema_version(),
+            "busy_workflow_ids": [str(w) for w in loaded.busy_workflow_ids],
+            "sample_run_ids": [str(r) for r in loaded.sample_run_ids],
+            "rows_loaded": loaded.rows_loaded,
+            "load_seconds": loaded.load_seconds,
+        }
+        await connection.execute(f"COMMENT ON TABLE workflow_runs IS '{json.dumps(meta)}'")
+    finally:
+        await connection.close()
+    return loaded
+
+
+async def _reuse(sizes: Sizes, meta: dict) -> Loaded:
+    connection = await asyncpg.connect(database_url())
+    try:
+        users = [r["id"] for r in await connection.fetch("SELECT id FROM users ORDER BY email")]
+        workflows = await connection.fetch("SELECT id, owner_id FROM workflows")
+    finally:
+        await connection.close()
+    return Loaded(
+        sizes=sizes,
+        user_ids=users,
+        workflow_ids=[r["id"] for r in workflows],
+        workflow_owner={r["id"]: r["owner_id"] for r in workflows},
+        busy_workflow_ids=[uuid.UUID(w) for w in meta["busy_workflow_ids"]],
+        sample_run_ids=[uuid.UUID(r) for r in meta["sample_run_ids"]],
+        rows_loaded=meta["rows_loaded"],
+        load_seconds=meta["load_seconds"],
+    )

@@ -1,0 +1,505 @@
+"""The operations, each twice: through FlowForge's own code path, and the raw-asyncpg floor.
+
+FlowForge side: exactly what an API request does below the HTTP layer: a
+transaction from ``DB.transaction()`` (the pooled engine, SafeTransaction) and
+the domain function the route calls. Floor side: a hand-written asyncpg
+implementation doing the same work (same rows written, same events, same
+checks, same data returned) on a plain asyncpg pool of the same size, as a
+careful engineer would write it with no framework at all. The ratio between
+the two is FlowForge's cost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from benchmarks import dataset
+from benchmarks.harness import Operation, compare
+
+POOL_MAX = 20
+CONCURRENCIES = (1, 32)
+LIFECYCLE_ATTEMPTS = 5
+BULK_ROWS = 2_000
+
+
+def _configure_flowforge() -> None:
+    """Point FlowForge's engine at the benchmark database with a pool of POOL_MAX."""
+    os.environ["DATABASE_URL"] = dataset.database_url()
+    os.environ["DB_POOL_MIN_SIZE"] = str(POOL_MAX)
+    os.environ["DB_POOL_MAX_SIZE"] = str(POOL_MAX)
+    os.environ.setdefault("FLOWFORGE_ENV", "test")
+    from flowforge.db.engine import DB
+    from flowforge.settings import get_settings
+
+    get_settings.cache_clear()
+    DB.reconfigure()
+
+
+async def _floor_pool() -> asyncpg.Pool:
+    from flowforge.db.engine import asyncpg_config
+    from flowforge.settings import get_settings
+
+    config = asyncpg_config(get_settings())
+    return await asyncpg.create_pool(min_size=POOL_MAX, max_size=POOL_MAX, **config)
+
+
+# -- floor SQL (hand-written, one round trip per step) ----------------------------------
+
+FLOOR_TRIGGER = """
+WITH run AS (
+    INSERT INTO workflow_runs (workflow_id, trigger_type, triggered_by_user_id, inputs)
+    SELECT id, 'manual', $2, $3::jsonb FROM workflows WHERE id = $1 AND is_active
+    RETURNING *
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', id, 'run.created', jsonb_build_object(
+        'run_id', id, 'workflow_id', workflow_id, 'status', status, 'previous_status', NULL,
+        'error', NULL, 'started_at', NULL, 'finished_at', NULL, 'trigger_type', trigger_type,
+        'triggered_by_user_id', triggered_by_user_id, 'inputs', inputs,
+        'idempotency_key', idempotency_key)
+    FROM run
+)
+SELECT * FROM run
+"""
+
+FLOOR_TRANSITION = """
+WITH changed AS (
+    UPDATE workflow_runs SET status = $2::text,
+        started_at = CASE WHEN $2::text = 'running' THEN now() ELSE started_at END,
+        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE now() END
+    WHERE id = $1 AND status = $3::text
+    RETURNING *
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', id, $4, jsonb_build_object(
+        'run_id', id, 'workflow_id', workflow_id, 'status', status, 'previous_status', $3::text,
+        'error', error, 'started_at', started_at, 'finished_at', finished_at,
+        'outputs', outputs)
+    FROM changed
+)
+SELECT * FROM changed
+"""
+
+FLOOR_LOCK_RUN = """
+UPDATE workflow_runs SET updated_at = now() WHERE id = $1 AND status = 'running'
+RETURNING workflow_id
+"""
+
+FLOOR_APPEND = """
+WITH step AS (
+    SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
+), logged AS (
+    INSERT INTO run_step_logs (run_id, step_id, step_position, step_name, attempt, status,
+                               input, output, started_at, finished_at)
+    SELECT $1, s.id, s.position, s.name,
+        coalesce((SELECT max(attempt) FROM run_step_logs
+                  WHERE run_id = $1 AND step_position = $3), 0) + 1,
+        'completed', $4::jsonb, $5::jsonb, now(), now()
+    FROM step s
+    RETURNING *
+), event AS (
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT 'workflow_run', run_id, 'run.step_logged', jsonb_build_object(
+        'run_id', run_id, 'workflow_id', $2::uuid, 'step_log_id', id, 'step_id', step_id,
+        'step_position', step_position, 'step_name', step_name, 'attempt', attempt,
+        'status', status, 'error', error, 'started_at', started_at, 'finished_at', finished_at)
+    FROM logged
+)
+SELECT * FROM logged
+"""
+
+FLOOR_LIST = """
+SELECT * FROM workflow_runs
+WHERE workflow_id = $1 AND status = $2
+ORDER BY created_at DESC, id DESC
+LIMIT $3
+"""
+
+FLOOR_GET_RUN = """
+SELECT r.*, ARRAY(SELECT ROW(l.*) FROM run_step_logs l WHERE l.run_id = r.id
+                  ORDER BY l.step_position, l.attempt) AS step_logs
+FROM workflow_runs r WHERE r.id = $1
+"""
+
+# One round trip: the key and its user, plus the throttled last_used_at touch.
+FLOOR_AUTH = """
+WITH touched AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE id = (SELECT id FROM api_keys WHERE prefix = $1 AND key_hash = $2
+                  AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+                  AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
+                FOR UPDATE SKIP LOCKED)
+)
+SELECT k.id, k.user_id, k.key_hash, k.scopes, k.revoked_at, k.expires_at, u.role, u.is_active
+FROM api_keys k JOIN users u ON u.id = k.user_id
+WHERE k.prefix = $1
+"""
+
+FLOOR_CLAIM = """
+SELECT id, aggregate_type, aggregate_id, event_type, payload::text AS payload, created_at
+FROM outbox o
+WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
+  AND NOT EXISTS (SELECT 1 FROM outbox older
+                  WHERE older.aggregate_type = o.aggregate_type
+                    AND older.aggregate_id = o.aggregate_id
+                    AND older.published_at IS NULL AND older.seq < o.seq)
+ORDER BY seq
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+FLOOR_MARK = """
+UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1
+WHERE id = ANY($1::uuid[])
+"""
+
+
+def _decode_run(row: asyncpg.Record) -> dict[str, Any]:
+    run = dict(row)
+    run["inputs"] = json.loads(run["inputs"])
+    if run["outputs"] is not None:
+        run["outputs"] = json.loads(run["outputs"])
+    return run
+
+
+class Context:
+    """Shared state of one benchmark session: pools, data handles, keys."""
+
+    def __init__(self, loaded: dataset.Loaded, floor_pool: asyncpg.Pool) -> None:
+        self.loaded = loaded
+        self.pool = floor_pool
+        self.admin_id = loaded.user_ids[0]
+        self.keys: list[str] = []
+
+    def workflow(self, n: int) -> uuid.UUID:
+        return self.loaded.workflow_ids[n % len(self.loaded.workflow_ids)]
+
+
+# -- the operations ----------------------------------------------------------------------
+
+
+def trigger_run(ctx: Context) -> tuple[Operation, Operation]:
+    from flowforge import runs
+    from flowforge.db.engine import DB
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            return await runs.trigger_run(
+                ctx.workflow(n), inputs={"n": n}, triggered_by=ctx.admin_id
+            )
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(
+                FLOOR_TRIGGER, ctx.workflow(n), ctx.admin_id, json.dumps({"n": n})
+            )
+            return _decode_run(row)
+
+    return flowforge, floor
+
+
+def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
+    """Trigger, start, 5 step attempts, complete: 8 transactions, as 8 API calls would be."""
+    from flowforge import runs
+    from flowforge.db.engine import DB
+    from flowforge.db.tables import RunStatus
+
+    steps = ctx.loaded.sizes.steps_per_workflow
+
+    async def flowforge(n: int) -> Any:
+        workflow = ctx.workflow(n)
+        async with DB.transaction():
+            run, _ = await runs.trigger_run(workflow, inputs={"n": n}, triggered_by=ctx.admin_id)
+        async with DB.transaction():
+            await runs.transition_run(run["id"], "start")
+        for attempt in range(LIFECYCLE_ATTEMPTS):
+            async with DB.transaction():
+                await runs.append_step_log(
+                    run["id"], step_position=attempt % steps, status=RunStatus.COMPLETED,
+                    input={"a": attempt}, output={"ok": True},
+                )  # fmt: skip
+        async with DB.transaction():
+            return await runs.transition_run(run["id"], "complete", outputs={"ok": True})
+
+    async def floor(n: int) -> Any:
+        workflow = ctx.workflow(n)
+        pool = ctx.pool
+        async with pool.acquire() as connection, connection.transaction():
+            run = _decode_run(
+                await connection.fetchrow(
+                    FLOOR_TRIGGER, workflow, ctx.admin_id, json.dumps({"n": n})
+                )
+            )
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.fetchrow(
+                FLOOR_TRANSITION, run["id"], "running", "pending", "run.started"
+            )
+        for attempt in range(LIFECYCLE_ATTEMPTS):
+            async with pool.acquire() as connection, connection.transaction():
+                workflow_id = await connection.fetchval(FLOOR_LOCK_RUN, run["id"])
+                log = dict(await connection.fetchrow(
+                    FLOOR_APPEND, run["id"], workflow_id, attempt % steps,
+                    json.dumps({"a": attempt}), json.dumps({"ok": True}),
+                ))  # fmt: skip
+                log["input"] = json.loads(log["input"])
+                log["output"] = json.loads(log["output"])
+        async with pool.acquire() as connection, connection.transaction():
+            return _decode_run(
+                await connection.fetchrow(
+                    FLOOR_TRANSITION, run["id"], "completed", "running", "run.completed"
+                )
+            )
+
+    return flowforge, floor
+
+
+def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
+    from flowforge import runs
+    from flowforge.db.engine import DB
+    from flowforge.db.tables import RunStatus
+
+    busy = ctx.loaded.busy_workflow_ids
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            return await runs.list_runs(busy[n % len(busy)], status=RunStatus.COMPLETED, limit=50)
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(FLOOR_LIST, busy[n % len(busy)], "completed", 51)
+            return [_decode_run(row) for row in rows[:50]], len(rows) > 50
+
+    return flowforge, floor
+
+
+def get_run_with_logs(ctx: Context) -> tuple[Operation, Operation]:
+    from flowforge import runs
+    from flowforge.db.engine import DB
+
+    sample = ctx.loaded.sample_run_ids
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            return await runs.get_run(sample[n % len(sample)])
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(FLOOR_GET_RUN, sample[n % len(sample)])
+            run = _decode_run(row)
+            logs = []
+            for values in row["step_logs"]:
+                log = dict(zip(LOG_FIELDS, values, strict=True))
+                for key in ("input", "output"):
+                    if log[key] is not None:
+                        log[key] = json.loads(log[key])
+                logs.append(log)
+            run["step_logs"] = logs
+            return run
+
+    return flowforge, floor
+
+
+LOG_FIELDS = (
+    "id", "created_at", "updated_at", "run_id", "step_id", "step_position", "step_name",
+    "attempt", "status", "input", "output", "error", "started_at", "finished_at",
+)  # fmt: skip
+
+
+def authenticate_key(ctx: Context) -> tuple[Operation, Operation]:
+    from flowforge import api_keys
+    from flowforge.db.engine import DB
+
+    keys = ctx.keys
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            return await api_keys.authenticate(keys[n % len(keys)])
+
+    async def floor(n: int) -> Any:
+        key = keys[n % len(keys)]
+        prefix = key.split("_")[1]
+        presented = hashlib.sha256(key.encode()).hexdigest()
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(FLOOR_AUTH, prefix, presented)
+        if row is None or not hmac.compare_digest(presented, row["key_hash"]):
+            raise RuntimeError("unknown key")
+        if row["revoked_at"] is not None or not row["is_active"]:
+            raise RuntimeError("rejected key")
+        return row["user_id"], row["role"], frozenset(row["scopes"])
+
+    return flowforge, floor
+
+
+DRAIN_BATCH = 100
+
+
+def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
+    """Claim a batch of 100 unpublished events and mark them published (no broker)."""
+    from flowforge.relay import store
+
+    from flowforge.db.engine import DB
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction() as transaction:
+            events = await store.claim_batch(transaction.connection, DRAIN_BATCH)
+            await store.mark_published(transaction.connection, [event.id for event in events])
+            return len(events)
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(FLOOR_CLAIM, DRAIN_BATCH)
+            await connection.execute(FLOOR_MARK, [row["id"] for row in rows])
+            return len(rows)
+
+    return flowforge, floor
+
+
+def bulk_seed(ctx: Context) -> tuple[Operation, Operation]:
+    """COPY 2,000 outbox rows (dicts) in one transaction; throughput in rows/s."""
+    from flowforge import bulk
+    from flowforge.db.engine import DB
+    from flowforge.db.tables import Outbox
+
+    aggregate = uuid.uuid4()
+
+    def rows(n: int) -> list[dict[str, Any]]:
+        return [
+            {"aggregate_type": "bench", "aggregate_id": aggregate, "event_type": "bulk",
+             "payload": {"n": n, "i": i}, "published_at": dataset.NOW}
+            for i in range(BULK_ROWS)
+        ]  # fmt: skip
+
+    columns = ["aggregate_type", "aggregate_id", "event_type", "payload", "published_at"]
+
+    async def flowforge(n: int) -> Any:
+        data = rows(n)
+        async with DB.transaction():
+            return await bulk.copy_rows(Outbox, data)
+
+    async def floor(n: int) -> Any:
+        data = rows(n)
+        records = [
+            (r["aggregate_type"], r["aggregate_id"], r["event_type"], json.dumps(r["payload"]),
+             r["published_at"])
+            for r in data
+        ]  # fmt: skip
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            await connection.copy_records_to_table("outbox", records=records, columns=columns)
+            return len(records)
+
+    return flowforge, floor
+
+
+OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
+    "trigger_run": trigger_run,
+    "run_lifecycle": run_lifecycle,
+    "list_runs_page": list_runs_page,
+    "get_run_with_logs": get_run_with_logs,
+    "authenticate_key": authenticate_key,
+    "drain_outbox": drain_outbox,
+    "bulk_seed": bulk_seed,
+}
+# Operations where concurrency 32 is meaningful (all but the bulk load).
+UNITS = {"drain_outbox": "events/s", "bulk_seed": "rows/s", "run_lifecycle": "lifecycles/s"}
+ITEMS = {"drain_outbox": DRAIN_BATCH, "bulk_seed": BULK_ROWS}
+SINGLE_CONCURRENCY = {"bulk_seed"}
+# Fewer repetitions for the heavy operations, so a round takes seconds, not minutes.
+SCALE = {"run_lifecycle": 0.25, "bulk_seed": 0.05, "drain_outbox": 0.25}
+
+
+async def _create_keys(ctx: Context, count: int) -> None:
+    from flowforge import api_keys
+    from flowforge.db.engine import DB
+    from flowforge.db.tables import Scope
+
+    async with DB.transaction():
+        for user_id in itertools.islice(itertools.cycle(ctx.loaded.user_ids), count):
+            _, key = await api_keys.create_api_key(
+                user_id, name="bench", scopes=[Scope.READ, Scope.WRITE]
+            )
+            ctx.keys.append(key)
+
+
+async def bench_api_key(loaded: dataset.Loaded) -> str:
+    """A read+write API key of the data set's admin, for the HTTP runs."""
+    from flowforge import api_keys
+    from flowforge.db.engine import DB
+    from flowforge.db.tables import Scope
+
+    _configure_flowforge()
+    await DB.start_connection_pool()
+    try:
+        async with DB.transaction():
+            _, key = await api_keys.create_api_key(
+                loaded.user_ids[0], name="bench-http", scopes=[Scope.READ, Scope.WRITE, Scope.ADMIN]
+            )
+    finally:
+        await DB.close_connection_pool()
+    return key
+
+
+async def _ensure_unpublished(ctx: Context, needed: int) -> None:
+    """Top up the unpublished outbox so drain rounds always find work."""
+    async with ctx.pool.acquire() as connection:
+        have = await connection.fetchval(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND dead_lettered_at IS NULL"
+        )
+        if have < needed:
+            await connection.execute(
+                """
+                INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+                SELECT 'bench', gen_random_uuid(), 'bench.drain', jsonb_build_object('i', i)
+                FROM generate_series(1, $1) AS i
+                """,
+                needed - have,
+            )
+
+
+async def run_all(
+    loaded: dataset.Loaded, *, rounds: int, operations: int, only: set[str] | None
+) -> list[dict[str, Any]]:
+    from flowforge.db.engine import DB
+
+    _configure_flowforge()
+    await DB.start_connection_pool()
+    floor_pool = await _floor_pool()
+    ctx = Context(loaded, floor_pool)
+    summaries: list[dict[str, Any]] = []
+    try:
+        await _create_keys(ctx, 200)
+        for name, build in OPERATIONS.items():
+            if only and name not in only:
+                continue
+            flowforge, floor = build(ctx)
+            count = max(10, int(operations * SCALE.get(name, 1.0)))
+            for concurrency in CONCURRENCIES:
+                if concurrency > 1 and name in SINGLE_CONCURRENCY:
+                    continue
+                if name == "drain_outbox":
+                    await _ensure_unpublished(ctx, DRAIN_BATCH * (count * (rounds + 1) * 2 + 50))
+                comparison = await compare(
+                    name, flowforge, floor, concurrency=concurrency, operations=count,
+                    rounds=rounds, unit=UNITS.get(name, "ops/s"),
+                    per_operation_items=ITEMS.get(name, 1),
+                    warmup=min(20, count),
+                )  # fmt: skip
+                summary = comparison.summary()
+                summaries.append(summary)
+                print(
+                    f"  {name:<20} c={concurrency:<3} ratio {summary['cost_ratio']:.2f} "
+                    f"(FlowForge {summary['flowforge']['throughput']:.0f} vs floor "
+                    f"{summary['floor']['throughput']:.0f} {summary['unit']})",
+                    flush=True,
+                )
+    finally:
+        await floor_pool.close()
+        await DB.close_connection_pool()
+    return summaries
