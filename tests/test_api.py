@@ -104,7 +104,10 @@ async def test_readyz_ok_when_database_answers_and_schema_is_at_head(
 ) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"postgres": "ok"}
+    assert response.json() == {
+        "postgres": "ok",
+        "outbox": {"lag_seconds": 0.0, "dead_lettered": 0},
+    }
 
 
 async def test_request_commits_before_the_response_is_sent(client: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 from piccolo.conf.apps import AppConfig, Command
 
+from flowforge import cli
 from flowforge.db.tables import TABLES
 from flowforge.seed import seed
 from flowforge.settings import REPO_ROOT
@@ -13,5 +14,9 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(REPO_ROOT / "piccolo_migrations"),
     table_classes=list(TABLES),
     migration_dependencies=[],
-    commands=[Command(callable=seed, aliases=["seed-data"])],
+    commands=[
+        Command(callable=seed, aliases=["seed-data"]),
+        # Relay, status, requeue, prune, reap (issue 4).
+        *(Command(callable=command) for command in cli.COMMANDS),
+    ],
 )
