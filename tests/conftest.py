@@ -49,3 +49,20 @@ async def db(database_url: str) -> None:
     if DB.pool is None:
         await DB.start_connection_pool()
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A stream-key prefix of this test's own on the real Redis, cleaned before and after."""
+    import uuid
+
+    from tests import relay_support
+
+    client = await relay_support.redis_client()
+    prefix = f"fftest:{uuid.uuid4().hex[:12]}"
+    try:
+        await relay_support.delete_keys(client, prefix)
+        yield prefix
+        await relay_support.delete_keys(client, prefix)
+    finally:
+        await client.aclose()
