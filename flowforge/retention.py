@@ -38,9 +38,13 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
+# "id = ANY(ARRAY(...))" rather than a join: the planner cannot know the CTE's
+# size and may hash-join it against a sequential scan of the whole table.
 PRUNE_OUTBOX = f"""
 WITH doomed AS ({OLD_PUBLISHED_EVENTS}),
-deleted AS (DELETE FROM outbox AS o USING doomed WHERE o.id = doomed.id RETURNING 1)
+deleted AS (
+    DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
 SELECT count(*) FROM deleted
 """  # noqa: S608 - composed from constants; values are bind parameters
 
@@ -55,8 +59,12 @@ FOR UPDATE SKIP LOCKED
 
 PRUNE_RUNS = f"""
 WITH doomed AS ({OLD_FINISHED_RUNS}),
-logs AS (SELECT count(*) AS n FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)),
-deleted AS (DELETE FROM workflow_runs AS r USING doomed WHERE r.id = doomed.id RETURNING 1)
+logs AS (
+    SELECT count(*) AS n FROM run_step_logs WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
+),
+deleted AS (
+    DELETE FROM workflow_runs WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
 SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 """  # noqa: S608 - composed from constants; values are bind parameters
 

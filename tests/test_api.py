@@ -235,9 +235,7 @@ async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -
     finally:
         await support.drop_database(name)
     assert response.status_code == 503
-    assert response.json() == {
-        "postgres": f"error: 1 migration(s) not applied: flowforge:{latest}"
-    }
+    assert response.json() == {"postgres": f"error: 1 migration(s) not applied: flowforge:{latest}"}
 
 
 async def test_readyz_fails_on_an_unmigrated_database(database_url: str) -> None:
