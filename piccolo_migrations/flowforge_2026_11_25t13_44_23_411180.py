@@ -13,9 +13,7 @@ DESCRIPTION = "outbox relay state and run heartbeat"
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="flowforge", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="flowforge", description=DESCRIPTION)
 
     manager.add_column(
         table_class_name="WorkflowRun",
@@ -165,9 +163,7 @@ async def forwards():
         tablename="outbox",
         constraint_name="outbox_dead_letter_has_error",
         constraint_class=Check,
-        params={
-            "condition": "dead_lettered_at IS NULL OR last_error IS NOT NULL"
-        },
+        params={"condition": "dead_lettered_at IS NULL OR last_error IS NOT NULL"},
         schema=None,
     )
 

@@ -38,16 +38,12 @@ DESCRIPTION = "relay and retention indexes, outbox notify trigger"
 TERMINAL = "('completed', 'failed', 'cancelled')"
 
 INDEXES = {
-    "outbox_claim_idx": (
-        "outbox (seq) WHERE published_at IS NULL AND dead_lettered_at IS NULL"
-    ),
+    "outbox_claim_idx": ("outbox (seq) WHERE published_at IS NULL AND dead_lettered_at IS NULL"),
     "outbox_aggregate_unpublished_idx": (
         "outbox (aggregate_type, aggregate_id, seq) WHERE published_at IS NULL"
     ),
     "outbox_published_at_idx": "outbox (published_at) WHERE published_at IS NOT NULL",
-    "outbox_dead_lettered_idx": (
-        "outbox (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL"
-    ),
+    "outbox_dead_lettered_idx": ("outbox (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL"),
     "workflow_runs_running_lease_idx": (
         "workflow_runs ((COALESCE(heartbeat_at, started_at))) WHERE status = 'running'"
     ),
