@@ -10,7 +10,7 @@ PORT ?= 8000
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup migrate seed run serve test lint db-status db-stop clean
+.PHONY: setup migrate seed run serve relay bench-relay test lint db-status db-stop clean
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -31,6 +31,14 @@ serve: setup
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
 
 run: seed serve
+
+# The outbox relay (OUTBOX_PUBLISHER=redis to publish to Redis; see README).
+relay: migrate
+	$(BIN)/piccolo flowforge relay
+
+# Relay throughput and lag on this machine (needs Redis); JSON in benchmarks/results/.
+bench-relay: setup
+	$(BIN)/python -m benchmarks.relay
 
 test: setup
 	$(BIN)/pytest --cov=flowforge --cov-report=term-missing:skip-covered
