@@ -1,0 +1,1 @@
+"""Measurement scripts: run with `.venv/bin/python -m benchmarks.<name>`."""
