@@ -51,13 +51,31 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        return None
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send the process's logs to stderr as logfmt lines (idempotent)."""
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if isinstance(handler.formatter, LogfmtFormatter):
-            return
-    handler = logging.StreamHandler(sys.stderr)
+    """Send FlowForge's logs (the ``flowforge`` logger tree) to stderr as logfmt lines.
+
+    Idempotent. Other libraries' loggers are left alone (their warnings still
+    reach stderr through Python's last-resort handler).
+    """
+    logger = logging.getLogger("flowforge")
+    logger.setLevel(level)
+    if any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        return
+    handler = _StderrHandler()
     handler.setFormatter(LogfmtFormatter())
-    root.addHandler(handler)
-    root.setLevel(level)
+    logger.addHandler(handler)

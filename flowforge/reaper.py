@@ -29,6 +29,8 @@ from flowforge.outbox import record_events
 logger = logging.getLogger("flowforge.reaper")
 
 # The lease expression must match the index expression exactly to use it.
+# REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
+# cannot size the CTE and may hash-join it against a scan of every run.
 FIND_STUCK = """
 SELECT id FROM workflow_runs
 WHERE status = 'running'
@@ -49,8 +51,7 @@ SET status = 'failed',
                 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
         $1::float8
     )
-FROM stuck
-WHERE r.id = stuck.id
+WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
