@@ -96,6 +96,8 @@ class Relays:
     """`count` real relay processes, started idle; SIGTERM on exit."""
 
     def __init__(self, url: str, prefix: str, count: int) -> None:
+        # BENCH_RELAY_LOG_DIR=<dir>: keep each relay's log lines there.
+        self.log_dir = os.environ.get("BENCH_RELAY_LOG_DIR")
         self.env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -111,7 +113,10 @@ class Relays:
         self.processes: list[asyncio.subprocess.Process] = []
 
     async def __aenter__(self) -> Relays:
-        for _ in range(self.count):
+        for number in range(self.count):
+            stderr: Any = asyncio.subprocess.DEVNULL
+            if self.log_dir:
+                stderr = self._log_file(number)
             self.processes.append(
                 await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -122,10 +127,16 @@ class Relays:
                     cwd=REPO_ROOT,
                     env=self.env,
                     stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
+                    stderr=stderr,
                 )
             )
         return self
+
+    def _log_file(self, number: int) -> Any:
+        assert self.log_dir is not None
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        path = Path(self.log_dir) / f"relay-{time.strftime('%H%M%S')}-{number}.log"
+        return path.open("w")  # closed when the benchmark exits
 
     async def __aexit__(self, *_: object) -> None:
         for process in self.processes:
