@@ -525,3 +525,32 @@ async def _plan(sql: str, *args: object) -> dict[str, object]:
     value = (await DB.fetch(f"EXPLAIN (FORMAT JSON) {sql}", *args))[0][0]
     document = json.loads(value) if isinstance(value, str) else value
     return document[0]["Plan"]  # type: ignore[no-any-return]
+
+
+async def test_a_crashing_listener_is_restarted(
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flowforge.relay.relay as relay_module
+
+    monkeypatch.setattr(relay_module, "LISTENER_RESTART_SECONDS", 0.05)
+    publisher = redis_publisher(redis_prefix)
+    relay = Relay(rs.relay_settings(redis_prefix, relay_listen=True), publisher)
+    listener = relay.listener
+    assert listener is not None
+    real_run = listener.run
+    runs = 0
+
+    async def crashes_once(stop: asyncio.Event) -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise RuntimeError("a bug in the listener")
+        await real_run(stop)
+
+    listener.run = crashes_once  # type: ignore[method-assign]
+    try:
+        async with rs.running(relay):
+            await asyncio.wait_for(listener.connected.wait(), 10)
+    finally:
+        await publisher.close()
+    assert runs == 2

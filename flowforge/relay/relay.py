@@ -64,6 +64,8 @@ from flowforge.settings import Settings
 logger = logging.getLogger("flowforge.relay")
 
 STATS_INTERVAL_SECONDS = 60.0
+HOUSEKEEPING_FIRST_RUN_SECONDS = 30.0
+LISTENER_RESTART_SECONDS = 5.0
 
 # Errors that mean "the database is not there right now": log briefly, retry.
 DATABASE_DOWN: tuple[type[Exception], ...] = (
@@ -212,7 +214,7 @@ class Relay:
         settings = self.settings
         helpers: list[asyncio.Task[None]] = []
         if self.listener is not None:
-            helpers.append(asyncio.create_task(self.listener.run(self.stopping)))
+            helpers.append(asyncio.create_task(self._listen(self.listener)))
         if settings.relay_reap_interval > 0:
             helpers.append(
                 asyncio.create_task(self._every(settings.relay_reap_interval, self._reap))
@@ -308,11 +310,26 @@ class Relay:
 
     # -- housekeeping ----------------------------------------------------------
 
+    async def _listen(self, listener: OutboxListener) -> None:
+        """Keep the listener running: a bug in it must not silently end wake-ups."""
+        while not self.stopping.is_set():
+            try:
+                await listener.run(self.stopping)
+            except Exception:
+                logger.exception(
+                    logfmt("relay.listener_crashed", restart_in=LISTENER_RESTART_SECONDS)
+                )
+                await self._pause(LISTENER_RESTART_SECONDS, wakeable=False)
+
     async def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `job` every `seconds` until stopped; the first run comes after at
+        most 30 s, so a relay that restarts often still does its housekeeping."""
+        delay = min(seconds, HOUSEKEEPING_FIRST_RUN_SECONDS)
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), seconds)
+                await asyncio.wait_for(self.stopping.wait(), delay)
                 return
+            delay = seconds
             try:
                 await asyncio.create_task(job())
             except DATABASE_DOWN as error:
