@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup migrate seed run serve test lint bench db-status db-stop clean
+.PHONY: setup migrate seed run serve relay test lint bench bench-relay db-status db-stop clean
 
 $(INSTALLED): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -41,6 +41,14 @@ serve: setup
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
 
 run: seed serve
+
+# The outbox relay (OUTBOX_PUBLISHER=redis to publish to Redis; see README).
+relay: migrate
+	$(BIN)/piccolo flowforge relay
+
+# Relay throughput and lag on this machine (needs Redis); JSON in benchmarks/results/.
+bench-relay: setup
+	$(BIN)/python -m benchmarks.relay
 
 test: setup $(CHROMIUM)
 	$(BIN)/pytest --cov=flowforge --cov-report=term-missing:skip-covered

@@ -136,6 +136,7 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     ),
     "workflow_runs_failed_has_error": "A failed run must record its error.",
     "workflow_runs_inputs_object": "Run inputs must be a JSON object.",
+    "workflow_runs_heartbeat_only_when_started": "Only a run that has started can record a heartbeat.",
     # run_step_logs
     "run_step_logs_run_id_fkey": "The step log's run does not exist.",
     "run_step_logs_step_id_fkey": "The step log's step does not exist.",
@@ -152,6 +153,9 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "outbox_payload_object": "Event payload must be a JSON object.",
     "outbox_event_type_not_blank": "Event type must not be blank.",
     "outbox_aggregate_type_not_blank": "Aggregate type must not be blank.",
+    "outbox_attempts_non_negative": "Publish attempts must be zero or greater.",
+    "outbox_published_or_dead_lettered": "An event cannot be both published and dead-lettered.",
+    "outbox_dead_letter_has_error": "A dead-lettered event must record its last error.",
 }
 
 # Connection-class failures: the server went away, the network broke, or the

@@ -3,11 +3,17 @@
 An event is only ever written inside the caller's transaction, so it commits
 or rolls back together with the change. A relay publishes committed events
 and stamps ``published_at`` (see docs/decisions.md, decision 4).
+
+Ordering contract: events of one aggregate are published in the order they
+were inserted (``outbox.seq``). Record an aggregate's event *after* the
+change that locks its row (an UPDATE, or SELECT ... FOR UPDATE) so that two
+transactions writing events for the same aggregate serialize, and insertion
+order is commit order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -34,3 +40,34 @@ async def record_event(
         INSERT_EVENT, aggregate_type, aggregate_id, event_type, dumps(payload)
     )
     return event_id
+
+
+# Many events in one round trip. WITH ORDINALITY + ORDER BY keeps the given
+# order, so each row's seq (its publish order) follows the list.
+INSERT_EVENTS = """
+INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.payload::jsonb
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
+    WITH ORDINALITY AS e(aggregate_type, aggregate_id, event_type, payload, n)
+ORDER BY e.n
+RETURNING id
+"""
+
+
+async def record_events(
+    events: Sequence[tuple[str, UUID, str, Mapping[str, Any]]],
+) -> list[UUID]:
+    """Write several events (aggregate_type, aggregate_id, event_type, payload), in
+    order, in the current transaction; returns their ids. Same rules as
+    :func:`record_event`."""
+    transaction = DB.require_transaction()
+    if not events:
+        return []
+    rows = await transaction.connection.fetch(
+        INSERT_EVENTS,
+        [event[0] for event in events],
+        [event[1] for event in events],
+        [event[2] for event in events],
+        [dumps(event[3]) for event in events],
+    )
+    return [row["id"] for row in rows]

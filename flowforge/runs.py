@@ -376,9 +376,10 @@ async def list_runs(
 # -- step attempts -----------------------------------------------------------------------
 
 # Lock the run (serialising attempt numbering for it), check it is running, and
-# bump updated_at: the heartbeat a future reaper can use to find stuck runs.
+# renew its lease: a logged attempt is a heartbeat (flowforge/reaper.py fails
+# running runs whose heartbeat_at is older than RUN_LEASE_TIMEOUT).
 LOCK_RUNNING_RUN = """
-UPDATE workflow_runs r SET updated_at = now()
+UPDATE workflow_runs r SET heartbeat_at = clock_timestamp()
 WHERE r.id = $1 AND r.status = 'running'
   AND ($2::uuid IS NULL OR EXISTS (
       SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $2))
@@ -434,6 +435,7 @@ FINISHED_ATTEMPT_STATUSES: Final = frozenset({RunStatus.COMPLETED, RunStatus.FAI
 
 
 async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> UUID:
+    """Lock a running run and renew its lease; 404 / 409 (naming its status) otherwise."""
     connection = DB.require_transaction().connection
     workflow_id: UUID | None = await connection.fetchval(LOCK_RUNNING_RUN, run_id, owner_id)
     if workflow_id is None:
@@ -441,12 +443,21 @@ async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> U
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
         raise InvalidTransitionError(
-            f"Step attempts can only be {what} while the run is running; it is {current}.",
+            f"{what} only while the run is running; it is {current}.",
             run_id=str(run_id),
             current_status=current,
             requested_status=RunStatus.RUNNING.value,
         )
     return workflow_id
+
+
+async def heartbeat_run(run_id: UUID, *, owner_id: UUID | None = None) -> None:
+    """Renew a running run's lease, so the reaper does not fail it.
+
+    Executors call this while a long step runs (every logged attempt renews
+    the lease too); 409 once the run is no longer running (e.g. reaped).
+    """
+    await _lock_running_run(run_id, owner_id, "A run sends heartbeats")
 
 
 async def append_step_log(
@@ -470,7 +481,7 @@ async def append_step_log(
     """
     if status not in ATTEMPT_STATUSES:
         raise ValueError(f"an attempt cannot be logged as {status}")
-    workflow_id = await _lock_running_run(run_id, owner_id, "logged")
+    workflow_id = await _lock_running_run(run_id, owner_id, "Step attempts can be logged")
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(
         APPEND_STEP_LOG,
@@ -504,7 +515,7 @@ async def finish_step_log(
     """Finish a running attempt as completed or failed (the run must be running)."""
     if status not in FINISHED_ATTEMPT_STATUSES:
         raise ValueError(f"an attempt cannot finish as {status}")
-    workflow_id = await _lock_running_run(run_id, owner_id, "finished")
+    workflow_id = await _lock_running_run(run_id, owner_id, "Step attempts can be finished")
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(
         FINISH_STEP_LOG,

@@ -25,6 +25,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class PublisherKind(StrEnum):
+    """Where the outbox relay publishes events (flowforge/relay/publishers.py)."""
+
+    LOG = "log"  # one JSON line per event on stdout: development only
+    REDIS = "redis"  # Redis Streams, one stream per aggregate type
+
+
 class Settings(BaseSettings):
     """FlowForge settings. Environment variables win over `.env`."""
 
@@ -77,6 +84,70 @@ class Settings(BaseSettings):
         default=None, validation_alias="FLOWFORGE_ADMIN_PASSWORD"
     )
 
+    # --- Outbox relay, reaper and retention (docs/decisions.md, decision 4) ---
+    outbox_publisher: PublisherKind = Field(
+        default=PublisherKind.LOG, validation_alias="OUTBOX_PUBLISHER"
+    )
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    # Events of aggregate type T go to the stream "<prefix>:T".
+    redis_stream_prefix: str = Field(
+        default="flowforge:events",
+        min_length=1,
+        max_length=200,
+        validation_alias="REDIS_STREAM_PREFIX",
+    )
+    # Approximate cap on each stream's length (XADD MAXLEN ~); 0: never trimmed.
+    redis_stream_maxlen: int = Field(
+        default=1_000_000, ge=0, validation_alias="REDIS_STREAM_MAXLEN"
+    )
+    # Most events one relay claims, publishes and marks in one transaction.
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")
+    # Idle polling: the first sleep after the outbox ran dry, doubled while idle
+    # up to the maximum. NOTIFY wakes an idle relay at once when it works.
+    relay_poll_min_interval: float = Field(
+        default=0.2, gt=0, le=3600, validation_alias="RELAY_POLL_MIN_INTERVAL"
+    )
+    relay_poll_max_interval: float = Field(
+        default=5.0, gt=0, le=3600, validation_alias="RELAY_POLL_MAX_INTERVAL"
+    )
+    # LISTEN for new events on a dedicated connection (turn off behind a
+    # transaction-mode pooler, where NOTIFY never arrives; polling still works).
+    relay_listen: bool = Field(default=True, validation_alias="RELAY_LISTEN")
+    # Failed publish attempts before an event is dead-lettered.
+    outbox_max_attempts: int = Field(
+        default=10, ge=1, le=1000, validation_alias="OUTBOX_MAX_ATTEMPTS"
+    )
+    # Back-off after the n-th failure: min(base * 2**(n-1), max) seconds.
+    outbox_retry_base_delay: float = Field(
+        default=1.0, gt=0, le=86400, validation_alias="OUTBOX_RETRY_BASE_DELAY"
+    )
+    outbox_retry_max_delay: float = Field(
+        default=600.0, gt=0, le=86400, validation_alias="OUTBOX_RETRY_MAX_DELAY"
+    )
+    # Retention (piccolo flowforge prune): published events and finished runs
+    # older than this many days are deleted; 0 keeps them forever.
+    outbox_retention_days: float = Field(
+        default=7.0, ge=0, le=36500, validation_alias="OUTBOX_RETENTION_DAYS"
+    )
+    run_retention_days: float = Field(
+        default=90.0, ge=0, le=36500, validation_alias="RUN_RETENTION_DAYS"
+    )
+    prune_batch_size: int = Field(
+        default=1000, ge=1, le=100_000, validation_alias="PRUNE_BATCH_SIZE"
+    )
+    # A running run with no heartbeat for this many seconds is failed by the reaper.
+    run_lease_timeout: float = Field(
+        default=900.0, gt=0, le=30 * 86400, validation_alias="RUN_LEASE_TIMEOUT"
+    )
+    # Housekeeping inside the relay process, every this many seconds; 0: off
+    # (run `piccolo flowforge reap` / `prune` from cron instead).
+    relay_reap_interval: float = Field(
+        default=60.0, ge=0, le=86400, validation_alias="RELAY_REAP_INTERVAL"
+    )
+    relay_prune_interval: float = Field(
+        default=3600.0, ge=0, le=7 * 86400, validation_alias="RELAY_PRUNE_INTERVAL"
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
@@ -97,6 +168,27 @@ class Settings(BaseSettings):
     def _blank_password_is_unset(cls, value: object) -> object:
         # `FLOWFORGE_ADMIN_PASSWORD=` (e.g. from compose's `${VAR:-}`) means "generate one".
         return None if isinstance(value, str) and value.strip() == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a Redis URL such as redis://host:6379/0")
+        return value
+
+    @model_validator(mode="after")
+    def _check_relay_bounds(self) -> Self:
+        if self.relay_poll_min_interval > self.relay_poll_max_interval:
+            raise ValueError(
+                f"RELAY_POLL_MIN_INTERVAL ({self.relay_poll_min_interval:g}) must not exceed "
+                f"RELAY_POLL_MAX_INTERVAL ({self.relay_poll_max_interval:g})"
+            )
+        if self.outbox_retry_base_delay > self.outbox_retry_max_delay:
+            raise ValueError(
+                f"OUTBOX_RETRY_BASE_DELAY ({self.outbox_retry_base_delay:g}) must not exceed "
+                f"OUTBOX_RETRY_MAX_DELAY ({self.outbox_retry_max_delay:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_pool_bounds(self) -> Self:

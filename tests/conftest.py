@@ -68,3 +68,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{report['seconds']} s, {report['server_errors']} server errors (5xx); "
         f"statuses: {report['statuses']}"
     )
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A stream-key prefix of this test's own on the real Redis, cleaned before and after."""
+    import uuid
+
+    from tests import relay_support
+
+    client = await relay_support.redis_client()
+    prefix = f"fftest:{uuid.uuid4().hex[:12]}"
+    try:
+        await relay_support.delete_keys(client, prefix)
+        yield prefix
+        await relay_support.delete_keys(client, prefix)
+    finally:
+        await client.aclose()

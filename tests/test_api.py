@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from flowforge.api.app import create_app
 from flowforge.api.deps import Transaction
 from flowforge.db.engine import DB
+from flowforge.db.readiness import expected_migrations
 from flowforge.errors import NotFoundError
 from tests import support
-from tests.test_migrations import RAW_MIGRATION_ID
 
 
 def build_app() -> FastAPI:
@@ -104,7 +104,10 @@ async def test_readyz_ok_when_database_answers_and_schema_is_at_head(
 ) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"postgres": "ok"}
+    assert response.json() == {
+        "postgres": "ok",
+        "outbox": {"lag_seconds": 0.0, "dead_lettered": 0},
+    }
 
 
 async def test_request_commits_before_the_response_is_sent(client: httpx.AsyncClient) -> None:
@@ -207,6 +210,7 @@ async def test_unknown_route_is_a_json_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -> None:
+    latest = max(migration for app, migration in expected_migrations() if app == "flowforge")
     name = support.database_name("behind")
     url = await support.create_database(name)
     try:
@@ -215,7 +219,7 @@ async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -
             "migrations",
             "backwards",
             "flowforge",
-            f"--migration_id={RAW_MIGRATION_ID}",
+            f"--migration_id={latest}",
             "--auto_agree",
             database_url=url,
         )
@@ -231,9 +235,7 @@ async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -
     finally:
         await support.drop_database(name)
     assert response.status_code == 503
-    assert response.json() == {
-        "postgres": f"error: 1 migration(s) not applied: flowforge:{RAW_MIGRATION_ID}"
-    }
+    assert response.json() == {"postgres": f"error: 1 migration(s) not applied: flowforge:{latest}"}
 
 
 async def test_readyz_fails_on_an_unmigrated_database(database_url: str) -> None:

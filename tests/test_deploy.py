@@ -47,3 +47,18 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     services = compose()["services"]
     assert services["db"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     assert "${POSTGRES_PASSWORD}" in services["app"]["environment"]["DATABASE_URL"]
+
+
+def test_the_relay_publishes_to_redis_once_the_app_has_migrated() -> None:
+    services = compose()["services"]
+    relay = services["relay"]
+    assert relay["command"] == ["piccolo", "flowforge", "relay"]
+    assert relay["environment"]["OUTBOX_PUBLISHER"] == "redis"
+    assert relay["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    assert "${POSTGRES_PASSWORD}" in relay["environment"]["DATABASE_URL"]
+    assert relay["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+        "app": {"condition": "service_healthy"},
+    }
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]

@@ -183,6 +183,10 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         "INSERT INTO workflow_runs (workflow_id, inputs) VALUES ($1, '1')",
         ("workflow",),
     ),
+    "workflow_runs_heartbeat_only_when_started": (
+        "INSERT INTO workflow_runs (workflow_id, heartbeat_at) VALUES ($1, now())",
+        ("workflow",),
+    ),
     "run_step_logs_run_id_fkey": (
         "INSERT INTO run_step_logs (run_id, step_position, step_name) VALUES ($1, 0, 's')",
         ("missing",),
@@ -228,6 +232,21 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "outbox_aggregate_type_not_blank": (
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type) "
         "VALUES ('', gen_random_uuid(), 'e')",
+        (),
+    ),
+    "outbox_attempts_non_negative": (
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, attempts) "
+        "VALUES ('a', gen_random_uuid(), 'e', -1)",
+        (),
+    ),
+    "outbox_published_or_dead_lettered": (
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, published_at, "
+        "dead_lettered_at, last_error) VALUES ('a', gen_random_uuid(), 'e', now(), now(), 'x')",
+        (),
+    ),
+    "outbox_dead_letter_has_error": (
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, dead_lettered_at) "
+        "VALUES ('a', gen_random_uuid(), 'e', now())",
         (),
     ),
 }

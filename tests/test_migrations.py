@@ -17,6 +17,17 @@ from flowforge.db.piccolo_app import APP_CONFIG
 from tests import support
 
 RAW_MIGRATION_ID = "2026-11-25T13:24:39:823524"
+# Issue 4: the relay/retention columns, then their indexes and notify trigger.
+RELAY_COLUMNS_MIGRATION_ID = "2026-11-25T13:44:23:411180"
+RELAY_RAW_MIGRATION_ID = "2026-11-25T13:44:40:219100"
+RELAY_INDEXES = {
+    "outbox_claim_idx",
+    "outbox_aggregate_unpublished_idx",
+    "outbox_published_at_idx",
+    "outbox_dead_lettered_idx",
+    "workflow_runs_running_lease_idx",
+    "workflow_runs_terminal_finished_at_idx",
+}
 
 # Every database object the flowforge app creates, by kind.
 APP_INDEXES = {
@@ -27,7 +38,7 @@ APP_INDEXES = {
     "workflow_runs_status_created_at_idx",
     "workflow_runs_triggered_by_user_id_idx",
     "run_step_logs_step_id_idx",
-    "outbox_unpublished_idx",
+    *RELAY_INDEXES,
     "api_keys_user_id",
     "api_keys_prefix_key",
     "workflow_steps_workflow_position_key",
@@ -92,6 +103,10 @@ async def test_forwards_backwards_forwards_cycle(scratch_url: str) -> None:
     assert built["indexes"] >= APP_INDEXES
     assert {f"{table}_set_updated_at" for table in support.APP_TABLES} <= built["triggers"]
     assert "flowforge_set_updated_at" in built["functions"]
+    assert "outbox_notify" in built["triggers"]
+    assert "flowforge_outbox_notify" in built["functions"]
+    # Superseded by outbox_claim_idx (publish order is seq, not created_at).
+    assert "outbox_unpublished_idx" not in built["indexes"]
 
     support.piccolo(
         "migrations",
@@ -134,6 +149,47 @@ async def test_stepping_back_the_index_and_trigger_migration_loses_no_rows(
     assert "outbox_unpublished_idx" not in stepped_back["indexes"]
     assert "users_set_updated_at" not in stepped_back["triggers"]
     assert stepped_back["tables"] == built["tables"]
+    assert await row_counts(scratch_url) == seeded
+
+    support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+    assert await inventory(scratch_url) == built
+    assert await row_counts(scratch_url) == seeded
+
+
+async def test_stepping_the_relay_migrations_back_and_forwards_keeps_the_data(
+    scratch_url: str,
+) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    support.piccolo("flowforge", "seed", database_url=scratch_url)
+    seeded = await row_counts(scratch_url)
+    built = await inventory(scratch_url)
+
+    # The index/trigger migration alone: only those objects change, no row does.
+    support.piccolo(
+        "migrations",
+        "backwards",
+        "flowforge",
+        f"--migration_id={RELAY_RAW_MIGRATION_ID}",
+        "--auto_agree",
+        database_url=scratch_url,
+    )
+    stepped_back = await inventory(scratch_url)
+    assert not RELAY_INDEXES & stepped_back["indexes"]
+    assert "outbox_unpublished_idx" in stepped_back["indexes"]
+    assert "outbox_notify" not in stepped_back["triggers"]
+    assert "flowforge_outbox_notify" not in stepped_back["functions"]
+    assert await row_counts(scratch_url) == seeded
+
+    # The column migration too: the relay's columns and constraints go.
+    support.piccolo(
+        "migrations",
+        "backwards",
+        "flowforge",
+        f"--migration_id={RELAY_COLUMNS_MIGRATION_ID}",
+        "--auto_agree",
+        database_url=scratch_url,
+    )
+    assert "outbox_dead_letter_has_error" not in (await inventory(scratch_url))["constraints"]
     assert await row_counts(scratch_url) == seeded
 
     support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)

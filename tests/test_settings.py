@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from flowforge.db.engine import asyncpg_config
-from flowforge.settings import Environment, Settings, SettingsError, get_settings
+from flowforge.settings import Environment, PublisherKind, Settings, SettingsError, get_settings
 from tests.support import REPO_ROOT
 
 DEFAULTS = {
@@ -23,6 +23,24 @@ DEFAULTS = {
     "environment": Environment.DEVELOPMENT,
     "admin_username": "admin",
     "admin_password": None,
+    # Outbox relay, reaper and retention (issue 4).
+    "outbox_publisher": PublisherKind.LOG,
+    "redis_url": "redis://127.0.0.1:6379/0",
+    "redis_stream_prefix": "flowforge:events",
+    "redis_stream_maxlen": 1_000_000,
+    "relay_batch_size": 500,
+    "relay_poll_min_interval": 0.2,
+    "relay_poll_max_interval": 5.0,
+    "relay_listen": True,
+    "outbox_max_attempts": 10,
+    "outbox_retry_base_delay": 1.0,
+    "outbox_retry_max_delay": 600.0,
+    "outbox_retention_days": 7.0,
+    "run_retention_days": 90.0,
+    "prune_batch_size": 1000,
+    "run_lease_timeout": 900.0,
+    "relay_reap_interval": 60.0,
+    "relay_prune_interval": 3600.0,
 }
 SETTING_VARIABLES = [
     "DATABASE_URL",
@@ -36,6 +54,23 @@ SETTING_VARIABLES = [
     "DB_CONNECT_TIMEOUT",
     "FLOWFORGE_ADMIN_USERNAME",
     "FLOWFORGE_ADMIN_PASSWORD",
+    "OUTBOX_PUBLISHER",
+    "REDIS_URL",
+    "REDIS_STREAM_PREFIX",
+    "REDIS_STREAM_MAXLEN",
+    "RELAY_BATCH_SIZE",
+    "RELAY_POLL_MIN_INTERVAL",
+    "RELAY_POLL_MAX_INTERVAL",
+    "RELAY_LISTEN",
+    "OUTBOX_MAX_ATTEMPTS",
+    "OUTBOX_RETRY_BASE_DELAY",
+    "OUTBOX_RETRY_MAX_DELAY",
+    "OUTBOX_RETENTION_DAYS",
+    "RUN_RETENTION_DAYS",
+    "PRUNE_BATCH_SIZE",
+    "RUN_LEASE_TIMEOUT",
+    "RELAY_REAP_INTERVAL",
+    "RELAY_PRUNE_INTERVAL",
 ]
 
 
@@ -86,6 +121,20 @@ def test_environment_overrides(clean_env: pytest.MonkeyPatch) -> None:
         ("FLOWFORGE_ENV", "staging", "FLOWFORGE_ENV: Input should be"),
         ("FLOWFORGE_ENV", "production", "DATABASE_URL is required when FLOWFORGE_ENV=production"),
         ("FLOWFORGE_ADMIN_USERNAME", "has space", "FLOWFORGE_ADMIN_USERNAME: String should match"),
+        ("OUTBOX_PUBLISHER", "kafka", "OUTBOX_PUBLISHER: Input should be 'log' or 'redis'"),
+        ("REDIS_URL", "http://localhost", "REDIS_URL: must be a Redis URL"),
+        (
+            "RELAY_POLL_MIN_INTERVAL",
+            "9",
+            "RELAY_POLL_MIN_INTERVAL (9) must not exceed RELAY_POLL_MAX_INTERVAL (5)",
+        ),
+        (
+            "OUTBOX_RETRY_BASE_DELAY",
+            "700",
+            "OUTBOX_RETRY_BASE_DELAY (700) must not exceed OUTBOX_RETRY_MAX_DELAY (600)",
+        ),
+        ("OUTBOX_MAX_ATTEMPTS", "0", "OUTBOX_MAX_ATTEMPTS: Input should be greater than"),
+        ("RUN_RETENTION_DAYS", "-1", "RUN_RETENTION_DAYS: Input should be greater than"),
     ],
 )
 def test_invalid_settings_fail_with_a_clear_message(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from flowforge.db.readiness import NotReadyError, check_database
+from flowforge.relay.status import outbox_health
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -19,9 +26,25 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+async def _outbox_details() -> dict[str, Any] | str:
+    """Outbox lag and dead letters; never decides readiness (see docs/decisions.md, 4)."""
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            return await outbox_health()
+    except Exception as error:  # details only: a failure here must not fail the probe
+        logger.warning("outbox health query failed: %s: %s", type(error).__name__, error)
+        return f"error: {type(error).__name__}"
+
+
 @router.get(
     "/readyz",
     summary="Readiness: PostgreSQL answers through the pool and migrations are at head",
+    description=(
+        "200 with `postgres: ok` when the database answers and the schema is at head, "
+        "else 503. `outbox` adds details - `lag_seconds` (age of the oldest unpublished "
+        "event) and `dead_lettered` - that never make the probe fail: the API can serve "
+        "while the relay or broker is behind."
+    ),
     responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
 )
 async def readyz() -> JSONResponse:
@@ -29,4 +52,4 @@ async def readyz() -> JSONResponse:
         await check_database(deadline_seconds=READINESS_TIMEOUT_SECONDS)
     except NotReadyError as error:
         return JSONResponse({"postgres": f"error: {error}"}, status_code=503)
-    return JSONResponse({"postgres": "ok"})
+    return JSONResponse({"postgres": "ok", "outbox": await _outbox_details()})

@@ -2,6 +2,7 @@
 
 from piccolo.conf.apps import AppConfig, Command
 
+from flowforge import cli
 from flowforge.bootstrap import create_admin_login, create_api_key
 from flowforge.db.tables import TABLES
 from flowforge.seed import seed
@@ -18,5 +19,7 @@ APP_CONFIG = AppConfig(
         Command(callable=seed, aliases=["seed-data"]),
         Command(callable=create_api_key),
         Command(callable=create_admin_login),
+        # Relay, status, requeue, prune, reap (issue 4).
+        *(Command(callable=command) for command in cli.COMMANDS),
     ],
 )

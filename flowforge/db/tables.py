@@ -20,6 +20,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     Array,
+    BigSerial,
     Boolean,
     ForeignKey,
     Integer,
@@ -216,6 +217,11 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     idempotency_key = Varchar(length=255, null=True, default=None)
     started_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
+    # Liveness of a running run: whoever executes it refreshes this
+    # (flowforge.reaper.record_heartbeat). The reaper fails a run whose
+    # heartbeat (or, before the first one, started_at) is older than
+    # RUN_LEASE_TIMEOUT.
+    heartbeat_at = Timestamptz(null=True, default=None)
 
     # NULL keys are distinct: only runs that carry a key are de-duplicated.
     workflow_runs_workflow_idempotency_key = Unique(["workflow_id", "idempotency_key"])
@@ -224,6 +230,10 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     workflow_runs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
     workflow_runs_failed_has_error = Check("status <> 'failed' OR error IS NOT NULL")
     workflow_runs_inputs_object = Check("jsonb_typeof(inputs) = 'object'")
+    # Only a run that has started can beat.
+    workflow_runs_heartbeat_only_when_started = Check(
+        "heartbeat_at IS NULL OR started_at IS NOT NULL"
+    )
 
     @classmethod
     def get_readable(cls) -> Readable:
@@ -257,17 +267,40 @@ class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
 
 
 class Outbox(Audited, Table, tablename="outbox", db=DB):
-    """Domain events, written in the same transaction as the change they describe."""
+    """Domain events, written in the same transaction as the change they describe.
+
+    Lifecycle (flowforge/relay): unpublished (``published_at`` NULL) ->
+    published (``published_at`` set), or, after ``OUTBOX_MAX_ATTEMPTS`` failed
+    publish attempts, dead-lettered (``dead_lettered_at`` set; kept, and the
+    later events of its aggregate are held until it is requeued or deleted).
+    """
 
     aggregate_type = _required_text(64)
     aggregate_id = UUID(null=False, default=None)
     event_type = _required_text(128)
     payload = JSONB(null=False, default={})
     published_at = Timestamptz(null=True, default=None)
+    # Publish order. Taken from a sequence when the row is INSERTed, so for
+    # one aggregate - whose writers serialize on the aggregate's row lock -
+    # it follows commit order. created_at (the transaction's start) does not.
+    seq = BigSerial(null=False)
+    # Publish attempts so far (the successful one included).
+    attempts = Integer(null=False, default=0)
+    # The most recent publish failure, for operators.
+    last_error = Text(null=True, default=None)
+    # Not claimed before this time: exponential back-off after a failure.
+    next_attempt_at = Timestamptz(default=TimestamptzNow(), null=False)
+    # Set when attempts reached OUTBOX_MAX_ATTEMPTS: no longer retried.
+    dead_lettered_at = Timestamptz(null=True, default=None)
 
     outbox_payload_object = Check("jsonb_typeof(payload) = 'object'")
     outbox_event_type_not_blank = Check("btrim(event_type) <> ''")
     outbox_aggregate_type_not_blank = Check("btrim(aggregate_type) <> ''")
+    outbox_attempts_non_negative = Check("attempts >= 0")
+    # An event is either delivered or given up on, never both.
+    outbox_published_or_dead_lettered = Check("published_at IS NULL OR dead_lettered_at IS NULL")
+    # A dead letter says why.
+    outbox_dead_letter_has_error = Check("dead_lettered_at IS NULL OR last_error IS NOT NULL")
 
 
 TABLES: list[type[Table]] = [User, ApiKey, Workflow, WorkflowStep, WorkflowRun, RunStepLog, Outbox]

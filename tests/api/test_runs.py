@@ -594,3 +594,23 @@ async def test_run_event_payloads_follow_the_events_contract(
         assert event["payload"]["started_at"] is None or event["payload"]["started_at"].endswith(
             "+00:00"
         )
+
+
+async def test_heartbeat_renews_the_lease_of_a_running_run_only(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    run = await trigger(client, developer, workflow["id"])
+    path = f"/api/v1/runs/{run['id']}/heartbeat"
+    pending = await post(client, developer, path)
+    assert pending.status_code == 409
+    assert pending.json()["error"]["details"]["current_status"] == "pending"
+    await post(client, developer, f"/api/v1/runs/{run['id']}/start")
+    before = (await DB.fetch("SELECT heartbeat_at FROM workflow_runs WHERE id = $1", run["id"]))[0]
+    assert (await post(client, developer, path)).status_code == 204
+    after = (await DB.fetch("SELECT heartbeat_at FROM workflow_runs WHERE id = $1", run["id"]))[0]
+    assert after["heartbeat_at"] is not None
+    assert before["heartbeat_at"] is None or after["heartbeat_at"] > before["heartbeat_at"]
+    unknown = await post(
+        client, developer, "/api/v1/runs/00000000-0000-0000-0000-000000000000/heartbeat"
+    )
+    assert unknown.status_code == 404

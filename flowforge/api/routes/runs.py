@@ -309,6 +309,24 @@ async def append_step_log(
 
 
 @router.post(
+    "/runs/{run_id}/heartbeat",
+    status_code=204,
+    summary="Renew a running run's lease (executors call this during long steps)",
+    description=(
+        "A running run whose last heartbeat (or logged attempt) is older than "
+        "`RUN_LEASE_TIMEOUT` is failed by the reaper. 409 once the run is not running."
+    ),
+    responses=TRANSITION_RESPONSES,
+)
+async def heartbeat(
+    run_id: UUID, transaction: Transaction, principal: CurrentPrincipal
+) -> Response:
+    principal.require(Scope.WRITE)
+    await runs.heartbeat_run(run_id, owner_id=principal.owner_filter)
+    return Response(status_code=204)
+
+
+@router.post(
     "/runs/{run_id}/step-logs/{step_log_id}/finish",
     summary="Finish a running step attempt as completed or failed",
     responses=TRANSITION_RESPONSES,

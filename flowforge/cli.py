@@ -1,0 +1,178 @@
+"""Operational commands of the `flowforge` Piccolo app (issue 4).
+
+    piccolo flowforge relay            publish the outbox until SIGTERM / SIGINT
+    piccolo flowforge outbox_status    lag, backlog, dead letters (--json for machines)
+    piccolo flowforge outbox_requeue   retry dead letters (--event_id=<uuid> for one)
+    piccolo flowforge prune            delete expired history (--dry_run to only count)
+    piccolo flowforge reap             fail runs whose lease expired
+
+Each opens a small pool of its own and closes it on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from flowforge.db.engine import DB
+from flowforge.logfmt import configure_logging, logfmt
+from flowforge.reaper import reap_stuck_runs
+from flowforge.relay.publishers import create_publisher
+from flowforge.relay.relay import Relay
+from flowforge.relay.status import outbox_status as read_outbox_status
+from flowforge.relay.status import requeue_dead_letters
+from flowforge.retention import prune as prune_history
+from flowforge.settings import Environment, PublisherKind, get_settings
+
+logger = logging.getLogger("flowforge.relay")
+
+# Claims wait at most this long for a row lock (e.g. a row being edited by
+# hand) before the batch is retried, instead of stalling the relay.
+RELAY_LOCK_TIMEOUT_MS = 5000
+
+
+@contextlib.asynccontextmanager
+async def pool(
+    application_name: str, max_size: int = 2, **server_settings: str
+) -> AsyncIterator[None]:
+    config = DB.config
+    await DB.start_connection_pool(
+        min_size=1,
+        max_size=max_size,
+        server_settings={
+            **config["server_settings"],
+            "application_name": application_name,
+            **server_settings,
+        },
+    )
+    try:
+        yield
+    finally:
+        await DB.close_connection_pool()
+
+
+async def relay() -> None:
+    """Publish outbox events until SIGTERM or SIGINT (a second signal stops at once)."""
+    configure_logging()
+    settings = get_settings()
+    if (
+        settings.environment is Environment.PRODUCTION
+        and settings.outbox_publisher is PublisherKind.LOG
+    ):
+        print(
+            "FlowForge cannot start: OUTBOX_PUBLISHER=log only prints events; "
+            "set OUTBOX_PUBLISHER=redis in production",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    publisher = create_publisher(settings)
+    worker = Relay(settings, publisher)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal(name: str) -> None:
+        if worker.stopping.is_set():
+            logger.warning(logfmt("relay.stop_now", signal=name))
+            if main is not None:
+                main.cancel()
+            return
+        logger.info(logfmt("relay.stopping", signal=name))
+        worker.stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        # Claims, housekeeping and the stats probe: three connections at most.
+        async with pool("flowforge-relay", 3, lock_timeout=str(RELAY_LOCK_TIMEOUT_MS)):
+            await worker.run()
+    except asyncio.CancelledError:
+        pass  # second signal: the batch in flight rolled back; nothing is lost
+    finally:
+        await publisher.close()
+
+
+async def outbox_status(json_output: bool = False) -> None:
+    """Show outbox lag, backlog and dead letters.
+
+    :param json_output:
+        Print one JSON object instead of text.
+    """
+    async with pool("flowforge-cli", 1):
+        status = await read_outbox_status()
+    if json_output:
+        print(json.dumps(status, indent=2))
+        return
+    lines = [
+        ("lag", f"{status['lag_seconds']:.3f} s"),
+        ("unpublished", status["unpublished"]),
+        ("  retrying after failures", status["retrying"]),
+        ("  held behind dead letters", status["held_behind_dead_letters"]),
+        ("dead-lettered", status["dead_lettered"]),
+        ("published (kept)", status["published"]),
+        ("oldest unpublished", status["oldest_unpublished_at"] or "-"),
+        ("oldest published", status["oldest_published_at"] or "-"),
+    ]
+    for label, value in lines:
+        print(f"{label + ':':<28}{value}")
+    for item in status["dead_letters"]:
+        print(
+            f"  dead letter {item['id']} {item['event_type']} "
+            f"{item['aggregate_type']}/{item['aggregate_id']} after {item['attempts']} "
+            f"attempts at {item['dead_lettered_at']}: {item['last_error']}"
+        )
+
+
+async def outbox_requeue(event_id: str = "", all_dead_letters: bool = False) -> None:
+    """Give dead-lettered events a fresh set of attempts.
+
+    :param event_id:
+        Requeue this event only.
+    :param all_dead_letters:
+        Requeue every dead letter.
+    """
+    ids: list[Any] | None
+    if event_id:
+        try:
+            ids = [uuid.UUID(event_id)]
+        except ValueError:
+            print(f"not an event id: {event_id!r}", file=sys.stderr)
+            raise SystemExit(2) from None
+    elif all_dead_letters:
+        ids = None
+    else:
+        print("say which: --event_id=<uuid> or --all_dead_letters", file=sys.stderr)
+        raise SystemExit(2)
+    async with pool("flowforge-cli", 1):
+        count = await requeue_dead_letters(ids)
+    print(f"requeued: {count} dead-lettered events")
+
+
+async def prune(dry_run: bool = False) -> None:
+    """Delete published events and finished runs older than their retention.
+
+    :param dry_run:
+        Only count what would be deleted.
+    """
+    configure_logging()
+    async with pool("flowforge-prune", 1):
+        report = await prune_history(get_settings(), dry_run=dry_run)
+    print(report.describe())
+
+
+async def reap() -> None:
+    """Fail runs stuck in `running` past RUN_LEASE_TIMEOUT, with their run.failed events."""
+    configure_logging()
+    settings = get_settings()
+    async with pool("flowforge-reaper", 1):
+        report = await reap_stuck_runs(settings.run_lease_timeout)
+    print(f"reaped: {len(report.runs)} runs (lease {settings.run_lease_timeout:g} s)")
+
+
+COMMANDS = [relay, outbox_status, outbox_requeue, prune, reap]

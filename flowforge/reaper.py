@@ -1,0 +1,130 @@
+"""Stuck runs: a run left `running` by an executor that died is failed, with its event.
+
+Whoever executes a run calls :func:`record_heartbeat` while it works (at least
+a few times per ``RUN_LEASE_TIMEOUT``). A running run whose last sign of life
+- its heartbeat, or ``started_at`` before the first one - is older than the
+lease is presumed orphaned: :func:`reap_stuck_runs` moves it to ``failed``
+with a reason, fails its still-running step attempt (pending ones are
+cancelled), and writes its ``run.failed`` event, all in one transaction per
+batch. Runs are locked with SKIP LOCKED, so several reapers (every relay runs
+one) never wait on each other or on an executor that is finishing the run; an
+executor must move a run on with ``... WHERE status = 'running'`` and treat
+"no row" as "reaped".
+
+Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from flowforge import events
+from flowforge.db.engine import DB
+from flowforge.logfmt import logfmt
+from flowforge.outbox import record_events
+
+logger = logging.getLogger("flowforge.reaper")
+
+# The lease expression must match the index expression exactly to use it.
+# REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
+# cannot size the CTE and may hash-join it against a scan of every run.
+FIND_STUCK = """
+SELECT id FROM workflow_runs
+WHERE status = 'running'
+    AND COALESCE(heartbeat_at, started_at) < now() - make_interval(secs => $1::float8)
+ORDER BY COALESCE(heartbeat_at, started_at)
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+REAP = f"""
+WITH stuck AS ({FIND_STUCK})
+UPDATE workflow_runs AS r
+SET status = 'failed',
+    finished_at = GREATEST(now(), r.started_at),
+    error = format(
+        'Reaped: no heartbeat since %s (lease %s s); the executor is presumed dead.',
+        to_char(COALESCE(r.heartbeat_at, r.started_at) AT TIME ZONE 'UTC',
+                'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        $1::float8
+    )
+WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
+RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
+"""  # noqa: S608 - composed from constants; values are bind parameters
+
+FAIL_STEP_ATTEMPTS = """
+UPDATE run_step_logs
+SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2
+WHERE run_id = ANY($1::uuid[]) AND status = 'running'
+"""
+
+CANCEL_PENDING_STEPS = """
+UPDATE run_step_logs
+SET status = 'cancelled', finished_at = now()
+WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
+"""
+
+HEARTBEAT = """
+UPDATE workflow_runs SET heartbeat_at = clock_timestamp()
+WHERE id = $1 AND status = 'running'
+RETURNING id
+"""
+
+STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
+
+
+@dataclass
+class ReapReport:
+    runs: list[UUID] = field(default_factory=list)
+    batches: int = 0
+
+
+async def record_heartbeat(run_id: UUID) -> bool:
+    """Refresh a running run's lease; False if it is not running (e.g. reaped)."""
+    rows = await DB.fetch(HEARTBEAT, run_id)
+    return bool(rows)
+
+
+async def _reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
+    runs: list[Any] = []
+    async with DB.transaction() as transaction:
+        connection = transaction.connection
+        runs = list(await connection.fetch(REAP, lease_seconds, batch_size))
+        if not runs:
+            return runs
+        run_ids = [run["id"] for run in runs]
+        await connection.execute(FAIL_STEP_ATTEMPTS, run_ids, STEP_ERROR)
+        await connection.execute(CANCEL_PENDING_STEPS, run_ids)
+        await record_events(
+            [
+                (
+                    events.WORKFLOW_RUN,
+                    run["id"],
+                    events.RUN_EVENT_BY_STATUS["failed"],
+                    events.run_payload(dict(run), previous_status="running"),
+                )
+                for run in runs
+            ]
+        )
+    return runs
+
+
+async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapReport:
+    """Fail every run whose lease expired, in batches; idempotent."""
+    report = ReapReport()
+    while True:
+        runs = await _reap_batch(lease_seconds, batch_size)
+        if not runs:
+            break
+        report.batches += 1
+        report.runs.extend(run["id"] for run in runs)
+        for run in runs:
+            logger.warning(
+                logfmt("reaper.run_failed", run_id=run["id"], workflow_id=run["workflow_id"])
+            )
+        if len(runs) < batch_size:
+            break
+    return report

@@ -1,0 +1,133 @@
+"""LISTEN for new outbox rows on a dedicated connection, and keep it alive.
+
+The ``outbox_notify`` trigger sends ``NOTIFY flowforge_outbox`` when an
+INSERT into outbox commits. A notification is only a hint that wakes an idle
+relay early: the relay also polls, so a lost notification (connection down,
+a transaction-mode pooler in between) only delays publishing until the next
+poll, never loses an event.
+
+The connection is a plain asyncpg connection, not a pooled one: a pool would
+hand it to other work and drop the LISTEN with it. When it dies (database
+restart, terminated backend, network failure found by the periodic ping) the
+listener reconnects with back-off and wakes the relay once, since
+notifications sent while it was away are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from flowforge.db.engine import asyncpg_config
+from flowforge.logfmt import logfmt
+from flowforge.settings import Settings
+
+logger = logging.getLogger("flowforge.relay")
+
+CHANNEL = "flowforge_outbox"
+# A silent network failure does not close a socket: ping this often to find it.
+PING_INTERVAL_SECONDS = 30.0
+
+
+class OutboxListener:
+    """Sets `wake` on every notification; reconnects until `stop` is set."""
+
+    def __init__(self, settings: Settings, wake: asyncio.Event) -> None:
+        self._settings = settings
+        self._wake = wake
+        self.connection: Any = None
+        self.connected = asyncio.Event()  # for tests and status: listening right now
+        self.reconnects = 0
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _connect(self) -> Any:
+        config = asyncpg_config(self._settings)
+        config["server_settings"] = {
+            **config["server_settings"],
+            "application_name": "flowforge-relay-listener",
+        }
+        connection = await asyncpg.connect(**config)
+        try:
+            await connection.add_listener(CHANNEL, self._notified)
+        except BaseException:
+            connection.terminate()
+            raise
+        return connection
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until `stop` is set, reconnecting whenever the connection is lost."""
+        delay = 0.5
+        first = True
+        while not stop.is_set():
+            try:
+                self.connection = await self._connect()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                logger.warning(
+                    logfmt("relay.listen_failed", error=f"{type(error).__name__}: {error}")
+                )
+                await _wait(stop, delay)
+                delay = min(delay * 2, self._settings.relay_poll_max_interval * 2, 30.0)
+                continue
+            delay = 0.5
+            lost = asyncio.Event()
+            self.connection.add_termination_listener(_setter(lost))
+            self.connected.set()
+            if not first:
+                self.reconnects += 1
+                # Notifications sent while we were away are lost: look now.
+                self._wake.set()
+            logger.info(logfmt("relay.listening", channel=CHANNEL, reconnected=not first))
+            first = False
+            await self._watch(stop, lost)
+            self.connected.clear()
+            await self._close()
+            if not stop.is_set():
+                logger.warning(logfmt("relay.listener_lost", channel=CHANNEL))
+
+    async def _watch(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        """Return when `stop` or `lost` is set, or a ping fails."""
+        while not (stop.is_set() or lost.is_set()):
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+            try:
+                await asyncio.wait(
+                    waiters, timeout=PING_INTERVAL_SECONDS, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+            if stop.is_set() or lost.is_set() or self.connection.is_closed():
+                return
+            try:
+                await asyncio.wait_for(
+                    self.connection.fetchval("SELECT 1"), self._settings.connect_timeout
+                )
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                return
+
+    async def _close(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is None or connection.is_closed():
+            return
+        try:
+            await asyncio.wait_for(connection.close(), self._settings.connect_timeout)
+        except Exception:
+            connection.terminate()
+
+
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    def set_event(_connection: Any) -> None:
+        event.set()
+
+    return set_event
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

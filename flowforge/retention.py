@@ -1,0 +1,136 @@
+"""Retention: history that does not grow forever (`piccolo flowforge prune`).
+
+Deletes, oldest first and in batches:
+
+* published outbox events older than ``OUTBOX_RETENTION_DAYS`` (by
+  ``published_at``; unpublished and dead-lettered events are never pruned),
+  using ``outbox_published_at_idx``;
+* finished runs (completed, failed, cancelled) older than
+  ``RUN_RETENTION_DAYS`` (by ``finished_at``), with their step logs (ON DELETE
+  CASCADE, found through the ``run_step_logs`` (run_id, ...) unique index),
+  using ``workflow_runs_terminal_finished_at_idx``.
+
+Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
+transaction; rows another session has locked are skipped (SKIP LOCKED) and
+left for the next run, so pruning never waits on the API or the relay and
+never holds locks for long. A retention of 0 keeps that history forever.
+Pruning is not a domain change: it emits no events.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flowforge.db.engine import DB
+from flowforge.logfmt import logfmt
+from flowforge.settings import Settings
+
+logger = logging.getLogger("flowforge.retention")
+
+DAY_SECONDS = 86400.0
+
+OLD_PUBLISHED_EVENTS = """
+SELECT id FROM outbox
+WHERE published_at < now() - make_interval(secs => $1::float8)
+ORDER BY published_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# "id = ANY(ARRAY(...))" rather than a join: the planner cannot know the CTE's
+# size and may hash-join it against a sequential scan of the whole table.
+PRUNE_OUTBOX = f"""
+WITH doomed AS ({OLD_PUBLISHED_EVENTS}),
+deleted AS (
+    DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""  # noqa: S608 - composed from constants; values are bind parameters
+
+OLD_FINISHED_RUNS = """
+SELECT id FROM workflow_runs
+WHERE status IN ('completed', 'failed', 'cancelled')
+    AND finished_at < now() - make_interval(secs => $1::float8)
+ORDER BY finished_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+PRUNE_RUNS = f"""
+WITH doomed AS ({OLD_FINISHED_RUNS}),
+logs AS (
+    SELECT count(*) AS n FROM run_step_logs WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
+),
+deleted AS (
+    DELETE FROM workflow_runs WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
+"""  # noqa: S608 - composed from constants; values are bind parameters
+
+COUNT_OUTBOX = """
+SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
+"""
+
+COUNT_RUNS = """
+WITH doomed AS (
+    SELECT id FROM workflow_runs
+    WHERE status IN ('completed', 'failed', 'cancelled')
+        AND finished_at < now() - make_interval(secs => $1::float8)
+)
+SELECT (SELECT count(*) FROM doomed) AS runs,
+    (SELECT count(*) FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)) AS step_logs
+"""
+
+
+@dataclass
+class PruneReport:
+    outbox_events: int = 0
+    runs: int = 0
+    step_logs: int = 0
+    dry_run: bool = False
+
+    def describe(self) -> str:
+        verb = "would prune" if self.dry_run else "pruned"
+        return (
+            f"{verb}: {self.outbox_events} published outbox events, "
+            f"{self.runs} finished runs with {self.step_logs} step logs"
+        )
+
+
+async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
+    """Delete expired history per the retention settings; idempotent."""
+    report = PruneReport(dry_run=dry_run)
+    batch = settings.prune_batch_size
+    if settings.outbox_retention_days > 0:
+        keep = settings.outbox_retention_days * DAY_SECONDS
+        if dry_run:
+            report.outbox_events = int((await DB.fetch(COUNT_OUTBOX, keep))[0][0])
+        else:
+            while True:
+                deleted = int((await DB.fetch(PRUNE_OUTBOX, keep, batch))[0][0])
+                report.outbox_events += deleted
+                if deleted < batch:
+                    break
+    if settings.run_retention_days > 0:
+        keep = settings.run_retention_days * DAY_SECONDS
+        if dry_run:
+            row = (await DB.fetch(COUNT_RUNS, keep))[0]
+            report.runs, report.step_logs = int(row["runs"]), int(row["step_logs"])
+        else:
+            while True:
+                row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
+                report.runs += int(row["runs"])
+                report.step_logs += int(row["step_logs"])
+                if row["runs"] < batch:
+                    break
+    logger.info(
+        logfmt(
+            "retention.pruned",
+            dry_run=dry_run,
+            outbox_events=report.outbox_events,
+            runs=report.runs,
+            step_logs=report.step_logs,
+        )
+    )
+    return report
