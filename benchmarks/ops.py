@@ -117,11 +117,14 @@ WITH step AS (
 SELECT * FROM logged
 """
 
+# The workflow must exist (a 404 otherwise): joined, so one round trip answers both.
 FLOOR_LIST = """
-SELECT * FROM workflow_runs
-WHERE workflow_id = $1 AND status = $2
-ORDER BY created_at DESC, id DESC
-LIMIT $3
+SELECT w.id AS visible, r.*
+FROM workflows w LEFT JOIN LATERAL (
+    SELECT * FROM workflow_runs r WHERE r.workflow_id = w.id AND r.status = $2
+    ORDER BY r.created_at DESC, r.id DESC LIMIT $3
+) r ON true
+WHERE w.id = $1
 """
 
 FLOOR_GET_RUN = """
@@ -144,17 +147,33 @@ FROM api_keys k JOIN users u ON u.id = k.user_id
 WHERE k.prefix = $1
 """
 
-FLOOR_CLAIM = """
-SELECT id, aggregate_type, aggregate_id, event_type, payload::text AS payload, created_at
+# The same ordering rule as the relay: only an aggregate's oldest unpublished
+# event (its head) is claimable; the claimer then takes the head's followers.
+FLOOR_CLAIM_HEADS = """
+SELECT id, seq, aggregate_type, aggregate_id, event_type, payload::text AS payload, created_at
 FROM outbox o
 WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
-  AND NOT EXISTS (SELECT 1 FROM outbox older
-                  WHERE older.aggregate_type = o.aggregate_type
-                    AND older.aggregate_id = o.aggregate_id
-                    AND older.published_at IS NULL AND older.seq < o.seq)
+  AND seq = (SELECT seq FROM outbox older
+             WHERE older.aggregate_type = o.aggregate_type
+               AND older.aggregate_id = o.aggregate_id AND older.published_at IS NULL
+             ORDER BY seq LIMIT 1)
 ORDER BY seq
 LIMIT $1
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF o SKIP LOCKED
+"""
+FLOOR_CLAIM_FOLLOWERS = """
+SELECT f.id, f.seq, f.aggregate_type, f.aggregate_id, f.event_type, f.payload::text AS payload,
+       f.created_at
+FROM unnest($1::text[], $2::uuid[], $3::bigint[]) AS h(aggregate_type, aggregate_id, seq)
+CROSS JOIN LATERAL (
+    SELECT * FROM outbox o
+    WHERE o.aggregate_type = h.aggregate_type AND o.aggregate_id = h.aggregate_id
+      AND o.seq > h.seq AND o.published_at IS NULL
+    ORDER BY o.seq LIMIT $4
+) f
+ORDER BY f.seq
+LIMIT $4
+FOR UPDATE OF f
 """
 FLOOR_MARK = """
 UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1
@@ -275,7 +294,10 @@ def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
     async def floor(n: int) -> Any:
         async with ctx.pool.acquire() as connection, connection.transaction():
             rows = await connection.fetch(FLOOR_LIST, busy[n % len(busy)], "completed", 51)
-            return [_decode_run(row) for row in rows[:50]], len(rows) > 50
+        if not rows:
+            raise LookupError("workflow not found")
+        runs = [_decode_run(row) for row in rows if row["id"] is not None]
+        return runs[:50], len(runs) > 50
 
     return flowforge, floor
 
@@ -343,9 +365,8 @@ DRAIN_BATCH = 100
 
 def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
     """Claim a batch of 100 unpublished events and mark them published (no broker)."""
-    from flowforge.relay import store
-
     from flowforge.db.engine import DB
+    from flowforge.relay import store
 
     async def flowforge(n: int) -> Any:
         async with DB.transaction() as transaction:
@@ -355,7 +376,15 @@ def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
 
     async def floor(n: int) -> Any:
         async with ctx.pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(FLOOR_CLAIM, DRAIN_BATCH)
+            rows = list(await connection.fetch(FLOOR_CLAIM_HEADS, DRAIN_BATCH))
+            if rows and len(rows) < DRAIN_BATCH:
+                rows += await connection.fetch(
+                    FLOOR_CLAIM_FOLLOWERS,
+                    [row["aggregate_type"] for row in rows],
+                    [row["aggregate_id"] for row in rows],
+                    [row["seq"] for row in rows],
+                    DRAIN_BATCH - len(rows),
+                )
             await connection.execute(FLOOR_MARK, [row["id"] for row in rows])
             return len(rows)
 

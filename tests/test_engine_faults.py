@@ -513,7 +513,7 @@ async def test_readiness_follows_the_database_without_restarting_the_app(
         await proxy.start()
         await wait_until(ready, 10, "/readyz turning 200 once the database is back")
         response = await client.get("/readyz")
-        assert (response.status_code, response.json()) == (200, {"postgres": "ok"})
+        assert (response.status_code, response.json()["postgres"]) == (200, "ok")
 
         await proxy.stop()
         await assert_down()
@@ -521,4 +521,4 @@ async def test_readiness_follows_the_database_without_restarting_the_app(
         await proxy.start()
         await wait_until(ready, 10, "/readyz turning 200 again")
         response = await client.get("/readyz")
-        assert (response.status_code, response.json()) == (200, {"postgres": "ok"})
+        assert (response.status_code, response.json()["postgres"]) == (200, "ok")

