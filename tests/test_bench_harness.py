@@ -1,0 +1,50 @@
+"""The benchmark machinery itself (no timing assertions: `make bench` measures speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from benchmarks.harness import compare, format_table, percentile
+from tests.support import REPO_ROOT
+
+
+def test_percentile() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert percentile(values, 0.5) in (50.0, 51.0)
+    assert percentile(values, 0.99) == 99.0
+    assert percentile([], 0.5) != percentile([], 0.5)  # NaN for no data
+
+
+async def test_compare_interleaves_both_sides_and_counts_every_call() -> None:
+    calls: list[str] = []
+
+    async def ours(n: int) -> None:
+        calls.append("ours")
+
+    async def floor(n: int) -> None:
+        calls.append("floor")
+
+    comparison = await compare(
+        "noop", ours, floor, concurrency=4, operations=10, rounds=3, warmup=2
+    )
+    summary = comparison.summary()
+    assert summary["rounds"] == 3
+    assert summary["flowforge"]["operations"] == 30
+    assert summary["floor"]["operations"] == 30
+    assert calls.count("ours") == calls.count("floor") == 32  # 30 + 2 warm-up
+    assert summary["cost_ratio"] > 0
+    assert "noop" in format_table([summary])
+
+
+def test_bad_arguments_are_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--runs", "0"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--runs must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
