@@ -341,18 +341,22 @@ async def explain_piccolo(query: Any) -> Plan:
     return await explain(sql, *args)
 
 
-def assert_uses_index(plan: Plan, index: str, table: str, *, sorted_by_index: bool = True) -> None:
-    """The plan reads `table` through `index` only; never a Seq Scan; no Sort if
-    `sorted_by_index` (the index order is the requested order)."""
+def assert_uses_index(
+    plan: Plan, index: str | frozenset[str], table: str, *, sorted_by_index: bool = True
+) -> None:
+    """The plan reads `table` through `index` (or one of a set of acceptable
+    indexes) only; never a Seq Scan; no Sort if `sorted_by_index` (the index
+    order is the requested order)."""
+    accepted = {index} if isinstance(index, str) else set(index)
     print(f"\n{index}: {plan.summary()}")  # visible with -s: the plans that were checked
     nodes = plan.nodes
     assert not [node for node in nodes if node.node_type == "Seq Scan"], (
         f"Seq Scan in the plan:\n{plan}"
     )
-    assert any(node.index == index for node in plan.index_scans()), (
+    assert any(node.index in accepted for node in plan.index_scans()), (
         f"{index} is not scanned:\n{plan}"
     )
-    other = [node for node in plan.index_scans() if node.index != index]
+    other = [node for node in plan.index_scans() if node.index not in accepted]
     assert not other, f"other indexes scanned besides {index}:\n{plan}"
     for node in nodes:
         if node.relation is not None:
@@ -364,6 +368,16 @@ def assert_uses_index(plan: Plan, index: str, table: str, *, sorted_by_index: bo
         assert not plan.node_types() & {"Sort", "Incremental Sort"}, (
             f"a Sort node: the index should provide the order:\n{plan}"
         )
+
+
+# The reaper's partial index over running runs (issue 4) also serves any
+# query for the few runs in status 'running'; the planner may prefer it.
+RUNNING_LEASE = frozenset({"workflow_runs_running_lease_idx"})
+
+
+def status_index(status: RunStatus) -> str | frozenset[str]:
+    composite = "workflow_runs_workflow_id_status_created_at_idx"
+    return RUNNING_LEASE | {composite} if status is RunStatus.RUNNING else composite
 
 
 # --- The data set -------------------------------------------------------------
@@ -538,12 +552,7 @@ async def test_runs_of_one_workflow_in_a_rare_status(
 ) -> None:
     workflow_id = dataset.busy_workflow_id if which == "busy" else dataset.quiet_workflow_id
     plan = await explain(RUNS_IN_STATUS, workflow_id, status.value)
-    assert_uses_index(
-        plan,
-        "workflow_runs_workflow_id_status_created_at_idx",
-        "workflow_runs",
-        sorted_by_index=False,
-    )
+    assert_uses_index(plan, status_index(status), "workflow_runs", sorted_by_index=False)
 
 
 @pytest.mark.parametrize(
@@ -555,7 +564,15 @@ async def test_runs_by_status_newest_first(dataset: Dataset, status: RunStatus) 
         "WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT 50",
         status.value,
     )
-    assert_uses_index(plan, "workflow_runs_status_created_at_idx", "workflow_runs")
+    # The few running runs may come (and be sorted) from the reaper's partial index.
+    running = status is RunStatus.RUNNING
+    indexes = RUNNING_LEASE | {"workflow_runs_status_created_at_idx"} if running else None
+    assert_uses_index(
+        plan,
+        indexes or "workflow_runs_status_created_at_idx",
+        "workflow_runs",
+        sorted_by_index=not running,
+    )
 
 
 async def test_step_logs_of_one_run(dataset: Dataset) -> None:
@@ -569,12 +586,13 @@ async def test_step_logs_of_one_run(dataset: Dataset) -> None:
     )
 
 
-async def test_unpublished_outbox_events_oldest_first(dataset: Dataset) -> None:
+async def test_unpublished_outbox_events_in_publish_order(dataset: Dataset) -> None:
+    # The relay's own claim queries are checked in tests/test_relay_indexes.py.
     plan = await explain(
         "SELECT id, aggregate_type, aggregate_id, event_type, payload, created_at FROM outbox "
-        "WHERE published_at IS NULL ORDER BY created_at, id LIMIT 100"
+        "WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY seq LIMIT 100"
     )
-    assert_uses_index(plan, "outbox_unpublished_idx", "outbox")
+    assert_uses_index(plan, "outbox_claim_idx", "outbox")
 
 
 async def test_api_key_by_prefix(dataset: Dataset) -> None:
