@@ -137,3 +137,16 @@ def test_admin_is_read_only_and_never_shows_secrets(
         deleted = page.request.delete(f"{api}/outbox/{outbox_row['id']}/", headers=headers)
         assert deleted.status in (403, 405)
         context.close()
+
+
+def test_admin_shows_the_relays_delivery_state_and_hides_secrets() -> None:
+    """Dead letters are visible (and filterable) in the admin; key hashes never are."""
+    from flowforge.api.admin import table_configs
+
+    configs = {config.table_class._meta.tablename: config for config in table_configs()}
+    outbox = configs["outbox"]
+    shown = {column._meta.name for column in outbox.visible_columns}
+    assert {"attempts", "last_error", "dead_lettered_at", "published_at"} <= shown
+    assert "dead_lettered_at" in {column._meta.name for column in outbox.visible_filters}
+    keys = {column._meta.name for column in configs["api_keys"].visible_columns}
+    assert "key_hash" not in keys

@@ -95,6 +95,7 @@ def table_configs() -> list[TableConfig]:
                 WorkflowRun.created_at,
                 WorkflowRun.started_at,
                 WorkflowRun.finished_at,
+                WorkflowRun.heartbeat_at,
                 WorkflowRun.error,
             ],
             visible_filters=[
@@ -129,6 +130,10 @@ def table_configs() -> list[TableConfig]:
                 Outbox.aggregate_id,
                 Outbox.created_at,
                 Outbox.published_at,
+                # The relay's delivery state: failed attempts and dead letters.
+                Outbox.attempts,
+                Outbox.last_error,
+                Outbox.dead_lettered_at,
             ],
             link_column=Outbox.event_type,
             visible_filters=[
@@ -136,6 +141,7 @@ def table_configs() -> list[TableConfig]:
                 Outbox.aggregate_type,
                 Outbox.aggregate_id,
                 Outbox.published_at,
+                Outbox.dead_lettered_at,
             ],
         ),
     ]
