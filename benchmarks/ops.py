@@ -89,6 +89,11 @@ WITH changed AS (
 SELECT * FROM changed
 """
 
+FLOOR_CLOSE_ATTEMPTS = """
+UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
+WHERE run_id = $1 AND status IN ('pending', 'running')
+"""
+
 FLOOR_LOCK_RUN = """
 UPDATE workflow_runs SET updated_at = now() WHERE id = $1 AND status = 'running'
 RETURNING workflow_id
@@ -271,11 +276,14 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
                 log["input"] = json.loads(log["input"])
                 log["output"] = json.loads(log["output"])
         async with pool.acquire() as connection, connection.transaction():
-            return _decode_run(
+            done = _decode_run(
                 await connection.fetchrow(
                     FLOOR_TRANSITION, run["id"], "completed", "running", "run.completed"
                 )
             )
+            # An ended run closes its open attempts (after the lock, new snapshot).
+            await connection.execute(FLOOR_CLOSE_ATTEMPTS, run["id"])
+            return done
 
     return flowforge, floor
 

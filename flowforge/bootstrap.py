@@ -20,6 +20,7 @@ from piccolo.apps.user.tables import BaseUser
 from flowforge import api_keys
 from flowforge.db.engine import DB
 from flowforge.db.tables import Scope
+from flowforge.errors import AppError, translated_db_errors
 from flowforge.settings import get_settings
 
 BOOTSTRAP_EMAIL = "admin@flowforge.local"
@@ -61,14 +62,30 @@ async def create_api_key(
     :param scopes: comma-separated: read, write, admin (within the user's role)
     :param expires_in_days: days until the key expires; 0 means never
     """
-    wanted = [Scope(scope.strip()) for scope in str(scopes).split(",") if scope.strip()]
+    names = [scope.strip() for scope in str(scopes).split(",") if scope.strip()]
+    valid = ", ".join(scope.value for scope in Scope)
+    unknown = [scope for scope in names if scope not in {s.value for s in Scope}]
+    if unknown or not names:
+        raise SystemExit(f"--scopes must be a comma-separated subset of: {valid} (got {scopes!r})")
+    try:
+        days = int(expires_in_days)
+        if not 0 <= days <= 36500:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SystemExit(
+            f"--expires_in_days must be a whole number of days from 0 (never) to 36500 "
+            f"(got {expires_in_days!r})"
+        ) from None
     expires_at = (
-        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=int(expires_in_days))
-        if int(expires_in_days) > 0
-        else None
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=days) if days else None
     )
-    async with DB.transaction():
-        key, full_key = await issue_key_for_email(email, name, wanted, expires_at)
+    try:
+        async with translated_db_errors(), DB.transaction():
+            key, full_key = await issue_key_for_email(
+                email, name, [Scope(scope) for scope in names], expires_at
+            )
+    except AppError as error:
+        raise SystemExit(f"Cannot issue the key: {error.message}") from None
     print(describe_key(email, key, full_key))  # after COMMIT: a printed key works
 
 

@@ -185,6 +185,15 @@ def translate_db_error(error: BaseException) -> AppError | None:
         if name in CONSTRAINT_MESSAGES:
             return ConflictError(CONSTRAINT_MESSAGES[name], constraint=name)
         return ConflictError(constraint=name)
+    if isinstance(
+        error,
+        asyncpg.exceptions.DeadlockDetectedError | asyncpg.exceptions.SerializationError,
+    ):
+        # Two transactions collided; the database rolled this one back. Safe to retry.
+        return ConflictError(
+            "The change collided with a concurrent one and was not applied; retry it.",
+            retryable=True,
+        )
     if isinstance(error, asyncpg.exceptions.DataError):
         # Bad value for a column type (invalid UUID text, out-of-range number, ...).
         return InvalidInputError("A value has the wrong type or is out of range.")

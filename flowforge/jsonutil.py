@@ -16,8 +16,10 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, separators=(",", ":"), ensure_ascii=False)
+def dumps(value: Any, *, sort_keys: bool = False) -> str:
+    return json.dumps(
+        value, default=_default, separators=(",", ":"), ensure_ascii=False, sort_keys=sort_keys
+    )
 
 
 loads = json.loads

@@ -70,6 +70,10 @@ def _run_event_payload(alias: str, previous_status: str, extra: str = "") -> str
         {extra})"""
 
 
+def canonical(value: Any) -> str:
+    return dumps(value, sort_keys=True)
+
+
 def _run(row: Mapping[str, Any]) -> dict[str, Any]:
     run = dict(row)
     run["inputs"] = loads(run["inputs"])
@@ -172,7 +176,9 @@ async def trigger_run(
         created = bool(row["created"])
     run = _run(row)
     run.pop("created", None)
-    if not created and (run["inputs"] != inputs or run["trigger_type"] != trigger_type.value):
+    # Canonical JSON, not Python equality: True == 1 == 1.0 in Python, not in JSON.
+    same_inputs = created or canonical(run["inputs"]) == canonical(inputs)
+    if not created and (not same_inputs or run["trigger_type"] != trigger_type.value):
         raise IdempotencyConflictError(
             "This Idempotency-Key was already used for this workflow with different inputs.",
             idempotency_key=idempotency_key,
@@ -193,7 +199,7 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 
 # Compare-and-set: the new status, timestamps that satisfy
 # workflow_runs_timestamps_match_status, and the run.<status> event, in one
-# statement. A run that ends closes its open step attempts as cancelled.
+# statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
 TRANSITION_RUN = f"""
@@ -208,10 +214,6 @@ WITH changed AS (
       AND ($6::uuid IS NULL OR EXISTS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
     RETURNING {_prefixed(RUN_COLUMNS, "r")}
-), closed AS (
-    UPDATE run_step_logs l SET status = 'cancelled', finished_at = now()
-    FROM changed c
-    WHERE c.status <> 'running' AND l.run_id = c.id AND l.status IN ('pending', 'running')
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
     SELECT 'workflow_run', c.id, $7, {
@@ -226,6 +228,15 @@ WITH changed AS (
 )
 SELECT {RUN_COLUMNS} FROM changed
 """  # noqa: S608
+
+# A separate statement on purpose: it runs after the transition holds the run's
+# row lock and takes a new snapshot, so it also sees an attempt whose append
+# committed while the transition waited for that lock (in the transition's own
+# snapshot that attempt does not exist yet, and it would stay "running" forever).
+CLOSE_ATTEMPTS = """
+UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
+WHERE run_id = $1 AND status IN ('pending', 'running')
+"""
 
 RUN_STATE = """
 SELECT r.status FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
@@ -280,6 +291,8 @@ async def transition_run(
             current_status=current,
             requested_status=target.value,
         )
+    if target is not RunStatus.RUNNING:
+        await connection.execute(CLOSE_ATTEMPTS, run_id)
     return _run(row)
 
 

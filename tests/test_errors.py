@@ -324,3 +324,14 @@ def test_other_errors_are_not_translated() -> None:
 def test_error_docstring_is_the_default_message() -> None:
     assert NotFoundError().message == "The requested object does not exist."
     assert AppError("custom", key=1).details == {"key": 1}
+
+
+def test_deadlocks_and_serialization_failures_are_retryable_conflicts() -> None:
+    for error in (
+        asyncpg.exceptions.DeadlockDetectedError("deadlock detected"),
+        asyncpg.exceptions.SerializationError("could not serialize access"),
+    ):
+        translated = translate_db_error(error)
+        assert isinstance(translated, ConflictError)
+        assert translated.details == {"retryable": True}
+        assert "deadlock" not in translated.message

@@ -143,7 +143,7 @@ class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     name = _required_text(100)
     # Non-secret lookup prefix, shown to users to tell keys apart.
     prefix = Varchar(length=32, null=False, default=None, unique=True)
-    # SHA-256 of the secret part; the secret itself is never stored.
+    # SHA-256 of the whole key (ff_<prefix>_<secret>); the key itself is never stored.
     key_hash = Varchar(length=64, null=False, default=None, secret=True)
     scopes = Array(base_column=Varchar(length=16), null=False, default=["read"])
     expires_at = Timestamptz(null=True, default=None)

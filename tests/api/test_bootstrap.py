@@ -92,6 +92,32 @@ async def test_create_api_key_command(client: httpx.AsyncClient, database_url: s
     assert "No user with email" in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--scopes=reed"], "--scopes must be a comma-separated subset of: read, write, admin"),
+        # Rejected by the CLI's own argument typing, which prints the usage.
+        (["--expires_in_days=abc"], "days until the key expires"),
+        (["--expires_in_days=99999999"], "--expires_in_days must be a whole number"),
+        (["--scopes=admin"], "Cannot issue the key: A developer's key cannot have the scope(s)"),
+        (["--name= "], "Cannot issue the key: API key name must not be blank."),
+    ],
+)
+async def test_create_api_key_command_rejects_bad_input_without_a_traceback(
+    database_url: str, arguments: list[str], message: str
+) -> None:
+    piccolo("flowforge", "seed", database_url=database_url)
+    before = (await DB.fetch("SELECT count(*) AS n FROM api_keys"))[0]["n"]
+    result = support.piccolo(
+        "flowforge", "create_api_key", "--email=developer@flowforge.local", *arguments,
+        database_url=database_url, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (await DB.fetch("SELECT count(*) AS n FROM api_keys"))[0]["n"] == before
+
+
 async def test_admin_login_from_settings(database_url: str, no_admin_logins: None) -> None:
     from piccolo.apps.user.tables import BaseUser
 

@@ -614,3 +614,51 @@ async def test_heartbeat_renews_the_lease_of_a_running_run_only(
         client, developer, "/api/v1/runs/00000000-0000-0000-0000-000000000000/heartbeat"
     )
     assert unknown.status_code == 404
+
+
+async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    """The ending transition waits for the run's row lock held by an append; the
+    attempt that append commits must be closed too, not left running forever."""
+    from uuid import UUID
+
+    from flowforge import runs
+
+    run_id = UUID((await running_run(client, developer, workflow))["id"])
+    appended, release = asyncio.Event(), asyncio.Event()
+
+    async def append() -> None:
+        async with DB.transaction():
+            await runs.append_step_log(run_id, step_position=0)  # a running attempt
+            appended.set()
+            await release.wait()  # hold the run's row lock while the run ends
+
+    async def complete() -> dict[str, Any]:
+        await appended.wait()
+        async with DB.transaction():
+            return await runs.transition_run(run_id, "complete")
+
+    appending, completing = asyncio.create_task(append()), asyncio.create_task(complete())
+    await appended.wait()
+    await asyncio.sleep(0.3)  # the transition's statement is now waiting for the lock
+    release.set()
+    _, completed = await asyncio.wait_for(asyncio.gather(appending, completing), 10)
+    assert completed["status"] == "completed"
+    logs = await DB.fetch("SELECT status, finished_at FROM run_step_logs WHERE run_id = $1", run_id)
+    assert [(row["status"], row["finished_at"] is not None) for row in logs] == [
+        ("cancelled", True)
+    ]
+
+
+async def test_idempotency_replay_compares_json_not_python_equality(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+) -> None:
+    path = f"/api/v1/workflows/{workflow['id']}/runs"
+    headers = {**developer.headers, "Idempotency-Key": "typed"}
+    first = await client.post(path, json={"inputs": {"a": 1}}, headers=headers)
+    assert first.status_code == 201
+    other_type = await client.post(path, json={"inputs": {"a": True}}, headers=headers)
+    assert other_type.status_code == 409
+    same = await client.post(path, json={"inputs": {"a": 1}}, headers=headers)
+    assert (same.status_code, same.json()["id"]) == (200, first.json()["id"])
