@@ -120,3 +120,15 @@ async def global_engine_on(url: str) -> AsyncIterator[None]:
         DB.reconfigure()
         if had_pool:
             await DB.start_connection_pool()
+
+
+async def run_unhurried(*statements: str) -> None:
+    """Run set-up statements (bulk loads, VACUUM) on one connection without the
+    statement timeout: a fixture's load on a busy CI machine is not a request."""
+    from flowforge.db.engine import DB
+
+    assert DB.pool is not None
+    async with DB.pool.acquire() as connection:
+        await connection.execute("SET statement_timeout = 0")
+        for statement in statements:
+            await connection.execute(statement)

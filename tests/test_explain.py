@@ -228,10 +228,11 @@ async def dataset(database_url: str) -> AsyncIterator[Dataset]:
     superuser = await scalar("SELECT current_setting('is_superuser') = 'on'")
     started = time.perf_counter()
     async with DB.transaction():
+        await DB.fetch("SET LOCAL statement_timeout = 0")  # a fixture's load, not a request
         for statement in ([SKIP_FOREIGN_KEY_TRIGGERS] if superuser else []) + LOAD:
             await DB.fetch(statement)
     # Fresh statistics and visibility map, as autovacuum would leave them.
-    await DB.fetch(f"VACUUM (ANALYZE) {', '.join(support.APP_TABLES)}")
+    await support.run_unhurried(f"VACUUM (ANALYZE) {', '.join(support.APP_TABLES)}")
     load_seconds = time.perf_counter() - started
 
     busy, quiet = await DB.fetch(

@@ -31,10 +31,9 @@ async def volume(database_url: str) -> AsyncIterator[None]:
     if DB.pool is None:
         await DB.start_connection_pool()
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
-    for statement in GENERATE:
-        await DB.fetch(statement)
-    for table in BIG_TABLES | {"workflows", "users"}:
-        await DB.fetch(f"VACUUM ANALYZE {table}")
+    await support.run_unhurried(
+        *GENERATE, *(f"VACUUM ANALYZE {table}" for table in BIG_TABLES | {"workflows", "users"})
+    )
     yield
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
 
