@@ -209,6 +209,17 @@ async def test_unknown_route_is_a_json_404(client: httpx.AsyncClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+async def readyz_on(url: str) -> httpx.Response:
+    """GET /readyz of a fresh app (lifespan included) whose engine points at `url`."""
+    async with support.global_engine_on(url):
+        app = create_app()
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=asgi(app), base_url="http://test") as client,
+        ):
+            return await client.get("/readyz")
+
+
 async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -> None:
     latest = max(migration for app, migration in expected_migrations() if app == "flowforge")
     name = support.database_name("behind")
@@ -223,15 +234,7 @@ async def test_readyz_fails_when_migrations_are_not_at_head(database_url: str) -
             "--auto_agree",
             database_url=url,
         )
-        async with support.global_engine_on(url):
-            app = create_app()
-            async with (
-                app.router.lifespan_context(app),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://test"
-                ) as client,
-            ):
-                response = await client.get("/readyz")
+        response = await readyz_on(url)
     finally:
         await support.drop_database(name)
     assert response.status_code == 503
@@ -242,15 +245,7 @@ async def test_readyz_fails_on_an_unmigrated_database(database_url: str) -> None
     name = support.database_name("empty")
     url = await support.create_database(name)
     try:
-        async with support.global_engine_on(url):
-            app = create_app()
-            async with (
-                app.router.lifespan_context(app),
-                httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=app), base_url="http://test"
-                ) as client,
-            ):
-                response = await client.get("/readyz")
+        response = await readyz_on(url)
     finally:
         await support.drop_database(name)
     assert response.status_code == 503

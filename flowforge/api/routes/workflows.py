@@ -223,6 +223,14 @@ async def replace_steps(
     return _out(workflow)
 
 
+async def _set_active(principal: Principal, workflow_id: UUID, *, active: bool) -> WorkflowOut:
+    principal.require(Scope.WRITE)
+    workflow = await workflows.update_workflow(
+        workflow_id, {"is_active": active}, owner_id=principal.owner_filter
+    )
+    return _out(workflow)
+
+
 @router.post(
     "/workflows/{workflow_id}/deactivate",
     summary="Deactivate a workflow: it keeps its runs but cannot be triggered",
@@ -231,11 +239,7 @@ async def replace_steps(
 async def deactivate_workflow(
     workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
 ) -> WorkflowOut:
-    principal.require(Scope.WRITE)
-    workflow = await workflows.update_workflow(
-        workflow_id, {"is_active": False}, owner_id=principal.owner_filter
-    )
-    return _out(workflow)
+    return await _set_active(principal, workflow_id, active=False)
 
 
 @router.post(
@@ -246,11 +250,7 @@ async def deactivate_workflow(
 async def activate_workflow(
     workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
 ) -> WorkflowOut:
-    principal.require(Scope.WRITE)
-    workflow = await workflows.update_workflow(
-        workflow_id, {"is_active": True}, owner_id=principal.owner_filter
-    )
-    return _out(workflow)
+    return await _set_active(principal, workflow_id, active=True)
 
 
 @router.delete(
