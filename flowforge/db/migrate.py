@@ -4,13 +4,14 @@ Piccolo's ``migrations forwards`` takes no lock: two processes started together
 (two app replicas, a rolling deploy, a second ``docker compose up``) both read
 "not yet run" and apply the same migration twice. This command holds a
 PostgreSQL session advisory lock on a connection of its own while it runs
-Piccolo's forwards for all apps; a second runner waits for the lock, then finds
-nothing to do. The lock goes with the connection, so a runner that dies
+Piccolo's forwards for all apps; a second runner waits for the lock (polling,
+see :func:`_take_lock`), then finds nothing to do. The lock goes with the connection, so a runner that dies
 releases it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 
@@ -21,6 +22,30 @@ from flowforge.db.engine import DB, HEALABLE_START_ERRORS, describe_start_error
 
 # pg_advisory_lock key of the migration run: b"FlowForg" as a big-endian bigint.
 MIGRATION_LOCK_KEY = 0x466C6F77466F7267
+
+
+# How often a waiting runner tries the lock again.
+LOCK_POLL_SECONDS = 0.5
+
+
+async def _take_lock(connection: asyncpg.Connection) -> None:
+    """Take the migration lock, trying again until the holder is done.
+
+    Never a blocking pg_advisory_lock(): a statement waiting on the lock keeps
+    its snapshot open, and CREATE INDEX CONCURRENTLY in the holder's migration
+    waits for every older snapshot - each runner would wait for the other
+    until the statement timeout (seen with two concurrent runs). Short
+    pg_try_advisory_lock() calls hold no snapshot between tries.
+    """
+    if await connection.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        return
+    print("another migration run holds the lock; waiting for it", flush=True)
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+            break
+    print(f"lock acquired after {time.monotonic() - started:.1f} s", flush=True)
 
 
 def fail(message: str) -> SystemExit:
@@ -46,11 +71,7 @@ async def migrate() -> None:
     except HEALABLE_START_ERRORS as error:
         raise fail(describe_start_error(error)) from None
     try:
-        if not await lock.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
-            print("another migration run holds the lock; waiting for it", flush=True)
-            started = time.monotonic()
-            await lock.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-            print(f"lock acquired after {time.monotonic() - started:.1f} s", flush=True)
+        await _take_lock(lock)
         try:
             result = await run_forwards(app_name="all", migration_id="all")
         except Exception as error:
