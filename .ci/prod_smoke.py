@@ -72,6 +72,36 @@ def dockerfile_instruction(name: str) -> list[str]:
     return command
 
 
+# What the Dockerfile's build stage copies (tests/test_deploy.py keeps them equal).
+BUILD_CONTEXT = [
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "requirements.lock",
+    "flowforge",
+    "piccolo_migrations",
+]
+
+
+def build_wheel(work: Path) -> Path:
+    """The wheel, built from a copy of the image's build context.
+
+    Not in the checkout: an in-tree build leaves build/ behind, and files
+    deleted since would linger there and ship in later wheels.
+    """
+    source, wheels = work / "src", work / "wheels"
+    source.mkdir()
+    for name in BUILD_CONTEXT:
+        path = CHECKOUT / name
+        if path.is_dir():
+            shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, source / name)
+    run(PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, source)
+    (wheel,) = wheels.glob("flowforge-*.whl")
+    return wheel
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -112,12 +142,11 @@ def background(
 def main() -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="ff-prod-smoke-"))
-    venv, wheels, cwd = work / "venv", work / "wheels", work / "deploy"
+    venv, cwd = work / "venv", work / "deploy"
     cwd.mkdir()
 
     step("build the wheel and install it the way the Dockerfile does")
-    run(PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", wheels, CHECKOUT)
-    (wheel,) = wheels.glob("flowforge-*.whl")
+    wheel = build_wheel(work)
     run(PYTHON, "-m", "venv", venv)
     run(
         venv / "bin" / "pip",

@@ -120,6 +120,14 @@ def test_the_image_serves_uvicorn_and_checks_healthz() -> None:
     assert healthcheck[0] == "python" and "/healthz" in healthcheck[-1]
 
 
+def test_the_ci_smoke_builds_the_wheel_from_what_the_image_copies() -> None:
+    from tests.test_production_install import prod_smoke
+
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile(), flags=re.MULTILINE)
+    sources = {name.removeprefix("./") for line in copied for name in line.split()}
+    assert sources == set(prod_smoke().BUILD_CONTEXT)
+
+
 def test_the_docker_context_leaves_out_local_state_and_secrets() -> None:
     ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".flowforge", ".env", "tests"} <= ignored

