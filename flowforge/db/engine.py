@@ -234,7 +234,10 @@ class FlowForgeEngine(PostgresEngine):
                 self.pool = await asyncpg.create_pool(**options)
             except Exception as error:
                 self.start_problem = describe_start_error(error)
-                logger.info("database still not usable (%s)", self.start_problem)
+                # Unreachable is expected while a server starts; a server that
+                # answers and refuses (no such database, bad password) is worth a warning.
+                level = logging.INFO if isinstance(error, CONNECTION_ERRORS) else logging.WARNING
+                logger.log(level, "database still not usable (%s); retrying", self.start_problem)
                 delay = min(delay * 2, 10.0)
         logger.info("database reachable; connection pool started")
         self.start_problem = None
