@@ -63,6 +63,15 @@ async def test_concurrent_runs_apply_every_migration_exactly_once(fresh_database
     assert "another migration run holds the lock; waiting for it" in outputs
 
 
+async def test_migrations_are_not_bound_by_the_request_statement_timeout(
+    fresh_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1 ms: every migration statement would be cancelled under the request limit.
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT", "0.001")
+    result = support.piccolo("flowforge", "migrate", database_url=fresh_database)
+    assert result.stdout.count("[forwards]...") == len(expected_migrations())
+
+
 def test_a_missing_database_is_one_line_and_a_failure() -> None:
     name = support.database_name("never_created")
     url = support.with_database(support.server_url(), name)

@@ -48,6 +48,25 @@ async def _take_lock(connection: asyncpg.Connection) -> None:
     print(f"lock acquired after {time.monotonic() - started:.1f} s", flush=True)
 
 
+def _without_statement_timeout() -> None:
+    """Let migration statements run as long as they need.
+
+    DB_STATEMENT_TIMEOUT bounds requests; a migration is not one: building an
+    index CONCURRENTLY on a large table can take minutes, and cancelling it
+    half-way leaves an invalid index behind.
+    """
+    config = DB.config
+    DB.config = {
+        **config,
+        "command_timeout": None,
+        "server_settings": {
+            **config["server_settings"],
+            "application_name": "flowforge-migrate",
+            "statement_timeout": "0",
+        },
+    }
+
+
 def fail(message: str) -> SystemExit:
     print(f"FlowForge cannot migrate: {message}", file=sys.stderr)
     return SystemExit(1)
@@ -72,6 +91,7 @@ async def migrate() -> None:
         raise fail(describe_start_error(error)) from None
     try:
         await _take_lock(lock)
+        _without_statement_timeout()
         try:
             result = await run_forwards(app_name="all", migration_id="all")
         except Exception as error:
