@@ -61,7 +61,7 @@ def describe_start_error(error: Exception) -> str:
     """A short reason for /readyz and the log: the server's message, or the network error."""
     if isinstance(error, asyncpg.PostgresError):
         return str(error)
-    return f"cannot connect: {error or type(error).__name__}"
+    return f"cannot connect: {str(error) or type(error).__name__}"
 
 
 def database_url(settings: Settings) -> str:
