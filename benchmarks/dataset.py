@@ -177,6 +177,14 @@ async def load(connection: asyncpg.Connection, sizes: Sizes) -> Loaded:
     )  # fmt: skip
 
     sample_runs: list[uuid.UUID] = []
+    # Step logs carry their run's created_at (the partition key) from the
+    # partitioning migration on; a data set built before it has no such column.
+    log_columns = LOG_COLUMNS
+    if await connection.fetchval(
+        "SELECT 1 FROM information_schema.columns "
+        "WHERE table_name = 'run_step_logs' AND column_name = 'run_created_at'"
+    ):
+        log_columns = [*LOG_COLUMNS, "run_created_at"]
     log_rows: list[tuple] = []
     event_rows: list[tuple] = []
     run_chunk: list[tuple] = []
@@ -191,7 +199,7 @@ async def load(connection: asyncpg.Connection, sizes: Sizes) -> Loaded:
             copied += len(run_chunk)
         if log_rows:
             await connection.copy_records_to_table(
-                "run_step_logs", records=log_rows, columns=LOG_COLUMNS
+                "run_step_logs", records=log_rows, columns=log_columns
             )
             copied += len(log_rows)
         if event_rows:
@@ -219,7 +227,8 @@ async def load(connection: asyncpg.Connection, sizes: Sizes) -> Loaded:
                     run_id, position, f"step {position}", 1, log_status, "{}",
                     '{"ok":true}' if log_status == "completed" else None,
                     started_at, log_finished, started_at, started_at,
-                ))  # fmt: skip
+                    created,
+                )[: len(log_columns)])  # fmt: skip
             if len(sample_runs) < 1000 and index % 97 == 0:
                 sample_runs.append(run_id)
         published = created + datetime.timedelta(seconds=2) if index < unpublished_from else None

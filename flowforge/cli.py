@@ -5,6 +5,7 @@
     piccolo flowforge outbox_requeue   retry dead letters (--event_id=<uuid> for one)
     piccolo flowforge prune            delete expired history (--dry_run to only count)
     piccolo flowforge reap             fail runs whose lease expired
+    piccolo flowforge partitions       create time partitions ahead, drop expired ones
 
 Each opens a small pool of its own and closes it on the way out.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from flowforge.db.engine import DB
 from flowforge.logfmt import configure_logging, logfmt
+from flowforge.partitions import maintain as maintain_partitions
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay.publishers import create_publisher
 from flowforge.relay.relay import Relay
@@ -175,4 +177,24 @@ async def reap() -> None:
     print(f"reaped: {len(report.runs)} runs (lease {settings.run_lease_timeout:g} s)")
 
 
-COMMANDS = [relay, outbox_status, outbox_requeue, prune, reap]
+async def partitions(dry_run: bool = False, detach: bool = False) -> None:
+    """Create the outbox / step-log time partitions ahead and retire expired ones.
+
+    :param dry_run:
+        Only show what would be created and dropped.
+    :param detach:
+        Detach expired partitions (kept as plain tables, e.g. to archive) instead of dropping them.
+    """
+    configure_logging()
+    settings = get_settings()
+    async with pool("flowforge-partitions", 1):
+        report = await maintain_partitions(
+            outbox_retention_days=settings.outbox_retention_days,
+            run_retention_days=settings.run_retention_days,
+            dry_run=dry_run,
+            detach=detach,
+        )
+    print(report.describe())
+
+
+COMMANDS = [relay, outbox_status, outbox_requeue, prune, reap, partitions]

@@ -9,6 +9,7 @@ name to a message a user can act on, so raw database text never reaches a client
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -137,7 +138,12 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "workflow_runs_failed_has_error": "A failed run must record its error.",
     "workflow_runs_inputs_object": "Run inputs must be a JSON object.",
     "workflow_runs_heartbeat_only_when_started": "Only a run that has started can record a heartbeat.",
+    # Implied by the primary key (never violated alone); the target of the
+    # composite step-log foreign key (time partitions, issue 11).
+    "workflow_runs_id_created_at_key": "A run with this id already exists.",
     # run_step_logs
+    # Composite since time partitioning: (run_id, run_created_at) must be a run's
+    # (id, created_at), so a missing run and a wrong run_created_at both land here.
     "run_step_logs_run_id_fkey": "The step log's run does not exist.",
     "run_step_logs_step_id_fkey": "The step log's step does not exist.",
     "run_step_logs_run_step_attempt_key": "This attempt of this step is already logged for the run.",
@@ -173,6 +179,22 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# A time partition (flowforge/partitions.py): <table>_pYYYYMM[DD] or <table>_default.
+# PostgreSQL reports a unique violation under the partition's own index, which
+# flowforge.partitions names <partition>_<suffix> after the parent's <table>_<suffix>.
+_PARTITION = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
+
+
+def parent_constraint(name: str | None, table: str | None) -> str | None:
+    """The partitioned table's constraint name for one reported on a partition."""
+    if name is None or name in CONSTRAINT_MESSAGES or table is None:
+        return name
+    match = _PARTITION.match(table)
+    if match is None or not name.startswith(f"{table}_"):
+        return name
+    return f"{match['table']}_{name.removeprefix(f'{table}_')}"
+
+
 def translate_db_error(error: BaseException) -> AppError | None:
     """Map a driver exception to a domain error, or None if it is not ours to map."""
     if isinstance(error, AppError):
@@ -182,6 +204,7 @@ def translate_db_error(error: BaseException) -> AppError | None:
         if isinstance(error, asyncpg.exceptions.NotNullViolationError):
             column = getattr(error, "column_name", None) or "a required field"
             return ConflictError(f"{column} is required.", column=column)
+        name = parent_constraint(name, getattr(error, "table_name", None))
         if name in CONSTRAINT_MESSAGES:
             return ConflictError(CONSTRAINT_MESSAGES[name], constraint=name)
         return ConflictError(constraint=name)

@@ -302,7 +302,8 @@ async def transition_run(
 # (the attempts as an array of rows: no JSON round trip, native types).
 GET_RUN = f"""
 SELECT {_prefixed(RUN_COLUMNS, "r")},
-    ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l WHERE l.run_id = r.id
+    ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l
+          WHERE l.run_id = r.id AND l.run_created_at = r.created_at
           ORDER BY l.step_position, l.attempt) AS step_logs
 FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
 WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
@@ -410,16 +411,20 @@ STEP_LOG_EVENT = f"""jsonb_build_object(
 APPEND_STEP_LOG = f"""
 WITH step AS (
     SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
+), run AS (
+    SELECT created_at FROM workflow_runs WHERE id = $1
 ), logged AS (
-    INSERT INTO run_step_logs (run_id, step_id, step_position, step_name, attempt, status,
-                               input, output, error, started_at, finished_at)
-    SELECT $1, s.id, s.position, s.name,
+    -- run_created_at: the partition key (all of a run's attempts share a partition).
+    INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name,
+                               attempt, status, input, output, error, started_at, finished_at)
+    SELECT $1, run.created_at, s.id, s.position, s.name,
         coalesce((SELECT max(attempt) FROM run_step_logs
-                  WHERE run_id = $1 AND step_position = $3), 0) + 1,
+                  WHERE run_id = $1 AND run_created_at = run.created_at
+                      AND step_position = $3), 0) + 1,
         $4::text, $5::jsonb, $6::jsonb, $7::text,
         least(coalesce($8::timestamptz, now()), now()),
         CASE WHEN $4::text = 'running' THEN NULL ELSE now() END
-    FROM step s
+    FROM step s, run
     RETURNING {LOG_COLUMNS}
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)

@@ -362,9 +362,11 @@ UPSERTS = {
     "run_step_logs": """
         INSERT INTO run_step_logs (id, run_id, step_id, step_position, step_name, attempt,
                                    status, input, output, error, started_at, finished_at,
-                                   created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $13)
-        ON CONFLICT (id) DO UPDATE SET run_id = EXCLUDED.run_id, step_id = EXCLUDED.step_id,
+                                   created_at, updated_at, run_created_at)
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $13,
+            r.created_at
+        FROM workflow_runs r WHERE r.id = $2
+        ON CONFLICT (id, run_created_at) DO UPDATE SET run_id = EXCLUDED.run_id, step_id = EXCLUDED.step_id,
             step_position = EXCLUDED.step_position, step_name = EXCLUDED.step_name,
             attempt = EXCLUDED.attempt, status = EXCLUDED.status, input = EXCLUDED.input,
             output = EXCLUDED.output, error = EXCLUDED.error, started_at = EXCLUDED.started_at,
@@ -374,7 +376,7 @@ UPSERTS = {
         INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, created_at,
                             updated_at)
         VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6)
-        ON CONFLICT (id) DO NOTHING
+        ON CONFLICT (id, created_at) DO NOTHING
     """,
 }
 

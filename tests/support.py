@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -132,3 +134,52 @@ async def run_unhurried(*statements: str) -> None:
         await connection.execute("SET statement_timeout = 0")
         for statement in statements:
             await connection.execute(statement)
+
+
+def as_table(relation: str | None, index: str | None) -> tuple[str | None, str | None]:
+    """A time partition (issue 11) and its index in a plan, as the partitioned
+    table and the table's index (flowforge.partitions names a partition's
+    indexes <partition>_<suffix> after the table's <table>_<suffix>)."""
+    from flowforge.partitions import PARTITION_NAME
+
+    if index is not None:
+        found = PARTITION_INDEX.match(index)
+        if found is not None:
+            index = f"{found['table']}_{found['suffix']}"
+    match = PARTITION_NAME.match(relation or "")
+    return (relation if match is None else match["table"]), index
+
+
+PARTITION_INDEX = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)_(?P<suffix>.+)$")
+
+
+def empty_partition_scan(node: dict[str, Any]) -> bool:
+    """A plan node that scans a partition the statistics know to be empty: no
+    page to read, so its run cost is nil (total cost = start-up cost).
+    Partitions prepared ahead are empty, and a plan over a partitioned table
+    lists them all unless the partition key prunes them."""
+    from flowforge.partitions import PARTITION_NAME
+
+    return (
+        node.get("Node Type") == "Seq Scan"
+        and PARTITION_NAME.match(node.get("Relation Name") or "") is not None
+        and float(node.get("Total Cost", 1)) == float(node.get("Startup Cost", 0))
+    )
+
+
+async def partition_history() -> None:
+    """Move rows of past days and months out of the default partitions into
+    partitions of their own, as the relay's housekeeping does."""
+    from flowforge import partitions
+
+    await partitions.ensure(partitions.MaintenanceReport())
+
+
+async def drop_empty_past_partitions() -> None:
+    """After a test emptied the tables: drop the past partitions, so that later
+    TRUNCATEs stay quick."""
+    from flowforge import partitions
+
+    await partitions.drop_expired(
+        partitions.MaintenanceReport(), outbox_retention_days=1, run_retention_days=1
+    )

@@ -51,8 +51,8 @@ async def fixtures() -> dict[str, Any]:
         )
     )[0]["id"]
     await DB.fetch(
-        "INSERT INTO run_step_logs (run_id, step_id, step_position, step_name) "
-        "VALUES ($1, $2, 0, 's')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name) "
+        f"VALUES ($1, {RUN_CREATED_AT}, $2, 0, 's')",
         run,
         step,
     )
@@ -65,6 +65,14 @@ async def fixtures() -> dict[str, Any]:
 
 
 MISSING = uuid.UUID(int=1)
+# Constraints no statement can violate alone: a stronger one fires first.
+IMPLIED = {
+    # UNIQUE (id, created_at) is implied by the primary key (id); it exists as the
+    # target of run_step_logs_run_id_fkey (tests/test_partitions.py).
+    "workflow_runs_id_created_at_key",
+}
+# A step log carries its run's created_at (the partition key, issue 11).
+RUN_CREATED_AT = "(SELECT created_at FROM workflow_runs WHERE id = $1)"
 
 # constraint name -> a statement that violates exactly it ({user} etc. are bound as $n)
 VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -188,35 +196,38 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("workflow",),
     ),
     "run_step_logs_run_id_fkey": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name) VALUES ($1, 0, 's')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+        "VALUES ($1, now(), 0, 's')",
         ("missing",),
     ),
     "run_step_logs_step_id_fkey": (
-        "INSERT INTO run_step_logs (run_id, step_id, step_position, step_name) "
-        "VALUES ($1, $2, 1, 's')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name) "
+        f"VALUES ($1, {RUN_CREATED_AT}, $2, 1, 's')",
         ("run", "missing"),
     ),
     "run_step_logs_run_step_attempt_key": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name) VALUES ($1, 0, 's')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 0, 's')",
         ("run",),
     ),
     "run_step_logs_attempt_positive": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name, attempt) "
-        "VALUES ($1, 1, 's', 0)",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, attempt) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 1, 's', 0)",
         ("run",),
     ),
     "run_step_logs_step_position_non_negative": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name) VALUES ($1, -1, 's')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+        f"VALUES ($1, {RUN_CREATED_AT}, -1, 's')",
         ("run",),
     ),
     "run_step_logs_status_valid": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name, status) "
-        "VALUES ($1, 1, 's', 'ok')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, status) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 1, 's', 'ok')",
         ("run",),
     ),
     "run_step_logs_timestamps_match_status": (
-        "INSERT INTO run_step_logs (run_id, step_position, step_name, status) "
-        "VALUES ($1, 1, 's', 'completed')",
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, status) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 1, 's', 'completed')",
         ("run",),
     ),
     "outbox_payload_object": (
@@ -267,7 +278,7 @@ async def test_every_constraint_in_the_schema_has_a_message_and_a_violation_test
     )
     in_schema = {row["name"] for row in rows}
     assert in_schema == set(CONSTRAINT_MESSAGES)
-    assert in_schema == set(VIOLATIONS)
+    assert in_schema == set(VIOLATIONS) | IMPLIED
 
 
 @pytest.mark.parametrize("constraint", sorted(VIOLATIONS))

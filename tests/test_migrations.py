@@ -44,6 +44,7 @@ APP_INDEXES = {
     "workflow_steps_workflow_position_key",
     "workflow_runs_workflow_idempotency_key",
     "run_step_logs_run_step_attempt_key",
+    "workflow_runs_id_created_at_key",
 }
 ALL_APP_TABLES = {*support.APP_TABLES, "piccolo_user", "sessions"}
 
@@ -52,19 +53,28 @@ async def inventory(url: str) -> dict[str, set[str]]:
     """The app-created objects present in the database at `url`."""
     connection = await asyncpg.connect(url)
     try:
+        # Partitions (and what PostgreSQL clones onto them) are listed by
+        # tests/test_partitions.py: here, the tables as the app sees them.
         tables_ = await connection.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'migration'"
+            "SELECT relname AS tablename FROM pg_class "
+            "WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p') "
+            "AND NOT relispartition AND relname <> 'migration'"
         )
         indexes = await connection.fetch(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
-            "AND tablename <> 'migration'"
+            "SELECT i.relname AS indexname FROM pg_index x "
+            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+            "WHERE t.relnamespace = 'public'::regnamespace AND NOT t.relispartition "
+            "AND t.relname <> 'migration'"
         )
-        triggers = await connection.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        triggers = await connection.fetch(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgparentid = 0"
+        )
         functions = await connection.fetch(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
         )
         constraints = await connection.fetch(
-            "SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace "
+            "SELECT conname FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+            "WHERE connamespace = 'public'::regnamespace AND NOT t.relispartition "
             "AND conrelid <> COALESCE(to_regclass('public.migration'), 0)::oid"
         )
     finally:

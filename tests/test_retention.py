@@ -63,8 +63,9 @@ async def make_run(
     )[0]["id"]
     for position, log_status in enumerate(step_logs):
         await DB.fetch(
-            "INSERT INTO run_step_logs (run_id, step_position, step_name, status, started_at, "
-            "finished_at) VALUES ($1, $2, 's', $3, $4, $5)",
+            "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, status, "
+            "started_at, finished_at) "
+            "SELECT $1, created_at, $2, 's', $3, $4, $5 FROM workflow_runs WHERE id = $1",
             run,
             position,
             log_status,

@@ -245,6 +245,8 @@ class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
 
     # CASCADE: step logs are part of their run and are pruned with it.
     run_id = ForeignKey(WorkflowRun, null=False, on_delete=OnDelete.cascade)
+    # The run's created_at: the partition key (see the class docstring).
+    run_created_at = Timestamptz(null=False, default=None)
     # SET NULL: editing a workflow's steps must not erase run history; the
     # snapshot columns below keep the log readable after its step is gone.
     step_id = ForeignKey(WorkflowStep, null=True, on_delete=OnDelete.set_null)

@@ -33,7 +33,8 @@ NOTIFY lost) the relay polls, from ``RELAY_POLL_MIN_INTERVAL`` doubling to
 ``RELAY_POLL_MAX_INTERVAL`` while idle. Each idle poll is a single index
 probe outside any transaction.
 
-The relay also runs the reaper and retention pruning on timers
+The relay also runs the reaper and retention pruning (with the time-partition
+maintenance before it) on timers
 (``RELAY_REAP_INTERVAL``, ``RELAY_PRUNE_INTERVAL``; 0 turns either off).
 """
 
@@ -53,6 +54,8 @@ import asyncpg
 from flowforge.db.engine import DB
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.logfmt import logfmt
+from flowforge.partitions import MaintenanceReport
+from flowforge.partitions import ensure as ensure_partitions
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener
@@ -347,6 +350,8 @@ class Relay:
 
     async def _prune(self) -> None:
         DB.current_transaction.set(None)
+        # Time partitions ahead first (a missed day only fills the default partition).
+        await ensure_partitions(MaintenanceReport())
         await prune(self.settings)
 
     async def _log_stats(self) -> None:

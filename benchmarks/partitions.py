@@ -1,0 +1,173 @@
+"""Retention by partition drop against today's batched DELETE, on the 1M-run data set.
+
+    python -m benchmarks.partitions [--runs N] [--fresh] [--out PATH]
+
+1. A base database is built once (reused while its sizes and migrations match):
+   migrated up to the schema *before* time partitioning, then loaded with the
+   benchmark data set (benchmarks/dataset.py: 1M runs over 90 days, ~2 step logs
+   per started run, ~2 outbox events per run). As production would look, runs
+   left ``running`` past the reaper's lease were failed at the time (finished 5
+   minutes after they started): a stuck run does not live for 90 days.
+2. ``delete``: a copy of the base (``CREATE DATABASE ... TEMPLATE``), pruned by
+   today's batched DELETE (``flowforge.retention`` on the unpartitioned tables).
+3. ``partition``: another copy, converted by the partitioning migration
+   (``piccolo migrations forwards``, timed: the forwards test at 1M runs), then
+   pruned by ``flowforge.retention.prune`` (whole partitions dropped, batched
+   DELETE for the rest); then the migration is stepped back (timed, row counts
+   compared) and forwards again.
+
+For each side: seconds, WAL written (``pg_current_wal_lsn()`` difference, the
+whole server's: the machine is shared, so other work shows up too - compare the
+orders of magnitude), rows left, and table sizes (with partitions and indexes)
+after. Retention uses the real clock; the data set ends on 2026-11-01.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from benchmarks import dataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+# The last migration before time partitioning: the base data set's schema.
+BEFORE_PARTITIONING = "2026-11-25T13:44:40:219100"
+PARTITIONING = "2026-11-30T00:39:50:000000"
+PREFIX = os.environ.get("BENCH_DATABASE_PREFIX", "flowforge_bench_partitions")
+TABLES = ["workflow_runs", "run_step_logs", "outbox"]
+
+
+def url_for(database: str) -> str:
+    return urlunsplit(urlsplit(dataset.server_url())._replace(path=f"/{database}"))
+
+
+def piccolo(*args: str, database: str) -> float:
+    """Run the real CLI against `database`; returns the seconds it took."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "piccolo.main", *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": url_for(database)},
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"piccolo {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return time.perf_counter() - started
+
+
+def migrate_before_partitioning(database: str) -> None:
+    piccolo("migrations", "forwards", "user", database=database)
+    piccolo("migrations", "forwards", "session_auth", database=database)
+    piccolo(
+        "migrations", "forwards", "flowforge", f"--migration_id={BEFORE_PARTITIONING}",
+        database=database,
+    )  # fmt: skip
+
+
+# What the reaper would have done to runs stuck in `running` when their lease
+# expired (the data set is generated without the reaper running).
+REAPED_AT_THE_TIME = """
+WITH stuck AS (
+    UPDATE workflow_runs
+    SET status = 'failed', error = 'lease expired', finished_at = started_at + interval '5 minutes'
+    WHERE status = 'running' AND started_at < now() - interval '1 day'
+    RETURNING id, finished_at
+)
+UPDATE run_step_logs l SET status = 'failed', error = 'lease expired', finished_at = s.finished_at
+FROM stuck s WHERE l.run_id = s.id AND l.status = 'running'
+"""
+
+
+async def build_base(sizes: dataset.Sizes, *, fresh: bool) -> str:
+    base = f"{PREFIX}_base"
+    marker = json.dumps({"sizes": asdict(sizes), "before": BEFORE_PARTITIONING})
+    admin = await asyncpg.connect(dataset.server_url())
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", base)
+        if exists and not fresh:
+            found = await admin.fetchval(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+                base,
+            )
+            if found == marker:
+                return base
+        await admin.execute(f'DROP DATABASE IF EXISTS "{base}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{base}"')
+    finally:
+        await admin.close()
+    migrate_before_partitioning(base)
+    connection = await asyncpg.connect(url_for(base))
+    try:
+        loaded = await dataset.load(connection, sizes)
+        await connection.execute("SET session_replication_role = origin")
+        await connection.execute(REAPED_AT_THE_TIME)
+        await connection.execute("VACUUM ANALYZE")
+        print(f"base: {loaded.rows_loaded:,} rows in {loaded.load_seconds:.0f} s", flush=True)
+    finally:
+        await connection.close()
+    admin = await asyncpg.connect(dataset.server_url())
+    try:
+        await admin.execute(f"COMMENT ON DATABASE \"{base}\" IS '{marker}'")
+    finally:
+        await admin.close()
+    return base
+
+
+async def clone(base: str, name: str) -> None:
+    admin = await asyncpg.connect(dataset.server_url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base}" STRATEGY FILE_COPY')
+    finally:
+        await admin.close()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.partitions", description=__doc__)
+    parser.add_argument("--runs", type=int, default=1_000_000, help="runs (default 1,000,000)")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the base data set")
+    parser.add_argument("--base-only", action="store_true", help="only build the base")
+    parser.add_argument("--out", type=Path, help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.runs < 1000:
+        parser.error("--runs must be at least 1000")
+    return args
+
+
+def sizes_for(runs: int) -> dataset.Sizes:
+    if runs >= 1_000_000:
+        return dataset.Sizes(runs=runs)
+    return dataset.Sizes(users=100, workflows=1_000, runs=runs)
+
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    base = await build_base(sizes_for(args.runs), fresh=args.fresh)
+    if args.base_only:
+        print(f"base ready: {base}")
+        return 0
+    report: dict[str, Any] = {"when": datetime.datetime.now(datetime.UTC).isoformat()}
+    RESULTS.mkdir(exist_ok=True)
+    out = args.out or RESULTS / f"partitions-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

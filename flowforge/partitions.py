@@ -1,0 +1,374 @@
+"""Time partitions of ``outbox`` and ``run_step_logs``: prepare ahead, retire when expired.
+
+``piccolo flowforge partitions`` (and the relay's housekeeping, before each
+prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
+:func:`drop_expired` before its batched DELETEs. Decision 8 in docs/decisions.md.
+
+* ``outbox``: one partition per UTC day of ``created_at`` (``outbox_pYYYYMMDD``),
+  prepared ``PARTITION_DAYS_AHEAD`` days ahead. Retention is 7 days: daily
+  partitions keep at most a day more than the setting.
+* ``run_step_logs``: one partition per UTC month of the run's ``created_at``
+  (``run_step_logs_pYYYYMM``), prepared ``PARTITION_MONTHS_AHEAD`` months ahead.
+  Runs are kept 90 days; a month is a few partitions live, and a run's step
+  logs never straddle two partitions.
+* Each also has a DEFAULT partition: a row outside the prepared range (a clock
+  far ahead, an imported old row) is stored there, never refused or lost. When a
+  partition is created for a range that has rows in the default partition, they
+  are moved into it in the same transaction.
+
+Dropping a partition is all or nothing, so only a partition whose *every* row
+qualifies for pruning is dropped: for the outbox, no event unpublished or
+dead-lettered and the newest ``published_at`` older than the retention; for step
+logs, every run created in its month that has step logs is finished (completed,
+failed, cancelled) before the run retention. Everything else is left to the
+batched DELETE in ``flowforge.retention``. The check runs under a SHARE lock on
+the partition, so no row can be written into it between the check and the drop.
+
+DDL takes short ACCESS EXCLUSIVE locks on the parent table; every statement here
+runs with ``lock_timeout`` (``PARTITION_LOCK_TIMEOUT_MS``): a partition that
+cannot be locked in time is skipped and reported, and the next run tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import asyncpg
+
+from flowforge.db.engine import DB
+from flowforge.logfmt import logfmt
+
+logger = logging.getLogger("flowforge.partitions")
+
+PARTITION_DAYS_AHEAD: Final = 7
+PARTITION_MONTHS_AHEAD: Final = 2
+PARTITION_LOCK_TIMEOUT_MS: Final = 2000
+
+Period = Literal["day", "month"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    table: str
+    key: str
+    period: Period
+
+
+OUTBOX: Final = Spec("outbox", "created_at", "day")
+STEP_LOGS: Final = Spec("run_step_logs", "run_created_at", "month")
+SPECS: Final = (OUTBOX, STEP_LOGS)
+
+# A partition's name: <table>_pYYYYMMDD / <table>_pYYYYMM, or <table>_default.
+PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
+
+
+def period_start(moment: datetime.datetime, period: Period, add: int = 0) -> datetime.datetime:
+    """The UTC day or month containing `moment`, moved `add` periods on."""
+    moment = moment.astimezone(datetime.UTC)
+    if period == "day":
+        day = datetime.datetime(moment.year, moment.month, moment.day, tzinfo=datetime.UTC)
+        return day + datetime.timedelta(days=add)
+    index = moment.year * 12 + moment.month - 1 + add
+    return datetime.datetime(index // 12, index % 12 + 1, 1, tzinfo=datetime.UTC)
+
+
+def partition_name(spec: Spec, start: datetime.datetime) -> str:
+    return (
+        f"{spec.table}_p{start:%Y%m%d}" if spec.period == "day" else f"{spec.table}_p{start:%Y%m}"
+    )
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    lower: datetime.datetime | None  # None: the DEFAULT partition
+    upper: datetime.datetime | None
+
+
+PARTITIONS = """
+SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = $1::regclass
+ORDER BY c.relname
+"""
+BOUND = re.compile(r"FROM \('(?P<lower>[^']+)'\) TO \('(?P<upper>[^']+)'\)")
+
+
+async def partitions(connection: Any, spec: Spec) -> list[Partition]:
+    """The table's partitions, oldest first (the default one last)."""
+    found = []
+    for row in await connection.fetch(PARTITIONS, spec.table):
+        match = BOUND.search(row["bound"])
+        if match is None:
+            found.append(Partition(row["name"], None, None))
+            continue
+        lower, upper = (
+            await connection.fetchrow(
+                "SELECT $1::text::timestamptz AS lower, $2::text::timestamptz AS upper",
+                match["lower"],
+                match["upper"],
+            )
+        ).values()
+        found.append(Partition(row["name"], lower, upper))
+    return sorted(found, key=lambda p: (p.lower is None, p.lower or datetime.datetime.min))
+
+
+@contextlib.asynccontextmanager
+async def _connection() -> AsyncIterator[Any]:
+    """A connection of its own (DDL with a lock timeout, UTC, no statement timeout)."""
+    if DB.pool is not None:
+        async with DB.pool.acquire() as connection:
+            await _prepare(connection)
+            try:
+                yield connection
+            finally:
+                await connection.execute("RESET ALL")
+        return
+    own = await DB.get_new_connection()
+    try:
+        await _prepare(own)
+        yield own
+    finally:
+        await own.close()
+
+
+async def _prepare(connection: Any) -> None:
+    await connection.execute("SET TimeZone = 'UTC'")
+    await connection.execute("SET statement_timeout = 0")
+    await connection.execute(f"SET lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
+
+
+async def name_indexes_like_parent(connection: Any, partition: str) -> None:
+    """Name a partition's indexes ``<partition>_<suffix>`` after the table's
+    ``<table>_<suffix>`` (PostgreSQL names them from the columns), so
+    ``flowforge.errors`` maps a unique violation reported on the partition to
+    the table constraint's message, and a plan reads as the index it uses."""
+    rows = await connection.fetch(
+        """
+        SELECT child.relname AS child, parent.relname AS parent, tbl.relname AS tbl
+        FROM pg_index cx
+        JOIN pg_class child ON child.oid = cx.indexrelid
+        JOIN pg_inherits i ON i.inhrelid = child.oid
+        JOIN pg_class parent ON parent.oid = i.inhparent
+        JOIN pg_index px ON px.indexrelid = parent.oid
+        JOIN pg_class tbl ON tbl.oid = px.indrelid
+        WHERE cx.indrelid = $1::regclass
+        """,
+        partition,
+    )
+    for row in rows:
+        wanted = f"{partition}_{row['parent'].removeprefix(row['tbl'] + '_')}"
+        if row["child"] != wanted:
+            await connection.execute(f'ALTER INDEX "{row["child"]}" RENAME TO "{wanted}"')
+
+
+async def create_partition(connection: Any, spec: Spec, start: datetime.datetime) -> str:
+    """Create the partition for the period starting at `start`, moving into it any
+    rows of that range the default partition holds. One transaction."""
+    name = partition_name(spec, start)
+    end = period_start(start, spec.period, 1)
+    default = f"{spec.table}_default"
+    in_range = f"{spec.key} >= $1 AND {spec.key} < $2"
+    async with connection.transaction():
+        stray = await connection.fetchval(
+            f"SELECT count(*) FROM {default} WHERE {in_range}",  # noqa: S608
+            start,
+            end,
+        )
+        if not stray:
+            await connection.execute(
+                f"CREATE TABLE {name} PARTITION OF {spec.table} "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            )
+        else:
+            # Rows already stored for this range: detach nothing, move them.
+            await connection.execute(
+                f"CREATE TABLE {name} (LIKE {spec.table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            await connection.execute(
+                f"WITH moved AS (DELETE FROM {default} WHERE {in_range} RETURNING *) "  # noqa: S608
+                f"INSERT INTO {name} SELECT * FROM moved",
+                start,
+                end,
+            )
+            await connection.execute(
+                f"ALTER TABLE {spec.table} ATTACH PARTITION {name} "
+                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+            )
+            logger.warning(logfmt("partitions.moved_from_default", partition=name, rows=int(stray)))
+        await name_indexes_like_parent(connection, name)
+    return name
+
+
+@dataclass
+class MaintenanceReport:
+    created: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    detached: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # busy: lock not granted in time
+    # Rows in the dropped (or detached) partitions, as the statistics estimate them.
+    retired_rows: dict[str, int] = field(default_factory=dict)
+    default_rows: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def describe(self) -> str:
+        verb = "would" if self.dry_run else ""
+        parts = [
+            f"{verb + ' create' if verb else 'created'}: {', '.join(self.created) or '-'}",
+            f"{verb + ' drop' if verb else 'dropped'}: {', '.join(self.dropped) or '-'}",
+        ]
+        if self.detached:
+            parts.append(f"detached: {', '.join(self.detached)}")
+        if self.skipped:
+            parts.append(f"skipped (busy, retried next run): {', '.join(self.skipped)}")
+        stray = {table: rows for table, rows in self.default_rows.items() if rows}
+        if stray:
+            parts.append(
+                "rows in default partitions: "
+                + ", ".join(f"{table} {rows}" for table, rows in stray.items())
+            )
+        return "; ".join(parts)
+
+
+async def ensure(
+    report: MaintenanceReport, *, now: datetime.datetime | None = None
+) -> MaintenanceReport:
+    """Create the current period's partition and those ahead (idempotent)."""
+    async with _connection() as connection:
+        now = now or await connection.fetchval("SELECT now()")
+        for spec in SPECS:
+            ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
+            existing = {p.lower for p in await partitions(connection, spec)}
+            # The periods ahead, and any period whose rows wait in the default
+            # partition (moved into a partition of their own).
+            stray = {
+                row[0]
+                for row in await connection.fetch(
+                    f"SELECT DISTINCT date_trunc('{spec.period}', {spec.key}) "  # noqa: S608
+                    f"FROM {spec.table}_default"
+                )
+            }
+            wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
+            for start in sorted(wanted):
+                if start in existing:
+                    continue
+                if report.dry_run:
+                    report.created.append(partition_name(spec, start))
+                    continue
+                try:
+                    report.created.append(await create_partition(connection, spec, start))
+                except asyncpg.LockNotAvailableError:
+                    report.skipped.append(partition_name(spec, start))
+            report.default_rows[spec.table] = int(
+                await connection.fetchval(f"SELECT count(*) FROM {spec.table}_default")  # noqa: S608
+            )
+    return report
+
+
+# Every row of the partition may be pruned (see the module docstring).
+OUTBOX_ALL_EXPIRED = """
+SELECT NOT EXISTS (SELECT 1 FROM {partition} WHERE published_at IS NULL)
+    AND coalesce((SELECT max(published_at) FROM {partition}), '-infinity') < $1
+"""
+STEP_LOGS_ALL_EXPIRED = """
+SELECT NOT EXISTS (
+    SELECT 1 FROM workflow_runs r
+    WHERE r.created_at >= $2 AND r.created_at < $3
+        AND NOT (r.status IN ('completed', 'failed', 'cancelled') AND r.finished_at < $1)
+        AND EXISTS (SELECT 1 FROM {partition} l WHERE l.run_id = r.id)
+)
+"""
+
+
+async def drop_expired(
+    report: MaintenanceReport,
+    *,
+    outbox_retention_days: float,
+    run_retention_days: float,
+    detach: bool = False,
+) -> MaintenanceReport:
+    """Drop (or detach) every partition whose rows have all passed retention.
+
+    A retention of 0 keeps that history forever: nothing is dropped.
+    """
+    async with _connection() as connection:
+        now = await connection.fetchval("SELECT now()")
+        for spec, days, check in (
+            (OUTBOX, outbox_retention_days, OUTBOX_ALL_EXPIRED),
+            (STEP_LOGS, run_retention_days, STEP_LOGS_ALL_EXPIRED),
+        ):
+            if days <= 0:
+                continue
+            cutoff = now - datetime.timedelta(days=days)
+            for partition in await partitions(connection, spec):
+                if partition.upper is None or partition.upper > cutoff:
+                    continue  # the default partition, or not all old enough
+                try:
+                    async with connection.transaction():
+                        # No row can be written into it between the check and the drop.
+                        await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
+                        sql = check.format(partition=partition.name)
+                        args = (
+                            (cutoff,)
+                            if spec is OUTBOX
+                            else (cutoff, partition.lower, partition.upper)
+                        )
+                        if not await connection.fetchval(sql, *args):
+                            continue
+                        report.retired_rows[spec.table] = report.retired_rows.get(
+                            spec.table, 0
+                        ) + max(
+                            0,
+                            int(
+                                await connection.fetchval(
+                                    "SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
+                                    partition.name,
+                                )
+                            ),
+                        )
+                        if report.dry_run:
+                            report.dropped.append(partition.name)
+                        elif detach:
+                            await connection.execute(
+                                f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}"
+                            )
+                            report.detached.append(partition.name)
+                        else:
+                            await connection.execute(f"DROP TABLE {partition.name}")
+                            report.dropped.append(partition.name)
+                except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+                    report.skipped.append(partition.name)
+    logger.info(
+        logfmt(
+            "partitions.expired",
+            dry_run=report.dry_run,
+            dropped=",".join(report.dropped),
+            detached=",".join(report.detached),
+            skipped=",".join(report.skipped),
+        )
+    )
+    return report
+
+
+async def maintain(
+    *,
+    outbox_retention_days: float,
+    run_retention_days: float,
+    dry_run: bool = False,
+    detach: bool = False,
+) -> MaintenanceReport:
+    """Prepare partitions ahead, then retire the expired ones."""
+    report = MaintenanceReport(dry_run=dry_run)
+    await ensure(report)
+    return await drop_expired(
+        report,
+        outbox_retention_days=outbox_retention_days,
+        run_retention_days=run_retention_days,
+        detach=detach,
+    )
