@@ -155,13 +155,116 @@ def sizes_for(runs: int) -> dataset.Sizes:
     return dataset.Sizes(users=100, workflows=1_000, runs=runs)
 
 
+SIZES = """
+SELECT t.name,
+    (SELECT count(*) FROM pg_partition_tree(t.name::regclass) WHERE isleaf) AS relations,
+    (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(t.name::regclass))::bigint
+        AS bytes
+FROM unnest($1::text[]) AS t(name)
+"""
+
+
+async def measure(database: str, label: str, *args: str) -> dict[str, Any]:
+    """Run one CLI command against `database`: seconds, WAL bytes, rows and sizes after."""
+    connection = await asyncpg.connect(url_for(database))
+    try:
+        before = await connection.fetchval("SELECT pg_current_wal_lsn()")
+        seconds = piccolo(*args, database=database)
+        wal = await connection.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", before
+        )
+        rows = {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES
+        }
+        sizes = {
+            row["name"]: {"bytes": row["bytes"], "relations": row["relations"]}
+            for row in await connection.fetch(SIZES, TABLES)
+        }
+    finally:
+        await connection.close()
+    result = {
+        "seconds": round(seconds, 2),
+        "wal_bytes": wal,
+        "rows_after": rows,
+        "sizes_after": sizes,
+    }
+    print(f"{label}: {seconds:.1f} s, WAL {wal / 2**20:,.0f} MiB, rows {rows}", flush=True)
+    return result
+
+
+async def vacuum(database: str) -> dict[str, Any]:
+    """What a DELETE leaves for (auto)vacuum: VACUUM the three tables, timed, with WAL."""
+    connection = await asyncpg.connect(url_for(database))
+    try:
+        before = await connection.fetchval("SELECT pg_current_wal_lsn()")
+        started = time.perf_counter()
+        await connection.execute(f"VACUUM {', '.join(TABLES)}")
+        seconds = time.perf_counter() - started
+        wal = await connection.fetchval(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", before
+        )
+        sizes = {row["name"]: row["bytes"] for row in await connection.fetch(SIZES, TABLES)}
+    finally:
+        await connection.close()
+    print(f"  vacuum: {seconds:.1f} s, WAL {wal / 2**20:,.0f} MiB", flush=True)
+    return {"seconds": round(seconds, 2), "wal_bytes": wal, "sizes_after": sizes}
+
+
+async def counts(database: str) -> dict[str, int]:
+    connection = await asyncpg.connect(url_for(database))
+    try:
+        return {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES
+        }
+    finally:
+        await connection.close()
+
+
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    base = await build_base(sizes_for(args.runs), fresh=args.fresh)
+    sizes = sizes_for(args.runs)
+    base = await build_base(sizes, fresh=args.fresh)
     if args.base_only:
         print(f"base ready: {base}")
         return 0
-    report: dict[str, Any] = {"when": datetime.datetime.now(datetime.UTC).isoformat()}
+    report: dict[str, Any] = {
+        "when": datetime.datetime.now(datetime.UTC).isoformat(),
+        "sizes": asdict(sizes),
+        "retention_days": {"outbox": 7, "runs": 90},
+        "base_rows": await counts(base),
+    }
+    print(f"base rows: {report['base_rows']}", flush=True)
+
+    delete_db = f"{PREFIX}_delete"
+    await clone(base, delete_db)
+    report["delete"] = await measure(
+        delete_db, "batched DELETE (unpartitioned)", "flowforge", "prune"
+    )
+    report["delete"]["vacuum"] = await vacuum(delete_db)
+
+    partition_db = f"{PREFIX}_partition"
+    await clone(base, partition_db)
+    report["migration_forwards"] = await measure(
+        partition_db, "migration forwards (partition + copy)", "migrations", "forwards", "all"
+    )
+    report["partition"] = await measure(
+        partition_db, "partition drop + batched DELETE", "flowforge", "prune"
+    )
+    report["partition"]["vacuum"] = await vacuum(partition_db)
+    kept = await counts(partition_db)
+    report["migration_backwards"] = await measure(
+        partition_db,
+        "migration backwards (copy back)",
+        "migrations", "backwards", "flowforge", f"--migration_id={PARTITIONING}", "--auto_agree",
+    )  # fmt: skip
+    report["migration_backwards"]["rows_kept"] = report["migration_backwards"]["rows_after"] == kept
+    report["migration_forwards_again"] = await measure(
+        partition_db, "migration forwards again", "migrations", "forwards", "all"
+    )
+    report["migration_forwards_again"]["rows_kept"] = (
+        report["migration_forwards_again"]["rows_after"] == kept
+    )
+
     RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / f"partitions-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(report, indent=2, default=str))

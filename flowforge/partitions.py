@@ -92,7 +92,7 @@ class Partition:
 
 
 PARTITIONS = """
-SELECT c.relname AS name, pg_get_expr(c.relpartbound, c.oid) AS bound
+SELECT c.relname AS name, pg_get_expr(c.relpartbound, i.inhparent) AS bound
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = $1::regclass
 ORDER BY c.relname

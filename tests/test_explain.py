@@ -298,7 +298,9 @@ class Plan:
     @property
     def nodes(self) -> list[Node]:
         return [
-            Node(raw["Node Type"], *support.as_table(raw.get("Relation Name"), raw.get("Index Name")))
+            Node(
+                raw["Node Type"], *support.as_table(raw.get("Relation Name"), raw.get("Index Name"))
+            )
             for raw in self.raw_nodes()
             # Partitions prepared ahead are empty; the planner knows they cost nothing.
             if not support.empty_partition_scan(raw)

@@ -207,6 +207,112 @@ async def test_stepping_the_relay_migrations_back_and_forwards_keeps_the_data(
     assert await row_counts(scratch_url) == seeded
 
 
+PARTITIONING_MIGRATION_ID = "2026-11-30T00:39:50:000000"
+RUN_CREATED_AT_MIGRATION_ID = "2026-11-30T00:39:47:879988"
+
+
+async def partitioned_tables(url: str) -> dict[str, int]:
+    """Partitioned tables and their number of partitions."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(
+            "SELECT p.partrelid::regclass::text AS name, "
+            "(SELECT count(*) FROM pg_inherits i WHERE i.inhparent = p.partrelid) AS n "
+            "FROM pg_partitioned_table p"
+        )
+    finally:
+        await connection.close()
+    return {row["name"]: row["n"] for row in rows}
+
+
+async def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
+    """Every row of `table` (all columns but the partition key the migration
+    adds), in a stable order: the migration must move rows, not change them."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch(f"SELECT * FROM {table} ORDER BY id")
+    finally:
+        await connection.close()
+    return [tuple(v for k, v in row.items() if k != "run_created_at") for row in rows]
+
+
+async def test_the_partitioning_migration_moves_every_row_forwards_and_back(
+    scratch_url: str,
+) -> None:
+    """Seeded at the schema before time partitions, converted, stepped back and
+    forwards again: the same rows every time, in partitions or not."""
+    for app in ("user", "session_auth"):
+        support.piccolo("migrations", "forwards", app, database_url=scratch_url)
+    support.piccolo(
+        "migrations",
+        "forwards",
+        "flowforge",
+        f"--migration_id={RELAY_RAW_MIGRATION_ID}",
+        database_url=scratch_url,
+    )
+    # The seed of that time (step logs without run_created_at), by plain SQL.
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        await connection.execute(
+            """
+            INSERT INTO users (email, display_name) VALUES ('m@example.com', 'M');
+            INSERT INTO workflows (owner_id, name) SELECT id, 'w' FROM users;
+            INSERT INTO workflow_runs (workflow_id, status, created_at, started_at, finished_at)
+            SELECT w.id, 'completed', now() - g * interval '9 days',
+                now() - g * interval '9 days', now() - g * interval '9 days'
+            FROM workflows w, generate_series(0, 20) AS g;
+            INSERT INTO run_step_logs (run_id, step_position, step_name, status, started_at,
+                finished_at)
+            SELECT id, p, 's', 'completed', started_at, finished_at
+            FROM workflow_runs, generate_series(0, 1) AS p;
+            INSERT INTO outbox (aggregate_type, aggregate_id, event_type, created_at, published_at)
+            SELECT 'workflow_run', id, 'run.created', created_at, finished_at FROM workflow_runs;
+            """
+        )
+    finally:
+        await connection.close()
+    before = {t: await table_rows(scratch_url, t) for t in ("outbox", "run_step_logs")}
+    counts = await row_counts(scratch_url)
+    assert counts["run_step_logs"] == 42 and counts["outbox"] == 21
+
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    converted = await partitioned_tables(scratch_url)
+    # 21 days of events over ~180 days, plus the days ahead; logs by month.
+    assert converted["outbox"] > 21 and converted["run_step_logs"] >= 7
+    assert await row_counts(scratch_url) == counts
+    assert {t: await table_rows(scratch_url, t) for t in before} == before
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        # Every step log took its run's created_at, and nothing is in the default partitions.
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM run_step_logs l JOIN workflow_runs r ON r.id = l.run_id "
+            "WHERE l.run_created_at <> r.created_at"
+        )
+        assert not await connection.fetchval("SELECT count(*) FROM outbox_default")
+        assert not await connection.fetchval("SELECT count(*) FROM run_step_logs_default")
+    finally:
+        await connection.close()
+    built = await inventory(scratch_url)
+
+    support.piccolo(
+        "migrations",
+        "backwards",
+        "flowforge",
+        f"--migration_id={RUN_CREATED_AT_MIGRATION_ID}",
+        "--auto_agree",
+        database_url=scratch_url,
+    )
+    assert await partitioned_tables(scratch_url) == {}
+    assert await row_counts(scratch_url) == counts
+    assert {t: await table_rows(scratch_url, t) for t in before} == before
+    assert "workflow_runs_id_created_at_key" not in (await inventory(scratch_url))["constraints"]
+
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    assert await inventory(scratch_url) == built
+    assert await row_counts(scratch_url) == counts
+    assert {t: await table_rows(scratch_url, t) for t in before} == before
+
+
 async def test_backwards_without_auto_agree_and_stdin_fails_cleanly(scratch_url: str) -> None:
     support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
     result = support.piccolo(

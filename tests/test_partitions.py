@@ -1,0 +1,295 @@
+"""Time partitions (issue 11): the invariants on partitioned tables, the maintenance
+command, and retention by dropping whole partitions.
+
+Each test starts from emptied tables (the `db` fixture) and ends by dropping the
+past partitions it created (empty by then), so later TRUNCATEs stay quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from flowforge import partitions
+from flowforge.db.engine import DB
+from flowforge.errors import ConflictError, translated_db_errors
+from flowforge.retention import prune
+from flowforge.settings import get_settings
+from tests import support
+
+pytestmark = pytest.mark.usefixtures("db")
+
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture(autouse=True)
+async def tidy_partitions() -> AsyncIterator[None]:
+    yield
+    await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
+    await support.drop_empty_past_partitions()
+    for spec in partitions.SPECS:  # far-future ones a test made
+        for partition in await partitions.partitions(DB.pool, spec):
+            far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=200)
+            if partition.lower is not None and partition.lower > far:
+                await DB.fetch(f"DROP TABLE {partition.name}")
+
+
+async def names(spec: partitions.Spec) -> set[str]:
+    assert DB.pool is not None
+    return {p.name for p in await partitions.partitions(DB.pool, spec)}
+
+
+async def where_is(table: str, key: str, value: Any) -> str:
+    rows = await DB.fetch(f"SELECT tableoid::regclass::text FROM {table} WHERE {key} = $1", value)
+    return str(rows[0][0])
+
+
+async def make_run(
+    created: datetime.datetime, status: str = "completed", finished: datetime.datetime | None = None
+) -> tuple[uuid.UUID, datetime.datetime]:
+    user = (
+        await DB.fetch(
+            "INSERT INTO users (email, display_name) VALUES ($1, 'U') "
+            "ON CONFLICT DO NOTHING RETURNING id",
+            "p@example.com",
+        )
+        or await DB.fetch("SELECT id FROM users WHERE email = 'p@example.com'")
+    )[0][0]
+    workflow = (
+        await DB.fetch("INSERT INTO workflows (owner_id, name) VALUES ($1, 'w') RETURNING id", user)
+    )[0][0]
+    started = created + datetime.timedelta(seconds=1)
+    ended = created + datetime.timedelta(seconds=30)
+    finished = None if status == "running" else finished or ended
+    row = (
+        await DB.fetch(
+            "INSERT INTO workflow_runs (workflow_id, status, created_at, started_at, finished_at, "
+            "error) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, created_at",
+            workflow,
+            status,
+            created,
+            started,
+            finished,
+            "boom" if status == "failed" else None,
+        )
+    )[0]
+    await DB.fetch(
+        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, status, "
+        "started_at) VALUES ($1, $2, 0, 's', 'running', $3)",
+        row["id"],
+        row["created_at"],
+        started,
+    )
+    return row["id"], row["created_at"]
+
+
+async def insert_event(created: datetime.datetime, published: datetime.datetime | None) -> Any:
+    return (
+        await DB.fetch(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, created_at, "
+            "published_at) VALUES ('workflow_run', gen_random_uuid(), 'run.created', $1, $2) "
+            "RETURNING id",
+            created,
+            published,
+        )
+    )[0][0]
+
+
+# -- the invariants on partitioned tables ----------------------------------------
+
+
+async def test_one_log_per_run_step_and_attempt_holds_across_partitions() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    run, created = await make_run(now, status="running")
+    # The same attempt again: refused with the constraint's message, although
+    # PostgreSQL reports it under the partition's own index.
+    with pytest.raises(ConflictError) as caught:
+        async with translated_db_errors(), DB.transaction():
+            await DB.fetch(
+                "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+                "VALUES ($1, $2, 0, 's')",
+                run,
+                created,
+            )
+    assert caught.value.details["constraint"] == "run_step_logs_run_step_attempt_key"
+    assert caught.value.message == "This attempt of this step is already logged for the run."
+    # ... and with another run_created_at (another partition): refused by the
+    # composite foreign key, so the unique key cannot be dodged that way.
+    with pytest.raises(ConflictError) as caught:
+        async with translated_db_errors(), DB.transaction():
+            await DB.fetch(
+                "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+                "VALUES ($1, $2, 0, 's')",
+                run,
+                created - 40 * DAY,
+            )
+    assert caught.value.details["constraint"] == "run_step_logs_run_id_fkey"
+
+
+async def test_a_run_and_its_step_logs_share_a_partition_and_cascade() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    run, created = await make_run(now, status="running")
+    expected = partitions.partition_name(
+        partitions.STEP_LOGS, partitions.period_start(created, "month")
+    )
+    assert await where_is("run_step_logs", "run_id", run) == expected
+    await DB.fetch("DELETE FROM workflow_runs WHERE id = $1", run)
+    assert not await DB.fetch("SELECT 1 FROM run_step_logs WHERE run_id = $1", run)
+
+
+async def test_updated_at_trigger_and_outbox_notify_work_on_partitions(database_url: str) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    run, _ = await make_run(now, status="running")
+    before = (await DB.fetch("SELECT updated_at FROM run_step_logs WHERE run_id = $1", run))[0][0]
+    await asyncio.sleep(0.01)
+    await DB.fetch("UPDATE run_step_logs SET step_name = 't' WHERE run_id = $1", run)
+    after = (await DB.fetch("SELECT updated_at FROM run_step_logs WHERE run_id = $1", run))[0][0]
+    assert after > before
+
+    listener = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        await listener.add_listener("flowforge_outbox", lambda *args: heard.put_nowait(args[2]))
+        await insert_event(now, None)
+        assert await asyncio.wait_for(heard.get(), 10) == "flowforge_outbox"
+    finally:
+        await listener.close()
+
+
+async def test_the_relay_claim_index_is_on_every_partition() -> None:
+    rows = await DB.fetch(
+        """
+        SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'outbox'::regclass
+            AND NOT EXISTS (SELECT 1 FROM pg_indexes x
+                            WHERE x.tablename = c.relname
+                                AND x.indexname = c.relname || '_claim_idx'
+                                AND x.indexdef LIKE '%WHERE ((published_at IS NULL) AND%')
+        """
+    )
+    assert rows == []
+
+
+# -- maintenance -----------------------------------------------------------------
+
+
+async def test_partitions_command_prepares_ahead_and_is_idempotent(database_url: str) -> None:
+    today = partitions.period_start(datetime.datetime.now(datetime.UTC), "day")
+    ahead = partitions.partition_name(partitions.OUTBOX, today + 7 * DAY)
+    await DB.fetch(f"DROP TABLE IF EXISTS {ahead}")  # as if a day had passed
+
+    first = support.piccolo("flowforge", "partitions", database_url=database_url)
+    assert f"created: {ahead}" in first.stdout
+    assert ahead in await names(partitions.OUTBOX)
+    month = partitions.period_start(today, "month", partitions.PARTITION_MONTHS_AHEAD)
+    assert partitions.partition_name(partitions.STEP_LOGS, month) in await names(
+        partitions.STEP_LOGS
+    )
+
+    second = support.piccolo("flowforge", "partitions", database_url=database_url)
+    assert "created: -" in second.stdout and "dropped: -" in second.stdout
+
+
+async def test_a_row_outside_the_prepared_range_is_kept_then_moved_to_its_partition() -> None:
+    far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=400)
+    event = await insert_event(far, None)
+    assert await where_is("outbox", "id", event) == "outbox_default"
+
+    report = await partitions.ensure(partitions.MaintenanceReport())
+    home = partitions.partition_name(partitions.OUTBOX, partitions.period_start(far, "day"))
+    assert home in report.created
+    assert await where_is("outbox", "id", event) == home
+    assert (await DB.fetch("SELECT count(*) FROM outbox_default"))[0][0] == 0
+    # Its indexes are named after the table's, like every other partition's.
+    indexes = {
+        r[0] for r in await DB.fetch("SELECT indexname FROM pg_indexes WHERE tablename = $1", home)
+    }
+    assert {f"{home}_pkey", f"{home}_claim_idx"} <= indexes
+
+
+# -- retention by dropping partitions ------------------------------------------
+
+
+async def test_prune_drops_only_partitions_whose_every_row_expired() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    old = partitions.period_start(now - 20 * DAY, "day")
+    # Day A: all published long ago -> the whole partition goes.
+    for _ in range(3):
+        await insert_event(old, old + datetime.timedelta(minutes=1))
+    # Day B: one event never published -> kept; its published ones are deleted.
+    kept_unpublished = await insert_event(old + DAY, None)
+    await insert_event(old + DAY, old + DAY + datetime.timedelta(minutes=1))
+    # Day C: published late (2 days ago) -> not yet expired.
+    late = await insert_event(old + 2 * DAY, now - 2 * DAY)
+    await partitions.ensure(partitions.MaintenanceReport())
+    day = {n: partitions.partition_name(partitions.OUTBOX, old + n * DAY) for n in range(3)}
+    assert set(day.values()) <= await names(partitions.OUTBOX)
+
+    # Step logs: month M has only runs finished long ago; month M+1 has a running one.
+    month = partitions.period_start(now, "month", -5)
+    await make_run(month + DAY)
+    await make_run(month + 2 * DAY, status="failed")
+    running, _ = await make_run(partitions.period_start(now, "month", -4) + DAY, status="running")
+    finished_next, _ = await make_run(partitions.period_start(now, "month", -4) + 2 * DAY)
+    await partitions.ensure(partitions.MaintenanceReport())
+    month_m = partitions.partition_name(partitions.STEP_LOGS, month)
+    month_next = partitions.partition_name(
+        partitions.STEP_LOGS, partitions.period_start(now, "month", -4)
+    )
+
+    dry = await prune(get_settings(), dry_run=True)
+    assert dry.partition_report is not None
+    assert set(dry.partition_report.dropped) == {day[0], month_m}
+    assert {day[0], month_m} <= await names(partitions.OUTBOX) | await names(partitions.STEP_LOGS)
+
+    report = await prune(get_settings())
+    assert report.partition_report is not None
+    assert set(report.partition_report.dropped) == {day[0], month_m}
+    outbox_left, logs_left = await names(partitions.OUTBOX), await names(partitions.STEP_LOGS)
+    assert day[0] not in outbox_left and {day[1], day[2]} <= outbox_left
+    assert month_m not in logs_left and month_next in logs_left
+    # The rest went row by row: the published event of day B, the finished run of M+1.
+    assert {r[0] for r in await DB.fetch("SELECT id FROM outbox")} == {kept_unpublished, late}
+    assert report.outbox_events == 1
+    runs = {r[0] for r in await DB.fetch("SELECT id FROM workflow_runs")}
+    assert running in runs and finished_next not in runs and len(runs) == 1
+
+
+async def test_detach_keeps_expired_partitions_as_plain_tables(database_url: str) -> None:
+    old = partitions.period_start(datetime.datetime.now(datetime.UTC) - 30 * DAY, "day")
+    await insert_event(old, old + datetime.timedelta(minutes=1))
+    await partitions.ensure(partitions.MaintenanceReport())
+    name = partitions.partition_name(partitions.OUTBOX, old)
+
+    result = support.piccolo("flowforge", "partitions", "--detach", database_url=database_url)
+    assert f"detached: {name}" in result.stdout
+    assert name not in await names(partitions.OUTBOX)
+    assert (await DB.fetch(f"SELECT count(*) FROM {name}"))[0][0] == 1
+    await DB.fetch(f"DROP TABLE {name}")
+
+
+async def test_a_busy_partition_is_skipped_not_waited_for(database_url: str) -> None:
+    old = partitions.period_start(datetime.datetime.now(datetime.UTC) - 30 * DAY, "day")
+    await insert_event(old, old + datetime.timedelta(minutes=1))
+    await partitions.ensure(partitions.MaintenanceReport())
+    name = partitions.partition_name(partitions.OUTBOX, old)
+    holder = await asyncpg.connect(database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+            report = await partitions.drop_expired(
+                partitions.MaintenanceReport(), outbox_retention_days=7, run_retention_days=0
+            )
+        assert name in report.skipped and name not in report.dropped
+    finally:
+        await holder.close()
+    report = await partitions.drop_expired(
+        partitions.MaintenanceReport(), outbox_retention_days=7, run_retention_days=0
+    )
+    assert name in report.dropped
