@@ -54,13 +54,13 @@ def url_for(database: str) -> str:
     return urlunsplit(urlsplit(dataset.server_url())._replace(path=f"/{database}"))
 
 
-def piccolo(*args: str, database: str) -> float:
+def piccolo(*args: str, database: str, env: dict[str, str] | None = None) -> float:
     """Run the real CLI against `database`; returns the seconds it took."""
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "piccolo.main", *args],
         cwd=REPO_ROOT,
-        env={**os.environ, "DATABASE_URL": url_for(database)},
+        env={**os.environ, "DATABASE_URL": url_for(database), **(env or {})},
         capture_output=True,
         text=True,
         timeout=3600,
@@ -155,21 +155,31 @@ def sizes_for(runs: int) -> dataset.Sizes:
     return dataset.Sizes(users=100, workflows=1_000, runs=runs)
 
 
+# Sizes with indexes and TOAST; a partitioned table's are the sum of its partitions'.
 SIZES = """
 SELECT t.name,
-    (SELECT count(*) FROM pg_partition_tree(t.name::regclass) WHERE isleaf) AS relations,
-    (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(t.name::regclass))::bigint
-        AS bytes
+    greatest(1, (SELECT count(*) FROM pg_partition_tree(t.name::regclass) WHERE isleaf))
+        AS relations,
+    coalesce(
+        (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(t.name::regclass)),
+        pg_total_relation_size(t.name::regclass)
+    )::bigint AS bytes
 FROM unnest($1::text[]) AS t(name)
 """
 
+# Each retention pass twice over: events only, then runs (with their step logs) only.
+OUTBOX_ONLY = {"RUN_RETENTION_DAYS": "0"}
+RUNS_ONLY = {"OUTBOX_RETENTION_DAYS": "0"}
 
-async def measure(database: str, label: str, *args: str) -> dict[str, Any]:
+
+async def measure(
+    database: str, label: str, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one CLI command against `database`: seconds, WAL bytes, rows and sizes after."""
     connection = await asyncpg.connect(url_for(database))
     try:
         before = await connection.fetchval("SELECT pg_current_wal_lsn()")
-        seconds = piccolo(*args, database=database)
+        seconds = piccolo(*args, database=database, env=env)
         wal = await connection.fetchval(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint", before
         )
@@ -237,20 +247,30 @@ async def main(argv: list[str]) -> int:
 
     delete_db = f"{PREFIX}_delete"
     await clone(base, delete_db)
-    report["delete"] = await measure(
-        delete_db, "batched DELETE (unpartitioned)", "flowforge", "prune"
-    )
-    report["delete"]["vacuum"] = await vacuum(delete_db)
+    report["delete"] = {
+        "events": await measure(
+            delete_db, "batched DELETE, events", "flowforge", "prune", env=OUTBOX_ONLY
+        ),
+        "runs": await measure(
+            delete_db, "batched DELETE, runs + logs", "flowforge", "prune", env=RUNS_ONLY
+        ),
+        "vacuum": await vacuum(delete_db),
+    }
 
     partition_db = f"{PREFIX}_partition"
     await clone(base, partition_db)
     report["migration_forwards"] = await measure(
         partition_db, "migration forwards (partition + copy)", "migrations", "forwards", "all"
     )
-    report["partition"] = await measure(
-        partition_db, "partition drop + batched DELETE", "flowforge", "prune"
-    )
-    report["partition"]["vacuum"] = await vacuum(partition_db)
+    report["partition"] = {
+        "events": await measure(
+            partition_db, "partition drop, events", "flowforge", "prune", env=OUTBOX_ONLY
+        ),
+        "runs": await measure(
+            partition_db, "partition drop, runs + logs", "flowforge", "prune", env=RUNS_ONLY
+        ),
+        "vacuum": await vacuum(partition_db),
+    }
     kept = await counts(partition_db)
     report["migration_backwards"] = await measure(
         partition_db,
