@@ -179,17 +179,19 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# A time partition (flowforge/partitions.py): <table>_pYYYYMM[DD] or <table>_default.
-# PostgreSQL reports a unique violation under the partition's own index, which
-# flowforge.partitions names <partition>_<suffix> after the parent's <table>_<suffix>.
-_PARTITION = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
+# A time partition's name (flowforge/partitions.py): <table>_pYYYYMM[DD] or
+# <table>_default. Here because the engine imports this module: flowforge.partitions
+# takes it from here. PostgreSQL reports a unique violation under the partition's own
+# index, which flowforge.partitions names <partition>_<suffix> after the table's
+# <table>_<suffix>.
+PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
 
 
 def parent_constraint(name: str | None, table: str | None) -> str | None:
     """The partitioned table's constraint name for one reported on a partition."""
     if name is None or name in CONSTRAINT_MESSAGES or table is None:
         return name
-    match = _PARTITION.match(table)
+    match = PARTITION_NAME.match(table)
     if match is None or not name.startswith(f"{table}_"):
         return name
     return f"{match['table']}_{name.removeprefix(f'{table}_')}"

@@ -42,7 +42,10 @@ from typing import Any, Final, Literal
 import asyncpg
 
 from flowforge.db.engine import DB
+from flowforge.errors import PARTITION_NAME
 from flowforge.logfmt import logfmt
+
+__all__ = ["PARTITION_NAME", "SPECS", "drop_expired", "ensure", "maintain"]
 
 logger = logging.getLogger("flowforge.partitions")
 
@@ -63,9 +66,6 @@ class Spec:
 OUTBOX: Final = Spec("outbox", "created_at", "day")
 STEP_LOGS: Final = Spec("run_step_logs", "run_created_at", "month")
 SPECS: Final = (OUTBOX, STEP_LOGS)
-
-# A partition's name: <table>_pYYYYMMDD / <table>_pYYYYMM, or <table>_default.
-PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
 
 
 def period_start(moment: datetime.datetime, period: Period, add: int = 0) -> datetime.datetime:

@@ -241,11 +241,20 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
 
 
 class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
-    """One attempt of one step in one run."""
+    """One attempt of one step in one run.
+
+    Partitioned by month of ``run_created_at`` (the run's ``created_at``), like
+    ``outbox`` by day of ``created_at``: by the raw migration
+    ``piccolo_migrations/flowforge_2026_11_30t00_39_50_000000.py`` (Piccolo cannot
+    say PARTITION BY), which also makes the primary key (id, run_created_at), the
+    attempt key below (run_id, step_position, attempt, run_created_at) and the
+    run foreign key composite (run_id, run_created_at). Decision 8.
+    """
 
     # CASCADE: step logs are part of their run and are pruned with it.
     run_id = ForeignKey(WorkflowRun, null=False, on_delete=OnDelete.cascade)
-    # The run's created_at: the partition key (see the class docstring).
+    # The run's created_at: the partition key (see the class docstring). Write it
+    # with the log; the composite foreign key refuses any other value.
     run_created_at = Timestamptz(null=False, default=None)
     # SET NULL: editing a workflow's steps must not erase run history; the
     # snapshot columns below keep the log readable after its step is gone.
