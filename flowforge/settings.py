@@ -25,6 +25,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class PoolerMode(StrEnum):
+    """What sits between FlowForge and PostgreSQL (docs/decisions.md, decision 7)."""
+
+    NONE = "none"  # direct connections (or a session-mode pooler)
+    TRANSACTION = "transaction"  # PgBouncer (or alike) in transaction mode
+
+
 class PublisherKind(StrEnum):
     """Where the outbox relay publishes events (flowforge/relay/publishers.py)."""
 
@@ -50,6 +57,15 @@ class Settings(BaseSettings):
     # None means: start (or reuse) the embedded PostgreSQL under `data_dir`.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(default=REPO_ROOT / ".flowforge", validation_alias="FLOWFORGE_DATA_DIR")
+
+    # `transaction` behind PgBouncer in transaction mode: no prepared-statement
+    # cache, no session state, timeouts set per transaction (SET LOCAL).
+    database_pooler: PoolerMode = Field(default=PoolerMode.NONE, validation_alias="DATABASE_POOLER")
+    # asyncpg's prepared-statement cache per connection; unset: 100, or 0 behind
+    # a transaction pooler (PgBouncer 1.18 does not track prepared statements).
+    statement_cache_size: int | None = Field(
+        default=None, ge=0, le=100_000, validation_alias="DB_STATEMENT_CACHE_SIZE"
+    )
 
     # Pool sizing (docs/decisions.md, decision 6): a bounded pool that grows
     # on demand from min to max and shrinks back when connections sit idle.
@@ -113,6 +129,11 @@ class Settings(BaseSettings):
     # LISTEN for new events on a dedicated connection (turn off behind a
     # transaction-mode pooler, where NOTIFY never arrives; polling still works).
     relay_listen: bool = Field(default=True, validation_alias="RELAY_LISTEN")
+    # A direct connection (not through a transaction pooler) for that LISTEN;
+    # unset: DATABASE_URL, unless DATABASE_POOLER=transaction (then no LISTEN).
+    relay_listen_database_url: str | None = Field(
+        default=None, validation_alias="RELAY_LISTEN_DATABASE_URL"
+    )
     # Failed publish attempts before an event is dead-lettered.
     outbox_max_attempts: int = Field(
         default=10, ge=1, le=1000, validation_alias="OUTBOX_MAX_ATTEMPTS"
@@ -148,7 +169,7 @@ class Settings(BaseSettings):
         default=3600.0, ge=0, le=7 * 86400, validation_alias="RELAY_PRUNE_INTERVAL"
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "relay_listen_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
