@@ -67,6 +67,20 @@ class Settings(BaseSettings):
         default=None, ge=0, le=100_000, validation_alias="DB_STATEMENT_CACHE_SIZE"
     )
 
+    # Streaming replicas for read-only endpoints (comma-separated URLs; unset:
+    # every read goes to the primary). See docs/decisions.md, decision 8.
+    database_replica_urls: str | None = Field(
+        default=None, validation_alias="DATABASE_REPLICA_URLS"
+    )
+    # A replica further behind the primary than this many seconds is skipped.
+    replica_max_lag: float = Field(
+        default=10.0, gt=0, le=86400, validation_alias="REPLICA_MAX_LAG_SECONDS"
+    )
+    # How often each replica's state (reachable, replayed position, lag) is checked.
+    replica_check_interval: float = Field(
+        default=1.0, gt=0, le=3600, validation_alias="REPLICA_CHECK_INTERVAL"
+    )
+
     # Pool sizing (docs/decisions.md, decision 6): a bounded pool that grows
     # on demand from min to max and shrinks back when connections sit idle.
     pool_min_size: int = Field(default=2, ge=0, le=1000, validation_alias="DB_POOL_MIN_SIZE")
@@ -183,6 +197,21 @@ class Settings(BaseSettings):
         if not parts.path.strip("/"):
             raise ValueError("must name a database, e.g. postgresql://host:5432/flowforge")
         return value
+
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _check_replica_urls(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for url in value.split(","):
+            cls._check_database_url(url.strip())
+        return value
+
+    @property
+    def replica_urls(self) -> list[str]:
+        if self.database_replica_urls is None:
+            return []
+        return [url.strip() for url in self.database_replica_urls.split(",") if url.strip()]
 
     @field_validator("admin_password", mode="before")
     @classmethod

@@ -128,14 +128,26 @@ class SafeTransaction(PostgresTransaction):
 
     engine: FlowForgeEngine
 
+    def __init__(
+        self,
+        engine: FlowForgeEngine,
+        allow_nested: bool = True,
+        source: FlowForgeEngine | None = None,
+    ) -> None:
+        super().__init__(engine=engine, allow_nested=allow_nested)
+        # Where the connection comes from: the engine itself, or a read
+        # replica's engine (flowforge/db/replicas.py). Queries find the
+        # transaction through `engine`'s context either way.
+        self.source = source if source is not None else engine
+
     async def __aenter__(self) -> SafeTransaction:
         if self._parent is not None:
             return cast(SafeTransaction, self._parent)
-        self.connection = await self.engine.acquire()
+        self.connection = await self.source.acquire()
         try:
             await self.begin()
         except BaseException:
-            await self.engine.release(self.connection, broken=True)
+            await self.source.release(self.connection, broken=True)
             raise
         self.context = self.engine.current_transaction.set(self)
         return self
@@ -143,7 +155,7 @@ class SafeTransaction(PostgresTransaction):
     # BEGIN (with the per-transaction settings behind a pooler) is one simple
     # query, so a transaction costs no extra round trip for its timeouts.
     async def begin(self) -> None:
-        await self.connection.execute(self.engine.begin_statement)
+        await self.connection.execute(self.source.begin_statement)
 
     async def commit(self) -> None:
         await self.connection.execute("COMMIT")
@@ -175,7 +187,7 @@ class SafeTransaction(PostgresTransaction):
                     raise
         finally:
             self.engine.current_transaction.reset(self.context)
-            await self.engine.release(self.connection, broken=broken)
+            await self.source.release(self.connection, broken=broken)
         return exception is None
 
 
@@ -247,8 +259,10 @@ class FlowForgeEngine(PostgresEngine):
             raise RuntimeError("this operation must run inside DB.transaction()")
         return cast(SafeTransaction, current)
 
-    def transaction(self, allow_nested: bool = True) -> SafeTransaction:
-        return SafeTransaction(engine=self, allow_nested=allow_nested)
+    def transaction(
+        self, allow_nested: bool = True, source: FlowForgeEngine | None = None
+    ) -> SafeTransaction:
+        return SafeTransaction(engine=self, allow_nested=allow_nested, source=source)
 
     async def start_connection_pool(self, **kwargs: Any) -> None:
         """Create the pool sized by settings.
