@@ -42,7 +42,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    app.add_middleware(replicas.ReplicaFallback)
+    app.add_middleware(replicas.ReplicaRouting)
     app.include_router(health.router)
     app.include_router(routes.router)
     app.mount("/admin/", build_admin())

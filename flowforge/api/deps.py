@@ -38,7 +38,7 @@ REPLICA_FAILURES: tuple[type[Exception], ...] = (
 )
 
 
-async def db_transaction(request: Request, response: Response) -> AsyncIterator[SafeTransaction]:
+async def db_transaction(request: Request) -> AsyncIterator[SafeTransaction]:
     """One transaction per request; driver errors leave it as domain errors.
 
     With replicas configured, a write response carries the consistency token
@@ -48,7 +48,8 @@ async def db_transaction(request: Request, response: Response) -> AsyncIterator[
         async with DB.transaction() as transaction:
             yield transaction
         if replicas.REPLICAS and request.method not in SAFE_METHODS:
-            response.headers[replicas.CONSISTENCY_HEADER] = await replicas.commit_position()
+            # Sent by replicas.ReplicaRouting: the response is built before this runs.
+            request.state.flowforge_consistency = await replicas.commit_position()
 
 
 Transaction = Annotated[SafeTransaction, Depends(db_transaction, scope="function")]
@@ -134,7 +135,12 @@ async def read_transaction(
     except BaseException as error:
         await transaction.__aexit__(type(error), error, error.__traceback__)
         raise
-    await transaction.__aexit__(None, None, None)
+    try:
+        await transaction.__aexit__(None, None, None)  # COMMIT of a read-only transaction
+    except REPLICA_FAILURES as error:
+        replica.mark_down(f"connection lost ({type(error).__name__})")
+        replica.failures += 1
+        raise replicas.ReplicaLostError(replica.name) from error
     replica.reads += 1
 
 

@@ -14,7 +14,7 @@ Health: a monitor checks each replica every ``REPLICA_CHECK_INTERVAL``
 seconds (reachable, in recovery, replayed position, lag). A replica that is
 down, not a standby, or more than ``REPLICA_MAX_LAG_SECONDS`` behind is
 skipped; a replica whose connection fails during a read is marked down at
-once and the read is retried on the primary (:class:`ReplicaFallback`), so a
+once and the read is retried on the primary (:class:`ReplicaRouting`), so a
 dying replica costs no failed request. State and counters are in ``/readyz``.
 """
 
@@ -70,7 +70,7 @@ class ReplicaLostError(Exception):
     """A replica's connection failed during a read: retry the request on the primary.
 
     Deliberately not a DatabaseUnavailableError (which is answered as a 503):
-    :class:`ReplicaFallback` catches it and replays the request.
+    :class:`ReplicaRouting` catches it and replays the request.
     """
 
 
@@ -204,22 +204,41 @@ async def commit_position() -> str:
     return str(rows[0]["lsn"])
 
 
-class ReplicaFallback:
-    """ASGI middleware: a GET whose replica failed mid-read is replayed on the primary.
+class ReplicaRouting:
+    """ASGI middleware for the replica routing.
 
-    The failure surfaces before any byte of the response is sent (the read
-    transaction ends before the response), and a GET has no body to re-read.
+    * Sends the consistency token of a write: its COMMIT (and so the token)
+      happens after FastAPI has built the response object, so a dependency
+      cannot set the header itself; it leaves it in the request state.
+    * Replays a GET whose replica failed mid-read on the primary. The failure
+      surfaces before any byte of the response is sent (the read transaction
+      ends before the response), and a GET has no body to re-read.
     """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] != "http" or not REPLICAS:
             await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_token(message: Any) -> None:
+            token = state.get("flowforge_consistency")
+            if message["type"] == "http.response.start" and token is not None:
+                headers = [
+                    *message.get("headers", []),
+                    (b"x-flowforge-consistency", token.encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send_with_token)
             return
         try:
             await self.app(scope, receive, send)
         except ReplicaLostError:
-            state = {**scope.get("state", {}), "flowforge_primary_only": True}
-            await self.app({**scope, "state": state}, receive, send)
+            state["flowforge_primary_only"] = True
+            await self.app(scope, receive, send)
