@@ -21,7 +21,6 @@ import uuid
 
 from piccolo.columns.defaults.uuid import UUID7 as PiccoloUUID7
 
-
 _last = 0
 
 
@@ -46,5 +45,5 @@ def uuid7() -> uuid.UUID:
 class UUID7(PiccoloUUID7):
     """``DEFAULT uuidv7()`` in the database; :func:`uuid7` on the Python side."""
 
-    def python(self) -> uuid.UUID:  # type: ignore[override]
+    def python(self) -> uuid.UUID:
         return uuid7()
