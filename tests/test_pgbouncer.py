@@ -94,6 +94,26 @@ async def test_idle_in_transaction_limit_holds_through_pgbouncer(engine: FlowFor
     assert rows[0]["idle"] == "31s"
 
 
+async def test_extra_session_settings_become_set_local_behind_pgbouncer(
+    bouncer: Bouncer, db: None
+) -> None:
+    """The relay's lock_timeout (flowforge/cli.py) is a startup parameter when direct."""
+    engine = FlowForgeEngine(pooled_settings(bouncer))
+    await engine.start_connection_pool(
+        server_settings={"application_name": "flowforge-relay", "lock_timeout": "5000"}
+    )
+    try:
+        async with engine.transaction():
+            rows = await engine.fetch(
+                "SELECT current_setting('lock_timeout') AS lock, "
+                "current_setting('application_name') AS name"
+            )
+    finally:
+        await engine.close_connection_pool()
+    assert rows[0]["lock"] == "5s"
+    assert rows[0]["name"] == "flowforge-relay"
+
+
 async def test_settings_do_not_leak_into_pgbouncers_server_connections(
     engine: FlowForgeEngine, bouncer: Bouncer
 ) -> None:

@@ -27,6 +27,26 @@ SERVED_BY = replicas.SERVED_BY_HEADER
 TOKEN = replicas.CONSISTENCY_HEADER
 
 
+def test_replica_urls_are_validated() -> None:
+    from pydantic import ValidationError
+
+    from flowforge.settings import Settings
+
+    settings = Settings(database_replica_urls="postgresql://a/db, postgresql://b/db")
+    assert settings.replica_urls == ["postgresql://a/db", "postgresql://b/db"]
+    with pytest.raises(ValidationError, match="PostgreSQL URL"):
+        Settings(database_replica_urls="postgresql://a/db,mysql://b/db")
+    assert Settings(database_replica_urls=" ").replica_urls == []
+
+
+def test_lsn_tokens_round_trip() -> None:
+    assert replicas.parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
+    assert replicas.format_lsn(replicas.parse_lsn("0/16B3748")) == "0/16B3748"
+    for bad in ("", "16", "/1", "x/1", "123456789/0"):
+        with pytest.raises(ValueError, match="LSN"):
+            replicas.parse_lsn(bad)
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     with primary_and_replica() as cluster:

@@ -49,9 +49,12 @@ SELECT pg_is_in_recovery() AS standby,
 def parse_lsn(text: str) -> int:
     """``'16/B374D848'`` as a number (ValueError when it is not an LSN)."""
     high, _, low = text.partition("/")
-    if not high or not low or len(high) > 8 or len(low) > 8:
-        raise ValueError(f"not an LSN: {text!r}")
-    return (int(high, 16) << 32) | int(low, 16)
+    try:
+        if not high or not low or len(high) > 8 or len(low) > 8:
+            raise ValueError
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise ValueError(f"not an LSN: {text!r}") from None
 
 
 def format_lsn(value: int) -> str:
