@@ -102,7 +102,7 @@ def _id() -> UUID:
 
 def _time_ordered_id() -> UUID:
     # DEFAULT uuidv7(): keys of high-volume tables arrive in index order
-    # (measured: faster inserts, half the WAL, smaller index; decision 9).
+    # (measured: faster inserts, half the WAL, smaller index; decision 10).
     return UUID(primary_key=True, default=UUID7())
 
 
