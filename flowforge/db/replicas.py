@@ -201,9 +201,17 @@ def configure(settings: Settings) -> ReplicaSet:
     return REPLICAS
 
 
-async def commit_position() -> str:
-    """The primary's WAL insert position now: a token for reads after a commit."""
-    rows = await DB.fetch("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+async def commit_position() -> str | None:
+    """The primary's WAL insert position now: a token for reads after a commit.
+
+    None if it cannot be read: the write has committed, so its response must
+    not turn into an error; the client then reads without a token.
+    """
+    try:
+        rows = await DB.fetch("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+    except Exception as error:
+        logger.warning(logfmt("replica.token_failed", error=type(error).__name__))
+        return None
     return str(rows[0]["lsn"])
 
 
