@@ -44,7 +44,7 @@ from benchmarks import dataset
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 # The last migration before time partitioning: the base data set's schema.
-BEFORE_PARTITIONING = "2026-11-25T13:44:40:219100"
+BEFORE_PARTITIONING = "2026-11-30T00:34:16:765662"
 PARTITIONING = "2026-11-30T00:39:50:000000"
 PREFIX = os.environ.get("BENCH_DATABASE_PREFIX", "flowforge_bench_partitions")
 TABLES = ["workflow_runs", "run_step_logs", "outbox"]

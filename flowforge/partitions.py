@@ -2,7 +2,7 @@
 
 ``piccolo flowforge partitions`` (and the relay's housekeeping, before each
 prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
-:func:`drop_expired` before its batched DELETEs. Decision 8 in docs/decisions.md.
+:func:`drop_expired` before its batched DELETEs. Decision 11 in docs/decisions.md.
 
 * ``outbox``: one partition per UTC day of ``created_at`` (``outbox_pYYYYMMDD``),
   prepared ``PARTITION_DAYS_AHEAD`` days ahead. Retention is 7 days: daily

@@ -208,6 +208,8 @@ async def test_stepping_the_relay_migrations_back_and_forwards_keeps_the_data(
 
 
 PARTITIONING_MIGRATION_ID = "2026-11-30T00:39:50:000000"
+# The last migration before time partitions (issue 11: UUIDv7 keys).
+BEFORE_PARTITIONING_MIGRATION_ID = "2026-11-30T00:34:16:765662"
 RUN_CREATED_AT_MIGRATION_ID = "2026-11-30T00:39:47:879988"
 
 
@@ -247,7 +249,7 @@ async def test_the_partitioning_migration_moves_every_row_forwards_and_back(
         "migrations",
         "forwards",
         "flowforge",
-        f"--migration_id={RELAY_RAW_MIGRATION_ID}",
+        f"--migration_id={BEFORE_PARTITIONING_MIGRATION_ID}",
         database_url=scratch_url,
     )
     # The seed of that time (step logs without run_created_at), by plain SQL.
