@@ -27,6 +27,10 @@ the partition, so no row can be written into it between the check and the drop.
 DDL takes short ACCESS EXCLUSIVE locks on the parent table; every statement here
 runs with ``lock_timeout`` (``PARTITION_LOCK_TIMEOUT_MS``): a partition that
 cannot be locked in time is skipped and reported, and the next run tries again.
+
+The statements that read or move rows are constants per table (they name the
+table and reach one partition through its key range); only DDL names a
+partition, and partition names are made here from dates.
 """
 
 from __future__ import annotations
@@ -34,10 +38,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, LiteralString
 
 import asyncpg
 
@@ -91,32 +94,93 @@ class Partition:
     upper: datetime.datetime | None
 
 
-PARTITIONS = """
-SELECT c.relname AS name, pg_get_expr(c.relpartbound, i.inhparent) AS bound
+NOW: Final[LiteralString] = "SELECT now()"
+
+# A table's partitions with their bounds. pg_get_expr is given the parent, so
+# listing takes no lock on a partition (a busy one must not stall the listing).
+PARTITIONS: Final[LiteralString] = """
+SELECT c.relname AS name,
+    (regexp_match(pg_get_expr(c.relpartbound, i.inhparent),
+                  'FROM \\(''([^'']+)''\\) TO'))[1]::timestamptz AS lower,
+    (regexp_match(pg_get_expr(c.relpartbound, i.inhparent),
+                  'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS upper
 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = $1::regclass
-ORDER BY c.relname
+ORDER BY lower NULLS LAST
 """
-BOUND = re.compile(r"FROM \('(?P<lower>[^']+)'\) TO \('(?P<upper>[^']+)'\)")
 
+# A partition's indexes and the table indexes they belong to.
+PARTITION_INDEXES: Final[LiteralString] = """
+SELECT child.relname AS child, parent.relname AS parent, tbl.relname AS tbl
+FROM pg_index cx
+JOIN pg_class child ON child.oid = cx.indexrelid
+JOIN pg_inherits i ON i.inhrelid = child.oid
+JOIN pg_class parent ON parent.oid = i.inhparent
+JOIN pg_index px ON px.indexrelid = parent.oid
+JOIN pg_class tbl ON tbl.oid = px.indrelid
+WHERE cx.indrelid = $1::regclass
+"""
 
-async def partitions(connection: Any, spec: Spec) -> list[Partition]:
-    """The table's partitions, oldest first (the default one last)."""
-    found = []
-    for row in await connection.fetch(PARTITIONS, spec.table):
-        match = BOUND.search(row["bound"])
-        if match is None:
-            found.append(Partition(row["name"], None, None))
-            continue
-        lower, upper = (
-            await connection.fetchrow(
-                "SELECT $1::text::timestamptz AS lower, $2::text::timestamptz AS upper",
-                match["lower"],
-                match["upper"],
+ESTIMATED_ROWS: Final[LiteralString] = "SELECT reltuples FROM pg_class WHERE oid = $1::regclass"
+
+# Per table: the periods whose rows wait in the default partition, how many
+# there are, and moving one period's rows out of it into the table (with the
+# default partition detached, the table routes them to the new partition).
+STRAY_PERIODS: Final[dict[str, LiteralString]] = {
+    "outbox": "SELECT DISTINCT date_trunc('day', created_at) FROM outbox_default",
+    "run_step_logs": (
+        "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_step_logs_default"
+    ),
+}
+DEFAULT_ROWS: Final[dict[str, LiteralString]] = {
+    "outbox": "SELECT count(*) FROM outbox_default",
+    "run_step_logs": "SELECT count(*) FROM run_step_logs_default",
+}
+DEFAULT_ROWS_IN_RANGE: Final[dict[str, LiteralString]] = {
+    "outbox": "SELECT count(*) FROM outbox_default WHERE created_at >= $1 AND created_at < $2",
+    "run_step_logs": (
+        "SELECT count(*) FROM run_step_logs_default "
+        "WHERE run_created_at >= $1 AND run_created_at < $2"
+    ),
+}
+MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
+    "outbox": """
+        WITH moved AS (
+            DELETE FROM outbox_default WHERE created_at >= $1 AND created_at < $2 RETURNING *
+        )
+        INSERT INTO outbox SELECT * FROM moved
+    """,
+    "run_step_logs": """
+        WITH moved AS (
+            DELETE FROM run_step_logs_default
+            WHERE run_created_at >= $1 AND run_created_at < $2 RETURNING *
+        )
+        INSERT INTO run_step_logs SELECT * FROM moved
+    """,
+}
+
+# Every row of the partition holding [$2, $3) may be pruned (see the module docstring).
+ALL_EXPIRED: Final[dict[str, LiteralString]] = {
+    "outbox": """
+        SELECT NOT EXISTS (
+                SELECT 1 FROM outbox
+                WHERE created_at >= $2 AND created_at < $3 AND published_at IS NULL
             )
-        ).values()
-        found.append(Partition(row["name"], lower, upper))
-    return sorted(found, key=lambda p: (p.lower is None, p.lower or datetime.datetime.min))
+            AND coalesce((
+                SELECT max(published_at) FROM outbox WHERE created_at >= $2 AND created_at < $3
+            ), '-infinity') < $1
+    """,
+    "run_step_logs": """
+        SELECT NOT EXISTS (
+            SELECT 1 FROM workflow_runs r
+            WHERE r.created_at >= $2 AND r.created_at < $3
+                AND NOT (r.status IN ('completed', 'failed', 'cancelled')
+                         AND r.finished_at < $1)
+                AND EXISTS (SELECT 1 FROM run_step_logs l
+                            WHERE l.run_id = r.id AND l.run_created_at = r.created_at)
+        )
+    """,
+}
 
 
 @contextlib.asynccontextmanager
@@ -144,25 +208,20 @@ async def _prepare(connection: Any) -> None:
     await connection.execute(f"SET lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
 
 
+async def partitions(connection: Any, spec: Spec) -> list[Partition]:
+    """The table's partitions, oldest first (the default one last)."""
+    return [
+        Partition(row["name"], row["lower"], row["upper"])
+        for row in await connection.fetch(PARTITIONS, spec.table)
+    ]
+
+
 async def name_indexes_like_parent(connection: Any, partition: str) -> None:
     """Name a partition's indexes ``<partition>_<suffix>`` after the table's
     ``<table>_<suffix>`` (PostgreSQL names them from the columns), so
     ``flowforge.errors`` maps a unique violation reported on the partition to
     the table constraint's message, and a plan reads as the index it uses."""
-    rows = await connection.fetch(
-        """
-        SELECT child.relname AS child, parent.relname AS parent, tbl.relname AS tbl
-        FROM pg_index cx
-        JOIN pg_class child ON child.oid = cx.indexrelid
-        JOIN pg_inherits i ON i.inhrelid = child.oid
-        JOIN pg_class parent ON parent.oid = i.inhparent
-        JOIN pg_index px ON px.indexrelid = parent.oid
-        JOIN pg_class tbl ON tbl.oid = px.indrelid
-        WHERE cx.indrelid = $1::regclass
-        """,
-        partition,
-    )
-    for row in rows:
+    for row in await connection.fetch(PARTITION_INDEXES, partition):
         wanted = f"{partition}_{row['parent'].removeprefix(row['tbl'] + '_')}"
         if row["child"] != wanted:
             await connection.execute(f'ALTER INDEX "{row["child"]}" RENAME TO "{wanted}"')
@@ -174,34 +233,20 @@ async def create_partition(connection: Any, spec: Spec, start: datetime.datetime
     name = partition_name(spec, start)
     end = period_start(start, spec.period, 1)
     default = f"{spec.table}_default"
-    in_range = f"{spec.key} >= $1 AND {spec.key} < $2"
+    bounds = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     async with connection.transaction():
-        stray = await connection.fetchval(
-            f"SELECT count(*) FROM {default} WHERE {in_range}",  # noqa: S608
-            start,
-            end,
-        )
+        stray = int(await connection.fetchval(DEFAULT_ROWS_IN_RANGE[spec.table], start, end))
         if not stray:
-            await connection.execute(
-                f"CREATE TABLE {name} PARTITION OF {spec.table} "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-            )
+            await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
         else:
-            # Rows already stored for this range: detach nothing, move them.
-            await connection.execute(
-                f"CREATE TABLE {name} (LIKE {spec.table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-            )
-            await connection.execute(
-                f"WITH moved AS (DELETE FROM {default} WHERE {in_range} RETURNING *) "  # noqa: S608
-                f"INSERT INTO {name} SELECT * FROM moved",
-                start,
-                end,
-            )
-            await connection.execute(
-                f"ALTER TABLE {spec.table} ATTACH PARTITION {name} "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-            )
-            logger.warning(logfmt("partitions.moved_from_default", partition=name, rows=int(stray)))
+            # PostgreSQL refuses a partition for a range the default one holds
+            # rows of: take the default partition out, create the partition,
+            # send the rows back through the table, put the default one back.
+            await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {default}")
+            await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
+            await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
+            await connection.execute(f"ALTER TABLE {spec.table} ATTACH PARTITION {default} DEFAULT")
+            logger.warning(logfmt("partitions.moved_from_default", partition=name, rows=stray))
         await name_indexes_like_parent(connection, name)
     return name
 
@@ -239,21 +284,14 @@ class MaintenanceReport:
 async def ensure(
     report: MaintenanceReport, *, now: datetime.datetime | None = None
 ) -> MaintenanceReport:
-    """Create the current period's partition and those ahead (idempotent)."""
+    """Create the current period's partition and those ahead, and a partition for
+    every period whose rows wait in the default partition (idempotent)."""
     async with _connection() as connection:
-        now = now or await connection.fetchval("SELECT now()")
+        now = now or await connection.fetchval(NOW)
         for spec in SPECS:
             ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
             existing = {p.lower for p in await partitions(connection, spec)}
-            # The periods ahead, and any period whose rows wait in the default
-            # partition (moved into a partition of their own).
-            stray = {
-                row[0]
-                for row in await connection.fetch(
-                    f"SELECT DISTINCT date_trunc('{spec.period}', {spec.key}) "  # noqa: S608
-                    f"FROM {spec.table}_default"
-                )
-            }
+            stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
             wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
             for start in sorted(wanted):
                 if start in existing:
@@ -266,24 +304,9 @@ async def ensure(
                 except asyncpg.LockNotAvailableError:
                     report.skipped.append(partition_name(spec, start))
             report.default_rows[spec.table] = int(
-                await connection.fetchval(f"SELECT count(*) FROM {spec.table}_default")  # noqa: S608
+                await connection.fetchval(DEFAULT_ROWS[spec.table])
             )
     return report
-
-
-# Every row of the partition may be pruned (see the module docstring).
-OUTBOX_ALL_EXPIRED = """
-SELECT NOT EXISTS (SELECT 1 FROM {partition} WHERE published_at IS NULL)
-    AND coalesce((SELECT max(published_at) FROM {partition}), '-infinity') < $1
-"""
-STEP_LOGS_ALL_EXPIRED = """
-SELECT NOT EXISTS (
-    SELECT 1 FROM workflow_runs r
-    WHERE r.created_at >= $2 AND r.created_at < $3
-        AND NOT (r.status IN ('completed', 'failed', 'cancelled') AND r.finished_at < $1)
-        AND EXISTS (SELECT 1 FROM {partition} l WHERE l.run_id = r.id)
-)
-"""
 
 
 async def drop_expired(
@@ -298,11 +321,8 @@ async def drop_expired(
     A retention of 0 keeps that history forever: nothing is dropped.
     """
     async with _connection() as connection:
-        now = await connection.fetchval("SELECT now()")
-        for spec, days, check in (
-            (OUTBOX, outbox_retention_days, OUTBOX_ALL_EXPIRED),
-            (STEP_LOGS, run_retention_days, STEP_LOGS_ALL_EXPIRED),
-        ):
+        now = await connection.fetchval(NOW)
+        for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
             if days <= 0:
                 continue
             cutoff = now - datetime.timedelta(days=days)
@@ -310,38 +330,7 @@ async def drop_expired(
                 if partition.upper is None or partition.upper > cutoff:
                     continue  # the default partition, or not all old enough
                 try:
-                    async with connection.transaction():
-                        # No row can be written into it between the check and the drop.
-                        await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
-                        sql = check.format(partition=partition.name)
-                        args = (
-                            (cutoff,)
-                            if spec is OUTBOX
-                            else (cutoff, partition.lower, partition.upper)
-                        )
-                        if not await connection.fetchval(sql, *args):
-                            continue
-                        report.retired_rows[spec.table] = report.retired_rows.get(
-                            spec.table, 0
-                        ) + max(
-                            0,
-                            int(
-                                await connection.fetchval(
-                                    "SELECT reltuples FROM pg_class WHERE oid = $1::regclass",
-                                    partition.name,
-                                )
-                            ),
-                        )
-                        if report.dry_run:
-                            report.dropped.append(partition.name)
-                        elif detach:
-                            await connection.execute(
-                                f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}"
-                            )
-                            report.detached.append(partition.name)
-                        else:
-                            await connection.execute(f"DROP TABLE {partition.name}")
-                            report.dropped.append(partition.name)
+                    await _retire(connection, spec, partition, cutoff, report, detach=detach)
                 except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
                     report.skipped.append(partition.name)
     logger.info(
@@ -354,6 +343,35 @@ async def drop_expired(
         )
     )
     return report
+
+
+async def _retire(
+    connection: Any,
+    spec: Spec,
+    partition: Partition,
+    cutoff: datetime.datetime,
+    report: MaintenanceReport,
+    *,
+    detach: bool,
+) -> None:
+    async with connection.transaction():
+        # No row can be written into it between the check and the drop.
+        await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
+        expired = await connection.fetchval(
+            ALL_EXPIRED[spec.table], cutoff, partition.lower, partition.upper
+        )
+        if not expired:
+            return
+        rows = await connection.fetchval(ESTIMATED_ROWS, partition.name)
+        report.retired_rows[spec.table] = report.retired_rows.get(spec.table, 0) + max(0, int(rows))
+        if report.dry_run:
+            report.dropped.append(partition.name)
+        elif detach:
+            await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}")
+            report.detached.append(partition.name)
+        else:
+            await connection.execute(f"DROP TABLE {partition.name}")
+            report.dropped.append(partition.name)
 
 
 async def maintain(
