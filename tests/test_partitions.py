@@ -293,3 +293,31 @@ async def test_a_busy_partition_is_skipped_not_waited_for(database_url: str) -> 
         partitions.MaintenanceReport(), outbox_retention_days=7, run_retention_days=0
     )
     assert name in report.dropped
+
+
+async def test_the_relay_housekeeping_prepares_partitions_before_pruning() -> None:
+    from flowforge.relay.publishers import LogPublisher
+    from flowforge.relay.relay import Relay
+    from tests import relay_support
+
+    today = partitions.period_start(datetime.datetime.now(datetime.UTC), "day")
+    ahead = partitions.partition_name(partitions.OUTBOX, today + 7 * DAY)
+    await DB.fetch(f"DROP TABLE IF EXISTS {ahead}")
+    old = partitions.period_start(datetime.datetime.now(datetime.UTC) - 30 * DAY, "day")
+    await insert_event(old, old + datetime.timedelta(minutes=1))
+    expired = partitions.partition_name(partitions.OUTBOX, old)
+
+    relay = Relay(relay_support.relay_settings(), LogPublisher())
+    await relay._prune()  # what the RELAY_PRUNE_INTERVAL timer runs
+    outbox = await names(partitions.OUTBOX)
+    assert ahead in outbox and expired not in outbox
+    assert not await DB.fetch("SELECT 1 FROM outbox")
+
+
+async def test_partitions_dry_run_changes_nothing(database_url: str) -> None:
+    today = partitions.period_start(datetime.datetime.now(datetime.UTC), "day")
+    ahead = partitions.partition_name(partitions.OUTBOX, today + 7 * DAY)
+    await DB.fetch(f"DROP TABLE IF EXISTS {ahead}")
+    result = support.piccolo("flowforge", "partitions", "--dry_run", database_url=database_url)
+    assert f"would create: {ahead}" in result.stdout
+    assert ahead not in await names(partitions.OUTBOX)
