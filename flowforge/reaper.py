@@ -16,17 +16,16 @@ Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from flowforge import events
+from flowforge import events, metrics
 from flowforge.db.engine import DB
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 from flowforge.outbox import record_events
 
-logger = logging.getLogger("flowforge.reaper")
+logger = get_logger("flowforge.reaper")
 
 # The lease expression must match the index expression exactly to use it.
 # REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
@@ -121,10 +120,9 @@ async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapRe
             break
         report.batches += 1
         report.runs.extend(run["id"] for run in runs)
+        metrics.REAPED_RUNS.inc(len(runs))
         for run in runs:
-            logger.warning(
-                logfmt("reaper.run_failed", run_id=run["id"], workflow_id=run["workflow_id"])
-            )
+            logger.warning("reaper.run_failed", run_id=run["id"], workflow_id=run["workflow_id"])
         if len(runs) < batch_size:
             break
     return report

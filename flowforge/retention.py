@@ -19,14 +19,14 @@ Pruning is not a domain change: it emits no events.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
+from flowforge import metrics
 from flowforge.db.engine import DB
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 from flowforge.settings import Settings
 
-logger = logging.getLogger("flowforge.retention")
+logger = get_logger("flowforge.retention")
 
 DAY_SECONDS = 86400.0
 
@@ -110,6 +110,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
             while True:
                 deleted = int((await DB.fetch(PRUNE_OUTBOX, keep, batch))[0][0])
                 report.outbox_events += deleted
+                metrics.PRUNED_ROWS.labels(kind="outbox_events").inc(deleted)
                 if deleted < batch:
                     break
     if settings.run_retention_days > 0:
@@ -122,15 +123,15 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
                 row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
                 report.runs += int(row["runs"])
                 report.step_logs += int(row["step_logs"])
+                metrics.PRUNED_ROWS.labels(kind="runs").inc(row["runs"])
+                metrics.PRUNED_ROWS.labels(kind="step_logs").inc(row["step_logs"])
                 if row["runs"] < batch:
                     break
     logger.info(
-        logfmt(
-            "retention.pruned",
-            dry_run=dry_run,
-            outbox_events=report.outbox_events,
-            runs=report.runs,
-            step_logs=report.step_logs,
-        )
+        "retention.pruned",
+        dry_run=dry_run,
+        outbox_events=report.outbox_events,
+        runs=report.runs,
+        step_logs=report.step_logs,
     )
     return report

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
-from flowforge.api import health, routes
+from flowforge import metrics
+from flowforge.api import health, observability, routes
 from flowforge.api.admin import build_admin
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
 from flowforge.db.engine import DB, check_configuration
+from flowforge.logs import configure_logging
 
-logger = logging.getLogger(__name__)
+# Swagger UI and ReDoc come from the fastapi-offline package's own copies,
+# served by this app: /docs and /redoc work without internet (no CDN).
+DOCS_ASSETS_URL = "/docs/assets"
 
 
 @asynccontextmanager
@@ -30,15 +34,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     check_configuration()  # bad settings stop start-up here, with a readable message
-    app = FastAPI(
+    configure_logging()
+    metrics.register_pool(DB)
+    app = FastAPIOffline(
         title="FlowForge",
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    # Outermost: its request id and timing cover everything inside, 413s included.
+    app.add_middleware(observability.RequestObservability)
     app.include_router(health.router)
+    app.include_router(observability.router)
     app.include_router(routes.router)
     app.mount("/admin/", build_admin())
     return app

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 from typing import Any, cast
 
@@ -31,9 +30,10 @@ import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.logs import describe_error, get_logger
 from flowforge.settings import Settings, get_settings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 # Failures that mean "the pool could not close cleanly": terminate it instead.
@@ -108,11 +108,15 @@ class SafeTransaction(PostgresTransaction):
                 if not self._rolled_back:
                     try:
                         await self.rollback()  # type: ignore[no-untyped-call]
-                    except Exception:
+                    except Exception as error:
                         # The original exception is the one that matters; the
                         # connection is discarded below.
                         broken = True
-                        logger.warning("rollback failed; discarding connection", exc_info=True)
+                        logger.warning(
+                            "db.rollback_failed",
+                            detail="rollback failed; discarding connection",
+                            error=describe_error(error),
+                        )
             elif not self._committed and not self._rolled_back:
                 try:
                     await self.commit()  # type: ignore[no-untyped-call]
@@ -132,6 +136,8 @@ class FlowForgeEngine(PostgresEngine):
         self._settings = settings
         self._resolved_config: dict[str, Any] | None = None
         self._pool_starter: asyncio.Task[None] | None = None
+        # Acquirers waiting for a pooled connection right now (a metric).
+        self.acquire_waiting = 0
         super().__init__(config={}, extensions=())
 
     # Piccolo's Engine.__init__ connects to check the server version and create
@@ -199,7 +205,11 @@ class FlowForgeEngine(PostgresEngine):
         try:
             self.pool = await asyncpg.create_pool(**options)
         except CONNECTION_ERRORS as error:
-            logger.warning("database unreachable at start-up (%s); retrying in background", error)
+            logger.warning(
+                "db.unreachable_at_start",
+                detail="the pool starts in the background once the database answers",
+                error=describe_error(error),
+            )
             self._pool_starter = asyncio.create_task(self._create_pool_when_reachable(options))
 
     async def _create_pool_when_reachable(self, options: dict[str, Any]) -> None:
@@ -213,16 +223,17 @@ class FlowForgeEngine(PostgresEngine):
             try:
                 self.pool = await asyncpg.create_pool(**options)
             except CONNECTION_ERRORS as error:
-                logger.info("database still unreachable (%s)", error)
                 delay = min(delay * 2, 10.0)
+                logger.warning("db.still_unreachable", error=describe_error(error), retry_in=delay)
             except Exception as error:
-                logger.error(
-                    "database reachable but the connection pool cannot start (%s: %s); retrying",
-                    type(error).__name__,
-                    error,
-                )
                 delay = min(delay * 2, 10.0)
-        logger.info("database reachable; connection pool started")
+                logger.error(
+                    "db.pool_start_failed",
+                    detail="the database answers but the connection pool cannot start",
+                    error=describe_error(error),
+                    retry_in=delay,
+                )
+        logger.info("db.pool_started", detail="database reachable; connection pool started")
         self._pool_starter = None
 
     async def close_connection_pool(self) -> None:
@@ -235,8 +246,12 @@ class FlowForgeEngine(PostgresEngine):
             pool, self.pool = self.pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=self.settings.statement_timeout)
-            except CLOSE_ERRORS:
-                logger.warning("pool did not close cleanly; terminating it", exc_info=True)
+            except CLOSE_ERRORS as error:
+                logger.warning(
+                    "db.pool_close_failed",
+                    detail="pool did not close cleanly; terminating it",
+                    error=describe_error(error),
+                )
                 pool.terminate()
 
     async def acquire(self) -> Any:
@@ -246,6 +261,9 @@ class FlowForgeEngine(PostgresEngine):
                 raise DatabaseUnavailableError(NOT_REACHABLE_YET)
             return await self.get_new_connection()
         timeout = self.settings.pool_acquire_timeout
+        # An acquire that finds an idle connection never suspends, so at any
+        # moment another task can see, this counts only the blocked ones.
+        self.acquire_waiting += 1
         try:
             # asyncio.timeout rather than acquire(timeout=): asyncpg implements
             # that with wait_for, a new task per acquire, on every query's path
@@ -256,6 +274,8 @@ class FlowForgeEngine(PostgresEngine):
             raise PoolTimeoutError(
                 f"No database connection became free within {timeout:g}s; try again shortly."
             ) from None
+        finally:
+            self.acquire_waiting -= 1
 
     async def release(self, connection: Any, *, broken: bool = False) -> None:
         """Give a connection back; a broken one is terminated instead of reused.
@@ -269,8 +289,12 @@ class FlowForgeEngine(PostgresEngine):
             else:
                 try:
                     await connection.close()
-                except Exception:
-                    logger.warning("closing a connection failed; terminating it", exc_info=True)
+                except Exception as error:
+                    logger.warning(
+                        "db.close_failed",
+                        detail="closing a connection failed; terminating it",
+                        error=describe_error(error),
+                    )
                     connection.terminate()
             return
         if broken:
@@ -281,8 +305,12 @@ class FlowForgeEngine(PostgresEngine):
                 connection.terminate()
         try:
             await self.pool.release(connection, timeout=self.settings.connect_timeout)
-        except Exception:
-            logger.warning("pool release failed; terminating connection", exc_info=True)
+        except Exception as error:
+            logger.warning(
+                "db.release_failed",
+                detail="pool release failed; terminating connection",
+                error=describe_error(error),
+            )
             with contextlib.suppress(asyncpg.exceptions.InterfaceError):
                 connection.terminate()
 

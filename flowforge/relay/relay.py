@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
@@ -50,9 +49,10 @@ from uuid import UUID
 
 import asyncpg
 
+from flowforge import metrics
 from flowforge.db.engine import DB
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logfmt import logfmt
+from flowforge.logs import describe_error, get_logger
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener
@@ -61,7 +61,7 @@ from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
 from flowforge.settings import Settings
 
-logger = logging.getLogger("flowforge.relay")
+logger = get_logger("flowforge.relay")
 
 STATS_INTERVAL_SECONDS = 60.0
 HOUSEKEEPING_FIRST_RUN_SECONDS = 30.0
@@ -102,6 +102,10 @@ class RelayStats:
         self.published += result.published
         self.failed += result.failed
         self.dead_lettered += result.dead_lettered
+        metrics.RELAY_BATCHES.inc()
+        metrics.RELAY_PUBLISHED.inc(result.published)
+        metrics.RELAY_FAILED.inc(result.failed)
+        metrics.RELAY_DEAD_LETTERED.inc(result.dead_lettered)
 
 
 class Relay:
@@ -162,7 +166,7 @@ class Relay:
                 result.published = await store.mark_published(connection, published)
                 if result.published != len(published):  # pragma: no cover - would be a bug
                     logger.error(
-                        logfmt("relay.mark_mismatch", expected=len(published), got=result.published)
+                        "relay.mark_mismatch", expected=len(published), got=result.published
                     )
             if failures:
                 rows = await store.mark_failed(
@@ -185,18 +189,16 @@ class Relay:
                     }
                     if row["dead_lettered"]:
                         result.dead_lettered += 1
-                        logger.error(logfmt("relay.dead_lettered", **fields_))
+                        logger.error("relay.dead_lettered", **fields_)
                     else:
-                        logger.warning(logfmt("relay.publish_failed", **fields_))
+                        logger.warning("relay.publish_failed", **fields_)
         self.stats.add(result)
         logger.debug(
-            logfmt(
-                "relay.batch",
-                claimed=result.claimed,
-                published=result.published,
-                failed=result.failed,
-                ms=(time.perf_counter() - started) * 1000,
-            )
+            "relay.batch",
+            claimed=result.claimed,
+            published=result.published,
+            failed=result.failed,
+            ms=(time.perf_counter() - started) * 1000,
         )
         return result
 
@@ -225,15 +227,13 @@ class Relay:
             )
         helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_SECONDS, self._log_stats)))
         logger.info(
-            logfmt(
-                "relay.started",
-                publisher=self.publisher.name,
-                batch_size=settings.relay_batch_size,
-                listen=settings.relay_listen,
-                poll_min=settings.relay_poll_min_interval,
-                poll_max=settings.relay_poll_max_interval,
-                max_attempts=settings.outbox_max_attempts,
-            )
+            "relay.started",
+            publisher=self.publisher.name,
+            batch_size=settings.relay_batch_size,
+            listen=settings.relay_listen,
+            poll_min=settings.relay_poll_min_interval,
+            poll_max=settings.relay_poll_max_interval,
+            max_attempts=settings.outbox_max_attempts,
         )
         try:
             await self._publish_loop()
@@ -243,10 +243,8 @@ class Relay:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             logger.info(
-                logfmt(
-                    "relay.stopped",
-                    **{field.name: getattr(self.stats, field.name) for field in fields(self.stats)},
-                )
+                "relay.stopped",
+                **{field.name: getattr(self.stats, field.name) for field in fields(self.stats)},
             )
 
     async def _publish_loop(self) -> None:
@@ -262,20 +260,18 @@ class Relay:
                     claimed = result.claimed
             except BrokerUnavailableError as error:
                 self.stats.broker_errors += 1
-                logger.warning(
-                    logfmt("relay.broker_unavailable", error=str(error), retry_in=error_delay)
-                )
+                metrics.RELAY_ERRORS.labels(cause="broker").inc()
+                logger.warning("relay.broker_unavailable", error=str(error), retry_in=error_delay)
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
                 continue
             except DATABASE_DOWN as error:
                 self.stats.database_errors += 1
+                metrics.RELAY_ERRORS.labels(cause="database").inc()
                 logger.warning(
-                    logfmt(
-                        "relay.database_error",
-                        error=f"{type(error).__name__}: {error}",
-                        retry_in=error_delay,
-                    )
+                    "relay.database_error",
+                    error=describe_error(error),
+                    retry_in=error_delay,
                 )
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
@@ -283,7 +279,8 @@ class Relay:
             except Exception:
                 # A bug (ours or a publisher's): nothing was marked, the batch
                 # rolled back. Keep the process up and retry with back-off.
-                logger.exception(logfmt("relay.unexpected_error", retry_in=error_delay))
+                metrics.RELAY_ERRORS.labels(cause="unexpected").inc()
+                logger.exception("relay.unexpected_error", retry_in=error_delay)
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
                 continue
@@ -316,9 +313,7 @@ class Relay:
             try:
                 await listener.run(self.stopping)
             except Exception:
-                logger.exception(
-                    logfmt("relay.listener_crashed", restart_in=LISTENER_RESTART_SECONDS)
-                )
+                logger.exception("relay.listener_crashed", restart_in=LISTENER_RESTART_SECONDS)
                 await self._pause(LISTENER_RESTART_SECONDS, wakeable=False)
 
     async def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -333,17 +328,15 @@ class Relay:
             try:
                 await asyncio.create_task(job())
             except DATABASE_DOWN as error:
-                logger.warning(
-                    logfmt("relay.housekeeping_failed", error=f"{type(error).__name__}: {error}")
-                )
+                logger.warning("relay.housekeeping_failed", error=describe_error(error))
             except Exception:
-                logger.exception(logfmt("relay.housekeeping_failed"))
+                logger.exception("relay.housekeeping_failed")
 
     async def _reap(self) -> None:
         DB.current_transaction.set(None)
         report = await reap_stuck_runs(self.settings.run_lease_timeout)
         if report.runs:
-            logger.info(logfmt("relay.reaped", runs=len(report.runs)))
+            logger.info("relay.reaped", runs=len(report.runs))
 
     async def _prune(self) -> None:
         DB.current_transaction.set(None)
@@ -353,12 +346,10 @@ class Relay:
         DB.current_transaction.set(None)
         health = await outbox_health()
         logger.info(
-            logfmt(
-                "relay.stats",
-                published=self.stats.published,
-                failed=self.stats.failed,
-                dead_lettered_total=health["dead_lettered"],
-                lag_seconds=health["lag_seconds"],
-                listening=self.listener is not None and self.listener.connected.is_set(),
-            )
+            "relay.stats",
+            published=self.stats.published,
+            failed=self.stats.failed,
+            dead_lettered_total=health["dead_lettered"],
+            lag_seconds=health["lag_seconds"],
+            listening=self.listener is not None and self.listener.connected.is_set(),
         )
