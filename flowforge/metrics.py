@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 NAMESPACE = "flowforge"
 
 # No *_created series: they double the output and Prometheus does not need them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # -- HTTP (the API) ------------------------------------------------------------------
 
