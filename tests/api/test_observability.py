@@ -8,7 +8,9 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -17,7 +19,9 @@ from flowforge.api.app import create_app
 from flowforge.db.engine import DB
 from flowforge.logs import formatter, get_logger
 from tests.api.conftest import Caller, create_workflow
+from tests.live import live_server
 from tests.metrics_support import parse
+from tests.support import json_log_lines
 
 WORKFLOW_ROUTE = "/api/v1/workflows/{workflow_id}"
 
@@ -206,3 +210,57 @@ async def test_without_a_request_id_each_request_gets_its_own(
     first = await logging_client.get("/healthz")
     second = await logging_client.get("/healthz")
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+# -- no secret in any line ------------------------------------------------------------
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` as its password (trust auth accepts any)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}:{password}@{host}"))
+
+
+async def test_no_api_key_password_or_dsn_password_in_any_log_line(
+    database_url: str, admin: Caller, tmp_path: Path
+) -> None:
+    dsn_password = "dsn-Pw-7c1e9b"
+    admin_password = "admin-Pw-log-test-4f8a"
+    log = tmp_path / "uvicorn.log"
+    wrong_key = admin.key[: admin.key.rindex("_") + 1] + "not-the-secret-at-all"
+    with live_server(
+        with_password(database_url, dsn_password),
+        log,
+        LOG_FORMAT="json",
+        FLOWFORGE_ADMIN_PASSWORD=admin_password,
+    ) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+            created = await client.post(
+                "/api/v1/api-keys",
+                json={"name": "laptop", "scopes": ["read"]},
+                headers=admin.headers,
+            )
+            assert created.status_code == 201
+            new_key = created.json()["key"]
+            listed = await client.get("/api/v1/users", headers=admin.headers)
+            assert listed.status_code == 200
+            refused = await client.get(
+                "/api/v1/users", headers={"Authorization": f"Bearer {wrong_key}"}
+            )
+            assert refused.status_code == 401
+            # Careless clients: a key in the query string, a key as the request id.
+            in_query = await client.get(f"/api/v1/workflows?api_key={new_key}")
+            assert in_query.status_code == 401
+            as_request_id = await client.get("/healthz", headers={"X-Request-ID": new_key})
+            assert as_request_id.headers["x-request-id"] == new_key  # echoed to its sender
+    text = log.read_text()
+    lines = json_log_lines(text)
+    access = [line for line in lines if line["event"] == "http.request"]
+    assert len(access) >= 5  # the lines were written: they hold no secret below
+    secrets = [admin.key, new_key, wrong_key, dsn_password, admin_password]
+    secrets += [key.rpartition("_")[2] for key in (admin.key, new_key, wrong_key)]
+    for secret in secrets:
+        assert secret not in text
+    masked = [line["request_id"] for line in access if line["path"] == "/healthz"]
+    assert masked == [new_key.rpartition("_")[0] + "_***"]
