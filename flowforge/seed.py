@@ -1,38 +1,36 @@
 """Development seed data: `piccolo flowforge seed`.
 
 3 users (admin, developer, viewer), 5 workflows with steps, 10 runs in mixed
-statuses with their step logs, and the outbox events those changes emit.
+statuses with their step attempts.
 
-Idempotent by construction: every row has a deterministic id (UUIDv5) and
-fixed timestamps, and is upserted on that id, so a second run rewrites the
-same values (seed rows edited by hand are restored; other data is untouched).
-Events are immutable facts: they are inserted once and never rewritten, so a
-relay's ``published_at`` survives a re-seed.
+Written through the domain functions the API uses (``users.create_user``,
+``workflows.create_workflow``, ``runs.trigger_run`` / ``transition_run`` /
+``append_step_log``), so every row has exactly the events a real one has, and
+every timestamp is the database's clock at seeding time: the relay publishes
+the events at once (no months of outbox lag), the reaper leaves the running
+runs alone for ``RUN_LEASE_TIMEOUT`` like any other run, and nothing is old
+enough to be pruned.
+
+Idempotent by natural keys (the domain functions choose ids, as for the API):
+a user is found by email, a workflow by owner and name, a run by its
+workflow and ``Idempotency-Key`` (``seed-<n>``). What exists is left as it is,
+so a second seed writes nothing and emits no event, and a seed row that was
+edited, advanced or pruned is never overwritten or brought back without its
+events: a run that is gone is triggered again as a new run, with all of its
+events. Each run is written in a transaction of its own, so runs are
+ordered in time like real ones.
 """
 
 from __future__ import annotations
 
-import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid5
+from uuid import UUID
 
-from flowforge import events
+from flowforge import runs, users, workflows
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, RunStatus, TriggerType
-from flowforge.jsonutil import dumps
-
-NAMESPACE = UUID("6f1c0c56-3f0e-4f57-9a43-4b0b7b3f5e10")
-EPOCH = datetime.datetime(2026, 1, 5, 9, 0, tzinfo=datetime.UTC)
-
-
-def seed_id(*parts: object) -> UUID:
-    return uuid5(NAMESPACE, ":".join(str(part) for part in parts))
-
-
-def at(minutes: float) -> datetime.datetime:
-    return EPOCH + datetime.timedelta(minutes=minutes)
-
+from flowforge.errors import WorkflowInactiveError
 
 USERS = [
     ("admin@flowforge.local", "Ada Admin", Role.ADMIN),
@@ -122,290 +120,185 @@ RUNS: list[tuple[int, RunStatus, int | None]] = [
 
 
 @dataclass
-class SeedData:
-    users: list[tuple[Any, ...]]
-    workflows: list[tuple[Any, ...]]
-    steps: list[tuple[Any, ...]]
-    runs: list[tuple[Any, ...]]
-    logs: list[tuple[Any, ...]]
-    events: list[tuple[Any, ...]]
+class SeedReport:
+    """What one seed run created (0 everywhere when run again)."""
 
+    users: int = 0
+    workflows: int = 0
+    runs: int = 0
+    step_logs: int = 0
+    skipped: list[str] = field(default_factory=list)
 
-def build() -> SeedData:
-    """Every seed row, computed (no I/O): the same on every call."""
-    data = SeedData([], [], [], [], [], [])
-    user_ids = {email: seed_id("user", email) for email, _, _ in USERS}
-    for index, (email, name, role) in enumerate(USERS):
-        created = at(index)
-        data.users.append((user_ids[email], email, name, role.value, True, created))
-        data.events.append(
-            (
-                seed_id("event", "user.created", email),
-                events.USER,
-                user_ids[email],
-                "user.created",
-                dumps({"user_id": user_ids[email], "email": email, "role": role.value}),
-                created,
-            )
+    def describe(self) -> str:
+        return (
+            f"seeded: {self.users} users, {self.workflows} workflows, {self.runs} runs, "
+            f"{self.step_logs} step logs (new; existing seed data is left as it is)"
         )
 
-    workflow_steps: list[list[tuple[UUID, int, str]]] = []
-    for index, (name, owner, trigger, trigger_config, steps) in enumerate(WORKFLOWS):
-        workflow_id = seed_id("workflow", name)
-        created = at(60 + index)
-        data.workflows.append(
-            (
-                workflow_id,
-                user_ids[owner],
-                name,
-                f"Seeded example: {name.lower()}.",
-                trigger.value,
-                dumps(trigger_config),
-                True,
-                created,
-            )
-        )
-        these_steps = []
-        for position, (step_name, action, config) in enumerate(steps):
-            step_id = seed_id("step", name, position)
-            these_steps.append((step_id, position, step_name))
-            data.steps.append(
-                (
-                    step_id,
-                    workflow_id,
-                    position,
-                    step_name,
-                    action,
-                    dumps(config),
-                    dumps(RETRY_POLICY),
-                    created,
-                )
-            )
-        workflow_steps.append(these_steps)
-        data.events.append(
-            (
-                seed_id("event", "workflow.created", name),
-                events.WORKFLOW,
-                workflow_id,
-                "workflow.created",
-                dumps(
-                    {
-                        "workflow_id": workflow_id,
-                        "owner_id": user_ids[owner],
-                        "name": name,
-                        "trigger_type": trigger.value,
-                        "step_count": len(steps),
-                    }
-                ),
-                created,
-            )
-        )
 
-    for number, (workflow_index, status, failing_position) in enumerate(RUNS):
-        _add_run(data, number, workflow_index, status, failing_position, workflow_steps)
-    return data
+FIND_USER = "SELECT id FROM users WHERE lower(email) = lower($1)"
+FIND_WORKFLOW = """
+SELECT id, trigger_type FROM workflows WHERE owner_id = $1 AND name = $2
+ORDER BY created_at, id LIMIT 1
+"""
 
 
-def _add_run(
-    data: SeedData,
-    number: int,
-    workflow_index: int,
-    status: RunStatus,
-    failing_position: int | None,
-    workflow_steps: list[list[tuple[UUID, int, str]]],
-) -> None:
-    workflow_id = data.workflows[workflow_index][0]
-    owner_id = data.workflows[workflow_index][1]
-    trigger = data.workflows[workflow_index][4]
-    run_id = seed_id("run", number)
-    created = at(24 * 60 + number * 90)
-    started = created + datetime.timedelta(seconds=5) if status is not RunStatus.PENDING else None
-    if status is RunStatus.CANCELLED:
-        started = None  # cancelled while still pending
-    clock = started or created
-    error = None
+async def _ensure_user(email: str, name: str, role: Role, report: SeedReport) -> UUID:
+    connection = DB.require_transaction().connection
+    found: UUID | None = await connection.fetchval(FIND_USER, email)
+    if found is not None:
+        return found
+    report.users += 1
+    user = await users.create_user(email, name, role)
+    user_id: UUID = user["id"]
+    return user_id
 
-    def event(
-        new: RunStatus,
-        previous: RunStatus | None,
-        when: datetime.datetime,
-        finished: datetime.datetime | None = None,
-        error: str | None = None,
-    ) -> None:
-        kind = events.RUN_EVENT_BY_STATUS[new.value]
-        run = {
-            "id": run_id,
-            "workflow_id": workflow_id,
-            "status": new.value,
-            "error": error,
-            "started_at": started,
-            "finished_at": finished,
+
+async def _ensure_workflows(report: SeedReport) -> list[tuple[UUID, UUID, TriggerType]]:
+    """Users and workflows (one transaction); returns (workflow id, owner id, trigger)."""
+    ensured: list[tuple[UUID, UUID, TriggerType]] = []
+    async with DB.transaction() as transaction:
+        user_ids = {
+            email: await _ensure_user(email, name, role, report) for email, name, role in USERS
         }
-        payload = events.run_payload(run, previous.value if previous else None)
-        data.events.append(
-            (
-                seed_id("event", kind, run_id),
-                events.WORKFLOW_RUN,
-                run_id,
-                kind,
-                dumps(payload),
-                when,
-            )
-        )
-
-    event(RunStatus.PENDING, None, created)
-    if started is not None:
-        event(RunStatus.RUNNING, RunStatus.PENDING, started)
-        steps = workflow_steps[workflow_index]
-        # A running run is part-way through: its last step is still running.
-        last = len(steps) - 1 if status is RunStatus.RUNNING else None
-        for step_id, position, step_name in steps:
-            attempts = (
-                2 if position == failing_position or (position == 0 and number % 3 == 0) else 1
-            )
-            if position == failing_position:
-                attempts = 3
-            for attempt in range(1, attempts + 1):
-                step_started = clock
-                clock = clock + datetime.timedelta(seconds=3)
-                if position == last and attempt == attempts:
-                    log_status, finished, log_error = RunStatus.RUNNING, None, None
-                elif attempt < attempts or position == failing_position:
-                    log_status, finished = RunStatus.FAILED, clock
-                    log_error = f"{step_name}: upstream timed out (attempt {attempt})"
-                else:
-                    log_status, finished, log_error = RunStatus.COMPLETED, clock, None
-                data.logs.append(
-                    (
-                        seed_id("log", run_id, position, attempt),
-                        run_id,
-                        step_id,
-                        position,
-                        step_name,
-                        attempt,
-                        log_status.value,
-                        dumps({"attempt": attempt}),
-                        dumps({"ok": True}) if log_status is RunStatus.COMPLETED else None,
-                        log_error,
-                        step_started,
-                        finished,
-                        step_started,
+        for name, owner, trigger, trigger_config, steps in WORKFLOWS:
+            owner_id = user_ids[owner]
+            row = await transaction.connection.fetchrow(FIND_WORKFLOW, owner_id, name)
+            if row is None:
+                report.workflows += 1
+                created = await workflows.create_workflow(
+                    workflows.WorkflowSpec(
+                        owner_id=owner_id,
+                        name=name,
+                        description=f"Seeded example: {name.lower()}.",
+                        trigger_type=trigger,
+                        trigger_config=trigger_config,
+                        steps=[
+                            workflows.StepSpec(
+                                position=position,
+                                name=step_name,
+                                action_type=action,
+                                config=config,
+                                retry_policy=RETRY_POLICY,
+                            )
+                            for position, (step_name, action, config) in enumerate(steps)
+                        ],
                     )
                 )
-                error = log_error or error
-            if position in (failing_position, last):
-                break
-    finished = clock if status.is_terminal else None
-    if status is RunStatus.COMPLETED:
-        event(status, RunStatus.RUNNING, clock, finished=finished)
-    elif status is RunStatus.FAILED:
-        event(status, RunStatus.RUNNING, clock, finished=finished, error=error)
-    elif status is RunStatus.CANCELLED:
-        finished = created + datetime.timedelta(minutes=1)
-        event(status, RunStatus.PENDING, finished, finished=finished)
-    data.runs.append(
-        (
-            run_id,
-            workflow_id,
-            status.value,
-            trigger,
-            owner_id,
-            dumps({"run_number": number}),
-            dumps({"ok": True}) if status is RunStatus.COMPLETED else None,
-            error if status is RunStatus.FAILED else None,
-            f"seed-{number}",
-            started,
-            finished,
-            created,
+                ensured.append((created["id"], owner_id, trigger))
+            else:
+                ensured.append((row["id"], owner_id, TriggerType(row["trigger_type"])))
+    return ensured
+
+
+def _attempts(number: int, position: int, failing_position: int | None) -> int:
+    if position == failing_position:
+        return 3
+    return 2 if position == 0 and number % 3 == 0 else 1
+
+
+async def _log_attempts(
+    run_id: UUID,
+    number: int,
+    status: RunStatus,
+    failing_position: int | None,
+    step_names: list[str],
+) -> tuple[int, str | None]:
+    """Log the run's step attempts as an executor would; returns (count, last error)."""
+    logged = 0
+    error: str | None = None
+    # A running run is part-way through: its last step is still running.
+    last = len(step_names) - 1 if status is RunStatus.RUNNING else None
+    for position, step_name in enumerate(step_names):
+        attempts = _attempts(number, position, failing_position)
+        for attempt in range(1, attempts + 1):
+            if position == last and attempt == attempts:
+                outcome, output, attempt_error = RunStatus.RUNNING, None, None
+            elif attempt < attempts or position == failing_position:
+                outcome, output = RunStatus.FAILED, None
+                attempt_error = f"{step_name}: upstream timed out (attempt {attempt})"
+            else:
+                outcome, output, attempt_error = RunStatus.COMPLETED, {"ok": True}, None
+            await runs.append_step_log(
+                run_id,
+                step_position=position,
+                status=outcome,
+                input={"attempt": attempt},
+                output=output,
+                error=attempt_error,
+            )
+            logged += 1
+            error = attempt_error or error
+        if position in (failing_position, last):
+            break
+    return logged, error
+
+
+async def _seed_run(
+    number: int,
+    workflow: tuple[UUID, UUID, TriggerType],
+    status: RunStatus,
+    failing_position: int | None,
+    step_names: list[str],
+    report: SeedReport,
+) -> None:
+    """Trigger run `number` and take it to `status`, in one transaction, unless it exists."""
+    workflow_id, owner_id, trigger = workflow
+    async with DB.transaction():
+        try:
+            run, created = await runs.trigger_run(
+                workflow_id,
+                inputs={"run_number": number},
+                trigger_type=trigger,
+                triggered_by=owner_id,
+                idempotency_key=f"seed-{number}",
+            )
+        except WorkflowInactiveError:
+            report.skipped.append(f"run seed-{number}: its workflow is deactivated")
+            return
+        if not created:
+            return
+        report.runs += 1
+        run_id = run["id"]
+        if status is RunStatus.PENDING:
+            return
+        if status is RunStatus.CANCELLED:
+            await runs.transition_run(run_id, "cancel", error="Superseded by a newer run.")
+            return
+        await runs.transition_run(run_id, "start")
+        logged, error = await _log_attempts(run_id, number, status, failing_position, step_names)
+        report.step_logs += logged
+        if status is RunStatus.COMPLETED:
+            await runs.transition_run(run_id, "complete", outputs={"ok": True})
+        elif status is RunStatus.FAILED:
+            await runs.transition_run(run_id, "fail", error=error or "failed")
+
+
+async def write() -> SeedReport:
+    """Create whatever seed data is missing; returns what was created."""
+    report = SeedReport()
+    ensured = await _ensure_workflows(report)
+    for number, (workflow_index, status, failing_position) in enumerate(RUNS):
+        step_names = [step[0] for step in WORKFLOWS[workflow_index][4]]
+        await _seed_run(
+            number, ensured[workflow_index], status, failing_position, step_names, report
         )
-    )
-
-
-UPSERTS = {
-    "users": """
-        INSERT INTO users (id, email, display_name, role, is_active, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $6)
-        ON CONFLICT (id) DO UPDATE SET email = EXCLUDED.email,
-            display_name = EXCLUDED.display_name, role = EXCLUDED.role,
-            is_active = EXCLUDED.is_active, created_at = EXCLUDED.created_at
-    """,
-    "workflows": """
-        INSERT INTO workflows (id, owner_id, name, description, trigger_type, trigger_config,
-                               is_active, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $8)
-        ON CONFLICT (id) DO UPDATE SET owner_id = EXCLUDED.owner_id, name = EXCLUDED.name,
-            description = EXCLUDED.description, trigger_type = EXCLUDED.trigger_type,
-            trigger_config = EXCLUDED.trigger_config, is_active = EXCLUDED.is_active,
-            created_at = EXCLUDED.created_at
-    """,
-    "workflow_steps": """
-        INSERT INTO workflow_steps (id, workflow_id, position, name, action_type, config,
-                                    retry_policy, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $8)
-        ON CONFLICT (id) DO UPDATE SET workflow_id = EXCLUDED.workflow_id,
-            position = EXCLUDED.position, name = EXCLUDED.name,
-            action_type = EXCLUDED.action_type, config = EXCLUDED.config,
-            retry_policy = EXCLUDED.retry_policy, created_at = EXCLUDED.created_at
-    """,
-    "workflow_runs": """
-        INSERT INTO workflow_runs (id, workflow_id, status, trigger_type, triggered_by_user_id,
-                                   inputs, outputs, error, idempotency_key, started_at,
-                                   finished_at, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12, $12)
-        ON CONFLICT (id) DO UPDATE SET workflow_id = EXCLUDED.workflow_id,
-            status = EXCLUDED.status, trigger_type = EXCLUDED.trigger_type,
-            triggered_by_user_id = EXCLUDED.triggered_by_user_id, inputs = EXCLUDED.inputs,
-            outputs = EXCLUDED.outputs, error = EXCLUDED.error,
-            idempotency_key = EXCLUDED.idempotency_key, started_at = EXCLUDED.started_at,
-            finished_at = EXCLUDED.finished_at, created_at = EXCLUDED.created_at
-    """,
-    "run_step_logs": """
-        INSERT INTO run_step_logs (id, run_id, step_id, step_position, step_name, attempt,
-                                   status, input, output, error, started_at, finished_at,
-                                   created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11, $12, $13, $13)
-        ON CONFLICT (id) DO UPDATE SET run_id = EXCLUDED.run_id, step_id = EXCLUDED.step_id,
-            step_position = EXCLUDED.step_position, step_name = EXCLUDED.step_name,
-            attempt = EXCLUDED.attempt, status = EXCLUDED.status, input = EXCLUDED.input,
-            output = EXCLUDED.output, error = EXCLUDED.error, started_at = EXCLUDED.started_at,
-            finished_at = EXCLUDED.finished_at, created_at = EXCLUDED.created_at
-    """,
-    "outbox": """
-        INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, created_at,
-                            updated_at)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6)
-        ON CONFLICT (id) DO NOTHING
-    """,
-}
-
-
-async def write(data: SeedData) -> dict[str, int]:
-    """Upsert the seed rows in the current transaction; returns rows per table."""
-    connection = DB.require_transaction().connection
-    batches = {
-        "users": data.users,
-        "workflows": data.workflows,
-        "workflow_steps": data.steps,
-        "workflow_runs": data.runs,
-        "run_step_logs": data.logs,
-        "outbox": data.events,
-    }
-    for table, rows in batches.items():
-        await connection.executemany(UPSERTS[table], rows)
-    return {table: len(rows) for table, rows in batches.items()}
+    return report
 
 
 async def seed() -> None:
-    """Create (or restore) the development seed data. Safe to run repeatedly.
+    """Create the development seed data (users, workflows, runs). Safe to run repeatedly.
 
     Also gives the seeded admin an API key (once) and ensures the Piccolo Admin
     login (flowforge/bootstrap.py), so a new user can call the API right away.
     """
     from flowforge import bootstrap
 
+    report = await write()
     async with DB.transaction():
-        counts = await write(build())
         key_message = await bootstrap.ensure_bootstrap_key()
-    print("seeded: " + ", ".join(f"{count} {table}" for table, count in counts.items()))
+    print(report.describe())
+    for note in report.skipped:
+        print(f"  skipped {note}")
     print(key_message)
     await bootstrap.create_admin_login()

@@ -42,6 +42,8 @@ def create_app() -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         static_url=DOCS_ASSETS_URL,
+        # Swagger UI would send the spec to validator.swagger.io for its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
