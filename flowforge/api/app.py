@@ -6,19 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 
 from flowforge import metrics
 from flowforge.api import health, observability, routes
 from flowforge.api.admin import build_admin
+from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
 from flowforge.db.engine import DB, check_configuration
 from flowforge.logs import configure_logging
-
-# Swagger UI and ReDoc come from the fastapi-offline package's own copies,
-# served by this app: /docs and /redoc work without internet (no CDN).
-DOCS_ASSETS_URL = "/docs/assets"
 
 
 @asynccontextmanager
@@ -36,14 +32,13 @@ def create_app() -> FastAPI:
     check_configuration()  # bad settings stop start-up here, with a readable message
     configure_logging()
     metrics.register_pool(DB)
-    app = FastAPIOffline(
+    app = FastAPI(
         title="FlowForge",
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
-        static_url=DOCS_ASSETS_URL,
-        # Swagger UI would send the spec to validator.swagger.io for its badge.
-        swagger_ui_parameters={"validatorUrl": None},
+        docs_url=None,  # FastAPI's pages load their assets from a CDN:
+        redoc_url=None,  # install_docs serves local copies instead
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
@@ -51,6 +46,7 @@ def create_app() -> FastAPI:
     app.add_middleware(observability.RequestObservability)
     app.include_router(health.router)
     app.include_router(observability.router)
+    install_docs(app)
     app.include_router(routes.router)
     app.mount("/admin/", build_admin())
     return app
