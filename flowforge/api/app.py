@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from flowforge import metrics
 from flowforge.api import health, observability, routes
@@ -28,11 +29,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await DB.close_connection_pool()
 
 
+class FlowForgeAPI(FastAPI):
+    """FastAPI with request ids, access lines and request metrics around everything."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's ServerErrorMiddleware (which add_middleware cannot
+        # reach): unhandled errors' 500s get the request id header, are counted,
+        # and their error line is logged with the request id.
+        return observability.RequestObservability(super().build_middleware_stack())
+
+
 def create_app() -> FastAPI:
     check_configuration()  # bad settings stop start-up here, with a readable message
     configure_logging()
     metrics.register_pool(DB)
-    app = FastAPI(
+    app = FlowForgeAPI(
         title="FlowForge",
         version="0.1.0",
         description=API_DESCRIPTION,
@@ -42,8 +53,6 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
-    # Outermost: its request id and timing cover everything inside, 413s included.
-    app.add_middleware(observability.RequestObservability)
     app.include_router(health.router)
     app.include_router(observability.router)
     install_docs(app)

@@ -115,12 +115,14 @@ class RequestObservability:
         request_id = request_id_from(scope["headers"])
         templates = self._templates_of(scope)
         status = 500  # what the server answers if the app raises before responding
+        response_started = False
         tokens = bound_request_context(request_id=request_id)
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = [
                     (name, value)
                     for name, value in message.get("headers", [])
@@ -132,6 +134,14 @@ class RequestObservability:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Starlette's ServerErrorMiddleware answered (the app's handler
+            # logged a bug's traceback, or translated a driver error) and then
+            # re-raises for the server to log it again, without the request
+            # id and as a traceback even for a translated 503. Once a response
+            # went out, the error is handled: stop it here.
+            if not response_started:
+                raise
         finally:
             duration = time.perf_counter() - started
             route = route_template(scope, templates)

@@ -150,6 +150,10 @@ async def logging_client(db: None) -> AsyncIterator[httpx.AsyncClient]:
         logging.getLogger("some.library").warning("a plain stdlib line")
         return {"ok": True}
 
+    @app.get("/_test/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
         app.router.lifespan_context(app),
@@ -186,6 +190,21 @@ async def test_request_id_is_accepted_returned_and_on_every_line_the_request_cau
     assert access["timestamp"].endswith("Z")
 
 
+async def test_an_unhandled_error_is_one_line_with_its_request_id_and_a_500_with_the_header(
+    logging_client: httpx.AsyncClient, json_lines: io.StringIO
+) -> None:
+    response = await logging_client.get("/_test/boom", headers={"X-Request-ID": "boom-1"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "boom-1"
+    lines = lines_of(json_lines)
+    assert {line.get("request_id") for line in lines if line["logger"] != "httpx"} == {"boom-1"}
+    (error,) = [line for line in lines if "exception" in line]
+    assert error["level"] == "error"
+    assert "RuntimeError: a bug" in error["exception"]
+    (access,) = [line for line in lines if line["event"] == "http.request"]
+    assert (access["route"], access["status"]) == ("/_test/boom", 500)
+
+
 @pytest.mark.parametrize(
     "sent",
     ["x" * 129, "has space", "semi;colon", "nul\x00byte", "émoji", ""],
@@ -215,6 +234,11 @@ async def test_without_a_request_id_each_request_gets_its_own(
 # -- no secret in any line ------------------------------------------------------------
 
 
+def key_prefix(key: str) -> str:
+    """``ff_<prefix>`` of ``ff_<prefix>_<secret>`` (the secret may contain ``_``)."""
+    return "_".join(key.split("_", 2)[:2])
+
+
 def with_password(url: str, password: str) -> str:
     """`url` with `password` as its password (trust auth accepts any)."""
     parts = urlsplit(url)
@@ -228,7 +252,7 @@ async def test_no_api_key_password_or_dsn_password_in_any_log_line(
     dsn_password = "dsn-Pw-7c1e9b"
     admin_password = "admin-Pw-log-test-4f8a"
     log = tmp_path / "uvicorn.log"
-    wrong_key = admin.key[: admin.key.rindex("_") + 1] + "not-the-secret-at-all"
+    wrong_key = f"{key_prefix(admin.key)}_not-the-secret-at-all"
     with live_server(
         with_password(database_url, dsn_password),
         log,
@@ -259,8 +283,8 @@ async def test_no_api_key_password_or_dsn_password_in_any_log_line(
     access = [line for line in lines if line["event"] == "http.request"]
     assert len(access) >= 5  # the lines were written: they hold no secret below
     secrets = [admin.key, new_key, wrong_key, dsn_password, admin_password]
-    secrets += [key.rpartition("_")[2] for key in (admin.key, new_key, wrong_key)]
+    secrets += [key.split("_", 2)[2] for key in (admin.key, new_key, wrong_key)]
     for secret in secrets:
         assert secret not in text
     masked = [line["request_id"] for line in access if line["path"] == "/healthz"]
-    assert masked == [new_key.rpartition("_")[0] + "_***"]
+    assert masked == [f"{key_prefix(new_key)}_***"]
