@@ -48,7 +48,7 @@ from flowforge.relay.status import outbox_health
 access_log = get_logger("flowforge.access")
 logger = get_logger("flowforge.metrics")
 
-REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 UNMATCHED = "<unmatched>"
 OUTBOX_PROBE_TIMEOUT_SECONDS = 2.0
@@ -57,7 +57,7 @@ OUTBOX_PROBE_TIMEOUT_SECONDS = 2.0
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID when it is safe to log and echo, else a new one."""
     for name, value in headers:
-        if name == b"x-request-id":
+        if name == REQUEST_ID_HEADER:
             try:
                 text = value.decode("ascii")
             except UnicodeDecodeError:
@@ -126,9 +126,9 @@ class RequestObservability:
                 headers = [
                     (name, value)
                     for name, value in message.get("headers", [])
-                    if name.lower() != b"x-request-id"
+                    if name.lower() != REQUEST_ID_HEADER
                 ]
-                headers.append((b"x-request-id", request_id.encode("ascii")))
+                headers.append((REQUEST_ID_HEADER, request_id.encode("ascii")))
                 message = {**message, "headers": headers}
             await send(message)
 
