@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 import uuid
@@ -94,6 +95,14 @@ def route_template(scope: Scope, templates: dict[int, str]) -> str:
     return templates.get(id(route), UNMATCHED)
 
 
+@functools.lru_cache(maxsize=4096)
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter's and histogram's children for these labels (``labels()``
+    costs more than the increment; label values are bounded, so this cache is too)."""
+    labels = {"method": method, "route": route, "status": str(status)}
+    return metrics.HTTP_REQUESTS.labels(**labels), metrics.HTTP_DURATION.labels(**labels)
+
+
 class RequestObservability:
     """Request id, access log line and request metrics for every HTTP request."""
 
@@ -145,9 +154,9 @@ class RequestObservability:
         finally:
             duration = time.perf_counter() - started
             route = route_template(scope, templates)
-            labels = {"method": scope["method"], "route": route, "status": str(status)}
-            metrics.HTTP_REQUESTS.labels(**labels).inc()
-            metrics.HTTP_DURATION.labels(**labels).observe(duration)
+            counter, histogram = _series(scope["method"], route, status)
+            counter.inc()
+            histogram.observe(duration)
             access_log.info(
                 "http.request",
                 method=scope["method"],
