@@ -77,22 +77,47 @@ def route_templates(routes: Sequence[BaseRoute], prefix: str = "") -> dict[int, 
     the template comes from its route contexts (what the OpenAPI builder reads).
     """
     templates: dict[int, str] = {}
+    endpoints: dict[int, str | None] = {}
     for context in iter_route_contexts(routes):
         route = context.original_route
         path = context.path_format or getattr(route, "path", "")
         templates[id(route)] = f"{prefix}{path}"
+        # Plain Starlette routes of an included context (e.g. /openapi.json)
+        # reach the scope as another object: their endpoint names them, when
+        # no other route shares it.
+        endpoint = getattr(route, "endpoint", None)
+        if endpoint is not None:
+            key = id(endpoint)
+            endpoints[key] = None if key in endpoints else f"{prefix}{path}"
         inner = getattr(getattr(route, "app", None), "routes", None)
         if isinstance(route, Mount) and inner:
             templates.update(route_templates(inner, f"{prefix}{route.path}"))
+    for key, template in endpoints.items():
+        if template is not None:
+            templates.setdefault(key, template)
     return templates
 
 
-def route_template(scope: Scope, templates: dict[int, str]) -> str:
-    """The matched route's template: bounded label values, never a raw path."""
+def route_template(scope: Scope, templates: dict[int, str], root_path: str) -> str:
+    """The matched route's template: bounded label values, never a raw path.
+
+    FastAPI sets ``scope["route"]`` for routes, not for mounts: a request
+    answered by a mounted app without routes of its own (static files, a
+    sub-application) is labelled with its mount's template, found through the
+    ``root_path`` the mount added, e.g. ``/docs/assets/{path}``.
+    """
     route = scope.get("route")
-    if route is None:
-        return UNMATCHED
-    return templates.get(id(route), UNMATCHED)
+    if route is not None and id(route) in templates:
+        return templates[id(route)]
+    endpoint = scope.get("endpoint")
+    if endpoint is not None and id(endpoint) in templates:
+        return templates[id(endpoint)]
+    mounted = str(scope.get("root_path", ""))[len(root_path) :]
+    if mounted:
+        template = f"{mounted}/{{path}}"
+        if template in templates.values():  # a known mount, not a raw path
+            return template
+    return UNMATCHED
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,6 +148,7 @@ class RequestObservability:
         started = time.perf_counter()
         request_id = request_id_from(scope["headers"])
         templates = self._templates_of(scope)
+        root_path = str(scope.get("root_path", ""))
         status = 500  # what the server answers if the app raises before responding
         response_started = False
         tokens = bound_request_context(request_id=request_id)
@@ -153,7 +179,7 @@ class RequestObservability:
                 raise
         finally:
             duration = time.perf_counter() - started
-            route = route_template(scope, templates)
+            route = route_template(scope, templates, root_path)
             counter, histogram = _series(scope["method"], route, status)
             counter.inc()
             histogram.observe(duration)

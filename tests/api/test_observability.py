@@ -57,6 +57,8 @@ async def test_requests_are_counted_and_timed_by_route_template_and_status(
     missing = await client.get(f"/api/v1/workflows/{uuid.uuid4()}", headers=developer.headers)
     assert missing.status_code == 404
     assert (await client.get("/no/such/path")).status_code == 404
+    assert (await client.get("/docs/assets/favicon.png")).status_code == 200
+    assert (await client.get("/openapi.json")).status_code == 200
     after = await scrape(client)
 
     assert requests_of(after, WORKFLOW_ROUTE, 200) - requests_of(before, WORKFLOW_ROUTE, 200) == 2
@@ -65,8 +67,15 @@ async def test_requests_are_counted_and_timed_by_route_template_and_status(
         latency_count(after, WORKFLOW_ROUTE, 200) - latency_count(before, WORKFLOW_ROUTE, 200) == 2
     )
     assert requests_of(after, "<unmatched>", 404) - requests_of(before, "<unmatched>", 404) == 1
+    # A mounted app without routes of its own: its mount's template.
+    assets = "/docs/assets/{path}"
+    assert requests_of(after, assets, 200) - requests_of(before, assets, 200) == 1
+    spec = "/openapi.json"  # a plain Starlette route
+    assert requests_of(after, spec, 200) - requests_of(before, spec, 200) == 1
     # Templates only: no raw path (an id) ever becomes a label value.
-    assert not [key for key in after if workflow["id"] in key or "/no/such" in key]
+    assert not [
+        key for key in after if workflow["id"] in key or "/no/such" in key or "favicon" in key
+    ]
     # The scrape itself is counted under its route.
     assert requests_of(after, "/metrics", 200) >= 1
 
