@@ -14,6 +14,7 @@ from flowforge.api.admin import build_admin
 from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
+from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
 from flowforge.logs import configure_logging
 
@@ -23,9 +24,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Starting the pool does not fail when PostgreSQL is down: the app serves
     # /healthz, answers 503 elsewhere, and connects once the database is back.
     await DB.start_connection_pool()
+    read_replicas = replicas.configure(DB.settings)
+    await read_replicas.start()
     try:
         yield
     finally:
+        await read_replicas.stop()
         await DB.close_connection_pool()
 
 
@@ -53,6 +57,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(replicas.ReplicaRouting)
     app.include_router(health.router)
     app.include_router(observability.router)
     install_docs(app)
