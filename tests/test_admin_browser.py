@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
 from tests.live import live_server
 from tests.support import REPO_ROOT

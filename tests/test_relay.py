@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 
 from flowforge.db.engine import DB
+from flowforge.outbox_status import outbox_health, outbox_status, requeue_dead_letters
 from flowforge.relay import store
 from flowforge.relay.publishers import (
     BrokerUnavailableError,
@@ -24,7 +25,6 @@ from flowforge.relay.publishers import (
     create_publisher,
 )
 from flowforge.relay.relay import Relay
-from flowforge.relay.status import outbox_health, outbox_status, requeue_dead_letters
 from flowforge.settings import PublisherKind
 from tests import relay_support as rs
 

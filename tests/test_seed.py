@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
 from tests import support
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from flowforge.db.readiness import NotReadyError, check_database
-from flowforge.relay.status import outbox_health
+from flowforge.outbox_status import outbox_health
 
 logger = logging.getLogger(__name__)
 

@@ -2,10 +2,8 @@
 
 from piccolo.conf.apps import AppConfig, Command
 
-from flowforge import cli
-from flowforge.bootstrap import create_admin_login, create_api_key
+from flowforge.commands import COMMANDS
 from flowforge.db.tables import TABLES
-from flowforge.seed import seed
 from flowforge.settings import REPO_ROOT
 
 APP_CONFIG = AppConfig(
@@ -15,11 +13,6 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(REPO_ROOT / "piccolo_migrations"),
     table_classes=list(TABLES),
     migration_dependencies=[],
-    commands=[
-        Command(callable=seed, aliases=["seed-data"]),
-        Command(callable=create_api_key),
-        Command(callable=create_admin_login),
-        # Relay, status, requeue, prune, reap (issue 4).
-        *(Command(callable=command) for command in cli.COMMANDS),
-    ],
+    # The commands live in flowforge/commands/ (the only code that prints or exits).
+    commands=[Command(callable=command, aliases=aliases) for command, aliases in COMMANDS],
 )

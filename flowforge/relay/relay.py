@@ -53,11 +53,11 @@ import asyncpg
 from flowforge.db.engine import DB
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.logfmt import logfmt
+from flowforge.outbox_status import outbox_health
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
-from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
 from flowforge.settings import Settings
 

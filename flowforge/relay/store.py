@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from flowforge.relay.publishers import OutboxEvent
+from flowforge.relay.event import OutboxEvent
 
 
 def _event_columns(alias: str) -> str:

@@ -399,9 +399,9 @@ async def seed() -> None:
     """Create (or restore) the development seed data. Safe to run repeatedly.
 
     Also gives the seeded admin an API key (once) and ensures the Piccolo Admin
-    login (flowforge/bootstrap.py), so a new user can call the API right away.
+    login (flowforge/commands/bootstrap.py), so a new user can call the API right away.
     """
-    from flowforge import bootstrap
+    from flowforge.commands import bootstrap
 
     async with DB.transaction():
         counts = await write(build())
