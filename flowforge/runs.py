@@ -27,7 +27,8 @@ from typing import Any, Final
 from uuid import UUID
 
 from flowforge.db.engine import DB
-from flowforge.db.tables import RunStatus, TriggerType
+from flowforge.db.queries import column_list
+from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
 from flowforge.errors import (
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -36,20 +37,45 @@ from flowforge.errors import (
 )
 from flowforge.jsonutil import dumps, loads
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.workflows import visible_workflow
 
-RUN_COLUMNS: Final = (
-    "id, workflow_id, status, trigger_type, triggered_by_user_id, inputs, outputs, error, "
-    "idempotency_key, started_at, finished_at, created_at, updated_at"
+# Error-path and idempotency reads use the query builder on these columns.
+RUN_TABLE_COLUMNS: Final = (
+    WorkflowRun.id,
+    WorkflowRun.workflow_id,
+    WorkflowRun.status,
+    WorkflowRun.trigger_type,
+    WorkflowRun.triggered_by_user_id,
+    WorkflowRun.inputs,
+    WorkflowRun.outputs,
+    WorkflowRun.error,
+    WorkflowRun.idempotency_key,
+    WorkflowRun.started_at,
+    WorkflowRun.finished_at,
+    WorkflowRun.created_at,
+    WorkflowRun.updated_at,
 )
-LOG_COLUMNS: Final = (
-    "id, run_id, step_id, step_position, step_name, attempt, status, input, output, error, "
-    "started_at, finished_at, created_at, updated_at"
+
+RUN_COLUMNS: Final = column_list(*RUN_TABLE_COLUMNS)
+LOG_TABLE_COLUMNS: Final = (
+    RunStepLog.id,
+    RunStepLog.run_id,
+    RunStepLog.step_id,
+    RunStepLog.step_position,
+    RunStepLog.step_name,
+    RunStepLog.attempt,
+    RunStepLog.status,
+    RunStepLog.input,
+    RunStepLog.output,
+    RunStepLog.error,
+    RunStepLog.started_at,
+    RunStepLog.finished_at,
+    RunStepLog.created_at,
+    RunStepLog.updated_at,
 )
-LOG_FIELDS: Final = tuple(name.strip() for name in LOG_COLUMNS.split(","))
-
-
-def _prefixed(columns: str, alias: str) -> str:
-    return ", ".join(f"{alias}.{name.strip()}" for name in columns.split(","))
+LOG_COLUMNS: Final = column_list(*LOG_TABLE_COLUMNS)
+LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_COLUMNS)
+RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
 def iso(expression: str) -> str:
@@ -119,17 +145,10 @@ WITH wf AS (
 )
 SELECT true AS created, {RUN_COLUMNS} FROM created
 UNION ALL
-SELECT false, {_prefixed(RUN_COLUMNS, "r")}
+SELECT false, {RUN_COLUMNS_OF_R}
 FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
 WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
 """  # noqa: S608 - constant fragments; every value is a bind parameter
-
-WORKFLOW_STATE = """
-SELECT is_active FROM workflows WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
-"""
-RUN_BY_KEY = f"""
-SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
-"""  # noqa: S608
 
 
 async def trigger_run(
@@ -158,14 +177,27 @@ async def trigger_run(
         owner_id,
     )
     if row is None:
-        state = await connection.fetchrow(WORKFLOW_STATE, workflow_id, owner_id)
+        state = (
+            await Workflow.select(Workflow.is_active)
+            .where(visible_workflow(workflow_id, owner_id))
+            .first()
+            .run()
+        )
         if state is None:
             raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
         if not state["is_active"]:
             raise WorkflowInactiveError(workflow_id=str(workflow_id))
         # The key was taken by a transaction that committed after this
         # statement's snapshot was taken: read it now (a new snapshot).
-        row = await connection.fetchrow(RUN_BY_KEY, workflow_id, idempotency_key)
+        row = (
+            await WorkflowRun.select(*RUN_TABLE_COLUMNS)
+            .where(
+                WorkflowRun.workflow_id == workflow_id,
+                WorkflowRun.idempotency_key == idempotency_key,
+            )
+            .first()
+            .run()
+        )
         if row is None:  # pragma: no cover - the key's holder rolled back: a retry will work
             raise IdempotencyConflictError(
                 "A request with this Idempotency-Key is in progress; retry shortly.",
@@ -213,7 +245,7 @@ WITH changed AS (
     WHERE r.id = $1 AND r.status = ANY($3::text[])
       AND ($6::uuid IS NULL OR EXISTS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
-    RETURNING {_prefixed(RUN_COLUMNS, "r")}
+    RETURNING {RUN_COLUMNS_OF_R}
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
     SELECT 'workflow_run', c.id, $7, {
@@ -238,10 +270,15 @@ UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
 WHERE run_id = $1 AND status IN ('pending', 'running')
 """
 
-RUN_STATE = """
-SELECT r.status FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
-"""
+
+async def _run_status(run_id: UUID, owner_id: UUID | None) -> str | None:
+    """The run's status (error paths: why a statement matched nothing), or None if not visible."""
+    query = WorkflowRun.select(WorkflowRun.status).where(WorkflowRun.id == run_id)
+    if owner_id is not None:
+        query = query.where(WorkflowRun.workflow_id._.owner_id == owner_id)
+    row = await query.first().run()
+    return None if row is None else str(row["status"])
+
 
 RUN_EVENT_BY_STATUS: Final = {
     RunStatus.RUNNING: "run.started",
@@ -281,7 +318,7 @@ async def transition_run(
         RUN_EVENT_BY_STATUS[target],
     )
     if row is None:
-        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        current = await _run_status(run_id, owner_id)
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
         raise InvalidTransitionError(
@@ -301,7 +338,7 @@ async def transition_run(
 # The run, its workflow's owner, and its step attempts in order, in one query
 # (the attempts as an array of rows: no JSON round trip, native types).
 GET_RUN = f"""
-SELECT {_prefixed(RUN_COLUMNS, "r")},
+SELECT {RUN_COLUMNS_OF_R},
     ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l WHERE l.run_id = r.id
           ORDER BY l.step_position, l.attempt) AS step_logs
 FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
@@ -346,7 +383,7 @@ def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
             number += 2
         owner = f"AND w.owner_id = ${number + 1}" if by_owner else ""
         _LIST_RUNS_CACHE[key] = f"""
-SELECT w.id AS visible_workflow_id, {_prefixed(RUN_COLUMNS, "r")}
+SELECT w.id AS visible_workflow_id, {RUN_COLUMNS_OF_R}
 FROM workflows w LEFT JOIN LATERAL (
     SELECT {RUN_COLUMNS} FROM workflow_runs r
     WHERE {" AND ".join(conditions)}
@@ -440,7 +477,6 @@ WITH finished AS (
 SELECT {LOG_COLUMNS} FROM finished
 """  # noqa: S608
 
-STEP_LOG_STATE = "SELECT status FROM run_step_logs WHERE id = $1 AND run_id = $2"
 
 # Statuses an attempt may be logged with, and may finish with.
 ATTEMPT_STATUSES: Final = frozenset({RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED})
@@ -452,7 +488,7 @@ async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> U
     connection = DB.require_transaction().connection
     workflow_id: UUID | None = await connection.fetchval(LOCK_RUNNING_RUN, run_id, owner_id)
     if workflow_id is None:
-        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        current = await _run_status(run_id, owner_id)
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
         raise InvalidTransitionError(
@@ -540,9 +576,15 @@ async def finish_step_log(
         step_log_id,
     )
     if row is None:
-        current = await connection.fetchval(STEP_LOG_STATE, step_log_id, run_id)
-        if current is None:
+        attempt = (
+            await RunStepLog.select(RunStepLog.status)
+            .where(RunStepLog.id == step_log_id, RunStepLog.run_id == run_id)
+            .first()
+            .run()
+        )
+        if attempt is None:
             raise NotFoundError("Step attempt not found.", step_log_id=str(step_log_id))
+        current = attempt["status"]
         raise InvalidTransitionError(
             f"Only a running attempt can finish; this one is {current}.",
             step_log_id=str(step_log_id),

@@ -146,7 +146,7 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
     DB.require_transaction()
     rows = await (
         Workflow.delete()
-        .where(_visible(workflow_id, owner_id))
+        .where(visible_workflow(workflow_id, owner_id))
         .returning(Workflow.owner_id, Workflow.name)
         .run()
     )
@@ -164,7 +164,7 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
 # -- reading -----------------------------------------------------------------------------
 
 
-def _visible(workflow_id: UUID, owner_id: UUID | None) -> Combinable:
+def visible_workflow(workflow_id: UUID, owner_id: UUID | None) -> Combinable:
     """This workflow, if `owner_id` (when given) owns it."""
     condition: Combinable = Workflow.id == workflow_id
     if owner_id is not None:
@@ -177,7 +177,7 @@ async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> di
     DB.require_transaction()
     row = await (
         Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEPS_OF_WORKFLOW).as_alias("steps"))
-        .where(_visible(workflow_id, owner_id))
+        .where(visible_workflow(workflow_id, owner_id))
         .first()
         .run()
     )
@@ -242,7 +242,7 @@ async def update_workflow(
     DB.require_transaction()
     current = await (
         Workflow.select(*WORKFLOW_COLUMNS)
-        .where(_visible(workflow_id, owner_id))
+        .where(visible_workflow(workflow_id, owner_id))
         .first()
         .lock_rows("UPDATE")
         .run()
@@ -299,7 +299,7 @@ async def replace_steps(
     # Lock the workflow (so concurrent replacements serialise) and bump updated_at.
     touched = await (
         Workflow.update({Workflow.updated_at: NOW})
-        .where(_visible(workflow_id, owner_id))
+        .where(visible_workflow(workflow_id, owner_id))
         .returning(Workflow.owner_id)
         .run()
     )
