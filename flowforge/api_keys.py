@@ -21,7 +21,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from piccolo.custom_types import Combinable
@@ -68,7 +68,7 @@ def generate_key() -> tuple[str, str]:
 
 # One round trip: the key and its user by prefix, plus the throttled, never
 # blocking last_used_at write (only for a key that is valid right now).
-AUTHENTICATE = f"""
+AUTHENTICATE: Final[LiteralString] = f"""
 WITH touched AS (
     UPDATE api_keys SET last_used_at = now()
     WHERE id = (

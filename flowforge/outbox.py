@@ -14,13 +14,13 @@ order is commit order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from flowforge.db.engine import DB
 from flowforge.jsonutil import dumps
 
-INSERT_EVENT = """
+INSERT_EVENT: Final[LiteralString] = """
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 VALUES ($1, $2, $3, $4::jsonb)
 RETURNING id
@@ -44,7 +44,7 @@ async def record_event(
 
 # Many events in one round trip. WITH ORDINALITY + ORDER BY keeps the given
 # order, so each row's seq (its publish order) follows the list.
-INSERT_EVENTS = """
+INSERT_EVENTS: Final[LiteralString] = """
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.payload::jsonb
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])

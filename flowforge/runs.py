@@ -23,7 +23,7 @@ wins and the other gets :class:`InvalidTransitionError` naming the state it foun
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from flowforge.db.engine import DB
@@ -78,7 +78,7 @@ LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_CO
 RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
-def iso(expression: str) -> str:
+def iso(expression: LiteralString) -> LiteralString:
     """SQL for a timestamptz as the ISO 8601 text Python's ``isoformat()`` gives (UTC).
 
     Event payloads are built in SQL (one round trip); this keeps their
@@ -87,7 +87,9 @@ def iso(expression: str) -> str:
     return f"to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
 
 
-def _run_event_payload(alias: str, previous_status: str, extra: str = "") -> str:
+def _run_event_payload(
+    alias: LiteralString, previous_status: LiteralString, extra: LiteralString = ""
+) -> LiteralString:
     """``jsonb_build_object`` matching :func:`flowforge.events.run_payload`."""
     return f"""jsonb_build_object(
         'run_id', {alias}.id, 'workflow_id', {alias}.workflow_id, 'status', {alias}.status,
@@ -121,7 +123,7 @@ def _log(values: Mapping[str, Any]) -> dict[str, Any]:
 # One statement: check the workflow (visible, active), insert the run unless its
 # idempotency key is taken, write run.created for a new run, and return either
 # the new run (created = true) or the run that already holds the key.
-TRIGGER_RUN = f"""
+TRIGGER_RUN: Final[LiteralString] = f"""
 WITH wf AS (
     SELECT id, is_active FROM workflows
     WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
@@ -234,7 +236,7 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 # statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
-TRANSITION_RUN = f"""
+TRANSITION_RUN: Final[LiteralString] = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
         status = $2::text,
@@ -265,7 +267,7 @@ SELECT {RUN_COLUMNS} FROM changed
 # row lock and takes a new snapshot, so it also sees an attempt whose append
 # committed while the transition waited for that lock (in the transition's own
 # snapshot that attempt does not exist yet, and it would stay "running" forever).
-CLOSE_ATTEMPTS = """
+CLOSE_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
 WHERE run_id = $1 AND status IN ('pending', 'running')
 """
@@ -337,7 +339,7 @@ async def transition_run(
 
 # The run, its workflow's owner, and its step attempts in order, in one query
 # (the attempts as an array of rows: no JSON round trip, native types).
-GET_RUN = f"""
+GET_RUN: Final[LiteralString] = f"""
 SELECT {RUN_COLUMNS_OF_R},
     ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l WHERE l.run_id = r.id
           ORDER BY l.step_position, l.attempt) AS step_logs
@@ -359,10 +361,12 @@ async def get_run(run_id: UUID, *, owner_id: UUID | None = None) -> dict[str, An
     return run
 
 
-_LIST_RUNS_CACHE: dict[tuple[bool, bool, bool], str] = {}
+# Bind parameter placeholders as literals, so composed SQL stays a LiteralString.
+PARAMETERS: Final[tuple[LiteralString, ...]] = ("$0", "$1", "$2", "$3", "$4", "$5", "$6", "$7")
+_LIST_RUNS_CACHE: dict[tuple[bool, bool, bool], LiteralString] = {}
 
 
-def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
+def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> LiteralString:
     """One SQL text per filter combination, so each gets a plan that uses its index.
 
     (A single text with ``$n IS NULL OR ...`` would get a generic plan that
@@ -373,15 +377,21 @@ def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
     """
     key = (by_status, after, by_owner)
     if key not in _LIST_RUNS_CACHE:
-        conditions = ["r.workflow_id = w.id"]
+        # $1, not w.id: the planner then estimates the runs of *this*
+        # workflow (w.id would be planned with the average workflow's
+        # share, and a busy workflow's page sorted after a bitmap scan;
+        # tests/test_explain.py caught it).
+        conditions: list[LiteralString] = ["r.workflow_id = $1"]
         number = 2
         if by_status:
             number += 1
-            conditions.append(f"r.status = ${number}")
+            conditions.append(f"r.status = {PARAMETERS[number]}")
         if after:
-            conditions.append(f"(r.created_at, r.id) < (${number + 1}, ${number + 2})")
+            conditions.append(
+                f"(r.created_at, r.id) < ({PARAMETERS[number + 1]}, {PARAMETERS[number + 2]})"
+            )
             number += 2
-        owner = f"AND w.owner_id = ${number + 1}" if by_owner else ""
+        owner = f"AND w.owner_id = {PARAMETERS[number + 1]}" if by_owner else ""
         _LIST_RUNS_CACHE[key] = f"""
 SELECT w.id AS visible_workflow_id, {RUN_COLUMNS_OF_R}
 FROM workflows w LEFT JOIN LATERAL (
@@ -428,7 +438,7 @@ async def list_runs(
 # Lock the run (serialising attempt numbering for it), check it is running, and
 # renew its lease: a logged attempt is a heartbeat (flowforge/reaper.py fails
 # running runs whose heartbeat_at is older than RUN_LEASE_TIMEOUT).
-LOCK_RUNNING_RUN = """
+LOCK_RUNNING_RUN: Final[LiteralString] = """
 UPDATE workflow_runs r SET heartbeat_at = clock_timestamp()
 WHERE r.id = $1 AND r.status = 'running'
   AND ($2::uuid IS NULL OR EXISTS (
@@ -436,7 +446,7 @@ WHERE r.id = $1 AND r.status = 'running'
 RETURNING r.workflow_id
 """
 
-STEP_LOG_EVENT = f"""jsonb_build_object(
+STEP_LOG_EVENT: Final[LiteralString] = f"""jsonb_build_object(
     'run_id', l.run_id, 'workflow_id', $2::uuid, 'step_log_id', l.id, 'step_id', l.step_id,
     'step_position', l.step_position, 'step_name', l.step_name, 'attempt', l.attempt,
     'status', l.status, 'error', l.error,
@@ -444,7 +454,7 @@ STEP_LOG_EVENT = f"""jsonb_build_object(
 
 # A separate statement from the lock on purpose: it takes a new snapshot, so
 # max(attempt) sees attempts committed by whoever held the lock before us.
-APPEND_STEP_LOG = f"""
+APPEND_STEP_LOG: Final[LiteralString] = f"""
 WITH step AS (
     SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
 ), logged AS (
@@ -465,7 +475,7 @@ WITH step AS (
 SELECT {LOG_COLUMNS} FROM logged
 """  # noqa: S608
 
-FINISH_STEP_LOG = f"""
+FINISH_STEP_LOG: Final[LiteralString] = f"""
 WITH finished AS (
     UPDATE run_step_logs SET status = $3, output = $4::jsonb, error = $5, finished_at = now()
     WHERE id = $6 AND run_id = $1 AND status = 'running'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
@@ -9,6 +10,7 @@ from uuid import UUID
 
 from piccolo.columns import Column
 from piccolo.custom_types import Combinable
+from piccolo.query.methods.select import Select
 from piccolo.querystring import QueryString
 
 from flowforge import events
@@ -200,11 +202,27 @@ async def list_workflows(
     """A page of workflows (one owner's, or all), newest first, with their step counts."""
     position = decode_cursor(cursor)
     DB.require_transaction()
-    # A user's workflows use workflows_owner_id_created_at_idx.
+    query = list_workflows_query(
+        owner_id=owner_id, is_active=is_active, limit=limit + 1, position=position
+    )
+    return page([_record(row) for row in await query.run()], limit)
+
+
+def list_workflows_query(
+    *,
+    owner_id: UUID | None,
+    is_active: bool | None,
+    limit: int,
+    position: tuple[datetime.datetime, UUID] | None,
+) -> Select[Workflow]:
+    """The SELECT behind :func:`list_workflows` (tests/test_explain.py plans it).
+
+    A user's workflows use workflows_owner_id_created_at_idx.
+    """
     query = (
         Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEP_COUNT).as_alias("step_count"))
         .order_by(Workflow.created_at, Workflow.id, ascending=False)
-        .limit(limit + 1)
+        .limit(limit)
     )
     if owner_id is not None:
         query = query.where(Workflow.owner_id == owner_id)
@@ -212,7 +230,7 @@ async def list_workflows(
         query = query.where(Workflow.is_active == is_active)
     if position is not None:
         query = query.where(page_after(Workflow, position))
-    return page([_record(row) for row in await query.run()], limit)
+    return query
 
 
 # -- changing ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, LiteralString
 from uuid import UUID, uuid5
 
 from flowforge import events
@@ -321,7 +321,7 @@ def _add_run(
     )
 
 
-UPSERTS = {
+UPSERTS: dict[str, LiteralString] = {
     "users": """
         INSERT INTO users (id, email, display_name, role, is_active, created_at, updated_at)
         VALUES ($1, $2, $3, $4, $5, $6, $6)
