@@ -1,8 +1,13 @@
-"""The transactional outbox: domain events written with the change they describe.
+"""The transactional outbox: the one module that writes events.
 
 An event is only ever written inside the caller's transaction, so it commits
-or rolls back together with the change. A relay publishes committed events
-and stamps ``published_at`` (see docs/decisions.md, decision 4).
+or rolls back together with the change it describes. A relay publishes
+committed events and stamps ``published_at`` (docs/decisions.md, decision 4).
+Every write goes through here: :func:`record_event` / :func:`record_events`
+for payloads built in Python (checked against :data:`flowforge.events.CONTRACT`),
+:func:`insert_from` for the hot paths that write a change and its event in
+one SQL statement (payloads from :mod:`flowforge.events`' SQL builders), and
+:func:`record_fixed_events` for the seed's immutable, deterministic events.
 
 Ordering contract: events of one aggregate are published in the order they
 were inserted (``outbox.seq``). Record an aggregate's event *after* the
@@ -13,11 +18,13 @@ order is commit order.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from flowforge.db.engine import DB
+from flowforge.events import check_payload
 from flowforge.jsonutil import dumps
 
 INSERT_EVENT: Final[LiteralString] = """
@@ -33,9 +40,11 @@ async def record_event(
     """Write one domain event in the current transaction; returns its id.
 
     Raises RuntimeError outside a transaction: an event written on its own
-    could be published for a change that never committed.
+    could be published for a change that never committed. Raises ValueError
+    when the payload does not match the event contract.
     """
     transaction = DB.require_transaction()
+    check_payload(aggregate_type, event_type, payload)
     event_id: UUID = await transaction.connection.fetchval(
         INSERT_EVENT, aggregate_type, aggregate_id, event_type, dumps(payload)
     )
@@ -63,6 +72,8 @@ async def record_events(
     transaction = DB.require_transaction()
     if not events:
         return []
+    for aggregate_type, _, event_type, payload in events:
+        check_payload(aggregate_type, event_type, payload)
     rows = await transaction.connection.fetch(
         INSERT_EVENTS,
         [event[0] for event in events],
@@ -71,3 +82,56 @@ async def record_events(
         [dumps(event[3]) for event in events],
     )
     return [row["id"] for row in rows]
+
+
+def insert_from(
+    source: LiteralString,
+    *,
+    aggregate_type: LiteralString,
+    aggregate_id: LiteralString,
+    event_type: LiteralString,
+    payload: LiteralString,
+) -> LiteralString:
+    """``INSERT INTO outbox ... SELECT ... FROM <source>``: one event per source row.
+
+    For data-modifying CTEs that write a change and its event in one
+    statement; `payload` comes from :mod:`flowforge.events`' SQL builders,
+    `event_type` is a SQL expression (a quoted literal or a parameter).
+    """
+    return f"""INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT '{aggregate_type}', {aggregate_id}, {event_type}, {payload}
+    FROM {source}"""  # noqa: S608 - literal fragments; values are bind parameters
+
+
+# Events with given ids and times, inserted once: a second insert of the same
+# id changes nothing (an event is an immutable fact, and a relay's
+# published_at must survive).
+INSERT_FIXED_EVENTS: Final[LiteralString] = """
+INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, created_at,
+                    updated_at)
+SELECT e.id, e.aggregate_type, e.aggregate_id, e.event_type, e.payload::jsonb, e.created_at,
+    e.created_at
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])
+    WITH ORDINALITY AS e(id, aggregate_type, aggregate_id, event_type, payload, created_at, n)
+ORDER BY e.n
+ON CONFLICT (id) DO NOTHING
+"""
+
+
+async def record_fixed_events(
+    events: Sequence[tuple[UUID, str, UUID, str, Mapping[str, Any], datetime.datetime]],
+) -> None:
+    """Write events (id, aggregate_type, aggregate_id, event_type, payload, created_at)
+    unless their id exists, in order, in the current transaction (the seed)."""
+    transaction = DB.require_transaction()
+    for _, aggregate_type, _, event_type, payload, _ in events:
+        check_payload(aggregate_type, event_type, payload)
+    await transaction.connection.execute(
+        INSERT_FIXED_EVENTS,
+        [event[0] for event in events],
+        [event[1] for event in events],
+        [event[2] for event in events],
+        [event[3] for event in events],
+        [dumps(event[4]) for event in events],
+        [event[5] for event in events],
+    )

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from flowforge import events, outbox
 from flowforge.db.engine import DB
 from flowforge.db.queries import column_list
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
@@ -78,26 +79,6 @@ LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_CO
 RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
-def iso(expression: LiteralString) -> LiteralString:
-    """SQL for a timestamptz as the ISO 8601 text Python's ``isoformat()`` gives (UTC).
-
-    Event payloads are built in SQL (one round trip); this keeps their
-    timestamps identical in form whatever the session's TimeZone is.
-    """
-    return f"to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
-
-
-def _run_event_payload(
-    alias: LiteralString, previous_status: LiteralString, extra: LiteralString = ""
-) -> LiteralString:
-    """``jsonb_build_object`` matching :func:`flowforge.events.run_payload`."""
-    return f"""jsonb_build_object(
-        'run_id', {alias}.id, 'workflow_id', {alias}.workflow_id, 'status', {alias}.status,
-        'previous_status', {previous_status}, 'error', {alias}.error,
-        'started_at', {iso(alias + ".started_at")}, 'finished_at', {iso(alias + ".finished_at")}
-        {extra})"""
-
-
 def canonical(value: Any) -> str:
     return dumps(value, sort_keys=True)
 
@@ -123,6 +104,13 @@ def _log(values: Mapping[str, Any]) -> dict[str, Any]:
 # One statement: check the workflow (visible, active), insert the run unless its
 # idempotency key is taken, write run.created for a new run, and return either
 # the new run (created = true) or the run that already holds the key.
+_RUN_CREATED_EVENT: Final[LiteralString] = outbox.insert_from(
+    "created c",
+    aggregate_type=events.WORKFLOW_RUN,
+    aggregate_id="c.id",
+    event_type="'run.created'",
+    payload=events.run_payload_sql("c", "NULL", "run.created"),
+)
 TRIGGER_RUN: Final[LiteralString] = f"""
 WITH wf AS (
     SELECT id, is_active FROM workflows
@@ -134,16 +122,7 @@ WITH wf AS (
     ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', c.id, 'run.created', {
-    _run_event_payload(
-        "c",
-        "NULL",
-        ", 'trigger_type', c.trigger_type, 'triggered_by_user_id', c.triggered_by_user_id, "
-        "'inputs', c.inputs, 'idempotency_key', c.idempotency_key",
-    )
-}
-    FROM created c
+    {_RUN_CREATED_EVENT}
 )
 SELECT true AS created, {RUN_COLUMNS} FROM created
 UNION ALL
@@ -236,6 +215,20 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 # statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
+# The event of a transition: run.started, .completed, .failed and .cancelled
+# share one payload shape (the event type is $7).
+_TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
+    "changed c",
+    aggregate_type=events.WORKFLOW_RUN,
+    aggregate_id="c.id",
+    event_type="$7",
+    payload=events.run_payload_sql(
+        "c",
+        "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
+        "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
+        "run.started",
+    ),
+)
 TRANSITION_RUN: Final[LiteralString] = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
@@ -249,16 +242,7 @@ WITH changed AS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
     RETURNING {RUN_COLUMNS_OF_R}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', c.id, $7, {
-    _run_event_payload(
-        "c",
-        "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
-        "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
-        ", 'outputs', c.outputs",
-    )
-}
-    FROM changed c
+    {_TRANSITION_EVENT}
 )
 SELECT {RUN_COLUMNS} FROM changed
 """  # noqa: S608
@@ -280,14 +264,6 @@ async def _run_status(run_id: UUID, owner_id: UUID | None) -> str | None:
         query = query.where(WorkflowRun.workflow_id._.owner_id == owner_id)
     row = await query.first().run()
     return None if row is None else str(row["status"])
-
-
-RUN_EVENT_BY_STATUS: Final = {
-    RunStatus.RUNNING: "run.started",
-    RunStatus.COMPLETED: "run.completed",
-    RunStatus.FAILED: "run.failed",
-    RunStatus.CANCELLED: "run.cancelled",
-}
 
 
 async def transition_run(
@@ -317,7 +293,7 @@ async def transition_run(
         error,
         dumps(outputs) if outputs is not None else None,
         owner_id,
-        RUN_EVENT_BY_STATUS[target],
+        events.RUN_EVENT_BY_STATUS[target.value],
     )
     if row is None:
         current = await _run_status(run_id, owner_id)
@@ -446,11 +422,17 @@ WHERE r.id = $1 AND r.status = 'running'
 RETURNING r.workflow_id
 """
 
-STEP_LOG_EVENT: Final[LiteralString] = f"""jsonb_build_object(
-    'run_id', l.run_id, 'workflow_id', $2::uuid, 'step_log_id', l.id, 'step_id', l.step_id,
-    'step_position', l.step_position, 'step_name', l.step_name, 'attempt', l.attempt,
-    'status', l.status, 'error', l.error,
-    'started_at', {iso("l.started_at")}, 'finished_at', {iso("l.finished_at")})"""
+
+def _step_logged_event(source: LiteralString) -> LiteralString:
+    """The run.step_logged event of each step-log row in `source` (aliased ``l``)."""
+    return outbox.insert_from(
+        source,
+        aggregate_type=events.WORKFLOW_RUN,
+        aggregate_id="l.run_id",
+        event_type="'run.step_logged'",
+        payload=events.step_logged_payload_sql("l", "$2::uuid"),
+    )
+
 
 # A separate statement from the lock on purpose: it takes a new snapshot, so
 # max(attempt) sees attempts committed by whoever held the lock before us.
@@ -469,8 +451,7 @@ WITH step AS (
     FROM step s
     RETURNING {LOG_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM logged l
+    {_step_logged_event("logged l")}
 )
 SELECT {LOG_COLUMNS} FROM logged
 """  # noqa: S608
@@ -481,8 +462,7 @@ WITH finished AS (
     WHERE id = $6 AND run_id = $1 AND status = 'running'
     RETURNING {LOG_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM finished l
+    {_step_logged_event("finished l")}
 )
 SELECT {LOG_COLUMNS} FROM finished
 """  # noqa: S608

@@ -37,6 +37,9 @@ BUILDERS = {
         runs._list_runs_sql(*flags) for flags in itertools.product((False, True), repeat=3)
     ],
 }
+# Functions that build fragments of the statements above (each statement that
+# embeds one is prepared): the outbox INSERT of a data-modifying CTE.
+FRAGMENT_BUILDERS = {("flowforge.outbox", "insert_from")}
 # Raw fragments embedded in builder queries, prepared in a minimal statement.
 FRAGMENTS = [
     f"SELECT {workflows.STEP_COUNT}, {workflows.STEPS_OF_WORKFLOW} FROM workflows",
@@ -71,8 +74,8 @@ def named_statements() -> dict[str, str]:
             continue
         module = importlib.import_module(module_name)
         for name, value in vars(module).items():
-            if not name.isupper():
-                continue
+            if not name.isupper() or name.startswith("_"):
+                continue  # _NAME: a fragment, prepared inside the statements that embed it
             for index, text in enumerate(_strings(value)):
                 if STATEMENT.match(text):
                     key = f"{module_name}.{name}" + (
@@ -125,7 +128,9 @@ def _inline_sql(module_name: str, tree: ast.Module) -> Iterator[tuple[int, str]]
     for node in tree.body:
         if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
             top_level_values.update(id(child) for child in ast.walk(node.value))
-    builders = {function for module, function in BUILDERS if module == module_name}
+    builders = {
+        function for module, function in [*BUILDERS, *FRAGMENT_BUILDERS] if module == module_name
+    }
     skipped: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in builders:

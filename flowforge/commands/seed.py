@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 from uuid import UUID, uuid5
 
-from flowforge import events
+from flowforge import events, outbox
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, RunStatus, TriggerType
 from flowforge.jsonutil import dumps
@@ -144,7 +144,7 @@ def build() -> SeedData:
                 events.USER,
                 user_ids[email],
                 "user.created",
-                dumps({"user_id": user_ids[email], "email": email, "role": role.value}),
+                {"user_id": user_ids[email], "email": email, "role": role.value},
                 created,
             )
         )
@@ -188,15 +188,13 @@ def build() -> SeedData:
                 events.WORKFLOW,
                 workflow_id,
                 "workflow.created",
-                dumps(
-                    {
-                        "workflow_id": workflow_id,
-                        "owner_id": user_ids[owner],
-                        "name": name,
-                        "trigger_type": trigger.value,
-                        "step_count": len(steps),
-                    }
-                ),
+                {
+                    "workflow_id": workflow_id,
+                    "owner_id": user_ids[owner],
+                    "name": name,
+                    "trigger_type": trigger.value,
+                    "step_count": len(steps),
+                },
                 created,
             )
         )
@@ -224,6 +222,9 @@ def _add_run(
         started = None  # cancelled while still pending
     clock = started or created
     error = None
+    inputs = {"run_number": number}
+    outputs = {"ok": True}
+    idempotency_key = f"seed-{number}"
 
     def event(
         new: RunStatus,
@@ -233,6 +234,7 @@ def _add_run(
         error: str | None = None,
     ) -> None:
         kind = events.RUN_EVENT_BY_STATUS[new.value]
+        # The run's row after this change, as the real event is built from it.
         run = {
             "id": run_id,
             "workflow_id": workflow_id,
@@ -240,6 +242,11 @@ def _add_run(
             "error": error,
             "started_at": started,
             "finished_at": finished,
+            "trigger_type": trigger,
+            "triggered_by_user_id": owner_id,
+            "inputs": inputs,
+            "idempotency_key": idempotency_key,
+            "outputs": outputs if new is RunStatus.COMPLETED else None,
         }
         payload = events.run_payload(run, previous.value if previous else None)
         data.events.append(
@@ -248,7 +255,7 @@ def _add_run(
                 events.WORKFLOW_RUN,
                 run_id,
                 kind,
-                dumps(payload),
+                payload,
                 when,
             )
         )
@@ -310,10 +317,10 @@ def _add_run(
             status.value,
             trigger,
             owner_id,
-            dumps({"run_number": number}),
-            dumps({"ok": True}) if status is RunStatus.COMPLETED else None,
+            dumps(inputs),
+            dumps(outputs) if status is RunStatus.COMPLETED else None,
             error if status is RunStatus.FAILED else None,
-            f"seed-{number}",
+            idempotency_key,
             started,
             finished,
             created,
@@ -370,12 +377,6 @@ UPSERTS: dict[str, LiteralString] = {
             output = EXCLUDED.output, error = EXCLUDED.error, started_at = EXCLUDED.started_at,
             finished_at = EXCLUDED.finished_at, created_at = EXCLUDED.created_at
     """,
-    "outbox": """
-        INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, created_at,
-                            updated_at)
-        VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6)
-        ON CONFLICT (id) DO NOTHING
-    """,
 }
 
 
@@ -388,11 +389,12 @@ async def write(data: SeedData) -> dict[str, int]:
         "workflow_steps": data.steps,
         "workflow_runs": data.runs,
         "run_step_logs": data.logs,
-        "outbox": data.events,
     }
     for table, rows in batches.items():
         await connection.executemany(UPSERTS[table], rows)
-    return {table: len(rows) for table, rows in batches.items()}
+    # Events are immutable: inserted once, never rewritten (flowforge/outbox.py).
+    await outbox.record_fixed_events(data.events)
+    return {**{table: len(rows) for table, rows in batches.items()}, "outbox": len(data.events)}
 
 
 async def seed() -> None:
