@@ -10,6 +10,7 @@ cost alone: query building, its SQL, and its result handling.
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from typing import Any
@@ -217,16 +218,19 @@ def create_user(ctx: Any) -> tuple[Operation, Operation]:
     from flowforge.outbox import record_event
 
     tag = uuid.uuid4().hex[:8]
+    numbers = itertools.count()  # n restarts every round; emails must not
 
     async def builder(n: int) -> Any:
+        email = f"b{next(numbers)}-{tag}@bench.example"
         async with DB.transaction():
-            return await users.create_user(f"b{n}-{tag}@bench.example", "Bench", Role.VIEWER)
+            return await users.create_user(email, "Bench", Role.VIEWER)
 
     async def previous(n: int) -> Any:
+        email = f"p{next(numbers)}-{tag}@bench.example"
         async with DB.transaction() as transaction:
             user = dict(
                 await transaction.connection.fetchrow(
-                    PREVIOUS_INSERT_USER, f"p{n}-{tag}@bench.example", "Bench", "viewer"
+                    PREVIOUS_INSERT_USER, email, "Bench", "viewer"
                 )
             )
             await record_event(

@@ -25,10 +25,11 @@ from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from piccolo.custom_types import Combinable
+from piccolo.query.base import Query
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, new_row, page_after
+from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
 from flowforge.outbox import record_event
@@ -195,17 +196,23 @@ async def list_api_keys(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of keys (one user's, or everyone's), newest first. Never the hash."""
     position = decode_cursor(cursor)
-    DB.require_transaction()
-    query = (
-        ApiKey.select(*KEY_COLUMNS)
-        .order_by(ApiKey.created_at, ApiKey.id, ascending=False)
-        .limit(limit + 1)
-    )
-    if user_id is not None:
-        query = query.where(ApiKey.user_id == user_id)
-    if position is not None:
-        query = query.where(page_after(ApiKey, position))
-    return page([_key(row) for row in await query.run()], limit)
+
+    def build() -> Query[Any, Any]:
+        query = (
+            ApiKey.select(*KEY_COLUMNS)
+            .order_by(ApiKey.created_at, ApiKey.id, ascending=False)
+            .limit(limit + 1)
+        )
+        if user_id is not None:
+            query = query.where(ApiKey.user_id == Param("user_id"))
+        if position is not None:
+            query = query.where(page_after(ApiKey, (Param("created_at"), Param("id"))))
+        return query
+
+    key = ("api_keys.list", limit, user_id is not None, position is not None)
+    created_at, after_id = position if position is not None else (None, None)
+    rows = await compiled(key, build).fetch(user_id=user_id, created_at=created_at, id=after_id)
+    return page([_key(row) for row in rows], limit)
 
 
 async def revoke_api_key(key_id: UUID, *, user_id: UUID | None = None) -> dict[str, Any]:

@@ -26,9 +26,12 @@ from collections.abc import Mapping
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from piccolo.query.base import Query
+from piccolo.query.proxy import Proxy
+
 from flowforge import events, outbox
 from flowforge.db.engine import DB
-from flowforge.db.queries import column_list
+from flowforge.db.queries import Param, column_list, compiled
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
 from flowforge.errors import (
     IdempotencyConflictError,
@@ -259,10 +262,16 @@ WHERE run_id = $1 AND status IN ('pending', 'running')
 
 async def _run_status(run_id: UUID, owner_id: UUID | None) -> str | None:
     """The run's status (error paths: why a statement matched nothing), or None if not visible."""
-    query = WorkflowRun.select(WorkflowRun.status).where(WorkflowRun.id == run_id)
-    if owner_id is not None:
-        query = query.where(WorkflowRun.workflow_id._.owner_id == owner_id)
-    row = await query.first().run()
+
+    def build() -> Query[Any, Any] | Proxy[Any, Any]:
+        query = WorkflowRun.select(WorkflowRun.status).where(WorkflowRun.id == Param("run_id"))
+        if owner_id is not None:
+            query = query.where(WorkflowRun.workflow_id._.owner_id == Param("owner_id"))
+        return query.first()
+
+    row = await compiled(("runs.status", owner_id is not None), build).first(
+        run_id=run_id, owner_id=owner_id
+    )
     return None if row is None else str(row["status"])
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from piccolo.query.base import Query
+from piccolo.query.proxy import Proxy
+
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import new_row, page_after
+from flowforge.db.queries import Param, compiled, new_row, page_after
 from flowforge.db.tables import Role, User
 from flowforge.errors import ConflictError, NotFoundError
 from flowforge.outbox import record_event
@@ -48,9 +51,11 @@ async def create_user(email: str, display_name: str, role: Role) -> dict[str, An
 
 
 async def get_user(user_id: UUID, *, for_update: bool = False) -> dict[str, Any]:
-    DB.require_transaction()
-    query = User.select(*USER_COLUMNS).where(User.id == user_id).first()
-    row = await (query.lock_rows("UPDATE") if for_update else query).run()
+    def build() -> Query[Any, Any] | Proxy[Any, Any]:
+        query = User.select(*USER_COLUMNS).where(User.id == Param("user_id")).first()
+        return query.lock_rows("UPDATE") if for_update else query
+
+    row = await compiled(("users.get_user", for_update), build).first(user_id=user_id)
     if row is None:
         raise NotFoundError("User not found.", user_id=str(user_id))
     return row
@@ -61,15 +66,20 @@ async def list_users(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of users, newest first."""
     position = decode_cursor(cursor)
-    DB.require_transaction()
-    query = (
-        User.select(*USER_COLUMNS)
-        .order_by(User.created_at, User.id, ascending=False)
-        .limit(limit + 1)
-    )
-    if position is not None:
-        query = query.where(page_after(User, position))
-    return page(await query.run(), limit)
+
+    def build() -> Query[Any, Any]:
+        query = (
+            User.select(*USER_COLUMNS)
+            .order_by(User.created_at, User.id, ascending=False)
+            .limit(limit + 1)
+        )
+        if position is not None:
+            query = query.where(page_after(User, (Param("created_at"), Param("id"))))
+        return query
+
+    query = compiled(("users.list_users", limit, position is not None), build)
+    created_at, after_id = position if position is not None else (None, None)
+    return page(await query.fetch(created_at=created_at, id=after_id), limit)
 
 
 async def update_user(

@@ -15,7 +15,7 @@ from piccolo.querystring import QueryString
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, column_list, new_row, page_after
+from flowforge.db.queries import NOW, Param, column_list, compiled, new_row, page_after
 from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
 from flowforge.errors import NotFoundError
 from flowforge.jsonutil import dumps, loads
@@ -166,7 +166,11 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
 # -- reading -----------------------------------------------------------------------------
 
 
-def visible_workflow(workflow_id: UUID, owner_id: UUID | None) -> Combinable:
+def _owner_param(owner_id: UUID | None) -> Param | None:
+    return None if owner_id is None else Param("owner_id")
+
+
+def visible_workflow(workflow_id: UUID | Param, owner_id: UUID | Param | None) -> Combinable:
     """This workflow, if `owner_id` (when given) owns it."""
     condition: Combinable = Workflow.id == workflow_id
     if owner_id is not None:
@@ -176,13 +180,14 @@ def visible_workflow(workflow_id: UUID, owner_id: UUID | None) -> Combinable:
 
 async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> dict[str, Any]:
     """A workflow with its steps ordered by position; NotFoundError if not visible."""
-    DB.require_transaction()
-    row = await (
-        Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEPS_OF_WORKFLOW).as_alias("steps"))
-        .where(visible_workflow(workflow_id, owner_id))
-        .first()
-        .run()
-    )
+    row = await compiled(
+        ("workflows.get_workflow", owner_id is not None),
+        lambda: (
+            Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEPS_OF_WORKFLOW).as_alias("steps"))
+            .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
+            .first()
+        ),
+    ).first(workflow_id=workflow_id, owner_id=owner_id)
     if row is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
     workflow = _record(row)
@@ -201,19 +206,28 @@ async def list_workflows(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of workflows (one owner's, or all), newest first, with their step counts."""
     position = decode_cursor(cursor)
-    DB.require_transaction()
-    query = list_workflows_query(
-        owner_id=owner_id, is_active=is_active, limit=limit + 1, position=position
+    query = compiled(
+        ("workflows.list", owner_id is not None, is_active is not None, position, limit),
+        lambda: list_workflows_query(
+            owner_id=_owner_param(owner_id),
+            is_active=None if is_active is None else Param("is_active"),
+            limit=limit + 1,
+            position=None if position is None else (Param("created_at"), Param("id")),
+        ),
     )
-    return page([_record(row) for row in await query.run()], limit)
+    created_at, after_id = position if position is not None else (None, None)
+    rows = await query.fetch(
+        owner_id=owner_id, is_active=is_active, created_at=created_at, id=after_id
+    )
+    return page([_record(row) for row in rows], limit)
 
 
 def list_workflows_query(
     *,
-    owner_id: UUID | None,
-    is_active: bool | None,
+    owner_id: UUID | Param | None,
+    is_active: bool | Param | None,
     limit: int,
-    position: tuple[datetime.datetime, UUID] | None,
+    position: tuple[datetime.datetime | Param, UUID | Param] | None,
 ) -> Select[Workflow]:
     """The SELECT behind :func:`list_workflows` (tests/test_explain.py plans it).
 
@@ -257,14 +271,15 @@ async def update_workflow(
     unknown = set(changes) - set(UPDATABLE_COLUMNS)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
-    DB.require_transaction()
-    current = await (
-        Workflow.select(*WORKFLOW_COLUMNS)
-        .where(visible_workflow(workflow_id, owner_id))
-        .first()
-        .lock_rows("UPDATE")
-        .run()
-    )
+    current = await compiled(
+        ("workflows.lock", owner_id is not None),
+        lambda: (
+            Workflow.select(*WORKFLOW_COLUMNS)
+            .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
+            .first()
+            .lock_rows("UPDATE")
+        ),
+    ).first(workflow_id=workflow_id, owner_id=owner_id)
     if current is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
     before = _record(current)
