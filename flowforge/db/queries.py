@@ -105,10 +105,14 @@ class Compiled:
         return [values[a.name] if isinstance(a, Param) else a for a in self.template]
 
     async def fetch(self, **values: Any) -> list[dict[str, Any]]:
-        """Rows as dicts, on the current transaction's connection."""
+        """Rows as dicts, in the current transaction (RuntimeError outside one)."""
         connection = DB.require_transaction().connection
         rows = await connection.fetch(self.sql, *self.arguments(values))
         return [dict(row) for row in rows]
+
+    async def fetch_outside_transaction(self, **values: Any) -> list[dict[str, Any]]:
+        """Rows as dicts, on a pooled connection of their own (probes, status)."""
+        return [dict(row) for row in await DB.fetch(self.sql, *self.arguments(values))]
 
     async def first(self, **values: Any) -> dict[str, Any] | None:
         rows = await self.fetch(**values)

@@ -11,6 +11,7 @@ from piccolo.columns import Varchar
 from piccolo.table import Table
 
 from flowforge.db.engine import DB
+from flowforge.db.queries import compiled
 from flowforge.db.registry import APP_REGISTRY
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 
@@ -44,7 +45,10 @@ class AppliedMigration(Table, tablename="migration", db=DB):
 
 async def _applied_migrations() -> set[tuple[str, str]]:
     try:
-        rows = await AppliedMigration.select(AppliedMigration.app_name, AppliedMigration.name).run()
+        rows = await compiled(
+            "readiness.applied_migrations",
+            lambda: AppliedMigration.select(AppliedMigration.app_name, AppliedMigration.name),
+        ).fetch_outside_transaction()
     except asyncpg.exceptions.UndefinedTableError:
         return set()
     return {(row["app_name"], row["name"]) for row in rows}

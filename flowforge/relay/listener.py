@@ -43,6 +43,7 @@ class OutboxListener:
         self.connection: Any = None
         self.connected = asyncio.Event()  # for tests and status: listening right now
         self.reconnects = 0
+        self.failed_connects = 0  # attempts refused so far (for tests and status)
 
     def _notified(self, *_: Any) -> None:
         self._wake.set()
@@ -69,6 +70,7 @@ class OutboxListener:
             try:
                 self.connection = await self._connect()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                self.failed_connects += 1
                 logger.warning(
                     logfmt("relay.listen_failed", error=f"{type(error).__name__}: {error}")
                 )

@@ -96,6 +96,9 @@ class RelayStats:
     dead_lettered: int = 0
     broker_errors: int = 0
     database_errors: int = 0
+    # Idle pauses that ended early (a notification woke the relay) or timed out (a poll).
+    woken: int = 0
+    polls: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1
@@ -114,6 +117,9 @@ class Relay:
         self.stopping = asyncio.Event()
         self.listener = OutboxListener(settings, self.wake) if settings.relay_listen else None
         self.stats = RelayStats()
+        # Set while the relay waits for work (found none); its current poll interval.
+        self.idle = asyncio.Event()
+        self.idle_delay = settings.relay_poll_min_interval
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from :meth:`run`."""
@@ -293,10 +299,17 @@ class Relay:
                 busy = claimed >= settings.relay_batch_size
                 continue
             busy = False
-            woken = await self._pause(idle_delay)
+            self.idle_delay = idle_delay
+            self.idle.set()
+            try:
+                woken = await self._pause(idle_delay)
+            finally:
+                self.idle.clear()
             if woken:
+                self.stats.woken += 1
                 idle_delay = settings.relay_poll_min_interval
             else:
+                self.stats.polls += 1
                 idle_delay = min(idle_delay * 2, settings.relay_poll_max_interval)
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> bool:
