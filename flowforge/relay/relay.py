@@ -56,7 +56,7 @@ from flowforge.logfmt import logfmt
 from flowforge.outbox_status import outbox_health
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
-from flowforge.relay.listener import OutboxListener
+from flowforge.relay.listener import OutboxListener, listen_database_url
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
 from flowforge.retention import prune
 from flowforge.settings import Settings
@@ -115,7 +115,16 @@ class Relay:
         self.publisher = publisher
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.listener = OutboxListener(settings, self.wake) if settings.relay_listen else None
+        self.listener: OutboxListener | None = None
+        if settings.relay_listen and listen_database_url(settings) is not None:
+            self.listener = OutboxListener(settings, self.wake)
+        elif settings.relay_listen:
+            logger.warning(
+                logfmt(
+                    "relay.listen_off",
+                    reason="DATABASE_POOLER=transaction and no RELAY_LISTEN_DATABASE_URL; polling",
+                )
+            )
         self.stats = RelayStats()
         # Set while the relay waits for work (found none); its current poll interval.
         self.idle = asyncio.Event()
