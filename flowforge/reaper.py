@@ -17,7 +17,7 @@ Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from flowforge import events, metrics
@@ -30,7 +30,7 @@ logger = get_logger("flowforge.reaper")
 # The lease expression must match the index expression exactly to use it.
 # REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
 # cannot size the CTE and may hash-join it against a scan of every run.
-FIND_STUCK = """
+FIND_STUCK: Final[LiteralString] = """
 SELECT id FROM workflow_runs
 WHERE status = 'running'
     AND COALESCE(heartbeat_at, started_at) < now() - make_interval(secs => $1::float8)
@@ -39,7 +39,7 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-REAP = f"""
+REAP: Final[LiteralString] = f"""
 WITH stuck AS ({FIND_STUCK})
 UPDATE workflow_runs AS r
 SET status = 'failed',
@@ -54,19 +54,19 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-FAIL_STEP_ATTEMPTS = """
+FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2
 WHERE run_id = ANY($1::uuid[]) AND status = 'running'
 """
 
-CANCEL_PENDING_STEPS = """
+CANCEL_PENDING_STEPS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'cancelled', finished_at = now()
 WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
 """
 
-HEARTBEAT = """
+HEARTBEAT: Final[LiteralString] = """
 UPDATE workflow_runs SET heartbeat_at = clock_timestamp()
 WHERE id = $1 AND status = 'running'
 RETURNING id

@@ -20,6 +20,7 @@ Pruning is not a domain change: it emits no events.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final, LiteralString
 
 from flowforge import metrics
 from flowforge.db.engine import DB
@@ -30,7 +31,7 @@ logger = get_logger("flowforge.retention")
 
 DAY_SECONDS = 86400.0
 
-OLD_PUBLISHED_EVENTS = """
+OLD_PUBLISHED_EVENTS: Final[LiteralString] = """
 SELECT id FROM outbox
 WHERE published_at < now() - make_interval(secs => $1::float8)
 ORDER BY published_at
@@ -40,7 +41,7 @@ FOR UPDATE SKIP LOCKED
 
 # "id = ANY(ARRAY(...))" rather than a join: the planner cannot know the CTE's
 # size and may hash-join it against a sequential scan of the whole table.
-PRUNE_OUTBOX = f"""
+PRUNE_OUTBOX: Final[LiteralString] = f"""
 WITH doomed AS ({OLD_PUBLISHED_EVENTS}),
 deleted AS (
     DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
@@ -48,7 +49,7 @@ deleted AS (
 SELECT count(*) FROM deleted
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-OLD_FINISHED_RUNS = """
+OLD_FINISHED_RUNS: Final[LiteralString] = """
 SELECT id FROM workflow_runs
 WHERE status IN ('completed', 'failed', 'cancelled')
     AND finished_at < now() - make_interval(secs => $1::float8)
@@ -57,7 +58,7 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-PRUNE_RUNS = f"""
+PRUNE_RUNS: Final[LiteralString] = f"""
 WITH doomed AS ({OLD_FINISHED_RUNS}),
 logs AS (
     SELECT count(*) AS n FROM run_step_logs WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
@@ -68,11 +69,11 @@ deleted AS (
 SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-COUNT_OUTBOX = """
+COUNT_OUTBOX: Final[LiteralString] = """
 SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
 """
 
-COUNT_RUNS = """
+COUNT_RUNS: Final[LiteralString] = """
 WITH doomed AS (
     SELECT id FROM workflow_runs
     WHERE status IN ('completed', 'failed', 'cancelled')

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
 from tests.live import live_server
 from tests.support import REPO_ROOT
@@ -97,7 +97,10 @@ def test_admin_log_in_filter_runs_by_status_and_open_a_run(
         for row in rows.all():
             expect(row).to_contain_text("Failed")
         page.get_by_text("CLOSE").click()
-        page.wait_for_timeout(600)  # let the table's fade-in finish for the screenshot
+        # The screenshot waits for the table's fade-in to finish (no running animation).
+        page.wait_for_function(
+            "document.getAnimations().every(animation => animation.playState !== 'running')"
+        )
         page.screenshot(path=str(ARTIFACTS / "admin-runs-filtered-failed.png"), full_page=True)
 
         row = rows.filter(has_text="Nightly report")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flowforge import cli
+from flowforge.commands import operations as cli
 from flowforge.db.engine import DB
 from flowforge.events import run_payload
 from flowforge.jsonutil import loads

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
+from flowforge.outbox_status import outbox_health
 from flowforge.reaper import reap_stuck_runs
-from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
 from flowforge.settings import get_settings
 from tests import support

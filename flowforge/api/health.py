@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from flowforge.db import replicas
 from flowforge.db.readiness import NotReadyError, check_database
 from flowforge.logs import describe_error, get_logger
-from flowforge.relay.status import outbox_health
+from flowforge.outbox_status import outbox_health
 
 logger = get_logger(__name__)
 

@@ -44,7 +44,7 @@ from flowforge.logs import (
     get_logger,
     reset_request_context,
 )
-from flowforge.relay.status import outbox_health
+from flowforge.outbox_status import outbox_health
 
 access_log = get_logger("flowforge.access")
 logger = get_logger("flowforge.metrics")

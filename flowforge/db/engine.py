@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import re
 import sys
-from typing import Any, cast
+from typing import Any, LiteralString, cast
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
@@ -485,7 +485,7 @@ class FlowForgeEngine(PostgresEngine):
         await connection.execute("COMMIT")
         return results
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def fetch(self, sql: LiteralString, *args: Any) -> list[Any]:
         """Run raw SQL on the current transaction's connection, or a pooled one.
 
         For hot paths and operational queries where the query builder adds

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, LiteralString
 
 from flowforge.db.engine import DB, FlowForgeEngine
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
@@ -36,13 +36,15 @@ logger = get_logger(__name__)
 CONSISTENCY_HEADER = "X-FlowForge-Consistency"
 SERVED_BY_HEADER = "X-FlowForge-Served-By"
 
-REPLICA_STATE = """
+REPLICA_STATE: Final[LiteralString] = """
 SELECT pg_is_in_recovery() AS standby,
        pg_last_wal_replay_lsn()::text AS replayed,
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
        END AS lag_seconds
 """
+# The primary's current WAL insert position: the consistency token.
+WAL_INSERT_POSITION: Final[LiteralString] = "SELECT pg_current_wal_insert_lsn()::text AS lsn"
 
 
 def parse_lsn(text: str) -> int:
@@ -207,7 +209,7 @@ async def commit_position() -> str | None:
     not turn into an error; the client then reads without a token.
     """
     try:
-        rows = await DB.fetch("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+        rows = await DB.fetch(WAL_INSERT_POSITION)
     except Exception as error:
         logger.warning("replica.token_failed", error=type(error).__name__)
         return None

@@ -56,6 +56,7 @@ class OutboxListener:
         self.connection: Any = None
         self.connected = asyncio.Event()  # for tests and status: listening right now
         self.reconnects = 0
+        self.failed_connects = 0  # attempts refused so far (for tests and status)
 
     def _notified(self, *_: Any) -> None:
         self._wake.set()
@@ -84,6 +85,7 @@ class OutboxListener:
             try:
                 self.connection = await self._connect()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                self.failed_connects += 1
                 logger.warning("relay.listen_failed", error=describe_error(error))
                 await _wait(stop, delay)
                 delay = min(delay * 2, self._settings.relay_poll_max_interval * 2, 30.0)

@@ -53,11 +53,11 @@ from flowforge import metrics
 from flowforge.db.engine import DB
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.logs import describe_error, get_logger
+from flowforge.outbox_status import outbox_health
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener, listen_database_url
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
-from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
 from flowforge.settings import Settings
 
@@ -96,6 +96,9 @@ class RelayStats:
     dead_lettered: int = 0
     broker_errors: int = 0
     database_errors: int = 0
+    # Idle pauses that ended early (a notification woke the relay) or timed out (a poll).
+    woken: int = 0
+    polls: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1
@@ -125,6 +128,9 @@ class Relay:
                 reason="DATABASE_POOLER=transaction and no RELAY_LISTEN_DATABASE_URL; polling",
             )
         self.stats = RelayStats()
+        # Set while the relay waits for work (found none); its current poll interval.
+        self.idle = asyncio.Event()
+        self.idle_delay = settings.relay_poll_min_interval
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from :meth:`run`."""
@@ -297,10 +303,17 @@ class Relay:
                 busy = claimed >= settings.relay_batch_size
                 continue
             busy = False
-            woken = await self._pause(idle_delay)
+            self.idle_delay = idle_delay
+            self.idle.set()
+            try:
+                woken = await self._pause(idle_delay)
+            finally:
+                self.idle.clear()
             if woken:
+                self.stats.woken += 1
                 idle_delay = settings.relay_poll_min_interval
             else:
+                self.stats.polls += 1
                 idle_delay = min(idle_delay * 2, settings.relay_poll_max_interval)
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> bool:

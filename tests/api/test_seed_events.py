@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import httpx
 
-from flowforge import seed
+from flowforge.commands import seed
 from tests.api.conftest import Caller, create_workflow, events, trigger
 
 

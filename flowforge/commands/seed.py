@@ -290,9 +290,9 @@ async def seed() -> None:
     """Create the development seed data (users, workflows, runs). Safe to run repeatedly.
 
     Also gives the seeded admin an API key (once) and ensures the Piccolo Admin
-    login (flowforge/bootstrap.py), so a new user can call the API right away.
+    login (flowforge/commands/bootstrap.py), so a new user can call the API right away.
     """
-    from flowforge import bootstrap
+    from flowforge.commands import bootstrap
 
     report = await write()
     async with DB.transaction():

@@ -25,11 +25,9 @@ import prometheus_client
 from flowforge import metrics
 from flowforge.db.engine import DB
 from flowforge.logs import configure_logging, get_logger
+from flowforge.outbox_status import outbox_status as read_outbox_status
+from flowforge.outbox_status import requeue_dead_letters
 from flowforge.reaper import reap_stuck_runs
-from flowforge.relay.publishers import create_publisher
-from flowforge.relay.relay import Relay
-from flowforge.relay.status import outbox_status as read_outbox_status
-from flowforge.relay.status import requeue_dead_letters
 from flowforge.retention import prune as prune_history
 from flowforge.settings import Environment, PublisherKind, get_settings
 
@@ -62,6 +60,11 @@ async def pool(
 
 async def relay() -> None:
     """Publish outbox events until SIGTERM or SIGINT (a second signal stops at once)."""
+    # Imported here, not at the top: every process that reads the app registry
+    # (the API too) imports this module, and only the relay needs Redis.
+    from flowforge.relay.publishers import create_publisher
+    from flowforge.relay.relay import Relay
+
     configure_logging()
     settings = get_settings()
     if (
@@ -181,6 +184,3 @@ async def reap() -> None:
     async with pool("flowforge-reaper", 1):
         report = await reap_stuck_runs(settings.run_lease_timeout)
     print(f"reaped: {len(report.runs)} runs (lease {settings.run_lease_timeout:g} s)")
-
-
-COMMANDS = [relay, outbox_status, outbox_requeue, prune, reap]
