@@ -17,7 +17,6 @@ order is commit order.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, LiteralString
 from uuid import UUID

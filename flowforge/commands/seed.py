@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from piccolo.query.functions.string import Lower
+from piccolo.querystring import QueryString
+
 from flowforge import runs, users, workflows
 from flowforge.db.engine import DB
-from flowforge.db.tables import Role, RunStatus, TriggerType
+from flowforge.db.tables import Role, RunStatus, TriggerType, User, Workflow
 from flowforge.errors import WorkflowInactiveError
 
 USERS = [
@@ -136,18 +139,17 @@ class SeedReport:
         )
 
 
-FIND_USER = "SELECT id FROM users WHERE lower(email) = lower($1)"
-FIND_WORKFLOW = """
-SELECT id, trigger_type FROM workflows WHERE owner_id = $1 AND name = $2
-ORDER BY created_at, id LIMIT 1
-"""
-
-
 async def _ensure_user(email: str, name: str, role: Role, report: SeedReport) -> UUID:
-    connection = DB.require_transaction().connection
-    found: UUID | None = await connection.fetchval(FIND_USER, email)
+    DB.require_transaction()
+    found = await (
+        User.select(User.id)
+        .where(Lower(User.email) == Lower(QueryString("{}", email)))
+        .first()
+        .run()
+    )
     if found is not None:
-        return found
+        existing: UUID = found["id"]
+        return existing
     report.users += 1
     user = await users.create_user(email, name, role)
     user_id: UUID = user["id"]
@@ -157,13 +159,19 @@ async def _ensure_user(email: str, name: str, role: Role, report: SeedReport) ->
 async def _ensure_workflows(report: SeedReport) -> list[tuple[UUID, UUID, TriggerType]]:
     """Users and workflows (one transaction); returns (workflow id, owner id, trigger)."""
     ensured: list[tuple[UUID, UUID, TriggerType]] = []
-    async with DB.transaction() as transaction:
+    async with DB.transaction():
         user_ids = {
             email: await _ensure_user(email, name, role, report) for email, name, role in USERS
         }
         for name, owner, trigger, trigger_config, steps in WORKFLOWS:
             owner_id = user_ids[owner]
-            row = await transaction.connection.fetchrow(FIND_WORKFLOW, owner_id, name)
+            row = await (
+                Workflow.select(Workflow.id, Workflow.trigger_type)
+                .where((Workflow.owner_id == owner_id) & (Workflow.name == name))
+                .order_by(Workflow.created_at, Workflow.id)
+                .first()
+                .run()
+            )
             if row is None:
                 report.workflows += 1
                 created = await workflows.create_workflow(
