@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, LiteralString
@@ -46,11 +45,11 @@ import asyncpg
 
 from flowforge.db.engine import DB
 from flowforge.errors import PARTITION_NAME
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 
 __all__ = ["PARTITION_NAME", "SPECS", "drop_expired", "ensure", "maintain"]
 
-logger = logging.getLogger("flowforge.partitions")
+logger = get_logger("flowforge.partitions")
 
 PARTITION_DAYS_AHEAD: Final = 7
 PARTITION_MONTHS_AHEAD: Final = 2
@@ -246,7 +245,7 @@ async def create_partition(connection: Any, spec: Spec, start: datetime.datetime
             await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
             await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
             await connection.execute(f"ALTER TABLE {spec.table} ATTACH PARTITION {default} DEFAULT")
-            logger.warning(logfmt("partitions.moved_from_default", partition=name, rows=stray))
+            logger.warning("partitions.moved_from_default", partition=name, rows=stray)
         await name_indexes_like_parent(connection, name)
     return name
 
@@ -334,13 +333,11 @@ async def drop_expired(
                 except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
                     report.skipped.append(partition.name)
     logger.info(
-        logfmt(
-            "partitions.expired",
-            dry_run=report.dry_run,
-            dropped=",".join(report.dropped),
-            detached=",".join(report.detached),
-            skipped=",".join(report.skipped),
-        )
+        "partitions.expired",
+        dry_run=report.dry_run,
+        dropped=",".join(report.dropped),
+        detached=",".join(report.detached),
+        skipped=",".join(report.skipped),
     )
     return report
 

@@ -1,5 +1,14 @@
+"""run_step_logs.run_created_at, nullable: the next migration fills it and partitions by it.
+
+A nullable column without a default changes only the catalog. The raw step
+(which Piccolo runs first, in the same transaction) bounds the wait for the
+ACCESS EXCLUSIVE lock, so the migration fails instead of queueing every query
+behind a long transaction.
+"""
+
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.columns.column_types import Timestamptz
+from piccolo.engine import engine_finder
 from piccolo.columns.indexes import IndexMethod
 
 ID = "2026-11-30T00:39:47:879988"
@@ -9,6 +18,13 @@ DESCRIPTION = "run_step_logs.run_created_at (nullable until the partitioning mig
 
 async def forwards():
     manager = MigrationManager(migration_id=ID, app_name="flowforge", description=DESCRIPTION)
+
+    async def bounded_lock_wait() -> None:
+        engine = engine_finder()
+        assert engine is not None
+        await engine.run_ddl("SET LOCAL lock_timeout = '5s'")
+
+    manager.add_raw(bounded_lock_wait)
 
     manager.add_column(
         table_class_name="RunStepLog",

@@ -185,3 +185,13 @@ async def drop_empty_past_partitions() -> None:
     await partitions.drop_expired(
         partitions.MaintenanceReport(), outbox_retention_days=1, run_retention_days=1
     )
+
+
+def json_log_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of `text` parsed as one JSON log object (LOG_FORMAT=json).
+
+    Fails on a line that is not JSON: a traceback or any other stray output.
+    """
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

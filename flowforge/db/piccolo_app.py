@@ -5,11 +5,8 @@ from pathlib import Path
 
 from piccolo.conf.apps import AppConfig, Command
 
-from flowforge import cli
-from flowforge.bootstrap import create_admin_login, create_api_key
-from flowforge.db.migrate import migrate
+from flowforge.commands import COMMANDS
 from flowforge.db.tables import TABLES
-from flowforge.seed import seed
 from flowforge.settings import CHECKOUT
 
 
@@ -32,13 +29,6 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(migrations_folder()),
     table_classes=list(TABLES),
     migration_dependencies=[],
-    commands=[
-        # Migrations for every app under an advisory lock (what deployments run).
-        Command(callable=migrate),
-        Command(callable=seed, aliases=["seed-data"]),
-        Command(callable=create_api_key),
-        Command(callable=create_admin_login),
-        # Relay, status, requeue, prune, reap (issue 4).
-        *(Command(callable=command) for command in cli.COMMANDS),
-    ],
+    # The commands live in flowforge/commands/ (the only code that prints or exits).
+    commands=[Command(callable=command, aliases=aliases) for command, aliases in COMMANDS],
 )
