@@ -597,12 +597,26 @@ async def test_a_run_with_its_step_logs(dataset: Dataset) -> None:
     assert_reads(
         plan,
         {
-            "workflow_runs": "workflow_runs_pkey",
+            # The run by id: its key, or the (id, created_at) key the step logs'
+            # foreign key needs (issue 11), which also hands over created_at.
+            "workflow_runs": frozenset({"workflow_runs_pkey", "workflow_runs_id_created_at_key"}),
             "workflows": "workflows_pkey",
             "run_step_logs": "run_step_logs_run_step_attempt_key",
         },
         sorted_by_index=False,
     )
+    # The plan lists every step-log partition; run, it reads only the run's own
+    # (pruned at execution by run_created_at = r.created_at).
+    rows = await DB.fetch(f"EXPLAIN (ANALYZE, FORMAT JSON) {runs.GET_RUN}", dataset.run_id, None)
+    document = rows[0][0]
+    document = json.loads(document) if isinstance(document, str) else document
+    executed = {
+        raw["Relation Name"]
+        for raw in Plan(runs.GET_RUN, document[0]["Plan"]).raw_nodes()
+        if raw.get("Relation Name", "").startswith("run_step_logs_")
+        and raw.get("Actual Loops", 0) > 0
+    }
+    assert len(executed) == 1, executed
 
 
 async def test_authenticating_a_key(dataset: Dataset) -> None:
