@@ -184,27 +184,28 @@ ALL_EXPIRED: Final[dict[str, LiteralString]] = {
 
 @contextlib.asynccontextmanager
 async def _connection() -> AsyncIterator[Any]:
-    """A connection of its own (DDL with a lock timeout, UTC, no statement timeout)."""
+    """A connection of its own: the pool's if it runs, else a new one."""
     if DB.pool is not None:
         async with DB.pool.acquire() as connection:
-            await _prepare(connection)
-            try:
-                yield connection
-            finally:
-                await connection.execute("RESET ALL")
+            yield connection
         return
     own = await DB.get_new_connection()
     try:
-        await _prepare(own)
         yield own
     finally:
         await own.close()
 
 
-async def _prepare(connection: Any) -> None:
-    await connection.execute("SET TimeZone = 'UTC'")
-    await connection.execute("SET statement_timeout = 0")
-    await connection.execute(f"SET lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
+@contextlib.asynccontextmanager
+async def _transaction(connection: Any) -> AsyncIterator[None]:
+    """One unit of work: DDL with a lock timeout, UTC (periods are UTC days and
+    months), no statement timeout. SET LOCAL only, so nothing outlives the
+    transaction (safe behind a transaction-mode pooler)."""
+    async with connection.transaction():
+        await connection.execute("SET LOCAL TimeZone = 'UTC'")
+        await connection.execute("SET LOCAL statement_timeout = 0")
+        await connection.execute(f"SET LOCAL lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
+        yield
 
 
 async def partitions(connection: Any, spec: Spec) -> list[Partition]:
@@ -233,7 +234,7 @@ async def create_partition(connection: Any, spec: Spec, start: datetime.datetime
     end = period_start(start, spec.period, 1)
     default = f"{spec.table}_default"
     bounds = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-    async with connection.transaction():
+    async with _transaction(connection):
         stray = int(await connection.fetchval(DEFAULT_ROWS_IN_RANGE[spec.table], start, end))
         if not stray:
             await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
@@ -286,11 +287,12 @@ async def ensure(
     """Create the current period's partition and those ahead, and a partition for
     every period whose rows wait in the default partition (idempotent)."""
     async with _connection() as connection:
-        now = now or await connection.fetchval(NOW)
         for spec in SPECS:
             ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
-            existing = {p.lower for p in await partitions(connection, spec)}
-            stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
+            async with _transaction(connection):
+                now = now or await connection.fetchval(NOW)
+                existing = {p.lower for p in await partitions(connection, spec)}
+                stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
             wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
             for start in sorted(wanted):
                 if start in existing:
@@ -302,9 +304,10 @@ async def ensure(
                     report.created.append(await create_partition(connection, spec, start))
                 except asyncpg.LockNotAvailableError:
                     report.skipped.append(partition_name(spec, start))
-            report.default_rows[spec.table] = int(
-                await connection.fetchval(DEFAULT_ROWS[spec.table])
-            )
+            async with _transaction(connection):
+                report.default_rows[spec.table] = int(
+                    await connection.fetchval(DEFAULT_ROWS[spec.table])
+                )
     return report
 
 
@@ -320,12 +323,13 @@ async def drop_expired(
     A retention of 0 keeps that history forever: nothing is dropped.
     """
     async with _connection() as connection:
-        now = await connection.fetchval(NOW)
         for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
             if days <= 0:
                 continue
-            cutoff = now - datetime.timedelta(days=days)
-            for partition in await partitions(connection, spec):
+            async with _transaction(connection):
+                cutoff = await connection.fetchval(NOW) - datetime.timedelta(days=days)
+                found = await partitions(connection, spec)
+            for partition in found:
                 if partition.upper is None or partition.upper > cutoff:
                     continue  # the default partition, or not all old enough
                 try:
@@ -351,7 +355,7 @@ async def _retire(
     *,
     detach: bool,
 ) -> None:
-    async with connection.transaction():
+    async with _transaction(connection):
         # No row can be written into it between the check and the drop.
         await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
         expired = await connection.fetchval(
