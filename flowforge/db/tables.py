@@ -294,6 +294,10 @@ class Outbox(Audited, Table, tablename="outbox", db=DB):
     published (``published_at`` set), or, after ``OUTBOX_MAX_ATTEMPTS`` failed
     publish attempts, dead-lettered (``dead_lettered_at`` set; kept, and the
     later events of its aggregate are held until it is requeued or deleted).
+
+    Partitioned by day of ``created_at`` (primary key (id, created_at)) by the
+    raw migration ``piccolo_migrations/flowforge_2026_11_30t00_39_50_000000.py``;
+    ``flowforge.partitions`` keeps the partitions. Decision 11.
     """
 
     id = _time_ordered_id()
