@@ -70,10 +70,6 @@ def _run_event_payload(alias: str, previous_status: str, extra: str = "") -> str
         {extra})"""
 
 
-def canonical(value: Any) -> str:
-    return dumps(value, sort_keys=True)
-
-
 def _run(row: Mapping[str, Any]) -> dict[str, Any]:
     run = dict(row)
     run["inputs"] = loads(run["inputs"])
@@ -117,9 +113,9 @@ WITH wf AS (
 }
     FROM created c
 )
-SELECT true AS created, {RUN_COLUMNS} FROM created
+SELECT true AS created, true AS same_request, {RUN_COLUMNS} FROM created
 UNION ALL
-SELECT false, {_prefixed(RUN_COLUMNS, "r")}
+SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2, {_prefixed(RUN_COLUMNS, "r")}
 FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
 WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
 """  # noqa: S608 - constant fragments; every value is a bind parameter
@@ -128,7 +124,8 @@ WORKFLOW_STATE = """
 SELECT is_active FROM workflows WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
 """
 RUN_BY_KEY = f"""
-SELECT {RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
+SELECT inputs = $3::jsonb AND trigger_type = $4 AS same_request, {RUN_COLUMNS}
+FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
 """  # noqa: S608
 
 
@@ -148,12 +145,13 @@ async def trigger_run(
     and raises :class:`IdempotencyConflictError` when they do not.
     """
     connection = DB.require_transaction().connection
+    inputs_json = dumps(inputs)
     row = await connection.fetchrow(
         TRIGGER_RUN,
         workflow_id,
         trigger_type.value,
         triggered_by,
-        dumps(inputs),
+        inputs_json,
         idempotency_key,
         owner_id,
     )
@@ -165,7 +163,9 @@ async def trigger_run(
             raise WorkflowInactiveError(workflow_id=str(workflow_id))
         # The key was taken by a transaction that committed after this
         # statement's snapshot was taken: read it now (a new snapshot).
-        row = await connection.fetchrow(RUN_BY_KEY, workflow_id, idempotency_key)
+        row = await connection.fetchrow(
+            RUN_BY_KEY, workflow_id, idempotency_key, inputs_json, trigger_type.value
+        )
         if row is None:  # pragma: no cover - the key's holder rolled back: a retry will work
             raise IdempotencyConflictError(
                 "A request with this Idempotency-Key is in progress; retry shortly.",
@@ -176,9 +176,10 @@ async def trigger_run(
         created = bool(row["created"])
     run = _run(row)
     run.pop("created", None)
-    # Canonical JSON, not Python equality: True == 1 == 1.0 in Python, not in JSON.
-    same_inputs = created or canonical(run["inputs"]) == canonical(inputs)
-    if not created and (not same_inputs or run["trigger_type"] != trigger_type.value):
+    # PostgreSQL compares the inputs as the JSONB it stores: numbers it
+    # normalises (1e16, -0.0, 1.0) match their stored form; true is not 1.
+    same_request = bool(run.pop("same_request"))
+    if not created and not same_request:
         raise IdempotencyConflictError(
             "This Idempotency-Key was already used for this workflow with different inputs.",
             idempotency_key=idempotency_key,
