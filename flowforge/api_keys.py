@@ -27,7 +27,13 @@ from uuid import UUID
 from flowforge import events
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
-from flowforge.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from flowforge.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidFieldError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from flowforge.outbox import record_event
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.principal import SCOPES_BY_ROLE, Principal
@@ -70,7 +76,7 @@ WITH touched AS (
     )
     RETURNING id
 )
-SELECT k.id, k.user_id, k.key_hash, k.scopes, k.revoked_at IS NOT NULL AS revoked,
+SELECT k.id, k.user_id, k.key_hash, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
     k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
     u.role, u.is_active
 FROM api_keys k JOIN users u ON u.id = k.user_id
@@ -100,6 +106,7 @@ async def authenticate(key: str) -> Principal:
         role=Role(row["role"]),
         scopes=frozenset(Scope(scope) for scope in row["scopes"]),
         key_id=row["id"],
+        expires_at=row["expires_at"],
     )
 
 
@@ -129,8 +136,9 @@ async def create_api_key(
     """Issue a key for a user; returns (stored key, full key). The full key exists only here.
 
     The scopes must be within what the user's role allows and, when a key
-    grants it (``granted_by``), within that key's own scopes: a key never
-    mints a more powerful one. ``granted_by=None`` is the trusted CLI.
+    grants it (``granted_by``), within that key's own scopes; and such a key
+    expires no later than the key that grants it: a key never mints a more
+    powerful or longer-lived one. ``granted_by=None`` is the trusted CLI.
     """
     wanted = frozenset(Scope(scope) for scope in scopes)
     connection = DB.require_transaction().connection
@@ -152,6 +160,14 @@ async def create_api_key(
             "A key cannot grant scopes it does not have itself.",
             key_scopes=sorted(s.value for s in granted_by.scopes),
         )
+    if granted_by is not None and granted_by.expires_at is not None:
+        if expires_at is None or expires_at > granted_by.expires_at:
+            raise InvalidFieldError(
+                "expires_at",
+                "must be no later than the expiry of the key making the request "
+                f"({granted_by.expires_at.isoformat()}): a key cannot outlive the key "
+                "that created it",
+            )
     prefix, full_key = generate_key()
     row = await connection.fetchrow(
         INSERT_KEY,

@@ -57,7 +57,12 @@ class ApiKeyCreate(RequestModel):
         description="Any of read, write, admin; within your role and your own key's scopes.",
     )
     expires_at: AwareDatetime | None = Field(
-        default=None, description="When the key stops working (with a time zone); null: never."
+        default=None,
+        description=(
+            "When the key stops working (with a time zone); null: never. No later than the "
+            "expiry of the key making the request (422 otherwise): a key cannot outlive the "
+            "key that created it, so an expiring key must give one."
+        ),
     )
     user_id: UUID | None = Field(
         default=None, description="Issue the key to another user (admin scope); default: yourself."
