@@ -160,14 +160,13 @@ async def create_api_key(
             "A key cannot grant scopes it does not have itself.",
             key_scopes=sorted(s.value for s in granted_by.scopes),
         )
-    if granted_by is not None and granted_by.expires_at is not None:
-        if expires_at is None or expires_at > granted_by.expires_at:
-            raise InvalidFieldError(
-                "expires_at",
-                "must be no later than the expiry of the key making the request "
-                f"({granted_by.expires_at.isoformat()}): a key cannot outlive the key "
-                "that created it",
-            )
+    limit = granted_by.expires_at if granted_by is not None else None
+    if limit is not None and (expires_at is None or expires_at > limit):
+        raise InvalidFieldError(
+            "expires_at",
+            f"must be no later than the expiry of the key making the request "
+            f"({limit.isoformat()}): a key cannot outlive the key that created it",
+        )
     prefix, full_key = generate_key()
     row = await connection.fetchrow(
         INSERT_KEY,

@@ -7,7 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from flowforge import api_keys
 from flowforge.api.deps import CurrentPrincipal, Transaction
@@ -18,6 +18,7 @@ from flowforge.api.schemas import (
     Limit,
     Page,
     RequestModel,
+    Timestamp,
     error_responses,
 )
 from flowforge.db.tables import Scope
@@ -56,7 +57,7 @@ class ApiKeyCreate(RequestModel):
         max_length=3,
         description="Any of read, write, admin; within your role and your own key's scopes.",
     )
-    expires_at: AwareDatetime | None = Field(
+    expires_at: Timestamp | None = Field(
         default=None,
         description=(
             "When the key stops working (with a time zone); null: never. No later than the "

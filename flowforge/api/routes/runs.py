@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from flowforge import runs
 from flowforge.api.deps import CurrentPrincipal, Transaction
@@ -19,6 +19,7 @@ from flowforge.api.schemas import (
     Limit,
     Page,
     RequestModel,
+    Timestamp,
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
@@ -60,7 +61,7 @@ class StepLogAppend(RequestModel):
     input: JsonObject | None = None
     output: JsonObject | None = None
     error: ErrorText | None = None
-    started_at: AwareDatetime | None = Field(
+    started_at: Timestamp | None = Field(
         default=None, description="When the attempt started (default and at most: now)."
     )
 
