@@ -21,6 +21,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 from uuid import UUID
 
@@ -84,16 +85,29 @@ WHERE k.prefix = $1
 """  # noqa: S608 - a constant number, no client text
 
 
-async def authenticate(key: str) -> Principal:
-    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+@dataclass(frozen=True, slots=True)
+class PresentedKey:
+    """A key of the right form (not yet known to be valid): its prefix and hash."""
+
+    prefix: str
+    key_hash: str
+
+
+def parse_key(key: str) -> PresentedKey:
+    """Check a key's form without the database; UnauthorizedError if it cannot be a key."""
     match = KEY_PATTERN.fullmatch(key)
     if match is None:
         raise UnauthorizedError("The API key is not valid.")
-    presented = hash_key(key)
+    return PresentedKey(prefix=match.group(1), key_hash=hash_key(key))
+
+
+async def authenticate(key: str | PresentedKey) -> Principal:
+    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+    presented = parse_key(key) if isinstance(key, str) else key
     connection = DB.require_transaction().connection
-    row = await connection.fetchrow(AUTHENTICATE, match.group(1), presented)
+    row = await connection.fetchrow(AUTHENTICATE, presented.prefix, presented.key_hash)
     stored = row["key_hash"] if row is not None else _DUMMY_HASH
-    if not hmac.compare_digest(presented, stored) or row is None:
+    if not hmac.compare_digest(presented.key_hash, stored) or row is None:
         raise UnauthorizedError("The API key is not valid.")
     if row["revoked"]:
         raise UnauthorizedError("The API key has been revoked.")

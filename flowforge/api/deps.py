@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from flowforge.api_keys import authenticate
+from flowforge.api_keys import PresentedKey, authenticate, parse_key
 from flowforge.db.engine import DB, SafeTransaction
 from flowforge.errors import UnauthorizedError, translated_db_errors
 from flowforge.principal import Principal
@@ -42,14 +42,26 @@ bearer_scheme = HTTPBearer(
 )
 
 
-async def current_principal(
-    transaction: Transaction,
+def presented_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Principal:
-    """The caller, authenticated in the request's own transaction (one connection)."""
+) -> PresentedKey:
+    """The bearer key, checked for form only: no database connection is taken.
+
+    A request without a well-formed key is a 401 before it waits for the pool, so
+    an exhausted pool or a database outage cannot delay or change that answer.
+    The product router runs this before any of a route's own dependencies
+    (flowforge/api/routes/__init__.py), the transaction included.
+    """
     if credentials is None:
         raise UnauthorizedError()
-    return await authenticate(credentials.credentials)
+    return parse_key(credentials.credentials)
+
+
+async def current_principal(
+    key: Annotated[PresentedKey, Depends(presented_key)], transaction: Transaction
+) -> Principal:
+    """The caller, authenticated in the request's own transaction (one connection)."""
+    return await authenticate(key)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
