@@ -41,13 +41,16 @@ TEXT_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
 SPACES = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
-def _no_controls(forbidden: str, what: str) -> Callable[[Any], Any]:
+def _no_controls(forbidden: str, what: str, *, strip: bool = False) -> Callable[[Any], Any]:
     found = re.compile(f"[{forbidden}]")
 
     def check(value: Any) -> Any:
         # Before trimming, so a trailing control character is refused, not dropped.
-        if isinstance(value, str) and found.search(value):
-            raise ValueError(f"must not contain {what}")
+        if isinstance(value, str):
+            if found.search(value):
+                raise ValueError(f"must not contain {what}")
+            if strip:
+                return value.strip()
         return value
 
     return check
@@ -82,11 +85,13 @@ class Text(GroupedMetadata):
             if self.min_length and self.strip
             else f"^[^{forbidden}]*$"
         )
-        yield BeforeValidator(_no_controls(forbidden, what))
-        yield StringConstraints(
-            strip_whitespace=self.strip, min_length=self.min_length, max_length=self.max_length
+        yield Field(
+            min_length=self.min_length,
+            max_length=self.max_length,
+            json_schema_extra={"pattern": pattern},
         )
-        yield Field(json_schema_extra={"pattern": pattern})
+        # Wraps the above: checked and trimmed first, then measured (not blank).
+        yield BeforeValidator(_no_controls(forbidden, what, strip=self.strip))
 
 
 # Lengths match the columns in flowforge/db/tables.py.
@@ -99,10 +104,10 @@ Description = Annotated[str, Text(10_000, min_length=0, multiline=True, strip=Fa
 ErrorText = Annotated[str, Text(10_000, multiline=True)]
 Email = Annotated[
     str,
-    BeforeValidator(_no_controls(CONTROLS, "control characters")),
     StringConstraints(
         strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"
     ),
+    BeforeValidator(_no_controls(CONTROLS, "control characters")),
     Field(
         json_schema_extra={
             "pattern": f"^[{SPACES}]*[^@\\s{CONTROLS}]+@[^@\\s{CONTROLS}]+[{SPACES}]*$"
