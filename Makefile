@@ -34,8 +34,9 @@ $(CHROMIUM):
 migrate: setup
 	$(BIN)/piccolo migrations forwards all
 
+# HOST/PORT: the seed prints where `make serve` will listen.
 seed: migrate
-	$(BIN)/piccolo flowforge seed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed
 
 serve: setup
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)

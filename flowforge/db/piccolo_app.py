@@ -4,6 +4,7 @@ from piccolo.conf.apps import AppConfig, Command
 
 from flowforge import cli
 from flowforge.bootstrap import create_admin_login, create_api_key
+from flowforge.cliargs import command
 from flowforge.db.tables import TABLES
 from flowforge.seed import seed
 from flowforge.settings import REPO_ROOT
@@ -15,11 +16,13 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(REPO_ROOT / "piccolo_migrations"),
     table_classes=list(TABLES),
     migration_dependencies=[],
+    # Each parses its own options (`--x value` and `--x=value`; bad values exit 2):
+    # flowforge/cliargs.py.
     commands=[
-        Command(callable=seed, aliases=["seed-data"]),
-        Command(callable=create_api_key),
-        Command(callable=create_admin_login),
+        Command(callable=command(seed, aliases=["seed-data"]), aliases=["seed-data"]),
+        Command(callable=command(create_api_key)),
+        Command(callable=command(create_admin_login)),
         # Relay, status, requeue, prune, reap (issue 4).
-        *(Command(callable=command) for command in cli.COMMANDS),
+        *(Command(callable=command(function)) for function in cli.COMMANDS),
     ],
 )
