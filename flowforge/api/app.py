@@ -12,6 +12,7 @@ from flowforge.api import health, routes
 from flowforge.api.admin import build_admin
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
+from flowforge.api.openapi import install_openapi
 from flowforge.db.engine import DB, check_configuration
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def create_app() -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit)
     app.include_router(health.router)
     app.include_router(routes.router)

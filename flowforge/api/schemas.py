@@ -23,15 +23,17 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
 )
 
 from flowforge.jsonutil import dumps
-from flowforge.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from flowforge.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 MAX_JSON_BYTES = 65_536
 MAX_JSON_DEPTH = 32
 
 # -- text -------------------------------------------------------------------------------
+NO_NUL = r"^[^\x00]*$"
 # Control characters (C0, DEL, C1): never in one-line text. NUL cannot be stored
 # at all; the others are terminal escapes and invisible line breaks.
 CONTROLS = r"\x00-\x1f\x7f-\x9f"
@@ -178,18 +180,52 @@ def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 
 # A JSON object a client sends (inputs, outputs, configs): bounded and storable.
+# Their JSON Schema (components JsonObject and JsonValue, recursive) says "no NUL in
+# any key or string, at any depth"; the byte size, depth and unpaired surrogates
+# it cannot say. flowforge/api/openapi.py adds the components.
+JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "JsonObject": {
+        "type": "object",
+        "description": f"A JSON object, at most {MAX_JSON_BYTES} bytes encoded, "
+        f"{MAX_JSON_DEPTH} levels deep; no NUL (\\u0000) in any key or string.",
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        "examples": [{"date": "2026-11-29", "regions": ["emea", "amer"], "dry_run": False}],
+    },
+    "JsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": NO_NUL},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ],
+        "examples": ["emea"],
+    },
+}
+
 JsonObject = Annotated[
     dict[str, Any],
     AfterValidator(_check_json_object),
-    Field(description=f"A JSON object, at most {MAX_JSON_BYTES} bytes encoded."),
+    WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/JsonObject"}]}),
 ]
+
+
+def _json_number(value: Any) -> Any:
+    # JSON Schema's integer: 3 and 3.0, never true or "3" (lax int would take both).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+# An integer in a JSON body.
+Integer = Annotated[int, BeforeValidator(_json_number)]
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[
     str | None,
     Field(
         max_length=MAX_CURSOR_LENGTH,
-        pattern=r"^[A-Za-z0-9_-]*$",
+        pattern=CURSOR_PATTERN,
         description="The `next_cursor` of the previous page; omit for the first page.",
     ),
 ]

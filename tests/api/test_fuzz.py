@@ -209,3 +209,46 @@ async def unevented_rows(database_url: str) -> dict[str, tuple[int, int]]:
         return mismatches
     finally:
         await connection.close()
+
+
+# -- all checks, all phases (schemathesis's own runner) --------------------------------------
+
+MAX_EXAMPLES = 12
+SCHEMATHESIS_CONFIG = REPO_ROOT / "tests" / "api" / "schemathesis.toml"
+
+
+def test_schemathesis_all_checks_and_stateful_phases_find_nothing(
+    world: dict[str, Any], database_url: str
+) -> None:
+    """`schemathesis run` with every check and every phase (stateful included): zero findings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    admin: Caller = world["admin"]
+    executable = Path(sys.executable).parent / "schemathesis"
+    with live_server(database_url, ARTIFACTS / "schemathesis-uvicorn.log") as base_url:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                str(executable), "--config-file", str(SCHEMATHESIS_CONFIG),
+                "run", f"{base_url}/openapi.json",
+                "--checks", "all",
+                "--phases", "examples,coverage,fuzzing,stateful",
+                "--max-examples", str(MAX_EXAMPLES),
+                "--seed", "20261130",
+                "--generation-deterministic",
+                "--workers", "1",
+                "--request-timeout", "30",
+                "--header", f"Authorization: Bearer {admin.key}",
+                "--report", "ndjson",
+                "--report-ndjson-path", str(ARTIFACTS / "schemathesis-events.ndjson"),
+                "--no-color",
+            ],
+            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    (ARTIFACTS / "schemathesis-output.txt").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert asyncio.run(unevented_rows(database_url)) == {}
+    print(f"schemathesis: {elapsed:.1f} s")

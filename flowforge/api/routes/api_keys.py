@@ -22,6 +22,7 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import Scope
+from flowforge.errors import ConflictError
 from flowforge.principal import Principal
 
 router = APIRouter(tags=["api keys"], responses=error_responses(401, 403, 422))
@@ -134,12 +135,18 @@ async def list_api_keys(
 @router.post(
     "/api-keys/{api_key_id}/revoke",
     summary="Revoke an API key (at once; revoking twice is harmless)",
-    responses=error_responses(404),
+    responses=error_responses(404, 409),
 )
 async def revoke_api_key(
     api_key_id: UUID, transaction: Transaction, principal: CurrentPrincipal
 ) -> ApiKeyOut:
-    """Your own keys with the write scope; anyone's with the admin scope."""
+    """Your own keys with the write scope; anyone's with the admin scope. A key
+    cannot revoke itself (409): revoke it with another key, so a client cannot
+    lock itself out by mistake."""
+    if api_key_id == principal.key_id:
+        raise ConflictError(
+            "A key cannot revoke itself: revoke it with another key.", api_key_id=str(api_key_id)
+        )
     if Scope.ADMIN in principal.effective_scopes:
         key = await api_keys.revoke_api_key(api_key_id)
     else:
