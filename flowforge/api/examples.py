@@ -40,7 +40,7 @@ API_KEY = {
     "name": "ci-deploy",
     "prefix": "3f9a1c2b7d4e6f80",
     "scopes": ["read", "write"],
-    "expires_at": "2027-02-28T00:00:00Z",
+    "expires_at": "2036-12-31T00:00:00Z",
     "revoked_at": None,
     "last_used_at": UPDATED,
     "created_at": CREATED,
@@ -144,7 +144,7 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
     "ApiKeyCreate": {
         "name": "ci-deploy",
         "scopes": ["read", "write"],
-        "expires_at": "2027-02-28T00:00:00Z",
+        "expires_at": "2036-12-31T00:00:00Z",
     },
     "Page_ApiKeyOut_": {"items": [API_KEY], "next_cursor": None},
     "Scope": "read",

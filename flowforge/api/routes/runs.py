@@ -162,12 +162,29 @@ IdempotencyKey = Annotated[
 ]
 
 
+RUN_LOCATION = {
+    "description": "The run's URL: `/api/v1/runs/{run_id}`.",
+    "schema": {"type": "string", "examples": ["/api/v1/runs/e8d7c6b5-a493-4827-9160-5f4e3d2c1b0a"]},
+}
+
+
 @router.post(
     "/workflows/{workflow_id}/runs",
     status_code=201,
     summary="Trigger a run",
     responses={
-        200: {"model": RunTriggered, "description": "Replay of an earlier Idempotency-Key"},
+        201: {"description": "The new run", "headers": {"Location": RUN_LOCATION}},
+        200: {
+            "model": RunTriggered,
+            "description": "Replay of an earlier Idempotency-Key",
+            "headers": {
+                "Location": RUN_LOCATION,
+                "Idempotent-Replayed": {
+                    "description": "`true`: this run was made by an earlier request.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
         **error_responses(404, 409),
     },
 )
