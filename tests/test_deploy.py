@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +32,30 @@ def test_compose_file_is_valid_against_the_compose_spec() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_database_has_a_pg_isready_healthcheck_and_the_app_waits_for_it() -> None:
+def test_database_has_a_pg_isready_healthcheck_and_migrate_waits_for_it() -> None:
     services = compose()["services"]
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
-    assert services["app"]["depends_on"]["db"]["condition"] == "service_healthy"
-    command = " ".join(services["app"]["command"])
-    migrate, seed, serve = (
-        command.index("piccolo migrations forwards all"),
-        command.index("piccolo flowforge seed"),
-        command.index("uvicorn flowforge.main:app"),
-    )
-    assert migrate < seed < serve
+    assert services["migrate"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+
+
+def test_migrations_run_once_in_a_one_shot_service_that_app_and_relay_wait_for() -> None:
+    services = compose()["services"]
+    migrate = services["migrate"]
+    command = " ".join(migrate["command"])
+    # The locked command (tests/test_migrate_command.py), then the seed in development only.
+    assert command.index("piccolo flowforge migrate &&") < command.index("piccolo flowforge seed")
+    assert '[ "$$FLOWFORGE_ENV" = "development" ]' in command
+    assert "piccolo migrations forwards" not in COMPOSE.read_text()
+    assert migrate["restart"] == "no"
+    for name in ("app", "relay"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert services[name]["restart"] == "unless-stopped"
+        assert "command" not in services[name] or "migrate" not in str(services[name]["command"])
+    # The app runs the image's CMD (uvicorn), and is healthy once ready.
+    assert "command" not in services["app"]
+    assert "/readyz" in " ".join(services["app"]["healthcheck"]["test"])
 
 
 def test_no_secret_is_written_in_the_compose_file() -> None:
@@ -49,7 +64,7 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
     assert "${POSTGRES_PASSWORD}" in services["app"]["environment"]["DATABASE_URL"]
 
 
-def test_the_relay_publishes_to_redis_once_the_app_has_migrated() -> None:
+def test_the_relay_publishes_to_redis_once_migrations_completed() -> None:
     services = compose()["services"]
     relay = services["relay"]
     assert relay["command"] == ["piccolo", "flowforge", "relay"]
@@ -59,6 +74,60 @@ def test_the_relay_publishes_to_redis_once_the_app_has_migrated() -> None:
     assert relay["depends_on"] == {
         "db": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
-        "app": {"condition": "service_healthy"},
+        "migrate": {"condition": "service_completed_successfully"},
     }
     assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+
+
+def dockerfile() -> str:
+    return (REPO_ROOT / "Dockerfile").read_text()
+
+
+def exec_form(instruction: str) -> list[str]:
+    """The JSON array of the Dockerfile's `instruction` (as .ci/prod_smoke.py reads it)."""
+    text = dockerfile().replace("\\\n", " ")
+    match = re.search(rf"^{instruction}\b.*?(\[.*\])\s*$", text, flags=re.MULTILINE)
+    assert match, instruction
+    parsed: list[str] = json.loads(match.group(1))
+    return parsed
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint), str(REPO_ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_image_is_built_from_the_lock_without_extras_and_runs_as_non_root() -> None:
+    text = dockerfile()
+    stages = re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE)
+    assert len(stages) == 2  # build stage, then a runtime stage with the venv only
+    assert "pip install -c requirements.lock /wheels/flowforge-*.whl" in text
+    assert "[embedded]" not in text and "[dev" not in text and " -e " not in text
+    runtime = text[text.rindex("FROM ") :]
+    assert "COPY --from=build /opt/flowforge /opt/flowforge" in runtime
+    assert "pip " not in runtime.replace("# ", "")  # nothing installed in the final stage
+    user = re.findall(r"^USER (\S+)", runtime, flags=re.MULTILINE)
+    assert user and not user[-1].startswith(("root", "0"))
+    assert "PICCOLO_CONF=flowforge.piccolo_conf" in runtime
+
+
+def test_the_image_serves_uvicorn_and_checks_healthz() -> None:
+    assert exec_form("CMD")[:2] == ["uvicorn", "flowforge.main:app"]
+    healthcheck = exec_form("HEALTHCHECK.*?CMD")
+    assert healthcheck[0] == "python" and "/healthz" in healthcheck[-1]
+
+
+def test_the_ci_smoke_builds_the_wheel_from_what_the_image_copies() -> None:
+    from tests.test_production_install import prod_smoke
+
+    copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile(), flags=re.MULTILINE)
+    sources = {name.removeprefix("./") for line in copied for name in line.split()}
+    assert sources == set(prod_smoke().BUILD_CONTEXT)
+
+
+def test_the_docker_context_leaves_out_local_state_and_secrets() -> None:
+    ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".flowforge", ".env", "tests"} <= ignored

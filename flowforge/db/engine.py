@@ -13,10 +13,11 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   Piccolo's ``PostgresTransaction.__aexit__`` has no ``finally``: a failed COMMIT
   leaks the pooled connection, and a failed ROLLBACK leaves the task's later
   queries pointed at a dead connection (see ../shared/PICCOLO_NOTES.md).
-* Pool start never fails because the database is down: the app stays up,
-  ``/readyz`` reports 503, every query fails fast with
-  :class:`DatabaseUnavailableError`, and the pool starts as soon as the
-  database is back.
+* Pool start never fails for a reason that can heal (server down, database
+  not created yet, credentials not set yet): the app stays up, ``/readyz``
+  reports 503 with the reason (:attr:`FlowForgeEngine.start_problem`), every
+  query fails fast with :class:`DatabaseUnavailableError`, and the pool starts
+  as soon as the database is usable.
 """
 
 from __future__ import annotations
@@ -47,6 +48,20 @@ class PoolTimeoutError(DatabaseUnavailableError):
 
 
 NOT_REACHABLE_YET = "The database is not reachable yet; try again shortly."
+
+# Start-up failures that can heal while the process waits: the server is not up
+# yet (connection errors), or it answers but refuses for now (the database does
+# not exist yet, the password is not set yet, too many connections, starting up:
+# every server-side error). Anything else - a DSN asyncpg cannot parse - is a
+# configuration error that no waiting fixes, and stops start-up.
+HEALABLE_START_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
+def describe_start_error(error: Exception) -> str:
+    """A short reason for /readyz and the log: the server's message, or the network error."""
+    if isinstance(error, asyncpg.PostgresError):
+        return str(error)
+    return f"cannot connect: {str(error) or type(error).__name__}"
 
 
 def database_url(settings: Settings) -> str:
@@ -132,6 +147,8 @@ class FlowForgeEngine(PostgresEngine):
         self._settings = settings
         self._resolved_config: dict[str, Any] | None = None
         self._pool_starter: asyncio.Task[None] | None = None
+        # Why the pool is not started yet (for /readyz); None once it runs.
+        self.start_problem: str | None = None
         super().__init__(config={}, extensions=())
 
     # Piccolo's Engine.__init__ connects to check the server version and create
@@ -198,12 +215,15 @@ class FlowForgeEngine(PostgresEngine):
         }
         try:
             self.pool = await asyncpg.create_pool(**options)
-        except CONNECTION_ERRORS as error:
-            logger.warning("database unreachable at start-up (%s); retrying in background", error)
+        except HEALABLE_START_ERRORS as error:
+            self.start_problem = describe_start_error(error)
+            logger.warning(
+                "database not usable at start-up (%s); retrying in background", self.start_problem
+            )
             self._pool_starter = asyncio.create_task(self._create_pool_when_reachable(options))
 
     async def _create_pool_when_reachable(self, options: dict[str, Any]) -> None:
-        # Any error is retried, not only connection errors: a server that comes
+        # Every error is retried, not only connection errors: a server that comes
         # back can first answer "database does not exist" (still being restored
         # or created) or refuse the credentials. Had this task died, the engine
         # would report "not reachable yet" forever and the app never recover.
@@ -212,17 +232,15 @@ class FlowForgeEngine(PostgresEngine):
             await asyncio.sleep(delay)
             try:
                 self.pool = await asyncpg.create_pool(**options)
-            except CONNECTION_ERRORS as error:
-                logger.info("database still unreachable (%s)", error)
-                delay = min(delay * 2, 10.0)
             except Exception as error:
-                logger.error(
-                    "database reachable but the connection pool cannot start (%s: %s); retrying",
-                    type(error).__name__,
-                    error,
-                )
+                self.start_problem = describe_start_error(error)
+                # Unreachable is expected while a server starts; a server that
+                # answers and refuses (no such database, bad password) is worth a warning.
+                level = logging.INFO if isinstance(error, CONNECTION_ERRORS) else logging.WARNING
+                logger.log(level, "database still not usable (%s); retrying", self.start_problem)
                 delay = min(delay * 2, 10.0)
         logger.info("database reachable; connection pool started")
+        self.start_problem = None
         self._pool_starter = None
 
     async def close_connection_pool(self) -> None:
@@ -231,6 +249,7 @@ class FlowForgeEngine(PostgresEngine):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pool_starter
             self._pool_starter = None
+        self.start_problem = None
         if self.pool is not None:
             pool, self.pool = self.pool, None
             try:
@@ -346,11 +365,16 @@ def check_configuration() -> None:
     With DATABASE_URL set this does not connect; without it, it starts (or
     joins) the embedded server.
     """
+    settings = get_settings()
+    if settings.database_url is not None:
+        DB.config  # noqa: B018 - resolves (and caches) the target; never connects
+        return
+    # Only without DATABASE_URL: the embedded server's code (and its extra's
+    # dependencies) is never imported by a production process.
     from flowforge.db.embedded import EmbeddedDatabaseError
 
-    get_settings()
     try:
-        DB.config  # noqa: B018 - resolves (and caches) the target
+        DB.config  # noqa: B018 - starts (or joins) the embedded server
     except EmbeddedDatabaseError as error:
         print(f"FlowForge cannot start: {error}", file=sys.stderr)
         raise SystemExit(2) from None

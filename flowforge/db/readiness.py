@@ -58,7 +58,9 @@ async def check_database(deadline_seconds: float) -> None:
     except TimeoutError:
         raise NotReadyError(f"no answer within {deadline_seconds:g}s") from None
     except DatabaseUnavailableError as error:
-        raise NotReadyError(error.message.rstrip(".").lower()) from None
+        # While the pool waits to start, say why (e.g. 'database "x" does not exist').
+        reason = DB.start_problem or error.message.rstrip(".").lower()
+        raise NotReadyError(reason) from None
     except CONNECTION_ERRORS as error:
         raise NotReadyError(f"cannot connect ({type(error).__name__})") from None
     except asyncpg.PostgresError as error:

@@ -188,6 +188,7 @@ async def test_the_seed_prints_the_host_and_port_the_server_uses(
 
 
 COMMANDS = [
+    "migrate",
     "seed",
     "create_api_key",
     "create_admin_login",

@@ -1,0 +1,17 @@
+"""Piccolo configuration for the `piccolo` CLI: the one engine and the apps.
+
+Installed with the package, so the CLI works from any directory with
+``PICCOLO_CONF=flowforge.piccolo_conf`` (the image sets it); a checkout's
+top-level ``piccolo_conf.py`` re-exports this module.
+
+Settings are validated here, and the database target resolved (starting the
+embedded server when DATABASE_URL is unset), so a bad configuration stops the
+CLI with a readable message and exit status 2 instead of a traceback.
+"""
+
+from flowforge.db.engine import DB, check_configuration
+from flowforge.db.registry import APP_REGISTRY
+
+check_configuration()
+
+__all__ = ["APP_REGISTRY", "DB"]
