@@ -16,9 +16,11 @@ RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 # The browser test drives Debian's chromium (Playwright never downloads one).
 CHROMIUM := /usr/bin/chromium
+# Tests run the app behind a real PgBouncer (transaction mode) they start themselves.
+PGBOUNCER := /usr/sbin/pgbouncer
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-runtime migrate seed run serve relay test lint bench bench-relay db-status db-stop clean
+.PHONY: setup setup-runtime migrate seed run serve relay test test-pgbouncer lint bench bench-relay db-status db-stop clean
 
 $(RUNTIME): pyproject.toml setup.py requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -39,6 +41,11 @@ setup: $(DEV)
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# pgbouncer pulls only libc-ares2 (no PostgreSQL package): safe under a running cluster.
+$(PGBOUNCER):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
 
 # Every app's migrations under an advisory lock: concurrent runs apply each once.
 migrate: setup-runtime
@@ -61,8 +68,12 @@ relay: migrate
 bench-relay: setup
 	$(BIN)/python -m benchmarks.relay
 
-test: setup $(CHROMIUM)
+test: setup $(CHROMIUM) $(PGBOUNCER)
 	$(BIN)/pytest --cov=flowforge --cov-report=term-missing:skip-covered
+
+# The API suite, the fuzz test and the pooler tests with the app behind PgBouncer.
+test-pgbouncer: setup $(PGBOUNCER)
+	FLOWFORGE_TEST_PGBOUNCER=1 $(BIN)/pytest tests/api tests/test_api.py tests/test_pgbouncer.py
 
 lint: setup
 	$(BIN)/ruff check .

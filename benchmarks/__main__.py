@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -39,11 +40,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated operation names to run")
     parser.add_argument("--skip-http", action="store_true", help="skip the HTTP and pool runs")
     parser.add_argument(
+        "--skip-ops", action="store_true", help="skip the FlowForge-vs-floor comparisons"
+    )
+    parser.add_argument(
         "--fresh", action="store_true", help="reload the data set even if it matches"
     )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="FlowForge and the floor connect through a PgBouncer (transaction mode) "
+        "started for the run (DATABASE_POOLER=transaction)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="also load N uvicorn workers (with --clients, --pool-max)"
+    )
+    parser.add_argument("--clients", type=int, default=200, help="clients for --workers")
+    parser.add_argument("--pool-max", type=int, default=10, help="pool max per worker")
     parser.add_argument("--out", type=Path, help="JSON output path")
     args = parser.parse_args(argv)
-    for name in ("runs", "workflows", "users", "rounds", "operations"):
+    for name in ("runs", "workflows", "users", "rounds", "operations", "workers", "clients"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
@@ -78,22 +93,42 @@ async def main(argv: list[str]) -> int:
         f"({loaded.rows_loaded / max(loaded.load_seconds, 1e-9):,.0f} rows/s)",
         flush=True,
     )
-    only = set(args.only.split(",")) if args.only else None
-    summaries = await ops.run_all(loaded, rounds=rounds, operations=operations, only=only)
-    print()
-    print(format_table(summaries))
+    async with contextlib.AsyncExitStack() as stack:
+        if args.pgbouncer:
+            from tests.pgbouncer import pgbouncer, via
 
-    http_results: dict[str, Any] = {}
-    if not args.skip_http:
-        http_results = await http.run_all(loaded, seconds=http_seconds)
-        print()
-        print(http.format_results(http_results))
+            port = await stack.enter_async_context(pgbouncer(dataset.server_url()))
+            os.environ["BENCH_APP_DATABASE_URL"] = via(port, dataset.database_url())
+            os.environ["DATABASE_POOLER"] = "transaction"
+            print(f"through PgBouncer (transaction mode) on 127.0.0.1:{port}", flush=True)
+        only = set(args.only.split(",")) if args.only else None
+        summaries: list[dict[str, Any]] = []
+        if not args.skip_ops:
+            summaries = await ops.run_all(loaded, rounds=rounds, operations=operations, only=only)
+            print()
+            print(format_table(summaries))
+
+        http_results: dict[str, Any] = {}
+        if not args.skip_http:
+            http_results = await http.run_all(loaded, seconds=http_seconds)
+        if args.workers:
+            http_results |= await http.many_workers(
+                loaded,
+                workers=args.workers,
+                clients=args.clients,
+                pool_max=args.pool_max,
+                seconds=http_seconds,
+            )
+        if http_results:
+            print()
+            print(http.format_results(http_results))
 
     worst = max((row["cost_ratio"] for row in summaries), default=float("nan"))
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                     "cpus": os.cpu_count()},
+        "through": "pgbouncer" if args.pgbouncer else "direct",
         "sizes": loaded.sizes.__dict__,
         "load": {"rows": loaded.rows_loaded, "seconds": loaded.load_seconds},
         "rounds": rounds,

@@ -63,6 +63,11 @@ def database_url() -> str:
     return urlunsplit(urlsplit(server_url())._replace(path=f"/{DATABASE}"))
 
 
+def app_database_url() -> str:
+    """Where FlowForge (and the floor) connect: the data set, or a pooler in front of it."""
+    return os.environ.get("BENCH_APP_DATABASE_URL") or database_url()
+
+
 def uid(rng: random.Random) -> uuid.UUID:
     return uuid.UUID(int=rng.getrandbits(128), version=4)
 

@@ -35,14 +35,15 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_app(**env: str) -> AsyncIterator[tuple[str, psutil.Process]]:
+async def uvicorn_app(workers: int = 1, **env: str) -> AsyncIterator[tuple[str, psutil.Process]]:
     """Serve flowforge.main:app on a free port; yields (base URL, process)."""
     port = free_port()
     process = subprocess.Popen(  # noqa: ASYNC220 - starting a server, not waiting on it
         [sys.executable, "-m", "uvicorn", "flowforge.main:app", "--port", str(port),
-         "--log-level", "warning", "--no-access-log"],
+         "--log-level", "warning", "--no-access-log", "--workers", str(workers)],
         cwd=REPO_ROOT,
-        env={**os.environ, "DATABASE_URL": dataset.database_url(), "FLOWFORGE_ENV": "test", **env},
+        env={**os.environ, "DATABASE_URL": dataset.app_database_url(), "FLOWFORGE_ENV": "test",
+             **env},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -171,6 +172,38 @@ async def load(
         "transport_failures": failures,
         "peak_rss_mb": peak_rss / 2**20,
     }
+
+
+async def many_workers(
+    loaded: dataset.Loaded, *, workers: int, clients: int, pool_max: int, seconds: float
+) -> dict[str, Any]:
+    """`workers` uvicorn processes (each its own pool of `pool_max`), `clients`
+    keep-alive clients on a read/write mix: 3 run-list pages per trigger."""
+    from benchmarks import ops
+
+    key = await ops.bench_api_key(loaded)
+    headers = {"Authorization": f"Bearer {key}"}
+    busy = loaded.busy_workflow_ids
+
+    async def mixed(connection: Connection, n: int) -> int:
+        if n % 4 == 3:
+            workflow = loaded.workflow_ids[n % len(loaded.workflow_ids)]
+            body = json.dumps({"inputs": {"n": n}}).encode()
+            return await connection.request(
+                "POST", f"/api/v1/workflows/{workflow}/runs", headers, body
+            )
+        path = f"/api/v1/workflows/{busy[n % len(busy)]}/runs?status=completed&limit=50"
+        return await connection.request("GET", path, headers)
+
+    async with uvicorn_app(
+        workers,
+        DB_POOL_MIN_SIZE="1",
+        DB_POOL_MAX_SIZE=str(pool_max),
+        DB_POOL_ACQUIRE_TIMEOUT="30",
+    ) as (base, process):
+        result = await load(base, mixed, concurrency=clients, seconds=seconds, process=process)
+    result.update(workers=workers, pool_max=pool_max)
+    return {f"{workers}_workers_{clients}_clients": result}
 
 
 async def run_all(loaded: dataset.Loaded, *, seconds: float) -> dict[str, Any]:

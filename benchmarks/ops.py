@@ -33,7 +33,7 @@ BULK_ROWS = 2_000
 
 def _configure_flowforge() -> None:
     """Point FlowForge's engine at the benchmark database with a pool of POOL_MAX."""
-    os.environ["DATABASE_URL"] = dataset.database_url()
+    os.environ["DATABASE_URL"] = dataset.app_database_url()
     os.environ["DB_POOL_MIN_SIZE"] = str(POOL_MAX)
     os.environ["DB_POOL_MAX_SIZE"] = str(POOL_MAX)
     os.environ.setdefault("FLOWFORGE_ENV", "test")

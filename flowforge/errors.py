@@ -216,10 +216,18 @@ def translate_db_error(error: BaseException) -> AppError | None:
 
 
 @contextlib.asynccontextmanager
-async def translated_db_errors() -> AsyncIterator[None]:
-    """Re-raise driver errors inside the block as domain errors (the one boundary)."""
+async def translated_db_errors(
+    keep: tuple[type[Exception], ...] = (),
+) -> AsyncIterator[None]:
+    """Re-raise driver errors inside the block as domain errors (the one boundary).
+
+    Errors of the `keep` classes pass through untranslated (for a caller that
+    handles them, e.g. a replica read retried on the primary).
+    """
     try:
         yield
+    except keep:
+        raise
     except Exception as error:
         domain_error = translate_db_error(error)
         if domain_error is None or domain_error is error:

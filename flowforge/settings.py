@@ -41,6 +41,13 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class PoolerMode(StrEnum):
+    """What sits between FlowForge and PostgreSQL (docs/decisions.md, decision 8)."""
+
+    NONE = "none"  # direct connections (or a session-mode pooler)
+    TRANSACTION = "transaction"  # PgBouncer (or alike) in transaction mode
+
+
 class PublisherKind(StrEnum):
     """Where the outbox relay publishes events (flowforge/relay/publishers.py)."""
 
@@ -66,6 +73,29 @@ class Settings(BaseSettings):
     # None means: start (or reuse) the embedded PostgreSQL under `data_dir`.
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias="FLOWFORGE_DATA_DIR")
+
+    # `transaction` behind PgBouncer in transaction mode: no prepared-statement
+    # cache, no session state, timeouts set per transaction (SET LOCAL).
+    database_pooler: PoolerMode = Field(default=PoolerMode.NONE, validation_alias="DATABASE_POOLER")
+    # asyncpg's prepared-statement cache per connection; unset: 100, or 0 behind
+    # a transaction pooler (PgBouncer 1.18 does not track prepared statements).
+    statement_cache_size: int | None = Field(
+        default=None, ge=0, le=100_000, validation_alias="DB_STATEMENT_CACHE_SIZE"
+    )
+
+    # Streaming replicas for read-only endpoints (comma-separated URLs; unset:
+    # every read goes to the primary). See docs/decisions.md, decision 9.
+    database_replica_urls: str | None = Field(
+        default=None, validation_alias="DATABASE_REPLICA_URLS"
+    )
+    # A replica further behind the primary than this many seconds is skipped.
+    replica_max_lag: float = Field(
+        default=10.0, gt=0, le=86400, validation_alias="REPLICA_MAX_LAG_SECONDS"
+    )
+    # How often each replica's state (reachable, replayed position, lag) is checked.
+    replica_check_interval: float = Field(
+        default=1.0, gt=0, le=3600, validation_alias="REPLICA_CHECK_INTERVAL"
+    )
 
     # Pool sizing (docs/decisions.md, decision 6): a bounded pool that grows
     # on demand from min to max and shrinks back when connections sit idle.
@@ -129,6 +159,11 @@ class Settings(BaseSettings):
     # LISTEN for new events on a dedicated connection (turn off behind a
     # transaction-mode pooler, where NOTIFY never arrives; polling still works).
     relay_listen: bool = Field(default=True, validation_alias="RELAY_LISTEN")
+    # A direct connection (not through a transaction pooler) for that LISTEN;
+    # unset: DATABASE_URL, unless DATABASE_POOLER=transaction (then no LISTEN).
+    relay_listen_database_url: str | None = Field(
+        default=None, validation_alias="RELAY_LISTEN_DATABASE_URL"
+    )
     # Failed publish attempts before an event is dead-lettered.
     outbox_max_attempts: int = Field(
         default=10, ge=1, le=1000, validation_alias="OUTBOX_MAX_ATTEMPTS"
@@ -164,7 +199,7 @@ class Settings(BaseSettings):
         default=3600.0, ge=0, le=7 * 86400, validation_alias="RELAY_PRUNE_INTERVAL"
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "relay_listen_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
@@ -188,6 +223,21 @@ class Settings(BaseSettings):
                     "as in postgresql://user:password@host:5432/dbname"
                 )
         return value
+
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _check_replica_urls(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for url in value.split(","):
+            cls._check_database_url(url.strip())
+        return value
+
+    @property
+    def replica_urls(self) -> list[str]:
+        if self.database_replica_urls is None:
+            return []
+        return [url.strip() for url in self.database_replica_urls.split(",") if url.strip()]
 
     @field_validator("admin_password", mode="before")
     @classmethod

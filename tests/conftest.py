@@ -9,19 +9,38 @@
    may commit freely.
 
 Migration tests build their own scratch databases (tests/test_migrations.py).
+
+With ``FLOWFORGE_TEST_PGBOUNCER=1`` the app's DATABASE_URL goes through a
+real PgBouncer in transaction mode (tests/pgbouncer.py) with
+``DATABASE_POOLER=transaction``; set-up and the relay's LISTEN stay direct.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
 from tests import support
 
 SESSION_STARTED = time.time()
+THROUGH_PGBOUNCER = os.environ.get("FLOWFORGE_TEST_PGBOUNCER") == "1"
+
+
+@dataclass
+class Bouncer:
+    """A PgBouncer in transaction mode in front of the test database."""
+
+    port: int
+    direct_url: str  # the test database, directly
+    url: str  # the same database through PgBouncer
+
+
+_session_bouncer: list[Bouncer] = []
 
 
 @pytest.fixture(scope="session")
@@ -34,14 +53,35 @@ async def database_url() -> AsyncIterator[str]:
 
     from flowforge.db.engine import DB
     from flowforge.settings import get_settings
+    from tests.pgbouncer import pgbouncer, via
 
-    os.environ["DATABASE_URL"] = url
-    os.environ["FLOWFORGE_ENV"] = "test"
-    get_settings.cache_clear()
-    DB.reconfigure()
-    yield url
-    if DB.pool is not None:
-        await DB.close_connection_pool()
+    async with contextlib.AsyncExitStack() as stack:
+        app_url = url
+        if THROUGH_PGBOUNCER:
+            port = await stack.enter_async_context(pgbouncer(support.server_url()))
+            app_url = via(port, url)
+            _session_bouncer.append(Bouncer(port, url, app_url))
+            os.environ["DATABASE_POOLER"] = "transaction"
+            os.environ["RELAY_LISTEN_DATABASE_URL"] = url
+        os.environ["DATABASE_URL"] = app_url
+        os.environ["FLOWFORGE_ENV"] = "test"
+        get_settings.cache_clear()
+        DB.reconfigure()
+        yield app_url
+        if DB.pool is not None:
+            await DB.close_connection_pool()
+
+
+@pytest.fixture(scope="session")
+async def bouncer(database_url: str) -> AsyncIterator[Bouncer]:
+    """The session's PgBouncer (FLOWFORGE_TEST_PGBOUNCER=1), else one of this fixture's own."""
+    if _session_bouncer:
+        yield _session_bouncer[0]
+        return
+    from tests.pgbouncer import pgbouncer, via
+
+    async with pgbouncer(support.server_url()) as port:
+        yield Bouncer(port, database_url, via(port, database_url))
 
 
 @pytest.fixture

@@ -97,25 +97,27 @@ APP_TABLES = [
 
 
 @contextlib.asynccontextmanager
-async def global_engine_on(url: str) -> AsyncIterator[None]:
-    """Point the process's engine (flowforge.db.engine.DB) at `url`, then restore it."""
+async def global_engine_on(url: str, **env: str) -> AsyncIterator[None]:
+    """Point the process's engine (flowforge.db.engine.DB) at `url` (and set `env`), then restore."""
     from flowforge.db.engine import DB
     from flowforge.settings import get_settings
 
-    previous = os.environ.get("DATABASE_URL")
+    changed = {"DATABASE_URL": url, **env}
+    previous = {name: os.environ.get(name) for name in changed}
     had_pool = DB.pool is not None
     await DB.close_connection_pool()
-    os.environ["DATABASE_URL"] = url
+    os.environ.update(changed)
     get_settings.cache_clear()
     DB.reconfigure()
     try:
         yield
     finally:
         await DB.close_connection_pool()
-        if previous is None:
-            os.environ.pop("DATABASE_URL", None)
-        else:
-            os.environ["DATABASE_URL"] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         get_settings.cache_clear()
         DB.reconfigure()
         if had_pool:

@@ -46,7 +46,8 @@ def build_app() -> FastAPI:
         await transaction.connection.execute(
             "INSERT INTO users (email, display_name) VALUES ('gone@example.com', 'x')"
         )
-        pid = transaction.connection.get_server_pid()
+        # The server's pid from SQL: behind PgBouncer get_server_pid() is the pooler's.
+        pid = await transaction.connection.fetchval("SELECT pg_backend_pid()")
         await terminate(pid)
         return {"ok": True}
 

@@ -52,6 +52,10 @@ def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+# High-volume tables: keys in insert order (benchmarks/uuid_keys.py, decision 10).
+TIME_ORDERED_KEYS = {"workflow_runs", "run_step_logs", "outbox"}
+
+
 async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
     for table in TABLES:
         name = table._meta.tablename
@@ -66,7 +70,8 @@ async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
         )
         columns = {row["column_name"]: row for row in rows}
         assert columns["id"]["data_type"] == "uuid", name
-        assert columns["id"]["column_default"] == "gen_random_uuid()", name
+        expected = "uuidv7()" if name in TIME_ORDERED_KEYS else "gen_random_uuid()"
+        assert columns["id"]["column_default"] == expected, name
         for column in ("created_at", "updated_at"):
             assert columns[column]["data_type"] == "timestamp with time zone", name
             assert columns[column]["column_default"] == "CURRENT_TIMESTAMP", name
@@ -212,6 +217,29 @@ async def test_run_and_step_log_crud() -> None:
     await RunStepLog.delete().where(RunStepLog.id == log["id"])
     await WorkflowRun.delete().where(WorkflowRun.id == run["id"])
     assert await WorkflowRun.count() == 0
+
+
+async def test_time_ordered_keys_are_uuidv7_in_insert_order() -> None:
+    """The database's uuidv7() (built in on 18, the migration's function on 15)."""
+    rows = await DB.fetch(
+        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
+        "SELECT 'workflow', gen_random_uuid(), 'workflow.created', '{}' "
+        "FROM generate_series(1, 500) RETURNING id, seq"
+    )
+    ids = [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
+    assert {key.version for key in ids} == {7}
+    assert {key.variant for key in ids} == {uuid.RFC_4122}
+    assert ids == sorted(ids)  # one session's keys arrive in index order
+    created = (ids[0].int >> 80) / 1000  # the key's Unix time in ms
+    assert abs(created - datetime.datetime.now(datetime.UTC).timestamp()) < 60
+
+
+def test_python_side_uuid7_matches_the_layout() -> None:
+    from flowforge.db.uuid7 import UUID7
+
+    keys = [UUID7().python() for _ in range(100)]
+    assert {key.version for key in keys} == {7}
+    assert keys == sorted(keys)
 
 
 async def test_outbox_crud() -> None:

@@ -13,6 +13,7 @@ from flowforge.api.admin import build_admin
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
 from flowforge.api.openapi import install_openapi
+from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
 
 logger = logging.getLogger(__name__)
@@ -23,9 +24,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Starting the pool does not fail when PostgreSQL is down: the app serves
     # /healthz, answers 503 elsewhere, and connects once the database is back.
     await DB.start_connection_pool()
+    read_replicas = replicas.configure(DB.settings)
+    await read_replicas.start()
     try:
         yield
     finally:
+        await read_replicas.stop()
         await DB.close_connection_pool()
 
 
@@ -40,6 +44,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(replicas.ReplicaRouting)
     app.include_router(health.router)
     app.include_router(routes.router)
     app.mount("/admin/", build_admin())

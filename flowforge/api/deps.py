@@ -14,19 +14,42 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends
+import asyncpg
+from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from flowforge.api_keys import PresentedKey, authenticate, parse_key
+from flowforge.db import replicas
 from flowforge.db.engine import DB, SafeTransaction
-from flowforge.errors import UnauthorizedError, translated_db_errors
+from flowforge.errors import (
+    CONNECTION_ERRORS,
+    InvalidInputError,
+    UnauthorizedError,
+    translated_db_errors,
+)
 from flowforge.principal import Principal
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A replica's connection failing, or a query cancelled by a conflict with
+# recovery (40001 on a standby): the read is retried on the primary.
+REPLICA_FAILURES: tuple[type[Exception], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.exceptions.SerializationError,
+)
 
-async def db_transaction() -> AsyncIterator[SafeTransaction]:
-    """One transaction per request; driver errors leave it as domain errors."""
-    async with translated_db_errors(), DB.transaction() as transaction:
-        yield transaction
+
+async def db_transaction(request: Request) -> AsyncIterator[SafeTransaction]:
+    """One transaction per request; driver errors leave it as domain errors.
+
+    With replicas configured, a write response carries the consistency token
+    (the primary's WAL position after this COMMIT) for later reads.
+    """
+    async with translated_db_errors():
+        async with DB.transaction() as transaction:
+            yield transaction
+        if replicas.REPLICAS and request.method not in SAFE_METHODS:
+            # Sent by replicas.ReplicaRouting: the response is built before this runs.
+            request.state.flowforge_consistency = await replicas.commit_position()
 
 
 Transaction = Annotated[SafeTransaction, Depends(db_transaction, scope="function")]
@@ -65,3 +88,72 @@ async def current_principal(
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def _consistency_token(request: Request) -> int | None:
+    value = request.headers.get(replicas.CONSISTENCY_HEADER)
+    if value is None:
+        return None
+    try:
+        return replicas.parse_lsn(value.strip())
+    except ValueError:
+        raise InvalidInputError(
+            f"{replicas.CONSISTENCY_HEADER} must be a token from an earlier write response "
+            "(a WAL position such as 0/16B3748)."
+        ) from None
+
+
+async def read_transaction(
+    request: Request,
+    response: Response,
+    key: Annotated[PresentedKey, Depends(presented_key)],
+) -> AsyncIterator[Principal]:
+    """The caller, and a transaction for a read-only endpoint: on a replica when one
+    is usable (and has replayed past the request's consistency token), else on the
+    primary. Authentication always runs on the primary (see flowforge/db/replicas.py)."""
+    token = _consistency_token(request)
+    primary_only = request.scope.get("state", {}).get("flowforge_primary_only", False)
+    replica = None if primary_only else replicas.REPLICAS.choose(token)
+    async with translated_db_errors():
+        if replica is None:
+            async with DB.transaction():
+                principal = await authenticate(key)
+                if replicas.REPLICAS:
+                    replicas.REPLICAS.primary_reads += 1
+                    response.headers[replicas.SERVED_BY_HEADER] = "primary"
+                yield principal
+            return
+        async with DB.transaction():
+            principal = await authenticate(key)
+    try:
+        transaction = DB.transaction(source=replica.engine)
+        await transaction.__aenter__()
+    except replicas.UNREACHABLE as error:
+        # Down since its last check: this read goes to the primary instead.
+        replica.mark_down(f"unreachable ({type(error).__name__})")
+        replica.failures += 1
+        raise replicas.ReplicaLostError(replica.name) from error
+    try:
+        response.headers[replicas.SERVED_BY_HEADER] = replica.name
+        async with translated_db_errors(REPLICA_FAILURES):
+            yield principal
+    except REPLICA_FAILURES as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        replica.mark_down(f"connection lost ({type(error).__name__})")
+        replica.failures += 1
+        raise replicas.ReplicaLostError(replica.name) from error
+    except BaseException as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        raise
+    try:
+        await transaction.__aexit__(None, None, None)  # COMMIT of a read-only transaction
+    except REPLICA_FAILURES as error:
+        replica.mark_down(f"connection lost ({type(error).__name__})")
+        replica.failures += 1
+        raise replicas.ReplicaLostError(replica.name) from error
+    replica.reads += 1
+
+
+# For read-only endpoints: the authenticated caller, with the request's read
+# transaction (replica or primary) open for the endpoint's queries.
+ReadPrincipal = Annotated[Principal, Depends(read_transaction, scope="function")]

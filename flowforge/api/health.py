@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from flowforge.db import replicas
 from flowforge.db.readiness import NotReadyError, check_database
 from flowforge.relay.status import outbox_health
 
@@ -80,4 +81,8 @@ async def readyz() -> JSONResponse:
         await check_database(deadline_seconds=READINESS_TIMEOUT_SECONDS)
     except NotReadyError as error:
         return JSONResponse({"postgres": f"error: {error}"}, status_code=503)
-    return JSONResponse({"postgres": "ok", "outbox": await _outbox_details()})
+    body: dict[str, Any] = {"postgres": "ok", "outbox": await _outbox_details()}
+    if replicas.REPLICAS:
+        # Details only: a skipped replica costs capacity, not correctness.
+        body["replicas"] = replicas.REPLICAS.details()
+    return JSONResponse(body)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import sys
 from typing import Any, cast
 
@@ -32,7 +33,7 @@ import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.settings import Settings, get_settings
+from flowforge.settings import PoolerMode, Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +74,64 @@ def database_url(settings: Settings) -> str:
     return embedded.database_url(settings.data_dir)
 
 
-def asyncpg_config(settings: Settings) -> dict[str, Any]:
-    """Connection arguments for asyncpg, from settings."""
+# Startup parameters PgBouncer accepts and tracks; any other setting must be
+# applied per transaction behind a transaction pooler.
+STARTUP_PARAMETERS = frozenset({"application_name", "client_encoding", "DateStyle", "TimeZone"})
+_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_.]*$")
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    """The server-side limits every FlowForge connection runs under."""
     return {
-        "dsn": database_url(settings),
+        "statement_timeout": str(int(settings.statement_timeout * 1000)),
+        # Never sit idle inside a transaction holding locks (a stuck client).
+        "idle_in_transaction_session_timeout": str(int((settings.statement_timeout + 30) * 1000)),
+    }
+
+
+def asyncpg_config(
+    settings: Settings, *, dsn: str | None = None, pooler: PoolerMode | None = None
+) -> dict[str, Any]:
+    """Connection arguments for asyncpg, from settings.
+
+    Directly connected, the limits are startup parameters (set once per
+    connection). Behind a transaction pooler they cannot be (PgBouncer refuses
+    unknown startup parameters, and a server connection serves many clients):
+    the engine sets them with ``SET LOCAL`` at the start of every transaction
+    (:meth:`FlowForgeEngine.begin_statement`), and prepared statements are not
+    cached (the next statement may run on another server connection).
+    """
+    pooler = settings.database_pooler if pooler is None else pooler
+    server_settings = {"application_name": "flowforge"}
+    if pooler is PoolerMode.NONE:
+        server_settings.update(session_settings(settings))
+    return {
+        "dsn": dsn or database_url(settings),
         "timeout": settings.connect_timeout,
         # The client-side backstop fires a little after the server-side limit,
         # so a slow statement is cancelled cleanly by the server first.
         "command_timeout": settings.statement_timeout + 5,
-        "server_settings": {
-            "application_name": "flowforge",
-            "statement_timeout": str(int(settings.statement_timeout * 1000)),
-            # Never sit idle inside a transaction holding locks (a stuck client).
-            "idle_in_transaction_session_timeout": str(
-                int((settings.statement_timeout + 30) * 1000)
-            ),
-        },
+        "statement_cache_size": statement_cache_size(settings, pooler),
+        "server_settings": server_settings,
     }
+
+
+def statement_cache_size(settings: Settings, pooler: PoolerMode) -> int:
+    """``DB_STATEMENT_CACHE_SIZE``, else asyncpg's 100, or 0 behind a transaction pooler."""
+    if settings.statement_cache_size is not None:
+        return settings.statement_cache_size
+    return 0 if pooler is PoolerMode.TRANSACTION else 100
+
+
+def begin_statement(local_settings: dict[str, str]) -> str:
+    """``BEGIN`` followed by ``SET LOCAL`` of each setting: one round trip (simple query)."""
+    parts = ["BEGIN"]
+    for name, value in local_settings.items():
+        if not _SETTING_NAME.match(name):
+            raise ValueError(f"not a setting name: {name!r}")
+        quoted = value.replace("'", "''")
+        parts.append(f"SET LOCAL {name} = '{quoted}'")
+    return "; ".join(parts)
 
 
 class SafeTransaction(PostgresTransaction):
@@ -101,18 +143,42 @@ class SafeTransaction(PostgresTransaction):
 
     engine: FlowForgeEngine
 
+    def __init__(
+        self,
+        engine: FlowForgeEngine,
+        allow_nested: bool = True,
+        source: FlowForgeEngine | None = None,
+    ) -> None:
+        super().__init__(engine=engine, allow_nested=allow_nested)
+        # Where the connection comes from: the engine itself, or a read
+        # replica's engine (flowforge/db/replicas.py). Queries find the
+        # transaction through `engine`'s context either way.
+        self.source = source if source is not None else engine
+
     async def __aenter__(self) -> SafeTransaction:
         if self._parent is not None:
             return cast(SafeTransaction, self._parent)
-        self.connection = await self.engine.acquire()
+        self.connection = await self.source.acquire()
         try:
-            self.transaction = self.connection.transaction()
-            await self.begin()  # type: ignore[no-untyped-call]
+            await self.begin()
         except BaseException:
-            await self.engine.release(self.connection, broken=True)
+            await self.source.release(self.connection, broken=True)
             raise
         self.context = self.engine.current_transaction.set(self)
         return self
+
+    # BEGIN (with the per-transaction settings behind a pooler) is one simple
+    # query, so a transaction costs no extra round trip for its timeouts.
+    async def begin(self) -> None:
+        await self.connection.execute(self.source.begin_statement)
+
+    async def commit(self) -> None:
+        await self.connection.execute("COMMIT")
+        self._committed = True
+
+    async def rollback(self) -> None:
+        await self.connection.execute("ROLLBACK")
+        self._rolled_back = True
 
     async def __aexit__(self, exception_type: Any, exception: Any, traceback: Any) -> bool:
         if self._parent is not None:
@@ -122,7 +188,7 @@ class SafeTransaction(PostgresTransaction):
             if exception is not None:
                 if not self._rolled_back:
                     try:
-                        await self.rollback()  # type: ignore[no-untyped-call]
+                        await self.rollback()
                     except Exception:
                         # The original exception is the one that matters; the
                         # connection is discarded below.
@@ -130,13 +196,13 @@ class SafeTransaction(PostgresTransaction):
                         logger.warning("rollback failed; discarding connection", exc_info=True)
             elif not self._committed and not self._rolled_back:
                 try:
-                    await self.commit()  # type: ignore[no-untyped-call]
+                    await self.commit()
                 except BaseException:
                     broken = True
                     raise
         finally:
             self.engine.current_transaction.reset(self.context)
-            await self.engine.release(self.connection, broken=broken)
+            await self.source.release(self.connection, broken=broken)
         return exception is None
 
 
@@ -147,6 +213,7 @@ class FlowForgeEngine(PostgresEngine):
         self._settings = settings
         self._resolved_config: dict[str, Any] | None = None
         self._pool_starter: asyncio.Task[None] | None = None
+        self._local_settings: dict[str, str] | None = None
         # Why the pool is not started yet (for /readyz); None once it runs.
         self.start_problem: str | None = None
         super().__init__(config={}, extensions=())
@@ -175,12 +242,28 @@ class FlowForgeEngine(PostgresEngine):
         # Piccolo's __init__ assigns {}; an explicit non-empty config wins.
         self._resolved_config = value or None
 
+    @property
+    def behind_pooler(self) -> bool:
+        return self.settings.database_pooler is PoolerMode.TRANSACTION
+
+    @property
+    def local_settings(self) -> dict[str, str]:
+        """Settings applied with SET LOCAL in every transaction (behind a pooler only)."""
+        if self._local_settings is None:
+            self._local_settings = session_settings(self.settings) if self.behind_pooler else {}
+        return self._local_settings
+
+    @property
+    def begin_statement(self) -> str:
+        return begin_statement(self.local_settings)
+
     def reconfigure(self, settings: Settings | None = None) -> None:
         """Forget the resolved target; the next connection reads `settings` (or the env)."""
         if self.pool is not None or self._pool_starter is not None:
             raise RuntimeError("close the connection pool before reconfiguring the engine")
         self._settings = settings
         self._resolved_config = None
+        self._local_settings = None
 
     def require_transaction(self) -> SafeTransaction:
         """The current transaction; RuntimeError if there is none.
@@ -193,8 +276,10 @@ class FlowForgeEngine(PostgresEngine):
             raise RuntimeError("this operation must run inside DB.transaction()")
         return cast(SafeTransaction, current)
 
-    def transaction(self, allow_nested: bool = True) -> SafeTransaction:
-        return SafeTransaction(engine=self, allow_nested=allow_nested)
+    def transaction(
+        self, allow_nested: bool = True, source: FlowForgeEngine | None = None
+    ) -> SafeTransaction:
+        return SafeTransaction(engine=self, allow_nested=allow_nested, source=source)
 
     async def start_connection_pool(self, **kwargs: Any) -> None:
         """Create the pool sized by settings.
@@ -213,6 +298,13 @@ class FlowForgeEngine(PostgresEngine):
             "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
             **kwargs,
         }
+        if self.behind_pooler:
+            # Extra session settings a caller asks for (the relay's lock_timeout)
+            # cannot be startup parameters either: they join the SET LOCALs.
+            startup = dict(options.get("server_settings") or {})
+            local = {k: startup.pop(k) for k in list(startup) if k not in STARTUP_PARAMETERS}
+            options["server_settings"] = startup
+            self._local_settings = {**session_settings(settings), **local}
         try:
             self.pool = await asyncpg.create_pool(**options)
         except HEALABLE_START_ERRORS as error:
@@ -309,7 +401,7 @@ class FlowForgeEngine(PostgresEngine):
         connection = await self.acquire()
         broken = False
         try:
-            return await connection.fetch(query, *(args or []))
+            return await self._fetch_alone(connection, query, args)
         except CONNECTION_ERRORS:
             broken = True
             raise
@@ -329,6 +421,8 @@ class FlowForgeEngine(PostgresEngine):
             raise DatabaseUnavailableError(NOT_REACHABLE_YET)
         connection = await self.get_new_connection()
         try:
+            # Unwrapped even behind a pooler: this is the migrations' path, and
+            # e.g. CREATE INDEX CONCURRENTLY cannot run inside a transaction.
             results = await connection.fetch(query, *(args or []))
         except asyncpg.PostgresError:
             await connection.close()
@@ -337,6 +431,27 @@ class FlowForgeEngine(PostgresEngine):
             connection.terminate()
             raise
         await connection.close()
+        return results
+
+    async def _fetch_alone(self, connection: Any, query: str, args: Any) -> Any:
+        """A pooled statement outside any transaction.
+
+        Behind a transaction pooler it runs in a transaction of its own: that
+        is where its timeouts are set, and it keeps asyncpg's parse and
+        execute steps on one server connection.
+        """
+        if not self.behind_pooler:
+            return await connection.fetch(query, *(args or []))
+        await connection.execute(self.begin_statement)
+        try:
+            results = await connection.fetch(query, *(args or []))
+        except asyncpg.PostgresError:
+            # The server aborted the transaction; anything else (a dropped
+            # connection, a cancellation) is cleaned up by release/terminate.
+            with contextlib.suppress(Exception):
+                await connection.execute("ROLLBACK")
+            raise
+        await connection.execute("COMMIT")
         return results
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:

@@ -23,15 +23,29 @@ from typing import Any
 
 import asyncpg
 
-from flowforge.db.engine import asyncpg_config
+from flowforge.db.engine import asyncpg_config, database_url
 from flowforge.logfmt import logfmt
-from flowforge.settings import Settings
+from flowforge.settings import PoolerMode, Settings
 
 logger = logging.getLogger("flowforge.relay")
 
 CHANNEL = "flowforge_outbox"
 # A silent network failure does not close a socket: ping this often to find it.
 PING_INTERVAL_SECONDS = 30.0
+
+
+def listen_database_url(settings: Settings) -> str | None:
+    """Where to LISTEN: a direct connection, never through a transaction pooler.
+
+    ``RELAY_LISTEN_DATABASE_URL``, else ``DATABASE_URL`` when it is direct;
+    None behind a transaction pooler without one (a LISTEN there would sit on
+    a server connection that other clients' NOTIFYs never reach reliably).
+    """
+    if settings.relay_listen_database_url is not None:
+        return settings.relay_listen_database_url
+    if settings.database_pooler is PoolerMode.TRANSACTION:
+        return None
+    return database_url(settings)
 
 
 class OutboxListener:
@@ -48,7 +62,9 @@ class OutboxListener:
         self._wake.set()
 
     async def _connect(self) -> Any:
-        config = asyncpg_config(self._settings)
+        config = asyncpg_config(
+            self._settings, dsn=listen_database_url(self._settings), pooler=PoolerMode.NONE
+        )
         config["server_settings"] = {
             **config["server_settings"],
             "application_name": "flowforge-relay-listener",

@@ -55,7 +55,7 @@ from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.logfmt import logfmt
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
-from flowforge.relay.listener import OutboxListener
+from flowforge.relay.listener import OutboxListener, listen_database_url
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
 from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
@@ -112,7 +112,16 @@ class Relay:
         self.publisher = publisher
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
-        self.listener = OutboxListener(settings, self.wake) if settings.relay_listen else None
+        self.listener: OutboxListener | None = None
+        if settings.relay_listen and listen_database_url(settings) is not None:
+            self.listener = OutboxListener(settings, self.wake)
+        elif settings.relay_listen:
+            logger.warning(
+                logfmt(
+                    "relay.listen_off",
+                    reason="DATABASE_POOLER=transaction and no RELAY_LISTEN_DATABASE_URL; polling",
+                )
+            )
         self.stats = RelayStats()
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge import runs
-from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -221,8 +221,7 @@ async def trigger_run(
 )
 async def list_runs(
     workflow_id: UUID,
-    transaction: Transaction,
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
     limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[Cursor, Query()] = None,
@@ -241,7 +240,7 @@ async def list_runs(
 @router.get(
     "/runs/{run_id}", summary="Get a run with its step attempts", responses=error_responses(404)
 )
-async def get_run(run_id: UUID, transaction: Transaction, principal: CurrentPrincipal) -> RunDetail:
+async def get_run(run_id: UUID, principal: ReadPrincipal) -> RunDetail:
     principal.require(Scope.READ)
     return RunDetail.model_validate(await runs.get_run(run_id, owner_id=principal.owner_filter))
 

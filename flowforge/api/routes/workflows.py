@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from flowforge import workflows
-from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     ActionType,
@@ -177,8 +177,7 @@ async def create_workflow(
 
 @router.get("/workflows", summary="List workflows (yours; admins: everyone's), newest first")
 async def list_workflows(
-    transaction: Transaction,
-    principal: CurrentPrincipal,
+    principal: ReadPrincipal,
     is_active: Annotated[bool | None, Query(description="Only active / inactive ones.")] = None,
     owner_id: Annotated[
         UUID | None, Query(description="Only this owner's (admins; others see only their own).")
@@ -205,9 +204,7 @@ async def list_workflows(
     summary="Get a workflow with its steps",
     responses=error_responses(404),
 )
-async def get_workflow(
-    workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> WorkflowOut:
+async def get_workflow(workflow_id: UUID, principal: ReadPrincipal) -> WorkflowOut:
     principal.require(Scope.READ)
     return _out(await workflows.get_workflow(workflow_id, owner_id=principal.owner_filter))
 

@@ -1,0 +1,255 @@
+"""Read replicas (``DATABASE_REPLICA_URLS``) and read-your-writes tokens.
+
+Read-only endpoints run their transaction on a streaming replica's connection
+(:meth:`ReplicaSet.choose`); everything else, and key authentication (it
+writes ``last_used_at``, and a revoked key must stop working at once, not
+after the replica's lag), stays on the primary.
+
+Consistency: a write response carries ``X-FlowForge-Consistency: <LSN>``, the
+primary's WAL insert position read right after its COMMIT. A read that sends
+the header back is served by a replica only if that replica is known to have
+replayed past it; otherwise by the primary. Never stale for that client.
+
+Health: a monitor checks each replica every ``REPLICA_CHECK_INTERVAL``
+seconds (reachable, in recovery, replayed position, lag). A replica that is
+down, not a standby, or more than ``REPLICA_MAX_LAG_SECONDS`` behind is
+skipped; a replica whose connection fails during a read is marked down at
+once and the read is retried on the primary (:class:`ReplicaRouting`), so a
+dying replica costs no failed request. State and counters are in ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowforge.db.engine import DB, FlowForgeEngine
+from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.logfmt import logfmt
+from flowforge.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CONSISTENCY_HEADER = "X-FlowForge-Consistency"
+SERVED_BY_HEADER = "X-FlowForge-Served-By"
+
+REPLICA_STATE = """
+SELECT pg_is_in_recovery() AS standby,
+       pg_last_wal_replay_lsn()::text AS replayed,
+       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
+       END AS lag_seconds
+"""
+
+
+def parse_lsn(text: str) -> int:
+    """``'16/B374D848'`` as a number (ValueError when it is not an LSN)."""
+    high, _, low = text.partition("/")
+    try:
+        if not high or not low or len(high) > 8 or len(low) > 8:
+            raise ValueError
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        raise ValueError(f"not an LSN: {text!r}") from None
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+# A replica that cannot be reached (or has no pool yet).
+UNREACHABLE: tuple[type[Exception], ...] = (
+    TimeoutError,
+    DatabaseUnavailableError,
+    *CONNECTION_ERRORS,
+)
+
+
+class ReplicaLostError(Exception):
+    """A replica's connection failed during a read: retry the request on the primary.
+
+    Deliberately not a DatabaseUnavailableError (which is answered as a 503):
+    :class:`ReplicaRouting` catches it and replays the request.
+    """
+
+
+@dataclass
+class Replica:
+    name: str
+    engine: FlowForgeEngine
+    healthy: bool = False
+    replayed: int = 0
+    lag_seconds: float | None = None
+    problem: str | None = "not checked yet"
+    reads: int = 0
+    failures: int = 0
+    checked_at: float = field(default=0.0)
+
+    def usable(self, max_lag: float, token: int | None) -> bool:
+        if not self.healthy or self.lag_seconds is None or self.lag_seconds > max_lag:
+            return False
+        return token is None or self.replayed >= token
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "state": "ok" if self.healthy else f"skipped: {self.problem}",
+            "lag_seconds": None if self.lag_seconds is None else round(self.lag_seconds, 3),
+            "replayed_lsn": format_lsn(self.replayed),
+            "reads_served": self.reads,
+            "failures": self.failures,
+        }
+
+    def mark_down(self, problem: str) -> None:
+        if self.healthy:
+            logger.warning(logfmt("replica.down", replica=self.name, problem=problem))
+        self.healthy = False
+        self.problem = problem
+
+
+class ReplicaSet:
+    """The configured replicas, their pools and their monitor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.replicas: list[Replica] = []
+        for number, url in enumerate(settings.replica_urls, start=1):
+            replica_settings = settings.model_copy(
+                update={"database_url": url, "database_replica_urls": None}
+            )
+            self.replicas.append(Replica(f"replica{number}", FlowForgeEngine(replica_settings)))
+        self.primary_reads = 0
+        self._monitor: asyncio.Task[None] | None = None
+        self._next = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.replicas)
+
+    async def start(self) -> None:
+        for replica in self.replicas:
+            await replica.engine.start_connection_pool()
+        await asyncio.gather(*(self.check(replica) for replica in self.replicas))
+        self._monitor = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+            self._monitor = None
+        for replica in self.replicas:
+            await replica.engine.close_connection_pool()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.replica_check_interval)
+            await asyncio.gather(*(self.check(replica) for replica in self.replicas))
+
+    async def check(self, replica: Replica) -> None:
+        """Refresh one replica's state; never raises."""
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                rows = await replica.engine.fetch(REPLICA_STATE)
+        except UNREACHABLE as error:
+            replica.mark_down(f"unreachable ({type(error).__name__})")
+            return
+        except Exception as error:  # a monitor must survive anything
+            replica.mark_down(f"check failed ({type(error).__name__})")
+            return
+        finally:
+            replica.checked_at = time.monotonic()
+        row = rows[0]
+        if not row["standby"] or row["replayed"] is None:
+            replica.mark_down("not a standby")
+            return
+        replica.replayed = parse_lsn(row["replayed"])
+        replica.lag_seconds = max(0.0, float(row["lag_seconds"] or 0))
+        if replica.lag_seconds > self.settings.replica_max_lag:
+            replica.mark_down(f"lagging {replica.lag_seconds:.1f}s")
+            return
+        if not replica.healthy:
+            logger.info(logfmt("replica.up", replica=replica.name))
+        replica.healthy, replica.problem = True, None
+
+    def choose(self, token: int | None) -> Replica | None:
+        """A usable replica (round robin) that has replayed past `token`, else None."""
+        count = len(self.replicas)
+        for offset in range(count):
+            replica = self.replicas[(self._next + offset) % count]
+            if replica.usable(self.settings.replica_max_lag, token):
+                self._next = (self._next + offset + 1) % count
+                return replica
+        return None
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "primary_reads": self.primary_reads,
+            **{replica.name: replica.details() for replica in self.replicas},
+        }
+
+
+# The process's replicas; configured by the app's lifespan (empty until then).
+REPLICAS = ReplicaSet(Settings.model_construct(database_replica_urls=None))
+
+
+def configure(settings: Settings) -> ReplicaSet:
+    global REPLICAS
+    REPLICAS = ReplicaSet(settings)
+    return REPLICAS
+
+
+async def commit_position() -> str | None:
+    """The primary's WAL insert position now: a token for reads after a commit.
+
+    None if it cannot be read: the write has committed, so its response must
+    not turn into an error; the client then reads without a token.
+    """
+    try:
+        rows = await DB.fetch("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+    except Exception as error:
+        logger.warning(logfmt("replica.token_failed", error=type(error).__name__))
+        return None
+    return str(rows[0]["lsn"])
+
+
+class ReplicaRouting:
+    """ASGI middleware for the replica routing.
+
+    * Sends the consistency token of a write: its COMMIT (and so the token)
+      happens after FastAPI has built the response object, so a dependency
+      cannot set the header itself; it leaves it in the request state.
+    * Replays a GET whose replica failed mid-read on the primary. The failure
+      surfaces before any byte of the response is sent (the read transaction
+      ends before the response), and a GET has no body to re-read.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not REPLICAS:
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+
+        async def send_with_token(message: Any) -> None:
+            token = state.get("flowforge_consistency")
+            if message["type"] == "http.response.start" and token is not None:
+                headers = [
+                    *message.get("headers", []),
+                    (b"x-flowforge-consistency", token.encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        if scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send_with_token)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except ReplicaLostError:
+            state["flowforge_primary_only"] = True
+            await self.app(scope, receive, send)
