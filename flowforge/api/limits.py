@@ -17,7 +17,8 @@ class BodySizeLimit:
     A body with a Content-Length is judged by it (the server never delivers
     more than that). A body without one (chunked transfer) is read here up to
     the limit and handed on whole: counting it while the app reads would
-    surface mid-parse, where FastAPI turns any error into a 400.
+    surface mid-parse, where FastAPI turns any error into a 400. A request with
+    neither has no body and passes untouched.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
@@ -28,9 +29,13 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = next(
-            (value for name, value in scope["headers"] if name == b"content-length"), None
-        )
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is None and b"transfer-encoding" not in headers:
+            # No body (RFC 9112, 6.3): nothing to count, and receive() is left
+            # untouched for the app (a middleware may replay the request).
+            await self.app(scope, receive, send)
+            return
         if length is not None:
             try:
                 too_large = int(length) > self.max_bytes
