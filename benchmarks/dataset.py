@@ -322,7 +322,13 @@ async def prepare(sizes: Sizes, *, fresh: bool) -> Loaded:
 async def _reuse(sizes: Sizes, meta: dict) -> Loaded:
     connection = await asyncpg.connect(database_url())
     try:
-        users = [r["id"] for r in await connection.fetch("SELECT id FROM users ORDER BY email")]
+        # The data set's own users (cold:create_user adds others).
+        users = [
+            r["id"]
+            for r in await connection.fetch(
+                "SELECT id FROM users WHERE email LIKE 'user%@bench.example' ORDER BY email"
+            )
+        ]
         workflows = await connection.fetch("SELECT id, owner_id FROM workflows")
     finally:
         await connection.close()

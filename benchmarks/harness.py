@@ -79,6 +79,11 @@ class Comparison:
         # through the floor. From throughput (work per second), which at
         # concurrency 1 is the inverse of mean latency.
         ratio = floor["throughput"] / ours["throughput"] if ours["throughput"] else float("inf")
+        # The spread: each round's ratio (rounds are paired, ABBA), min and max.
+        per_round = [
+            theirs.throughput / mine.throughput if mine.throughput else float("inf")
+            for mine, theirs in zip(self.flowforge, self.floor, strict=True)
+        ]
         return {
             "operation": self.name,
             "concurrency": self.concurrency,
@@ -86,6 +91,7 @@ class Comparison:
             "flowforge": ours,
             "floor": floor,
             "cost_ratio": ratio,
+            "ratio_spread": (min(per_round), max(per_round)) if per_round else (ratio, ratio),
             "rounds": len(self.flowforge),
             "errors": self.errors,
         }

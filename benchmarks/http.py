@@ -42,8 +42,10 @@ async def uvicorn_app(workers: int = 1, **env: str) -> AsyncIterator[tuple[str, 
         [sys.executable, "-m", "uvicorn", "flowforge.main:app", "--port", str(port),
          "--log-level", "warning", "--no-access-log", "--workers", str(workers)],
         cwd=REPO_ROOT,
+        # LOG_LEVEL=WARNING: no access line per request (the app writes them
+        # itself now; --no-access-log only silences uvicorn's), as before.
         env={**os.environ, "DATABASE_URL": dataset.app_database_url(), "FLOWFORGE_ENV": "test",
-             **env},
+             "LOG_LEVEL": "WARNING", **env},
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks import dataset
+from benchmarks.cold import COLD_OPERATIONS
 from benchmarks.harness import Operation, compare
 
 POOL_MAX = 20
@@ -443,7 +444,18 @@ OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "authenticate_key": authenticate_key,
     "drain_outbox": drain_outbox,
     "bulk_seed": bulk_seed,
+    # Cold paths on the query builder vs their previous raw SQL (benchmarks/cold.py).
+    **COLD_OPERATIONS,
 }
+# Target cost ratio: hot paths vs the raw-asyncpg floor; cold paths vs their previous cost.
+HOT_TARGET = 1.25
+COLD_TARGET = 1.5
+
+
+def target(name: str) -> float:
+    return COLD_TARGET if name in COLD_OPERATIONS else HOT_TARGET
+
+
 # Operations where concurrency 32 is meaningful (all but the bulk load).
 UNITS = {"drain_outbox": "events/s", "bulk_seed": "rows/s", "run_lifecycle": "lifecycles/s"}
 ITEMS = {"drain_outbox": DRAIN_BATCH, "bulk_seed": BULK_ROWS}
@@ -534,9 +546,13 @@ async def run_all(
                     warmup=min(20, count),
                 )  # fmt: skip
                 summary = comparison.summary()
+                summary["target"] = target(name)
+                summary["baseline"] = "previous raw SQL" if name in COLD_OPERATIONS else "floor"
                 summaries.append(summary)
+                low, high = summary["ratio_spread"]
                 print(
-                    f"  {name:<20} c={concurrency:<3} ratio {summary['cost_ratio']:.2f} "
+                    f"  {name:<26} c={concurrency:<3} ratio {summary['cost_ratio']:.2f} "
+                    f"[rounds {low:.2f}-{high:.2f}; target <= {summary['target']}] "
                     f"(FlowForge {summary['flowforge']['throughput']:.0f} vs floor "
                     f"{summary['floor']['throughput']:.0f} {summary['unit']})",
                     flush=True,

@@ -22,12 +22,16 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 from uuid import UUID
+
+from piccolo.custom_types import Combinable
+from piccolo.query.base import Query
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.tables import Role, Scope
+from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
+from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import (
     ConflictError,
     ForbiddenError,
@@ -45,8 +49,16 @@ LAST_USED_GRANULARITY_SECONDS: Final = 60
 _DUMMY_HASH: Final = hashlib.sha256(b"flowforge-no-such-key").hexdigest()
 
 KEY_COLUMNS: Final = (
-    "id, user_id, name, prefix, scopes, expires_at, revoked_at, last_used_at, created_at, "
-    "updated_at"
+    ApiKey.id,
+    ApiKey.user_id,
+    ApiKey.name,
+    ApiKey.prefix,
+    ApiKey.scopes,
+    ApiKey.expires_at,
+    ApiKey.revoked_at,
+    ApiKey.last_used_at,
+    ApiKey.created_at,
+    ApiKey.updated_at,
 )
 
 
@@ -64,7 +76,7 @@ def generate_key() -> tuple[str, str]:
 
 # One round trip: the key and its user by prefix, plus the throttled, never
 # blocking last_used_at write (only for a key that is valid right now).
-AUTHENTICATE = f"""
+AUTHENTICATE: Final[LiteralString] = f"""
 WITH touched AS (
     UPDATE api_keys SET last_used_at = now()
     WHERE id = (
@@ -126,12 +138,6 @@ async def authenticate(key: str | PresentedKey) -> Principal:
 
 # -- manage -------------------------------------------------------------------------------
 
-INSERT_KEY = f"""
-INSERT INTO api_keys (user_id, name, prefix, key_hash, scopes, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6)
-RETURNING {KEY_COLUMNS}
-"""  # noqa: S608
-
 
 def _key(row: Any) -> dict[str, Any]:
     key = dict(row)
@@ -155,8 +161,8 @@ async def create_api_key(
     powerful or longer-lived one. ``granted_by=None`` is the trusted CLI.
     """
     wanted = frozenset(Scope(scope) for scope in scopes)
-    connection = DB.require_transaction().connection
-    user = await connection.fetchrow("SELECT role, is_active FROM users WHERE id = $1", user_id)
+    DB.require_transaction()
+    user = await User.select(User.role, User.is_active).where(User.id == user_id).first().run()
     if user is None:
         raise NotFoundError("User not found.", user_id=str(user_id))
     if not user["is_active"]:
@@ -182,16 +188,22 @@ async def create_api_key(
             f"({limit.isoformat()}): a key cannot outlive the key that created it",
         )
     prefix, full_key = generate_key()
-    row = await connection.fetchrow(
-        INSERT_KEY,
-        user_id,
-        name,
-        prefix,
-        hash_key(full_key),
-        sorted(scope.value for scope in wanted),
-        expires_at,
+    inserted = await (
+        ApiKey.insert(
+            new_row(
+                ApiKey,
+                user_id=user_id,
+                name=name,
+                prefix=prefix,
+                key_hash=hash_key(full_key),
+                scopes=sorted(scope.value for scope in wanted),
+                expires_at=expires_at,
+            )
+        )
+        .returning(*KEY_COLUMNS)
+        .run()
     )
-    key = _key(row)
+    key = _key(inserted[0])
     await record_event(
         events.API_KEY,
         key["id"],
@@ -208,46 +220,48 @@ async def create_api_key(
     return key, full_key
 
 
-LIST_KEYS = f"""
-SELECT {KEY_COLUMNS} FROM api_keys
-WHERE ($2::uuid IS NULL OR user_id = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-ORDER BY created_at DESC, id DESC
-LIMIT $1
-"""  # noqa: S608
-
-
 async def list_api_keys(
     *, user_id: UUID | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of keys (one user's, or everyone's), newest first. Never the hash."""
     position = decode_cursor(cursor)
+
+    def build() -> Query[Any, Any]:
+        query = (
+            ApiKey.select(*KEY_COLUMNS)
+            .order_by(ApiKey.created_at, ApiKey.id, ascending=False)
+            .limit(limit + 1)
+        )
+        if user_id is not None:
+            query = query.where(ApiKey.user_id == Param("user_id"))
+        if position is not None:
+            query = query.where(page_after(ApiKey, (Param("created_at"), Param("id"))))
+        return query
+
+    key = ("api_keys.list", limit, user_id is not None, position is not None)
     created_at, after_id = position if position is not None else (None, None)
-    connection = DB.require_transaction().connection
-    rows = await connection.fetch(LIST_KEYS, limit + 1, user_id, created_at, after_id)
+    rows = await compiled(key, build).fetch(user_id=user_id, created_at=created_at, id=after_id)
     return page([_key(row) for row in rows], limit)
-
-
-REVOKE_KEY = f"""
-UPDATE api_keys SET revoked_at = now()
-WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL
-RETURNING {KEY_COLUMNS}
-"""  # noqa: S608
-GET_KEY = f"""
-SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)
-"""  # noqa: S608
 
 
 async def revoke_api_key(key_id: UUID, *, user_id: UUID | None = None) -> dict[str, Any]:
     """Revoke a key (one of `user_id`'s, or any); revoking a revoked key changes nothing."""
-    connection = DB.require_transaction().connection
-    row = await connection.fetchrow(REVOKE_KEY, key_id, user_id)
-    if row is None:
-        existing = await connection.fetchrow(GET_KEY, key_id, user_id)
+    DB.require_transaction()
+    visible: Combinable = ApiKey.id == key_id
+    if user_id is not None:
+        visible &= ApiKey.user_id == user_id
+    revoked = await (
+        ApiKey.update({ApiKey.revoked_at: NOW})
+        .where(visible & ApiKey.revoked_at.is_null())
+        .returning(*KEY_COLUMNS)
+        .run()
+    )
+    if not revoked:
+        existing = await ApiKey.select(*KEY_COLUMNS).where(visible).first().run()
         if existing is None:
             raise NotFoundError("API key not found.", api_key_id=str(key_id))
         return _key(existing)
-    key = _key(row)
+    key = _key(revoked[0])
     await record_event(
         events.API_KEY,
         key_id,

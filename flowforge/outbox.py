@@ -1,8 +1,12 @@
-"""The transactional outbox: domain events written with the change they describe.
+"""The transactional outbox: the one module that writes events.
 
 An event is only ever written inside the caller's transaction, so it commits
-or rolls back together with the change. A relay publishes committed events
-and stamps ``published_at`` (see docs/decisions.md, decision 4).
+or rolls back together with the change it describes. A relay publishes
+committed events and stamps ``published_at`` (docs/decisions.md, decision 4).
+Every write goes through here: :func:`record_event` / :func:`record_events`
+for payloads built in Python (checked against :data:`flowforge.events.CONTRACT`),
+:func:`insert_from` for the hot paths that write a change and its event in
+one SQL statement (payloads from :mod:`flowforge.events`' SQL builders).
 
 Ordering contract: events of one aggregate are published in the order they
 were inserted (``outbox.seq``). Record an aggregate's event *after* the
@@ -14,13 +18,14 @@ order is commit order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
 from flowforge.db.engine import DB
+from flowforge.events import check_payload
 from flowforge.jsonutil import dumps
 
-INSERT_EVENT = """
+INSERT_EVENT: Final[LiteralString] = """
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 VALUES ($1, $2, $3, $4::jsonb)
 RETURNING id
@@ -33,9 +38,11 @@ async def record_event(
     """Write one domain event in the current transaction; returns its id.
 
     Raises RuntimeError outside a transaction: an event written on its own
-    could be published for a change that never committed.
+    could be published for a change that never committed. Raises ValueError
+    when the payload does not match the event contract.
     """
     transaction = DB.require_transaction()
+    check_payload(aggregate_type, event_type, payload)
     event_id: UUID = await transaction.connection.fetchval(
         INSERT_EVENT, aggregate_type, aggregate_id, event_type, dumps(payload)
     )
@@ -44,7 +51,7 @@ async def record_event(
 
 # Many events in one round trip. WITH ORDINALITY + ORDER BY keeps the given
 # order, so each row's seq (its publish order) follows the list.
-INSERT_EVENTS = """
+INSERT_EVENTS: Final[LiteralString] = """
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
 SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.payload::jsonb
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
@@ -63,6 +70,8 @@ async def record_events(
     transaction = DB.require_transaction()
     if not events:
         return []
+    for aggregate_type, _, event_type, payload in events:
+        check_payload(aggregate_type, event_type, payload)
     rows = await transaction.connection.fetch(
         INSERT_EVENTS,
         [event[0] for event in events],
@@ -71,3 +80,22 @@ async def record_events(
         [dumps(event[3]) for event in events],
     )
     return [row["id"] for row in rows]
+
+
+def insert_from(
+    source: LiteralString,
+    *,
+    aggregate_type: LiteralString,
+    aggregate_id: LiteralString,
+    event_type: LiteralString,
+    payload: LiteralString,
+) -> LiteralString:
+    """``INSERT INTO outbox ... SELECT ... FROM <source>``: one event per source row.
+
+    For data-modifying CTEs that write a change and its event in one
+    statement; `payload` comes from :mod:`flowforge.events`' SQL builders,
+    `event_type` is a SQL expression (a quoted literal or a parameter).
+    """
+    return f"""INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT '{aggregate_type}', {aggregate_id}, {event_type}, {payload}
+    FROM {source}"""  # noqa: S608 - literal fragments; values are bind parameters

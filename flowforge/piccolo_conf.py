@@ -11,7 +11,9 @@ CLI with a readable message and exit status 2 instead of a traceback.
 
 from flowforge.db.engine import DB, check_configuration
 from flowforge.db.registry import APP_REGISTRY
+from flowforge.logs import configure_logging
 
 check_configuration()
+configure_logging()  # every command logs like the API (LOG_FORMAT)
 
 __all__ = ["APP_REGISTRY", "DB"]

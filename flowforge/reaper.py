@@ -16,22 +16,21 @@ Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
-from flowforge import events
+from flowforge import events, metrics
 from flowforge.db.engine import DB
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 from flowforge.outbox import record_events
 
-logger = logging.getLogger("flowforge.reaper")
+logger = get_logger("flowforge.reaper")
 
 # The lease expression must match the index expression exactly to use it.
 # REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
 # cannot size the CTE and may hash-join it against a scan of every run.
-FIND_STUCK = """
+FIND_STUCK: Final[LiteralString] = """
 SELECT id FROM workflow_runs
 WHERE status = 'running'
     AND COALESCE(heartbeat_at, started_at) < now() - make_interval(secs => $1::float8)
@@ -40,7 +39,7 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-REAP = f"""
+REAP: Final[LiteralString] = f"""
 WITH stuck AS ({FIND_STUCK})
 UPDATE workflow_runs AS r
 SET status = 'failed',
@@ -55,19 +54,19 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-FAIL_STEP_ATTEMPTS = """
+FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2
 WHERE run_id = ANY($1::uuid[]) AND status = 'running'
 """
 
-CANCEL_PENDING_STEPS = """
+CANCEL_PENDING_STEPS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'cancelled', finished_at = now()
 WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
 """
 
-HEARTBEAT = """
+HEARTBEAT: Final[LiteralString] = """
 UPDATE workflow_runs SET heartbeat_at = clock_timestamp()
 WHERE id = $1 AND status = 'running'
 RETURNING id
@@ -121,10 +120,9 @@ async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapRe
             break
         report.batches += 1
         report.runs.extend(run["id"] for run in runs)
+        metrics.REAPED_RUNS.inc(len(runs))
         for run in runs:
-            logger.warning(
-                logfmt("reaper.run_failed", run_id=run["id"], workflow_id=run["workflow_id"])
-            )
+            logger.warning("reaper.run_failed", run_id=run["id"], workflow_id=run["workflow_id"])
         if len(runs) < batch_size:
             break
     return report

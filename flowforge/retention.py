@@ -19,18 +19,19 @@ Pruning is not a domain change: it emits no events.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from typing import Final, LiteralString
 
+from flowforge import metrics
 from flowforge.db.engine import DB
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 from flowforge.settings import Settings
 
-logger = logging.getLogger("flowforge.retention")
+logger = get_logger("flowforge.retention")
 
 DAY_SECONDS = 86400.0
 
-OLD_PUBLISHED_EVENTS = """
+OLD_PUBLISHED_EVENTS: Final[LiteralString] = """
 SELECT id FROM outbox
 WHERE published_at < now() - make_interval(secs => $1::float8)
 ORDER BY published_at
@@ -40,7 +41,7 @@ FOR UPDATE SKIP LOCKED
 
 # "id = ANY(ARRAY(...))" rather than a join: the planner cannot know the CTE's
 # size and may hash-join it against a sequential scan of the whole table.
-PRUNE_OUTBOX = f"""
+PRUNE_OUTBOX: Final[LiteralString] = f"""
 WITH doomed AS ({OLD_PUBLISHED_EVENTS}),
 deleted AS (
     DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
@@ -48,7 +49,7 @@ deleted AS (
 SELECT count(*) FROM deleted
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-OLD_FINISHED_RUNS = """
+OLD_FINISHED_RUNS: Final[LiteralString] = """
 SELECT id FROM workflow_runs
 WHERE status IN ('completed', 'failed', 'cancelled')
     AND finished_at < now() - make_interval(secs => $1::float8)
@@ -57,7 +58,7 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
-PRUNE_RUNS = f"""
+PRUNE_RUNS: Final[LiteralString] = f"""
 WITH doomed AS ({OLD_FINISHED_RUNS}),
 logs AS (
     SELECT count(*) AS n FROM run_step_logs WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
@@ -68,11 +69,11 @@ deleted AS (
 SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-COUNT_OUTBOX = """
+COUNT_OUTBOX: Final[LiteralString] = """
 SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
 """
 
-COUNT_RUNS = """
+COUNT_RUNS: Final[LiteralString] = """
 WITH doomed AS (
     SELECT id FROM workflow_runs
     WHERE status IN ('completed', 'failed', 'cancelled')
@@ -110,6 +111,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
             while True:
                 deleted = int((await DB.fetch(PRUNE_OUTBOX, keep, batch))[0][0])
                 report.outbox_events += deleted
+                metrics.PRUNED_ROWS.labels(kind="outbox_events").inc(deleted)
                 if deleted < batch:
                     break
     if settings.run_retention_days > 0:
@@ -122,15 +124,15 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
                 row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
                 report.runs += int(row["runs"])
                 report.step_logs += int(row["step_logs"])
+                metrics.PRUNED_ROWS.labels(kind="runs").inc(row["runs"])
+                metrics.PRUNED_ROWS.labels(kind="step_logs").inc(row["step_logs"])
                 if row["runs"] < batch:
                     break
     logger.info(
-        logfmt(
-            "retention.pruned",
-            dry_run=dry_run,
-            outbox_events=report.outbox_events,
-            runs=report.runs,
-            step_logs=report.step_logs,
-        )
+        "retention.pruned",
+        dry_run=dry_run,
+        outbox_events=report.outbox_events,
+        runs=report.runs,
+        step_logs=report.step_logs,
     )
     return report

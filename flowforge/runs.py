@@ -23,11 +23,16 @@ wins and the other gets :class:`InvalidTransitionError` naming the state it foun
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from piccolo.query.base import Query
+from piccolo.query.proxy import Proxy
+
+from flowforge import events, outbox
 from flowforge.db.engine import DB
-from flowforge.db.tables import RunStatus, TriggerType
+from flowforge.db.queries import Param, column_list, compiled
+from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
 from flowforge.errors import (
     IdempotencyConflictError,
     InvalidTransitionError,
@@ -36,38 +41,45 @@ from flowforge.errors import (
 )
 from flowforge.jsonutil import dumps, loads
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.workflows import visible_workflow
 
-RUN_COLUMNS: Final = (
-    "id, workflow_id, status, trigger_type, triggered_by_user_id, inputs, outputs, error, "
-    "idempotency_key, started_at, finished_at, created_at, updated_at"
+# Error-path and idempotency reads use the query builder on these columns.
+RUN_TABLE_COLUMNS: Final = (
+    WorkflowRun.id,
+    WorkflowRun.workflow_id,
+    WorkflowRun.status,
+    WorkflowRun.trigger_type,
+    WorkflowRun.triggered_by_user_id,
+    WorkflowRun.inputs,
+    WorkflowRun.outputs,
+    WorkflowRun.error,
+    WorkflowRun.idempotency_key,
+    WorkflowRun.started_at,
+    WorkflowRun.finished_at,
+    WorkflowRun.created_at,
+    WorkflowRun.updated_at,
 )
-LOG_COLUMNS: Final = (
-    "id, run_id, step_id, step_position, step_name, attempt, status, input, output, error, "
-    "started_at, finished_at, created_at, updated_at"
+
+RUN_COLUMNS: Final = column_list(*RUN_TABLE_COLUMNS)
+LOG_TABLE_COLUMNS: Final = (
+    RunStepLog.id,
+    RunStepLog.run_id,
+    RunStepLog.step_id,
+    RunStepLog.step_position,
+    RunStepLog.step_name,
+    RunStepLog.attempt,
+    RunStepLog.status,
+    RunStepLog.input,
+    RunStepLog.output,
+    RunStepLog.error,
+    RunStepLog.started_at,
+    RunStepLog.finished_at,
+    RunStepLog.created_at,
+    RunStepLog.updated_at,
 )
-LOG_FIELDS: Final = tuple(name.strip() for name in LOG_COLUMNS.split(","))
-
-
-def _prefixed(columns: str, alias: str) -> str:
-    return ", ".join(f"{alias}.{name.strip()}" for name in columns.split(","))
-
-
-def iso(expression: str) -> str:
-    """SQL for a timestamptz as the ISO 8601 text Python's ``isoformat()`` gives (UTC).
-
-    Event payloads are built in SQL (one round trip); this keeps their
-    timestamps identical in form whatever the session's TimeZone is.
-    """
-    return f"to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
-
-
-def _run_event_payload(alias: str, previous_status: str, extra: str = "") -> str:
-    """``jsonb_build_object`` matching :func:`flowforge.events.run_payload`."""
-    return f"""jsonb_build_object(
-        'run_id', {alias}.id, 'workflow_id', {alias}.workflow_id, 'status', {alias}.status,
-        'previous_status', {previous_status}, 'error', {alias}.error,
-        'started_at', {iso(alias + ".started_at")}, 'finished_at', {iso(alias + ".finished_at")}
-        {extra})"""
+LOG_COLUMNS: Final = column_list(*LOG_TABLE_COLUMNS)
+LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_COLUMNS)
+RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
 def _run(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +103,14 @@ def _log(values: Mapping[str, Any]) -> dict[str, Any]:
 # One statement: check the workflow (visible, active), insert the run unless its
 # idempotency key is taken, write run.created for a new run, and return either
 # the new run (created = true) or the run that already holds the key.
-TRIGGER_RUN = f"""
+_RUN_CREATED_EVENT: Final[LiteralString] = outbox.insert_from(
+    "created c",
+    aggregate_type=events.WORKFLOW_RUN,
+    aggregate_id="c.id",
+    event_type="'run.created'",
+    payload=events.run_payload_sql("c", "NULL", "run.created"),
+)
+TRIGGER_RUN: Final[LiteralString] = f"""
 WITH wf AS (
     SELECT id, is_active FROM workflows
     WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
@@ -102,31 +121,22 @@ WITH wf AS (
     ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', c.id, 'run.created', {
-    _run_event_payload(
-        "c",
-        "NULL",
-        ", 'trigger_type', c.trigger_type, 'triggered_by_user_id', c.triggered_by_user_id, "
-        "'inputs', c.inputs, 'idempotency_key', c.idempotency_key",
-    )
-}
-    FROM created c
+    {_RUN_CREATED_EVENT}
 )
 SELECT true AS created, true AS same_request, {RUN_COLUMNS} FROM created
 UNION ALL
-SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2, {_prefixed(RUN_COLUMNS, "r")}
+SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2, {RUN_COLUMNS_OF_R}
 FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
 WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
 """  # noqa: S608 - constant fragments; every value is a bind parameter
 
-WORKFLOW_STATE = """
-SELECT is_active FROM workflows WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
-"""
-RUN_BY_KEY = f"""
+# The run that holds an idempotency key, read in a new snapshot, with whether
+# the retry is the same request: PostgreSQL compares the inputs as the JSONB it
+# stores (the builder cannot select that comparison).
+RUN_BY_KEY: Final[LiteralString] = f"""
 SELECT inputs = $3::jsonb AND trigger_type = $4 AS same_request, {RUN_COLUMNS}
 FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
-"""  # noqa: S608
+"""  # noqa: S608 - constant fragments; every value is a bind parameter
 
 
 async def trigger_run(
@@ -156,7 +166,12 @@ async def trigger_run(
         owner_id,
     )
     if row is None:
-        state = await connection.fetchrow(WORKFLOW_STATE, workflow_id, owner_id)
+        state = (
+            await Workflow.select(Workflow.is_active)
+            .where(visible_workflow(workflow_id, owner_id))
+            .first()
+            .run()
+        )
         if state is None:
             raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
         if not state["is_active"]:
@@ -203,7 +218,21 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 # statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
-TRANSITION_RUN = f"""
+# The event of a transition: run.started, .completed, .failed and .cancelled
+# share one payload shape (the event type is $7).
+_TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
+    "changed c",
+    aggregate_type=events.WORKFLOW_RUN,
+    aggregate_id="c.id",
+    event_type="$7",
+    payload=events.run_payload_sql(
+        "c",
+        "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
+        "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
+        "run.started",
+    ),
+)
+TRANSITION_RUN: Final[LiteralString] = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
         status = $2::text,
@@ -214,18 +243,9 @@ WITH changed AS (
     WHERE r.id = $1 AND r.status = ANY($3::text[])
       AND ($6::uuid IS NULL OR EXISTS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
-    RETURNING {_prefixed(RUN_COLUMNS, "r")}
+    RETURNING {RUN_COLUMNS_OF_R}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', c.id, $7, {
-    _run_event_payload(
-        "c",
-        "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
-        "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
-        ", 'outputs', c.outputs",
-    )
-}
-    FROM changed c
+    {_TRANSITION_EVENT}
 )
 SELECT {RUN_COLUMNS} FROM changed
 """  # noqa: S608
@@ -234,22 +254,25 @@ SELECT {RUN_COLUMNS} FROM changed
 # row lock and takes a new snapshot, so it also sees an attempt whose append
 # committed while the transition waited for that lock (in the transition's own
 # snapshot that attempt does not exist yet, and it would stay "running" forever).
-CLOSE_ATTEMPTS = """
+CLOSE_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
 WHERE run_id = $1 AND status IN ('pending', 'running')
 """
 
-RUN_STATE = """
-SELECT r.status FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
-WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
-"""
 
-RUN_EVENT_BY_STATUS: Final = {
-    RunStatus.RUNNING: "run.started",
-    RunStatus.COMPLETED: "run.completed",
-    RunStatus.FAILED: "run.failed",
-    RunStatus.CANCELLED: "run.cancelled",
-}
+async def _run_status(run_id: UUID, owner_id: UUID | None) -> str | None:
+    """The run's status (error paths: why a statement matched nothing), or None if not visible."""
+
+    def build() -> Query[Any, Any] | Proxy[Any, Any]:
+        query = WorkflowRun.select(WorkflowRun.status).where(WorkflowRun.id == Param("run_id"))
+        if owner_id is not None:
+            query = query.where(WorkflowRun.workflow_id._.owner_id == Param("owner_id"))
+        return query.first()
+
+    row = await compiled(("runs.status", owner_id is not None), build).first(
+        run_id=run_id, owner_id=owner_id
+    )
+    return None if row is None else str(row["status"])
 
 
 async def transition_run(
@@ -279,10 +302,10 @@ async def transition_run(
         error,
         dumps(outputs) if outputs is not None else None,
         owner_id,
-        RUN_EVENT_BY_STATUS[target],
+        events.RUN_EVENT_BY_STATUS[target.value],
     )
     if row is None:
-        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        current = await _run_status(run_id, owner_id)
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
         raise InvalidTransitionError(
@@ -301,8 +324,8 @@ async def transition_run(
 
 # The run, its workflow's owner, and its step attempts in order, in one query
 # (the attempts as an array of rows: no JSON round trip, native types).
-GET_RUN = f"""
-SELECT {_prefixed(RUN_COLUMNS, "r")},
+GET_RUN: Final[LiteralString] = f"""
+SELECT {RUN_COLUMNS_OF_R},
     ARRAY(SELECT ROW({LOG_COLUMNS}) FROM run_step_logs l WHERE l.run_id = r.id
           ORDER BY l.step_position, l.attempt) AS step_logs
 FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
@@ -323,10 +346,12 @@ async def get_run(run_id: UUID, *, owner_id: UUID | None = None) -> dict[str, An
     return run
 
 
-_LIST_RUNS_CACHE: dict[tuple[bool, bool, bool], str] = {}
+# Bind parameter placeholders as literals, so composed SQL stays a LiteralString.
+PARAMETERS: Final[tuple[LiteralString, ...]] = ("$0", "$1", "$2", "$3", "$4", "$5", "$6", "$7")
+_LIST_RUNS_CACHE: dict[tuple[bool, bool, bool], LiteralString] = {}
 
 
-def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
+def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> LiteralString:
     """One SQL text per filter combination, so each gets a plan that uses its index.
 
     (A single text with ``$n IS NULL OR ...`` would get a generic plan that
@@ -337,17 +362,23 @@ def _list_runs_sql(by_status: bool, after: bool, by_owner: bool) -> str:
     """
     key = (by_status, after, by_owner)
     if key not in _LIST_RUNS_CACHE:
-        conditions = ["r.workflow_id = w.id"]
+        # $1, not w.id: the planner then estimates the runs of *this*
+        # workflow (w.id would be planned with the average workflow's
+        # share, and a busy workflow's page sorted after a bitmap scan;
+        # tests/test_explain.py caught it).
+        conditions: list[LiteralString] = ["r.workflow_id = $1"]
         number = 2
         if by_status:
             number += 1
-            conditions.append(f"r.status = ${number}")
+            conditions.append(f"r.status = {PARAMETERS[number]}")
         if after:
-            conditions.append(f"(r.created_at, r.id) < (${number + 1}, ${number + 2})")
+            conditions.append(
+                f"(r.created_at, r.id) < ({PARAMETERS[number + 1]}, {PARAMETERS[number + 2]})"
+            )
             number += 2
-        owner = f"AND w.owner_id = ${number + 1}" if by_owner else ""
+        owner = f"AND w.owner_id = {PARAMETERS[number + 1]}" if by_owner else ""
         _LIST_RUNS_CACHE[key] = f"""
-SELECT w.id AS visible_workflow_id, {_prefixed(RUN_COLUMNS, "r")}
+SELECT w.id AS visible_workflow_id, {RUN_COLUMNS_OF_R}
 FROM workflows w LEFT JOIN LATERAL (
     SELECT {RUN_COLUMNS} FROM workflow_runs r
     WHERE {" AND ".join(conditions)}
@@ -392,7 +423,7 @@ async def list_runs(
 # Lock the run (serialising attempt numbering for it), check it is running, and
 # renew its lease: a logged attempt is a heartbeat (flowforge/reaper.py fails
 # running runs whose heartbeat_at is older than RUN_LEASE_TIMEOUT).
-LOCK_RUNNING_RUN = """
+LOCK_RUNNING_RUN: Final[LiteralString] = """
 UPDATE workflow_runs r SET heartbeat_at = clock_timestamp()
 WHERE r.id = $1 AND r.status = 'running'
   AND ($2::uuid IS NULL OR EXISTS (
@@ -400,15 +431,21 @@ WHERE r.id = $1 AND r.status = 'running'
 RETURNING r.workflow_id
 """
 
-STEP_LOG_EVENT = f"""jsonb_build_object(
-    'run_id', l.run_id, 'workflow_id', $2::uuid, 'step_log_id', l.id, 'step_id', l.step_id,
-    'step_position', l.step_position, 'step_name', l.step_name, 'attempt', l.attempt,
-    'status', l.status, 'error', l.error,
-    'started_at', {iso("l.started_at")}, 'finished_at', {iso("l.finished_at")})"""
+
+def _step_logged_event(source: LiteralString) -> LiteralString:
+    """The run.step_logged event of each step-log row in `source` (aliased ``l``)."""
+    return outbox.insert_from(
+        source,
+        aggregate_type=events.WORKFLOW_RUN,
+        aggregate_id="l.run_id",
+        event_type="'run.step_logged'",
+        payload=events.step_logged_payload_sql("l", "$2::uuid"),
+    )
+
 
 # A separate statement from the lock on purpose: it takes a new snapshot, so
 # max(attempt) sees attempts committed by whoever held the lock before us.
-APPEND_STEP_LOG = f"""
+APPEND_STEP_LOG: Final[LiteralString] = f"""
 WITH step AS (
     SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
 ), logged AS (
@@ -423,25 +460,22 @@ WITH step AS (
     FROM step s
     RETURNING {LOG_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM logged l
+    {_step_logged_event("logged l")}
 )
 SELECT {LOG_COLUMNS} FROM logged
 """  # noqa: S608
 
-FINISH_STEP_LOG = f"""
+FINISH_STEP_LOG: Final[LiteralString] = f"""
 WITH finished AS (
     UPDATE run_step_logs SET status = $3, output = $4::jsonb, error = $5, finished_at = now()
     WHERE id = $6 AND run_id = $1 AND status = 'running'
     RETURNING {LOG_COLUMNS}
 ), event AS (
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT 'workflow_run', l.run_id, 'run.step_logged', {STEP_LOG_EVENT} FROM finished l
+    {_step_logged_event("finished l")}
 )
 SELECT {LOG_COLUMNS} FROM finished
 """  # noqa: S608
 
-STEP_LOG_STATE = "SELECT status FROM run_step_logs WHERE id = $1 AND run_id = $2"
 
 # Statuses an attempt may be logged with, and may finish with.
 ATTEMPT_STATUSES: Final = frozenset({RunStatus.RUNNING, RunStatus.COMPLETED, RunStatus.FAILED})
@@ -453,7 +487,7 @@ async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> U
     connection = DB.require_transaction().connection
     workflow_id: UUID | None = await connection.fetchval(LOCK_RUNNING_RUN, run_id, owner_id)
     if workflow_id is None:
-        current = await connection.fetchval(RUN_STATE, run_id, owner_id)
+        current = await _run_status(run_id, owner_id)
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
         raise InvalidTransitionError(
@@ -541,9 +575,15 @@ async def finish_step_log(
         step_log_id,
     )
     if row is None:
-        current = await connection.fetchval(STEP_LOG_STATE, step_log_id, run_id)
-        if current is None:
+        attempt = (
+            await RunStepLog.select(RunStepLog.status)
+            .where(RunStepLog.id == step_log_id, RunStepLog.run_id == run_id)
+            .first()
+            .run()
+        )
+        if attempt is None:
             raise NotFoundError("Step attempt not found.", step_log_id=str(step_log_id))
+        current = attempt["status"]
         raise InvalidTransitionError(
             f"Only a running attempt can finish; this one is {current}.",
             step_log_id=str(step_log_id),

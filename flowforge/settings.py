@@ -10,7 +10,7 @@ import sys
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -53,6 +53,13 @@ class PublisherKind(StrEnum):
 
     LOG = "log"  # one JSON line per event on stdout: development only
     REDIS = "redis"  # Redis Streams, one stream per aggregate type
+
+
+class LogFormat(StrEnum):
+    """How log lines look (flowforge/logs.py)."""
+
+    JSON = "json"  # one JSON object per line: for log shippers
+    CONSOLE = "console"  # readable key=value lines: for people
 
 
 class Settings(BaseSettings):
@@ -198,6 +205,35 @@ class Settings(BaseSettings):
     relay_prune_interval: float = Field(
         default=3600.0, ge=0, le=7 * 86400, validation_alias="RELAY_PRUNE_INTERVAL"
     )
+    # The relay's Prometheus metrics on http://0.0.0.0:<port>/metrics; unset: none.
+    relay_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, validation_alias="RELAY_METRICS_PORT"
+    )
+
+    # --- Logs (flowforge/logs.py) ---
+    # Unset: json in production, console otherwise.
+    log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", validation_alias="LOG_LEVEL"
+    )
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        if self.environment is Environment.PRODUCTION:
+            return LogFormat.JSON
+        return LogFormat.CONSOLE
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "relay_metrics_port", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip() == "" else value
 
     @field_validator("database_url", "relay_listen_database_url")
     @classmethod

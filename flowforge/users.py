@@ -8,39 +8,39 @@ key of an inactive user is refused.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 from uuid import UUID
+
+from piccolo.query.base import Query
+from piccolo.query.proxy import Proxy
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.tables import Role
+from flowforge.db.queries import Param, compiled, new_row, page_after
+from flowforge.db.tables import Role, User
 from flowforge.errors import ConflictError, NotFoundError
 from flowforge.outbox import record_event
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
 
-USER_COLUMNS: Final = "id, email, display_name, role, is_active, created_at, updated_at"
-
-INSERT_USER = f"""
-INSERT INTO users (email, display_name, role) VALUES ($1, $2, $3) RETURNING {USER_COLUMNS}
-"""  # noqa: S608
-GET_USER = f"SELECT {USER_COLUMNS} FROM users WHERE id = $1"  # noqa: S608
-UPDATE_USER = f"""
-UPDATE users SET display_name = $2, role = $3, is_active = $4 WHERE id = $1
-RETURNING {USER_COLUMNS}
-"""  # noqa: S608
-LIST_USERS = f"""
-SELECT {USER_COLUMNS} FROM users ORDER BY created_at DESC, id DESC LIMIT $1
-"""  # noqa: S608
-LIST_USERS_AFTER = f"""
-SELECT {USER_COLUMNS} FROM users WHERE (created_at, id) < ($2, $3)
-ORDER BY created_at DESC, id DESC LIMIT $1
-"""  # noqa: S608
+USER_COLUMNS = (
+    User.id,
+    User.email,
+    User.display_name,
+    User.role,
+    User.is_active,
+    User.created_at,
+    User.updated_at,
+)
 
 
 async def create_user(email: str, display_name: str, role: Role) -> dict[str, Any]:
     """Insert a user and its ``user.created`` event. A taken email is a ConflictError."""
-    connection = DB.require_transaction().connection
-    user = dict(await connection.fetchrow(INSERT_USER, email, display_name, role.value))
+    DB.require_transaction()
+    user: dict[str, Any] = (
+        await User.insert(new_row(User, email=email, display_name=display_name, role=role.value))
+        .returning(*USER_COLUMNS)
+        .run()
+    )[0]
     await record_event(
         events.USER,
         user["id"],
@@ -50,12 +50,15 @@ async def create_user(email: str, display_name: str, role: Role) -> dict[str, An
     return user
 
 
-async def get_user(user_id: UUID) -> dict[str, Any]:
-    connection = DB.require_transaction().connection
-    row = await connection.fetchrow(GET_USER, user_id)
+async def get_user(user_id: UUID, *, for_update: bool = False) -> dict[str, Any]:
+    def build() -> Query[Any, Any] | Proxy[Any, Any]:
+        query = User.select(*USER_COLUMNS).where(User.id == Param("user_id")).first()
+        return query.lock_rows("UPDATE") if for_update else query
+
+    row = await compiled(("users.get_user", for_update), build).first(user_id=user_id)
     if row is None:
         raise NotFoundError("User not found.", user_id=str(user_id))
-    return dict(row)
+    return row
 
 
 async def list_users(
@@ -63,12 +66,20 @@ async def list_users(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of users, newest first."""
     position = decode_cursor(cursor)
-    connection = DB.require_transaction().connection
-    if position is None:
-        rows = await connection.fetch(LIST_USERS, limit + 1)
-    else:
-        rows = await connection.fetch(LIST_USERS_AFTER, limit + 1, *position)
-    return page([dict(row) for row in rows], limit)
+
+    def build() -> Query[Any, Any]:
+        query = (
+            User.select(*USER_COLUMNS)
+            .order_by(User.created_at, User.id, ascending=False)
+            .limit(limit + 1)
+        )
+        if position is not None:
+            query = query.where(page_after(User, (Param("created_at"), Param("id"))))
+        return query
+
+    query = compiled(("users.list_users", limit, position is not None), build)
+    created_at, after_id = position if position is not None else (None, None)
+    return page(await query.fetch(created_at=created_at, id=after_id), limit)
 
 
 async def update_user(
@@ -86,11 +97,7 @@ async def update_user(
     deactivate or demote themselves (``acting_user_id``): that could leave
     nobody able to manage users.
     """
-    connection = DB.require_transaction().connection
-    row = await connection.fetchrow(f"{GET_USER} FOR UPDATE", user_id)
-    if row is None:
-        raise NotFoundError("User not found.", user_id=str(user_id))
-    before = dict(row)
+    before = await get_user(user_id, for_update=True)
     if user_id == acting_user_id and (
         is_active is False or (role is not None and role is not Role.ADMIN)
     ):
@@ -107,15 +114,13 @@ async def update_user(
         changes["is_active"] = is_active
     if not changes:
         return before
-    user = dict(
-        await connection.fetchrow(
-            UPDATE_USER,
-            user_id,
-            changes.get("display_name", before["display_name"]),
-            changes.get("role", before["role"]),
-            changes.get("is_active", before["is_active"]),
-        )
-    )
+    columns = {"display_name": User.display_name, "role": User.role, "is_active": User.is_active}
+    user: dict[str, Any] = (
+        await User.update({columns[name]: value for name, value in changes.items()})
+        .where(User.id == user_id)
+        .returning(*USER_COLUMNS)
+        .run()
+    )[0]
     if "is_active" in changes:
         event_type = "user.activated" if changes["is_active"] else "user.deactivated"
     else:

@@ -2,42 +2,71 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, LiteralString
 from uuid import UUID
+
+from piccolo.columns import Column
+from piccolo.custom_types import Combinable
+from piccolo.query.methods.select import Select
+from piccolo.querystring import QueryString
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.tables import TriggerType
+from flowforge.db.queries import NOW, Param, column_list, compiled, new_row, page_after
+from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
 from flowforge.errors import NotFoundError
 from flowforge.jsonutil import dumps, loads
 from flowforge.outbox import record_event
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
 
-WORKFLOW_COLUMNS = (
-    "id, owner_id, name, description, trigger_type, trigger_config, is_active, "
-    "created_at, updated_at"
+WORKFLOW_COLUMNS: tuple[Column, ...] = (
+    Workflow.id,
+    Workflow.owner_id,
+    Workflow.name,
+    Workflow.description,
+    Workflow.trigger_type,
+    Workflow.trigger_config,
+    Workflow.is_active,
+    Workflow.created_at,
+    Workflow.updated_at,
 )
-STEP_COLUMNS = (
-    "id, workflow_id, position, name, action_type, config, retry_policy, created_at, updated_at"
+STEP_COLUMNS: tuple[Column, ...] = (
+    WorkflowStep.id,
+    WorkflowStep.workflow_id,
+    WorkflowStep.position,
+    WorkflowStep.name,
+    WorkflowStep.action_type,
+    WorkflowStep.config,
+    WorkflowStep.retry_policy,
+    WorkflowStep.created_at,
+    WorkflowStep.updated_at,
 )
+STEP_FIELDS = tuple(column._meta.db_column_name for column in STEP_COLUMNS)
+# The step column list for the raw SQL below, from the Table (a renamed column
+# changes it, and tests/test_sql_statements.py prepares the result).
+STEP_COLUMN_LIST = column_list(*STEP_COLUMNS)
 
-
-# Constant column lists interpolated at import time; every value is a bind parameter.
-INSERT_WORKFLOW = f"""
-    INSERT INTO workflows (owner_id, name, description, trigger_type, trigger_config)
-    VALUES ($1, $2, $3, $4, $5::jsonb)
-    RETURNING {WORKFLOW_COLUMNS}
-"""  # noqa: S608
-# All steps in one round trip: one array per column, unnested into rows.
-INSERT_STEPS = f"""
+# All steps in one round trip: one array per column, unnested into rows. (The
+# builder's multi-row insert sends one parameter per value.)
+INSERT_STEPS: LiteralString = f"""
     INSERT INTO workflow_steps (workflow_id, position, name, action_type, config, retry_policy)
     SELECT $1, s.position, s.name, s.action_type, s.config::jsonb, s.retry_policy::jsonb
     FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS s(position, name, action_type, config, retry_policy)
-    RETURNING {STEP_COLUMNS}
-"""  # noqa: S608
+    RETURNING {STEP_COLUMN_LIST}
+"""  # noqa: S608 - column names from the Table; every value is a bind parameter
+
+# Columns computed in the workflow's own SELECT (one round trip): its steps in
+# order as an array of rows, and its step count.
+STEPS_OF_WORKFLOW: LiteralString = f"""ARRAY(
+    SELECT ROW({STEP_COLUMN_LIST}) FROM workflow_steps s
+    WHERE s.workflow_id = "workflows"."id" ORDER BY s.position)"""  # noqa: S608
+STEP_COUNT: LiteralString = (
+    '(SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = "workflows"."id")'
+)
 
 
 @dataclass(frozen=True)
@@ -74,16 +103,15 @@ def _record(row: Any) -> dict[str, Any]:
 async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
     """Insert a workflow with its steps and its `workflow.created` event, atomically."""
     connection = DB.require_transaction().connection
-    workflow = _record(
-        await connection.fetchrow(
-            INSERT_WORKFLOW,
-            spec.owner_id,
-            spec.name,
-            spec.description,
-            spec.trigger_type.value,
-            dumps(spec.trigger_config),
-        )
+    row = new_row(
+        Workflow,
+        owner_id=spec.owner_id,
+        name=spec.name,
+        description=spec.description,
+        trigger_type=spec.trigger_type.value,
+        trigger_config=dumps(spec.trigger_config),
     )
+    workflow = _record((await Workflow.insert(row).returning(*WORKFLOW_COLUMNS).run())[0])
     steps: list[dict[str, Any]] = []
     if spec.steps:
         rows = await connection.fetch(
@@ -117,15 +145,16 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
 
     ``owner_id`` limits the deletion to that user's workflow (None: any).
     """
-    connection = DB.require_transaction().connection
-    deleted = await connection.fetchrow(
-        "DELETE FROM workflows WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2) "
-        "RETURNING owner_id, name",
-        workflow_id,
-        owner_id,
+    DB.require_transaction()
+    rows = await (
+        Workflow.delete()
+        .where(visible_workflow(workflow_id, owner_id))
+        .returning(Workflow.owner_id, Workflow.name)
+        .run()
     )
-    if deleted is None:
+    if not rows:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
+    deleted = rows[0]
     await record_event(
         events.WORKFLOW,
         workflow_id,
@@ -136,21 +165,29 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
 
 # -- reading -----------------------------------------------------------------------------
 
-STEP_FIELDS = tuple(name.strip() for name in STEP_COLUMNS.split(","))
-# The workflow with its steps in order, in one query (steps as an array of rows).
-GET_WORKFLOW = f"""
-SELECT {WORKFLOW_COLUMNS},
-    ARRAY(SELECT ROW({STEP_COLUMNS}) FROM workflow_steps s WHERE s.workflow_id = w.id
-          ORDER BY s.position) AS steps
-FROM workflows w
-WHERE w.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
-"""  # noqa: S608
+
+def _owner_param(owner_id: UUID | None) -> Param | None:
+    return None if owner_id is None else Param("owner_id")
+
+
+def visible_workflow(workflow_id: UUID | Param, owner_id: UUID | Param | None) -> Combinable:
+    """This workflow, if `owner_id` (when given) owns it."""
+    condition: Combinable = Workflow.id == workflow_id
+    if owner_id is not None:
+        condition &= Workflow.owner_id == owner_id
+    return condition
 
 
 async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> dict[str, Any]:
     """A workflow with its steps ordered by position; NotFoundError if not visible."""
-    connection = DB.require_transaction().connection
-    row = await connection.fetchrow(GET_WORKFLOW, workflow_id, owner_id)
+    row = await compiled(
+        ("workflows.get_workflow", owner_id is not None),
+        lambda: (
+            Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEPS_OF_WORKFLOW).as_alias("steps"))
+            .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
+            .first()
+        ),
+    ).first(workflow_id=workflow_id, owner_id=owner_id)
     if row is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
     workflow = _record(row)
@@ -158,38 +195,6 @@ async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> di
         _record(dict(zip(STEP_FIELDS, values, strict=True))) for values in row["steps"]
     ]
     return workflow
-
-
-_LIST_CACHE: dict[tuple[bool, bool, bool], str] = {}
-
-
-def _list_workflows_sql(by_owner: bool, by_active: bool, after: bool) -> str:
-    """One SQL text per filter combination (see runs._list_runs_sql for why).
-
-    Parameters in order: limit, [owner id], [is_active], [created_at, id].
-    A user's workflows use workflows_owner_id_created_at_idx.
-    """
-    key = (by_owner, by_active, after)
-    if key not in _LIST_CACHE:
-        conditions = ["true"]
-        number = 1
-        if by_owner:
-            number += 1
-            conditions.append(f"w.owner_id = ${number}")
-        if by_active:
-            number += 1
-            conditions.append(f"w.is_active = ${number}")
-        if after:
-            conditions.append(f"(w.created_at, w.id) < (${number + 1}, ${number + 2})")
-        _LIST_CACHE[key] = f"""
-SELECT {WORKFLOW_COLUMNS},
-    (SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = w.id) AS step_count
-FROM workflows w
-WHERE {" AND ".join(conditions)}
-ORDER BY w.created_at DESC, w.id DESC
-LIMIT $1
-"""  # noqa: S608
-    return _LIST_CACHE[key]
 
 
 async def list_workflows(
@@ -201,23 +206,57 @@ async def list_workflows(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """A page of workflows (one owner's, or all), newest first, with their step counts."""
     position = decode_cursor(cursor)
-    sql = _list_workflows_sql(owner_id is not None, is_active is not None, position is not None)
-    args: list[Any] = [limit + 1]
-    if owner_id is not None:
-        args.append(owner_id)
-    if is_active is not None:
-        args.append(is_active)
-    if position is not None:
-        args.extend(position)
-    connection = DB.require_transaction().connection
-    rows = await connection.fetch(sql, *args)
+    query = compiled(
+        ("workflows.list", owner_id is not None, is_active is not None, position, limit),
+        lambda: list_workflows_query(
+            owner_id=_owner_param(owner_id),
+            is_active=None if is_active is None else Param("is_active"),
+            limit=limit + 1,
+            position=None if position is None else (Param("created_at"), Param("id")),
+        ),
+    )
+    created_at, after_id = position if position is not None else (None, None)
+    rows = await query.fetch(
+        owner_id=owner_id, is_active=is_active, created_at=created_at, id=after_id
+    )
     return page([_record(row) for row in rows], limit)
+
+
+def list_workflows_query(
+    *,
+    owner_id: UUID | Param | None,
+    is_active: bool | Param | None,
+    limit: int,
+    position: tuple[datetime.datetime | Param, UUID | Param] | None,
+) -> Select[Workflow]:
+    """The SELECT behind :func:`list_workflows` (tests/test_explain.py plans it).
+
+    A user's workflows use workflows_owner_id_created_at_idx.
+    """
+    query = (
+        Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEP_COUNT).as_alias("step_count"))
+        .order_by(Workflow.created_at, Workflow.id, ascending=False)
+        .limit(limit)
+    )
+    if owner_id is not None:
+        query = query.where(Workflow.owner_id == owner_id)
+    if is_active is not None:
+        query = query.where(Workflow.is_active == is_active)
+    if position is not None:
+        query = query.where(page_after(Workflow, position))
+    return query
 
 
 # -- changing ----------------------------------------------------------------------------
 
 # Columns a workflow update may change (the keys of `changes`).
-UPDATABLE_COLUMNS = ("name", "description", "trigger_type", "trigger_config", "is_active")
+UPDATABLE_COLUMNS: dict[str, Column] = {
+    "name": Workflow.name,
+    "description": Workflow.description,
+    "trigger_type": Workflow.trigger_type,
+    "trigger_config": Workflow.trigger_config,
+    "is_active": Workflow.is_active,
+}
 
 
 async def update_workflow(
@@ -232,13 +271,15 @@ async def update_workflow(
     unknown = set(changes) - set(UPDATABLE_COLUMNS)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
-    connection = DB.require_transaction().connection
-    current = await connection.fetchrow(
-        f"SELECT {WORKFLOW_COLUMNS} FROM workflows "  # noqa: S608 - constant columns
-        "WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2) FOR UPDATE",
-        workflow_id,
-        owner_id,
-    )
+    current = await compiled(
+        ("workflows.lock", owner_id is not None),
+        lambda: (
+            Workflow.select(*WORKFLOW_COLUMNS)
+            .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
+            .first()
+            .lock_rows("UPDATE")
+        ),
+    ).first(workflow_id=workflow_id, owner_id=owner_id)
     if current is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
     before = _record(current)
@@ -249,17 +290,15 @@ async def update_workflow(
     }
     if not changed:
         return await get_workflow(workflow_id)
-    assignments = []
-    args: list[Any] = [workflow_id]
-    for column in UPDATABLE_COLUMNS:  # fixed order and names: never client text
-        if column in changed:
-            value = changed[column]
-            args.append(dumps(value) if column == "trigger_config" else value)
-            cast = "::jsonb" if column == "trigger_config" else ""
-            assignments.append(f"{column} = ${len(args)}{cast}")
-    await connection.execute(
-        f"UPDATE workflows SET {', '.join(assignments)} WHERE id = $1",  # noqa: S608
-        *args,
+    await (
+        Workflow.update(
+            {
+                UPDATABLE_COLUMNS[name]: dumps(value) if name == "trigger_config" else value
+                for name, value in changed.items()
+            }
+        )
+        .where(Workflow.id == workflow_id)
+        .run()
     )
     if "is_active" in changed:
         event_type = "workflow.activated" if changed["is_active"] else "workflow.deactivated"
@@ -281,14 +320,6 @@ async def update_workflow(
     return await get_workflow(workflow_id)
 
 
-# Lock the workflow (so concurrent replacements serialise) and bump updated_at.
-TOUCH_WORKFLOW = """
-UPDATE workflows SET updated_at = now()
-WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)
-RETURNING owner_id
-"""
-
-
 async def replace_steps(
     workflow_id: UUID, steps: Sequence[StepSpec], *, owner_id: UUID | None = None
 ) -> dict[str, Any]:
@@ -298,10 +329,17 @@ async def replace_steps(
     step_id becomes NULL (ON DELETE SET NULL).
     """
     connection = DB.require_transaction().connection
-    workflow_owner = await connection.fetchval(TOUCH_WORKFLOW, workflow_id, owner_id)
-    if workflow_owner is None:
+    # Lock the workflow (so concurrent replacements serialise) and bump updated_at.
+    touched = await (
+        Workflow.update({Workflow.updated_at: NOW})
+        .where(visible_workflow(workflow_id, owner_id))
+        .returning(Workflow.owner_id)
+        .run()
+    )
+    if not touched:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    await connection.execute("DELETE FROM workflow_steps WHERE workflow_id = $1", workflow_id)
+    workflow_owner = touched[0]["owner_id"]
+    await WorkflowStep.delete().where(WorkflowStep.workflow_id == workflow_id).run()
     if steps:
         await connection.execute(
             INSERT_STEPS,

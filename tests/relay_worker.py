@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from flowforge.cli import pool
+from flowforge.commands.operations import pool
 from flowforge.db.engine import check_configuration
-from flowforge.logfmt import configure_logging
+from flowforge.logs import configure_logging
 from flowforge.relay.publishers import OutboxEvent, Publisher, PublishOutcome, create_publisher
 from flowforge.relay.relay import Relay
 from flowforge.settings import get_settings

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -134,3 +135,13 @@ async def run_unhurried(*statements: str) -> None:
         await connection.execute("SET statement_timeout = 0")
         for statement in statements:
             await connection.execute(statement)
+
+
+def json_log_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of `text` parsed as one JSON log object (LOG_FORMAT=json).
+
+    Fails on a line that is not JSON: a traceback or any other stray output.
+    """
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

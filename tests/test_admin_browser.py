@@ -1,4 +1,7 @@
-"""Piccolo Admin in a real headless Chromium: log in, open the runs, filter by status, see a run.
+"""Piccolo Admin and the API docs in a real headless Chromium.
+
+Admin: log in, open the runs, filter by status, see a run. Docs: /docs
+(Swagger UI) and /redoc render every operation with the network closed.
 
 Runs the app under real uvicorn on a free port against the test database.
 The screenshots land in tests/artifacts/ (gitignored). `make test` installs
@@ -10,11 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
 from tests.live import live_server
 from tests.support import REPO_ROOT
@@ -92,7 +97,10 @@ def test_admin_log_in_filter_runs_by_status_and_open_a_run(
         for row in rows.all():
             expect(row).to_contain_text("Failed")
         page.get_by_text("CLOSE").click()
-        page.wait_for_timeout(600)  # let the table's fade-in finish for the screenshot
+        # The screenshot waits for the table's fade-in to finish (no running animation).
+        page.wait_for_function(
+            "document.getAnimations().every(animation => animation.playState !== 'running')"
+        )
         page.screenshot(path=str(ARTIFACTS / "admin-runs-filtered-failed.png"), full_page=True)
 
         row = rows.filter(has_text="Nightly report")
@@ -150,3 +158,55 @@ def test_admin_shows_the_relays_delivery_state_and_hides_secrets() -> None:
     assert "dead_lettered_at" in {column._meta.name for column in outbox.visible_filters}
     keys = {column._meta.name for column in configs["api_keys"].visible_columns}
     assert "key_hash" not in keys
+
+
+# -- /docs and /redoc without internet ----------------------------------------------------
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+ANY_URL = re.compile(r"https?://", re.IGNORECASE)
+
+
+def offline_context(browser: Browser, outside: list[str]) -> BrowserContext:
+    """A browser context whose every non-localhost request is refused (and recorded)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+
+    def only_local(route: Route) -> None:
+        if urlsplit(route.request.url).hostname in LOCAL_HOSTS:
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_local)
+    return context
+
+
+def test_docs_and_redoc_render_every_operation_with_the_network_closed(
+    db: None, database_url: str, browser: Browser
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    outside: list[str] = []
+    with live_server(database_url, ARTIFACTS / "docs-uvicorn.log") as base_url:
+        spec = httpx.get(f"{base_url}/openapi.json").json()
+        operations = sum(len(methods) for methods in spec["paths"].values())
+        for page_path in ("/docs", "/redoc"):
+            html = httpx.get(f"{base_url}{page_path}").text
+            assert not ANY_URL.search(html), f"{page_path} refers to another host"
+
+        context = offline_context(browser, outside)
+        page = context.new_page()
+        page.goto(f"{base_url}/docs")
+        # Swagger UI rendered the spec: one block per operation.
+        expect(page.locator(".opblock")).to_have_count(operations, timeout=30_000)
+        expect(page.get_by_text("/api/v1/workflows/{workflow_id}/runs").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "docs-offline.png"), full_page=False)
+
+        page.goto(f"{base_url}/redoc")
+        # ReDoc rendered the spec: its menu lists the operations by summary.
+        expect(
+            page.locator("[role=menuitem]").filter(has_text="Trigger a run").first
+        ).to_be_attached(timeout=30_000)
+        expect(page.get_by_role("heading", name="FlowForge").first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "redoc-offline.png"), full_page=False)
+        context.close()
+    assert outside == []  # nothing was needed from the internet

@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
+from flowforge import api_keys, runs, workflows
 from flowforge.db.engine import DB
-from flowforge.db.tables import RunStatus, WorkflowRun
+from flowforge.db.tables import RunStatus
 from tests import support
 
 # Volumes: the brief's floor for the big tables, and the shape around them.
@@ -433,86 +434,123 @@ async def test_the_data_set_respects_every_foreign_key(dataset: Dataset) -> None
         assert orphans == 0, f"{fk['conname']}: {orphans} orphaned rows"
 
 
-# --- The query patterns -------------------------------------------------------
+# --- The production statements ----------------------------------------------
 #
-# Where a query can match many rows, the index must also deliver the order
-# (no Sort). Where it matches only a handful (a typical user's workflows, one
-# run's step logs, a workflow's runs in a rare status), a bitmap scan of the
-# same index plus a sort of those few rows costs the same as an ordered index
-# scan, and the planner may pick either: those tests allow the Sort.
+# Each test plans the statement FlowForge really sends: the raw SQL constant
+# or builder a domain function runs, or the SQL the Piccolo query behind it
+# compiles to. Where a query can match many rows, the index must also deliver
+# the order (no Sort). Where it matches only a handful (a typical user's
+# workflows, one run's step logs, a workflow's runs in a rare status), a
+# bitmap scan of the same index plus a sort of those few rows costs the same
+# as an ordered index scan, and the planner may pick either: those tests
+# allow the Sort.
+
+
+def assert_reads(
+    plan: Plan,
+    indexes: dict[str, str | frozenset[str]],
+    *,
+    sorted_by_index: bool = True,
+    small: frozenset[str] = frozenset(),
+) -> None:
+    """Every table in the plan is read through one of its accepted indexes
+    (``{table: index or indexes}``); never a Seq Scan (except of the `small`
+    tables, which the planner may read whole); no Sort if `sorted_by_index`."""
+    accepted = {
+        table: {index} if isinstance(index, str) else set(index) for table, index in indexes.items()
+    }
+    every_index = set().union(*accepted.values())
+    print(f"\n{sorted(every_index)}: {plan.summary()}")
+    nodes = plan.nodes
+    for node in nodes:
+        if node.node_type == "Seq Scan" and node.relation in small:
+            continue
+        assert node.node_type != "Seq Scan", f"Seq Scan in the plan:\n{plan}"
+        if node.relation is not None:
+            assert node.relation in accepted, f"unexpected relation {node.relation}:\n{plan}"
+            # ModifyTable: the UPDATE of rows found by the scans below it.
+            assert node.node_type in {*INDEX_SCANS, "Bitmap Heap Scan", "ModifyTable"}, (
+                f"{node.relation} is not read through an index:\n{plan}"
+            )
+            if node.index is not None:
+                assert node.index in accepted[node.relation], f"{node.index} scanned:\n{plan}"
+        elif node.node_type == "Bitmap Index Scan":
+            assert node.index in every_index, f"{node.index} scanned:\n{plan}"
+    read = {node.relation for node in nodes if node.relation is not None}
+    assert read == set(accepted), f"expected to read {sorted(accepted)}:\n{plan}"
+    if sorted_by_index:
+        assert not plan.node_types() & {"Sort", "Incremental Sort"}, (
+            f"a Sort node: the index should provide the order:\n{plan}"
+        )
+
+
+PAGE = 51  # the routes' default limit + 1
 
 
 async def test_workflows_of_one_owner_newest_first(dataset: Dataset) -> None:
-    plan = await explain(
-        "SELECT id, name, trigger_type, is_active, created_at FROM workflows "
-        "WHERE owner_id = $1 ORDER BY created_at DESC, id DESC LIMIT 50",
-        dataset.owner_id,
+    query = workflows.list_workflows_query(
+        owner_id=dataset.owner_id, is_active=None, limit=PAGE, position=None
     )
-    assert_uses_index(plan, "workflows_owner_id_created_at_idx", "workflows", sorted_by_index=False)
+    plan = await explain_piccolo(query)
+    assert_reads(
+        plan,
+        {
+            "workflows": "workflows_owner_id_created_at_idx",
+            "workflow_steps": "workflow_steps_workflow_position_key",
+        },
+        sorted_by_index=False,
+    )
 
 
-RUNS_OF_WORKFLOW = (
-    "SELECT id, status, trigger_type, created_at, started_at, finished_at "
-    "FROM workflow_runs WHERE workflow_id = $1 ORDER BY created_at DESC, id DESC LIMIT 50"
-)
+def list_runs(
+    workflow_id: uuid.UUID,
+    *,
+    status: RunStatus | None = None,
+    cursor: tuple[Any, uuid.UUID] | None = None,
+) -> tuple[str, list[Any]]:
+    """runs.list_runs's SQL and arguments (the statement and parameter order it sends)."""
+    args: list[Any] = [workflow_id, PAGE]
+    if status is not None:
+        args.append(status.value)
+    if cursor is not None:
+        args.extend(cursor)
+    return runs._list_runs_sql(status is not None, cursor is not None, False), args
+
+
+def runs_read_through(index: str | frozenset[str]) -> dict[str, str | frozenset[str]]:
+    return {"workflows": "workflows_pkey", "workflow_runs": index}
 
 
 async def test_runs_of_a_busy_workflow_newest_first(dataset: Dataset) -> None:
-    runs = await scalar(
+    runs_count = await scalar(
         "SELECT count(*) FROM workflow_runs WHERE workflow_id = $1", dataset.busy_workflow_id
     )
-    assert runs > 2_000
-    plan = await explain(RUNS_OF_WORKFLOW, dataset.busy_workflow_id)
-    assert_uses_index(plan, "workflow_runs_workflow_id_created_at_idx", "workflow_runs")
+    assert runs_count > 2_000
+    sql, args = list_runs(dataset.busy_workflow_id)
+    plan = await explain(sql, *args)
+    assert_reads(plan, runs_read_through("workflow_runs_workflow_id_created_at_idx"))
 
 
 async def test_runs_of_a_typical_workflow_newest_first(dataset: Dataset) -> None:
-    plan = await explain(RUNS_OF_WORKFLOW, dataset.quiet_workflow_id)
-    assert_uses_index(
-        plan, "workflow_runs_workflow_id_created_at_idx", "workflow_runs", sorted_by_index=False
+    sql, args = list_runs(dataset.quiet_workflow_id)
+    plan = await explain(sql, *args)
+    assert_reads(
+        plan,
+        runs_read_through("workflow_runs_workflow_id_created_at_idx"),
+        sorted_by_index=False,
     )
 
 
 async def test_runs_of_one_workflow_next_page_by_keyset(dataset: Dataset) -> None:
-    created_at, run_id = dataset.cursor
-    plan = await explain(
-        "SELECT id, status, trigger_type, created_at, started_at, finished_at "
-        "FROM workflow_runs WHERE workflow_id = $1 AND (created_at, id) < ($2, $3) "
-        "ORDER BY created_at DESC, id DESC LIMIT 50",
-        dataset.busy_workflow_id,
-        created_at,
-        run_id,
-    )
-    assert_uses_index(plan, "workflow_runs_workflow_id_created_at_idx", "workflow_runs")
+    sql, args = list_runs(dataset.busy_workflow_id, cursor=dataset.cursor)
+    plan = await explain(sql, *args)
+    assert_reads(plan, runs_read_through("workflow_runs_workflow_id_created_at_idx"))
     # The cursor is part of the index condition, so a deep page does not read
     # (and throw away) every newer run first.
-    scan = plan.raw_nodes()[-1]
-    assert "ROW(created_at, id) < ROW(" in scan.get("Index Cond", ""), (
+    scans = [raw for raw in plan.raw_nodes() if raw.get("Relation Name") == "workflow_runs"]
+    assert any("ROW(created_at, id) < ROW(" in raw.get("Index Cond", "") for raw in scans), (
         f"the cursor is not in the Index Cond:\n{plan}"
     )
-
-
-async def test_runs_of_one_workflow_built_by_piccolo(dataset: Dataset) -> None:
-    query = (
-        WorkflowRun.select(WorkflowRun.id, WorkflowRun.status, WorkflowRun.created_at)
-        .where(WorkflowRun.workflow_id == dataset.busy_workflow_id)
-        .order_by(WorkflowRun.created_at, WorkflowRun.id, ascending=False)
-        .limit(50)
-    )
-    plan = await explain_piccolo(query)
-    assert_uses_index(plan, "workflow_runs_workflow_id_created_at_idx", "workflow_runs")
-    # And the query itself returns the newest page.
-    rows = await query.run()
-    assert len(rows) == 50
-    assert [row["created_at"] for row in rows] == sorted(
-        (row["created_at"] for row in rows), reverse=True
-    )
-
-
-RUNS_IN_STATUS = (
-    "SELECT id, status, created_at, finished_at, error FROM workflow_runs "
-    "WHERE workflow_id = $1 AND status = $2 ORDER BY created_at DESC, id DESC LIMIT 50"
-)
 
 
 async def test_runs_of_one_workflow_in_one_status(dataset: Dataset) -> None:
@@ -522,22 +560,9 @@ async def test_runs_of_one_workflow_in_one_status(dataset: Dataset) -> None:
         dataset.busy_workflow_id,
     )
     assert failed > 100
-    plan = await explain(RUNS_IN_STATUS, dataset.busy_workflow_id, RunStatus.FAILED.value)
-    assert_uses_index(plan, "workflow_runs_workflow_id_status_created_at_idx", "workflow_runs")
-
-
-async def test_runs_of_one_workflow_in_one_status_built_by_piccolo(dataset: Dataset) -> None:
-    query = (
-        WorkflowRun.select(WorkflowRun.id, WorkflowRun.created_at, WorkflowRun.error)
-        .where(
-            (WorkflowRun.workflow_id == dataset.busy_workflow_id)
-            & (WorkflowRun.status == RunStatus.FAILED.value)
-        )
-        .order_by(WorkflowRun.created_at, WorkflowRun.id, ascending=False)
-        .limit(50)
-    )
-    plan = await explain_piccolo(query)
-    assert_uses_index(plan, "workflow_runs_workflow_id_status_created_at_idx", "workflow_runs")
+    sql, args = list_runs(dataset.busy_workflow_id, status=RunStatus.FAILED)
+    plan = await explain(sql, *args)
+    assert_reads(plan, runs_read_through("workflow_runs_workflow_id_status_created_at_idx"))
 
 
 @pytest.mark.parametrize(
@@ -552,54 +577,34 @@ async def test_runs_of_one_workflow_in_a_rare_status(
     dataset: Dataset, which: str, status: RunStatus
 ) -> None:
     workflow_id = dataset.busy_workflow_id if which == "busy" else dataset.quiet_workflow_id
-    plan = await explain(RUNS_IN_STATUS, workflow_id, status.value)
-    assert_uses_index(plan, status_index(status), "workflow_runs", sorted_by_index=False)
+    sql, args = list_runs(workflow_id, status=status)
+    plan = await explain(sql, *args)
+    assert_reads(plan, runs_read_through(status_index(status)), sorted_by_index=False)
 
 
-@pytest.mark.parametrize(
-    "status", [RunStatus.RUNNING, RunStatus.PENDING, RunStatus.FAILED, RunStatus.CANCELLED]
-)
-async def test_runs_by_status_newest_first(dataset: Dataset, status: RunStatus) -> None:
-    plan = await explain(
-        "SELECT id, workflow_id, status, created_at, started_at FROM workflow_runs "
-        "WHERE status = $1 ORDER BY created_at DESC, id DESC LIMIT 50",
-        status.value,
-    )
-    # The few running runs may come (and be sorted) from the reaper's partial index.
-    running = status is RunStatus.RUNNING
-    indexes = RUNNING_LEASE | {"workflow_runs_status_created_at_idx"} if running else None
-    assert_uses_index(
+async def test_a_run_with_its_step_logs(dataset: Dataset) -> None:
+    plan = await explain(runs.GET_RUN, dataset.run_id, None)
+    assert_reads(
         plan,
-        indexes or "workflow_runs_status_created_at_idx",
-        "workflow_runs",
-        sorted_by_index=not running,
+        {
+            "workflow_runs": "workflow_runs_pkey",
+            "workflows": "workflows_pkey",
+            "run_step_logs": "run_step_logs_run_step_attempt_key",
+        },
+        sorted_by_index=False,
     )
 
 
-async def test_step_logs_of_one_run(dataset: Dataset) -> None:
-    plan = await explain(
-        "SELECT id, step_position, step_name, attempt, status, error, started_at, finished_at "
-        "FROM run_step_logs WHERE run_id = $1 ORDER BY step_position, attempt",
-        dataset.run_id,
+async def test_authenticating_a_key(dataset: Dataset) -> None:
+    # EXPLAIN without ANALYZE plans the data-modifying CTE without running it.
+    plan = await explain(api_keys.AUTHENTICATE, dataset.api_key_prefix, "0" * 64)
+    # The data set has 100 users (3 pages): reading them whole is the planner's
+    # right call; the keys must be found through the prefix index.
+    assert_reads(
+        plan,
+        {
+            "api_keys": frozenset({"api_keys_prefix_key", "api_keys_pkey"}),
+            "users": "users_pkey",
+        },
+        small=frozenset({"users"}),
     )
-    assert_uses_index(
-        plan, "run_step_logs_run_step_attempt_key", "run_step_logs", sorted_by_index=False
-    )
-
-
-async def test_unpublished_outbox_events_in_publish_order(dataset: Dataset) -> None:
-    # The relay's own claim queries are checked in tests/test_relay_indexes.py.
-    plan = await explain(
-        "SELECT id, aggregate_type, aggregate_id, event_type, payload, created_at FROM outbox "
-        "WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY seq LIMIT 100"
-    )
-    assert_uses_index(plan, "outbox_claim_idx", "outbox")
-
-
-async def test_api_key_by_prefix(dataset: Dataset) -> None:
-    plan = await explain(
-        "SELECT id, user_id, key_hash, scopes, expires_at, revoked_at FROM api_keys "
-        "WHERE prefix = $1",
-        dataset.api_key_prefix,
-    )
-    assert_uses_index(plan, "api_keys_prefix_key", "api_keys")

@@ -97,7 +97,7 @@ async def test_idle_in_transaction_limit_holds_through_pgbouncer(engine: FlowFor
 async def test_extra_session_settings_become_set_local_behind_pgbouncer(
     bouncer: Bouncer, db: None
 ) -> None:
-    """The relay's lock_timeout (flowforge/cli.py) is a startup parameter when direct."""
+    """The relay's lock_timeout (flowforge/commands/operations.py) is a startup parameter when direct."""
     engine = FlowForgeEngine(pooled_settings(bouncer))
     await engine.start_connection_pool(
         server_settings={"application_name": "flowforge-relay", "lock_timeout": "5000"}

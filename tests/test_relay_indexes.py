@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from flowforge import outbox_status as status
 from flowforge.db.engine import DB
 from flowforge.reaper import REAP
-from flowforge.relay import status, store
+from flowforge.relay import store
 from flowforge.retention import PRUNE_OUTBOX, PRUNE_RUNS
 from tests import support
 

@@ -14,7 +14,9 @@ import pytest
 
 from flowforge.db.engine import DB
 from tests import relay_support as rs
-from tests.support import REPO_ROOT
+from tests.live import free_port
+from tests.metrics_support import scrape
+from tests.support import REPO_ROOT, json_log_lines
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -31,6 +33,7 @@ def relay_env(database_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "RELAY_POLL_MAX_INTERVAL": "0.5",
         "RELAY_REAP_INTERVAL": "0",
         "RELAY_PRUNE_INTERVAL": "0",
+        "LOG_FORMAT": "json",
         **extra,
     }
 
@@ -76,9 +79,18 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_a_restart_publishes_al
         hanging.communicate()
 
     # A fresh relay, the real command, finds every event claimable again.
-    relay = start(["-m", "piccolo.main", "flowforge", "relay"], env)
+    metrics_port = free_port()
+    relay = start(
+        ["-m", "piccolo.main", "flowforge", "relay"],
+        {**env, "RELAY_METRICS_PORT": str(metrics_port)},
+    )
     try:
         await rs.wait_for(_all_published, within=60, interval=0.1)
+        # Its own metrics port counts what it published (batches of 100).
+        relay_metrics = await scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert relay_metrics["flowforge_relay_events_published_total"] == 1200
+        assert relay_metrics["flowforge_relay_batches_total"] >= 12
+        assert relay_metrics["flowforge_db_pool_max_size"] == 3
         relay.send_signal(signal.SIGTERM)
         _, stderr = relay.communicate(timeout=30)
     finally:
@@ -86,8 +98,11 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_a_restart_publishes_al
             relay.kill()
             relay.communicate()
     assert relay.returncode == 0, stderr
-    assert "event=relay.stopping signal=SIGTERM" in stderr
-    assert "event=relay.stopped" in stderr
+    lines = json_log_lines(stderr)  # every line JSON: LOG_FORMAT=json
+    stopping = [line for line in lines if line["event"] == "relay.stopping"]
+    assert [line["signal"] for line in stopping] == ["SIGTERM"]
+    (stopped,) = [line for line in lines if line["event"] == "relay.stopped"]
+    assert stopped["published"] == 1200
 
     rows = await DB.fetch("SELECT id, seq, attempts FROM outbox")
     assert all(row["attempts"] == 1 for row in rows)  # marked once each

@@ -52,7 +52,8 @@ async def test_relay_and_listener_recover_from_a_database_restart(
                 # The "restart": every connection drops, new ones are refused for a while.
                 await proxy.stop()
                 await rs.wait_for(_listener_down(listener), within=10)
-                await asyncio.sleep(1.5)
+                refused = listener.failed_connects
+                await rs.wait_for(_refused_again(listener, refused + 2), within=15)
                 await proxy.start()
 
                 await rs.wait_for(_listener_back(listener), within=15)
@@ -60,15 +61,32 @@ async def test_relay_and_listener_recover_from_a_database_restart(
                 await rs.insert_event(uuid.uuid4())
                 await rs.wait_for(_all_published, within=15)
                 # Idle long enough that polling sleeps for seconds: NOTIFY must wake it.
-                await asyncio.sleep(3.5)
+                await rs.wait_for(_idle_for_seconds(relay), within=15)
+                woken, polls = relay.stats.woken, relay.stats.polls
                 await rs.insert_event(uuid.uuid4())
-                waited = await rs.wait_for(_all_published, within=15)
-            assert waited < 1.0
+                await rs.wait_for(_all_published, within=15)
+                # The long idle wait ended early (a notification), not by a poll.
+                assert relay.stats.woken > woken
+                assert relay.stats.polls == polls
             assert listener.reconnects >= 1
             assert relay.stats.published == 3
     finally:
         await publisher.close()
         await proxy.stop()
+
+
+def _refused_again(listener: OutboxListener, attempts: int) -> object:
+    async def check() -> bool:
+        return listener.failed_connects >= attempts
+
+    return check
+
+
+def _idle_for_seconds(relay: Relay) -> object:
+    async def check() -> bool:
+        return relay.idle.is_set() and relay.idle_delay >= 1.6
+
+    return check
 
 
 def _listener_down(listener: OutboxListener) -> object:
@@ -94,7 +112,8 @@ async def test_the_listener_retries_while_the_database_refuses_connections() -> 
     wake, stop = asyncio.Event(), asyncio.Event()
     listener = OutboxListener(settings, wake)
     task = asyncio.create_task(listener.run(stop))
-    await asyncio.sleep(1.2)  # several refused attempts, with back-off
+    # Several refused attempts, with back-off.
+    await rs.wait_for(_refused_again(listener, 2), within=15)
     stop.set()
     await asyncio.wait_for(task, 10)
     assert not listener.connected.is_set()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from flowforge import cli
+from flowforge.commands import operations as cli
 from flowforge.db.engine import DB
 from flowforge.events import run_payload
 from flowforge.jsonutil import loads
@@ -297,4 +297,43 @@ async def test_prune_and_reap_commands_through_the_cli(database_url: str) -> Non
         support.piccolo, "flowforge", "prune", database_url=database_url
     )
     assert "pruned: 0 published outbox events, 1 finished runs with 0 step logs" in result.stdout
-    assert "event=retention.pruned" in result.stderr
+    assert "retention.pruned" in result.stderr  # the CLI logs like the API (console here)
+
+
+# -- metrics ----------------------------------------------------------------------
+
+
+def housekeeping_samples() -> dict[str, float]:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from tests.metrics_support import parse
+
+    samples = parse(generate_latest(REGISTRY).decode())
+    return {
+        key: value
+        for key, value in samples.items()
+        if key.startswith(("flowforge_reaper_", "flowforge_pruned_rows"))
+    }
+
+
+async def test_reaper_and_prune_counts_are_exported() -> None:
+    workflow = await make_workflow()
+    await make_run(workflow, "running", started_ago=DAY)
+    await make_run(workflow, "running", started_ago=DAY, heartbeat_ago=2 * DAY)
+    await make_run(
+        workflow,
+        "completed",
+        started_ago=400 * DAY,
+        finished_ago=400 * DAY,
+        step_logs=("completed",),
+    )
+    before = housekeeping_samples()
+    assert len((await reap_stuck_runs(900)).runs) == 2
+    report = await prune(rs.relay_settings(outbox_retention_days=0, run_retention_days=30))
+    assert (report.runs, report.step_logs) == (1, 1)
+    after = housekeeping_samples()
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert delta["flowforge_reaper_runs_failed_total"] == 2
+    assert delta['flowforge_pruned_rows_total{kind="runs"}'] == 1
+    assert delta['flowforge_pruned_rows_total{kind="step_logs"}'] == 1
+    assert delta['flowforge_pruned_rows_total{kind="outbox_events"}'] == 0

@@ -6,8 +6,12 @@ from typing import Any
 
 import pytest
 
-from flowforge import seed
+from flowforge.commands import seed
 from flowforge.db.engine import DB
+from flowforge.outbox_status import outbox_health
+from flowforge.reaper import reap_stuck_runs
+from flowforge.retention import prune
+from flowforge.settings import get_settings
 from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -67,29 +71,77 @@ async def test_seed_creates_the_promised_data() -> None:
     assert await count("SELECT count(*) FROM outbox WHERE event_type = 'workflow.created'") == 5
 
 
-async def test_seeding_twice_leaves_the_same_data() -> None:
+async def test_seeding_twice_changes_nothing_and_emits_no_event() -> None:
     await seed.seed()
     first = await snapshot()
     await seed.seed()
-    assert await snapshot() == first
+    assert await snapshot() == first  # same rows, same events, nothing rewritten
 
 
-async def test_reseeding_restores_edited_seed_rows_and_keeps_other_data() -> None:
+async def test_reseeding_keeps_edits_and_other_data_and_never_resurrects_a_run_without_events() -> (
+    None
+):
     await seed.seed()
-    first = await snapshot()
-    await DB.fetch("UPDATE workflows SET name = 'edited'")
+    await DB.fetch("UPDATE workflows SET description = 'edited by hand'")
     await DB.fetch("UPDATE outbox SET published_at = now()")
     await DB.fetch("INSERT INTO users (email, display_name) VALUES ('mine@example.com', 'Me')")
+    # What prune does to an old finished run and its published events.
+    gone = (
+        await DB.fetch("DELETE FROM workflow_runs WHERE idempotency_key = 'seed-0' RETURNING id")
+    )[0]["id"]
+    await DB.fetch("DELETE FROM outbox WHERE aggregate_id = $1", gone)
+    before = await snapshot()
+
     await seed.seed()
     after = await snapshot()
-    assert after["workflows"] == first["workflows"]
+    assert after["workflows"] == before["workflows"]  # edits are not overwritten
     assert len(after["users"]) == 4
     # Published events stay published: events are facts, never rewritten.
-    assert all(row["published_at"] is not None for row in after["outbox"])
+    assert all(row["published_at"] is not None for row in before["outbox"])
+    old_events = {row["id"]: row for row in after["outbox"]}
+    assert all(old_events[row["id"]] == row for row in before["outbox"])
+    # The pruned run is triggered again as a new run, with every event a run has.
+    (again,) = await DB.fetch(
+        "SELECT id, status FROM workflow_runs WHERE idempotency_key = 'seed-0'"
+    )
+    assert again["id"] != gone and again["status"] == "completed"
+    types = [
+        row["event_type"]
+        for row in await DB.fetch(
+            "SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY seq", again["id"]
+        )
+    ]
+    assert types[:2] == ["run.created", "run.started"] and types[-1] == "run.completed"
+    assert await count(RUNS_WITHOUT_CREATED_EVENT) == 0
 
 
-def test_seed_data_is_deterministic() -> None:
-    assert seed.build() == seed.build()
+RUNS_WITHOUT_CREATED_EVENT = (
+    "SELECT count(*) FROM workflow_runs r WHERE NOT EXISTS (SELECT 1 FROM outbox o "
+    "WHERE o.aggregate_id = r.id AND o.event_type = 'run.created')"
+)
+
+
+async def test_seed_data_is_dated_now_and_housekeeping_leaves_it_alone() -> None:
+    await seed.seed()
+    oldest = await DB.fetch(
+        "SELECT extract(epoch FROM now() - min(created_at))::float8 AS age FROM outbox"
+    )
+    assert oldest[0]["age"] < 60  # /readyz lag is seconds, not months
+    health = await outbox_health()
+    assert health["lag_seconds"] < 60
+    before = await snapshot()
+    settings = get_settings()
+    reaped = await reap_stuck_runs(settings.run_lease_timeout)
+    pruned = await prune(settings)
+    assert reaped.runs == []
+    assert (pruned.outbox_events, pruned.runs, pruned.step_logs) == (0, 0, 0)
+    # Even once the relay has published everything.
+    await DB.fetch("UPDATE outbox SET published_at = now()")
+    assert (await prune(settings)).outbox_events == 0
+    after = await snapshot()
+    assert {table: len(rows) for table, rows in after.items()} == {
+        table: len(rows) for table, rows in before.items()
+    }
 
 
 async def test_seed_cli(database_url: str) -> None:

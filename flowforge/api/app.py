@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from flowforge.api import health, routes
+from flowforge import metrics
+from flowforge.api import health, observability, routes
 from flowforge.api.admin import build_admin
+from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
 from flowforge.api.openapi import install_openapi
 from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
-
-logger = logging.getLogger(__name__)
+from flowforge.logs import configure_logging
 
 
 @asynccontextmanager
@@ -33,19 +34,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await DB.close_connection_pool()
 
 
+class FlowForgeAPI(FastAPI):
+    """FastAPI with request ids, access lines and request metrics around everything."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outside Starlette's ServerErrorMiddleware (which add_middleware cannot
+        # reach): unhandled errors' 500s get the request id header, are counted,
+        # and their error line is logged with the request id.
+        return observability.RequestObservability(super().build_middleware_stack())
+
+
 def create_app() -> FastAPI:
     check_configuration()  # bad settings stop start-up here, with a readable message
-    app = FastAPI(
+    configure_logging()
+    metrics.register_pool(DB)
+    app = FlowForgeAPI(
         title="FlowForge",
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their assets from a CDN:
+        redoc_url=None,  # install_docs serves local copies instead
     )
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(replicas.ReplicaRouting)
     app.include_router(health.router)
+    app.include_router(observability.router)
+    install_docs(app)
     app.include_router(routes.router)
     app.mount("/admin/", build_admin())
     return app

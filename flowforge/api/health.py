@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -12,9 +11,10 @@ from pydantic import BaseModel, Field
 
 from flowforge.db import replicas
 from flowforge.db.readiness import NotReadyError, check_database
-from flowforge.relay.status import outbox_health
+from flowforge.logs import describe_error, get_logger
+from flowforge.outbox_status import outbox_health
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -57,7 +57,7 @@ async def _outbox_details() -> dict[str, Any] | str:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
             return await outbox_health()
     except Exception as error:  # details only: a failure here must not fail the probe
-        logger.warning("outbox health query failed: %s: %s", type(error).__name__, error)
+        logger.warning("readyz.outbox_probe_failed", error=describe_error(error))
         return f"error: {type(error).__name__}"
 
 

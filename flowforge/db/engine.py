@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import sys
-from typing import Any, cast
+from typing import Any, LiteralString, cast
 
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.logs import describe_error, get_logger
 from flowforge.settings import PoolerMode, Settings, get_settings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 # Failures that mean "the pool could not close cleanly": terminate it instead.
@@ -189,11 +189,15 @@ class SafeTransaction(PostgresTransaction):
                 if not self._rolled_back:
                     try:
                         await self.rollback()
-                    except Exception:
+                    except Exception as error:
                         # The original exception is the one that matters; the
                         # connection is discarded below.
                         broken = True
-                        logger.warning("rollback failed; discarding connection", exc_info=True)
+                        logger.warning(
+                            "db.rollback_failed",
+                            detail="rollback failed; discarding connection",
+                            error=describe_error(error),
+                        )
             elif not self._committed and not self._rolled_back:
                 try:
                     await self.commit()
@@ -214,6 +218,8 @@ class FlowForgeEngine(PostgresEngine):
         self._resolved_config: dict[str, Any] | None = None
         self._pool_starter: asyncio.Task[None] | None = None
         self._local_settings: dict[str, str] | None = None
+        # Acquirers waiting for a pooled connection right now (a metric).
+        self.acquire_waiting = 0
         # Why the pool is not started yet (for /readyz); None once it runs.
         self.start_problem: str | None = None
         super().__init__(config={}, extensions=())
@@ -310,7 +316,9 @@ class FlowForgeEngine(PostgresEngine):
         except HEALABLE_START_ERRORS as error:
             self.start_problem = describe_start_error(error)
             logger.warning(
-                "database not usable at start-up (%s); retrying in background", self.start_problem
+                "db.unusable_at_start",
+                detail="the pool starts in the background once the database is usable",
+                error=describe_error(error),
             )
             self._pool_starter = asyncio.create_task(self._create_pool_when_reachable(options))
 
@@ -326,12 +334,18 @@ class FlowForgeEngine(PostgresEngine):
                 self.pool = await asyncpg.create_pool(**options)
             except Exception as error:
                 self.start_problem = describe_start_error(error)
-                # Unreachable is expected while a server starts; a server that
-                # answers and refuses (no such database, bad password) is worth a warning.
-                level = logging.INFO if isinstance(error, CONNECTION_ERRORS) else logging.WARNING
-                logger.log(level, "database still not usable (%s); retrying", self.start_problem)
                 delay = min(delay * 2, 10.0)
-        logger.info("database reachable; connection pool started")
+                # One line per retry. Unreachable is expected while a server
+                # starts; a server that answers and refuses (no such database,
+                # bad password) gets an event of its own.
+                logger.warning(
+                    "db.still_unreachable"
+                    if isinstance(error, CONNECTION_ERRORS)
+                    else "db.still_refused",
+                    error=describe_error(error),
+                    retry_in=delay,
+                )
+        logger.info("db.pool_started", detail="database reachable; connection pool started")
         self.start_problem = None
         self._pool_starter = None
 
@@ -346,8 +360,12 @@ class FlowForgeEngine(PostgresEngine):
             pool, self.pool = self.pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=self.settings.statement_timeout)
-            except CLOSE_ERRORS:
-                logger.warning("pool did not close cleanly; terminating it", exc_info=True)
+            except CLOSE_ERRORS as error:
+                logger.warning(
+                    "db.pool_close_failed",
+                    detail="pool did not close cleanly; terminating it",
+                    error=describe_error(error),
+                )
                 pool.terminate()
 
     async def acquire(self) -> Any:
@@ -357,6 +375,9 @@ class FlowForgeEngine(PostgresEngine):
                 raise DatabaseUnavailableError(NOT_REACHABLE_YET)
             return await self.get_new_connection()
         timeout = self.settings.pool_acquire_timeout
+        # An acquire that finds an idle connection never suspends, so at any
+        # moment another task can see, this counts only the blocked ones.
+        self.acquire_waiting += 1
         try:
             # asyncio.timeout rather than acquire(timeout=): asyncpg implements
             # that with wait_for, a new task per acquire, on every query's path
@@ -367,6 +388,8 @@ class FlowForgeEngine(PostgresEngine):
             raise PoolTimeoutError(
                 f"No database connection became free within {timeout:g}s; try again shortly."
             ) from None
+        finally:
+            self.acquire_waiting -= 1
 
     async def release(self, connection: Any, *, broken: bool = False) -> None:
         """Give a connection back; a broken one is terminated instead of reused.
@@ -380,8 +403,12 @@ class FlowForgeEngine(PostgresEngine):
             else:
                 try:
                     await connection.close()
-                except Exception:
-                    logger.warning("closing a connection failed; terminating it", exc_info=True)
+                except Exception as error:
+                    logger.warning(
+                        "db.close_failed",
+                        detail="closing a connection failed; terminating it",
+                        error=describe_error(error),
+                    )
                     connection.terminate()
             return
         if broken:
@@ -392,8 +419,12 @@ class FlowForgeEngine(PostgresEngine):
                 connection.terminate()
         try:
             await self.pool.release(connection, timeout=self.settings.connect_timeout)
-        except Exception:
-            logger.warning("pool release failed; terminating connection", exc_info=True)
+        except Exception as error:
+            logger.warning(
+                "db.release_failed",
+                detail="pool release failed; terminating connection",
+                error=describe_error(error),
+            )
             with contextlib.suppress(asyncpg.exceptions.InterfaceError):
                 connection.terminate()
 
@@ -454,7 +485,7 @@ class FlowForgeEngine(PostgresEngine):
         await connection.execute("COMMIT")
         return results
 
-    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+    async def fetch(self, sql: LiteralString, *args: Any) -> list[Any]:
         """Run raw SQL on the current transaction's connection, or a pooled one.
 
         For hot paths and operational queries where the query builder adds

@@ -5,12 +5,9 @@ from pathlib import Path
 
 from piccolo.conf.apps import AppConfig, Command
 
-from flowforge import cli
-from flowforge.bootstrap import create_admin_login, create_api_key
-from flowforge.cliargs import command
-from flowforge.db.migrate import migrate
+from flowforge.commands import COMMANDS
+from flowforge.commands.cliargs import command
 from flowforge.db.tables import TABLES
-from flowforge.seed import seed
 from flowforge.settings import CHECKOUT
 
 
@@ -33,15 +30,11 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(migrations_folder()),
     table_classes=list(TABLES),
     migration_dependencies=[],
-    # Each parses its own options (`--x value` and `--x=value`; bad values exit 2):
-    # flowforge/cliargs.py.
+    # The commands live in flowforge/commands/ (the only code that prints or exits);
+    # each parses its own options (`--x value` and `--x=value`; bad values exit 2):
+    # flowforge/commands/cliargs.py.
     commands=[
-        # Migrations for every app under an advisory lock (what deployments run).
-        Command(callable=command(migrate)),
-        Command(callable=command(seed, aliases=["seed-data"]), aliases=["seed-data"]),
-        Command(callable=command(create_api_key)),
-        Command(callable=command(create_admin_login)),
-        # Relay, status, requeue, prune, reap (issue 4).
-        *(Command(callable=command(function)) for function in cli.COMMANDS),
+        Command(callable=command(function, aliases=aliases), aliases=aliases)
+        for function, aliases in COMMANDS
     ],
 )

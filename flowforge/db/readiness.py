@@ -7,8 +7,11 @@ from functools import lru_cache
 
 import asyncpg
 from piccolo.apps.migrations.commands.base import BaseMigrationManager
+from piccolo.columns import Varchar
+from piccolo.table import Table
 
 from flowforge.db.engine import DB
+from flowforge.db.queries import compiled
 from flowforge.db.registry import APP_REGISTRY
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 
@@ -28,9 +31,24 @@ def expected_migrations() -> frozenset[tuple[str, str]]:
     return frozenset(expected)
 
 
+class AppliedMigration(Table, tablename="migration", db=DB):
+    """Piccolo's own record of applied migrations, bound to FlowForge's engine.
+
+    (``piccolo.apps.migrations.tables.Migration`` finds its engine by
+    importing ``piccolo_conf``; readiness must not depend on the working
+    directory.) Not in ``TABLES``: Piccolo's migrations app owns the table.
+    """
+
+    app_name = Varchar(length=200)
+    name = Varchar(length=200)
+
+
 async def _applied_migrations() -> set[tuple[str, str]]:
     try:
-        rows = await DB.fetch("SELECT app_name, name FROM migration")
+        rows = await compiled(
+            "readiness.applied_migrations",
+            lambda: AppliedMigration.select(AppliedMigration.app_name, AppliedMigration.name),
+        ).fetch_outside_transaction()
     except asyncpg.exceptions.UndefinedTableError:
         return set()
     return {(row["app_name"], row["name"]) for row in rows}

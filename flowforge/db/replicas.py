@@ -22,28 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, LiteralString
 
 from flowforge.db.engine import DB, FlowForgeEngine
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logfmt import logfmt
+from flowforge.logs import get_logger
 from flowforge.settings import Settings
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 CONSISTENCY_HEADER = "X-FlowForge-Consistency"
 SERVED_BY_HEADER = "X-FlowForge-Served-By"
 
-REPLICA_STATE = """
+REPLICA_STATE: Final[LiteralString] = """
 SELECT pg_is_in_recovery() AS standby,
        pg_last_wal_replay_lsn()::text AS replayed,
        CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
        END AS lag_seconds
 """
+# The primary's current WAL insert position: the consistency token.
+WAL_INSERT_POSITION: Final[LiteralString] = "SELECT pg_current_wal_insert_lsn()::text AS lsn"
 
 
 def parse_lsn(text: str) -> int:
@@ -105,7 +106,7 @@ class Replica:
 
     def mark_down(self, problem: str) -> None:
         if self.healthy:
-            logger.warning(logfmt("replica.down", replica=self.name, problem=problem))
+            logger.warning("replica.down", replica=self.name, problem=problem)
         self.healthy = False
         self.problem = problem
 
@@ -171,7 +172,7 @@ class ReplicaSet:
             replica.mark_down(f"lagging {replica.lag_seconds:.1f}s")
             return
         if not replica.healthy:
-            logger.info(logfmt("replica.up", replica=replica.name))
+            logger.info("replica.up", replica=replica.name)
         replica.healthy, replica.problem = True, None
 
     def choose(self, token: int | None) -> Replica | None:
@@ -208,9 +209,9 @@ async def commit_position() -> str | None:
     not turn into an error; the client then reads without a token.
     """
     try:
-        rows = await DB.fetch("SELECT pg_current_wal_insert_lsn()::text AS lsn")
+        rows = await DB.fetch(WAL_INSERT_POSITION)
     except Exception as error:
-        logger.warning(logfmt("replica.token_failed", error=type(error).__name__))
+        logger.warning("replica.token_failed", error=type(error).__name__)
         return None
     return str(rows[0]["lsn"])
 

@@ -4,5 +4,8 @@
 * :mod:`flowforge.relay.store`: its SQL (claim, mark, probe).
 * :mod:`flowforge.relay.publishers`: the publisher interface, Redis Streams and log.
 * :mod:`flowforge.relay.listener`: LISTEN/NOTIFY wake-ups on a dedicated connection.
-* :mod:`flowforge.relay.status`: lag, dead letters, requeue.
+* :mod:`flowforge.relay.event`: one claimed event, between the store and a publisher.
+
+Lag, dead letters and requeue are domain queries (:mod:`flowforge.outbox_status`):
+the API's readiness probe reads them without importing the relay.
 """

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from flowforge.db.engine import asyncpg_config, database_url
-from flowforge.logfmt import logfmt
+from flowforge.logs import describe_error, get_logger
 from flowforge.settings import PoolerMode, Settings
 
-logger = logging.getLogger("flowforge.relay")
+logger = get_logger("flowforge.relay")
 
 CHANNEL = "flowforge_outbox"
 # A silent network failure does not close a socket: ping this often to find it.
@@ -57,6 +56,7 @@ class OutboxListener:
         self.connection: Any = None
         self.connected = asyncio.Event()  # for tests and status: listening right now
         self.reconnects = 0
+        self.failed_connects = 0  # attempts refused so far (for tests and status)
 
     def _notified(self, *_: Any) -> None:
         self._wake.set()
@@ -85,9 +85,8 @@ class OutboxListener:
             try:
                 self.connection = await self._connect()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                logger.warning(
-                    logfmt("relay.listen_failed", error=f"{type(error).__name__}: {error}")
-                )
+                self.failed_connects += 1
+                logger.warning("relay.listen_failed", error=describe_error(error))
                 await _wait(stop, delay)
                 delay = min(delay * 2, self._settings.relay_poll_max_interval * 2, 30.0)
                 continue
@@ -99,13 +98,13 @@ class OutboxListener:
                 self.reconnects += 1
                 # Notifications sent while we were away are lost: look now.
                 self._wake.set()
-            logger.info(logfmt("relay.listening", channel=CHANNEL, reconnected=not first))
+            logger.info("relay.listening", channel=CHANNEL, reconnected=not first)
             first = False
             await self._watch(stop, lost)
             self.connected.clear()
             await self._close()
             if not stop.is_set():
-                logger.warning(logfmt("relay.listener_lost", channel=CHANNEL))
+                logger.warning("relay.listener_lost", channel=CHANNEL)
 
     async def _watch(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
         """Return when `stop` or `lost` is set, or a ping fails."""

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
@@ -50,18 +49,19 @@ from uuid import UUID
 
 import asyncpg
 
+from flowforge import metrics
 from flowforge.db.engine import DB
 from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logfmt import logfmt
+from flowforge.logs import describe_error, get_logger
+from flowforge.outbox_status import outbox_health
 from flowforge.reaper import reap_stuck_runs
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener, listen_database_url
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
-from flowforge.relay.status import outbox_health
 from flowforge.retention import prune
 from flowforge.settings import Settings
 
-logger = logging.getLogger("flowforge.relay")
+logger = get_logger("flowforge.relay")
 
 STATS_INTERVAL_SECONDS = 60.0
 HOUSEKEEPING_FIRST_RUN_SECONDS = 30.0
@@ -96,12 +96,19 @@ class RelayStats:
     dead_lettered: int = 0
     broker_errors: int = 0
     database_errors: int = 0
+    # Idle pauses that ended early (a notification woke the relay) or timed out (a poll).
+    woken: int = 0
+    polls: int = 0
 
     def add(self, result: BatchResult) -> None:
         self.batches += 1
         self.published += result.published
         self.failed += result.failed
         self.dead_lettered += result.dead_lettered
+        metrics.RELAY_BATCHES.inc()
+        metrics.RELAY_PUBLISHED.inc(result.published)
+        metrics.RELAY_FAILED.inc(result.failed)
+        metrics.RELAY_DEAD_LETTERED.inc(result.dead_lettered)
 
 
 class Relay:
@@ -117,12 +124,13 @@ class Relay:
             self.listener = OutboxListener(settings, self.wake)
         elif settings.relay_listen:
             logger.warning(
-                logfmt(
-                    "relay.listen_off",
-                    reason="DATABASE_POOLER=transaction and no RELAY_LISTEN_DATABASE_URL; polling",
-                )
+                "relay.listen_off",
+                reason="DATABASE_POOLER=transaction and no RELAY_LISTEN_DATABASE_URL; polling",
             )
         self.stats = RelayStats()
+        # Set while the relay waits for work (found none); its current poll interval.
+        self.idle = asyncio.Event()
+        self.idle_delay = settings.relay_poll_min_interval
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from :meth:`run`."""
@@ -171,7 +179,7 @@ class Relay:
                 result.published = await store.mark_published(connection, published)
                 if result.published != len(published):  # pragma: no cover - would be a bug
                     logger.error(
-                        logfmt("relay.mark_mismatch", expected=len(published), got=result.published)
+                        "relay.mark_mismatch", expected=len(published), got=result.published
                     )
             if failures:
                 rows = await store.mark_failed(
@@ -194,18 +202,16 @@ class Relay:
                     }
                     if row["dead_lettered"]:
                         result.dead_lettered += 1
-                        logger.error(logfmt("relay.dead_lettered", **fields_))
+                        logger.error("relay.dead_lettered", **fields_)
                     else:
-                        logger.warning(logfmt("relay.publish_failed", **fields_))
+                        logger.warning("relay.publish_failed", **fields_)
         self.stats.add(result)
         logger.debug(
-            logfmt(
-                "relay.batch",
-                claimed=result.claimed,
-                published=result.published,
-                failed=result.failed,
-                ms=(time.perf_counter() - started) * 1000,
-            )
+            "relay.batch",
+            claimed=result.claimed,
+            published=result.published,
+            failed=result.failed,
+            ms=(time.perf_counter() - started) * 1000,
         )
         return result
 
@@ -234,15 +240,13 @@ class Relay:
             )
         helpers.append(asyncio.create_task(self._every(STATS_INTERVAL_SECONDS, self._log_stats)))
         logger.info(
-            logfmt(
-                "relay.started",
-                publisher=self.publisher.name,
-                batch_size=settings.relay_batch_size,
-                listen=settings.relay_listen,
-                poll_min=settings.relay_poll_min_interval,
-                poll_max=settings.relay_poll_max_interval,
-                max_attempts=settings.outbox_max_attempts,
-            )
+            "relay.started",
+            publisher=self.publisher.name,
+            batch_size=settings.relay_batch_size,
+            listen=settings.relay_listen,
+            poll_min=settings.relay_poll_min_interval,
+            poll_max=settings.relay_poll_max_interval,
+            max_attempts=settings.outbox_max_attempts,
         )
         try:
             await self._publish_loop()
@@ -252,10 +256,8 @@ class Relay:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             logger.info(
-                logfmt(
-                    "relay.stopped",
-                    **{field.name: getattr(self.stats, field.name) for field in fields(self.stats)},
-                )
+                "relay.stopped",
+                **{field.name: getattr(self.stats, field.name) for field in fields(self.stats)},
             )
 
     async def _publish_loop(self) -> None:
@@ -271,20 +273,18 @@ class Relay:
                     claimed = result.claimed
             except BrokerUnavailableError as error:
                 self.stats.broker_errors += 1
-                logger.warning(
-                    logfmt("relay.broker_unavailable", error=str(error), retry_in=error_delay)
-                )
+                metrics.RELAY_ERRORS.labels(cause="broker").inc()
+                logger.warning("relay.broker_unavailable", error=str(error), retry_in=error_delay)
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
                 continue
             except DATABASE_DOWN as error:
                 self.stats.database_errors += 1
+                metrics.RELAY_ERRORS.labels(cause="database").inc()
                 logger.warning(
-                    logfmt(
-                        "relay.database_error",
-                        error=f"{type(error).__name__}: {error}",
-                        retry_in=error_delay,
-                    )
+                    "relay.database_error",
+                    error=describe_error(error),
+                    retry_in=error_delay,
                 )
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
@@ -292,7 +292,8 @@ class Relay:
             except Exception:
                 # A bug (ours or a publisher's): nothing was marked, the batch
                 # rolled back. Keep the process up and retry with back-off.
-                logger.exception(logfmt("relay.unexpected_error", retry_in=error_delay))
+                metrics.RELAY_ERRORS.labels(cause="unexpected").inc()
+                logger.exception("relay.unexpected_error", retry_in=error_delay)
                 await self._pause(error_delay, wakeable=False)
                 error_delay = min(error_delay * 2, settings.relay_poll_max_interval)
                 continue
@@ -302,10 +303,17 @@ class Relay:
                 busy = claimed >= settings.relay_batch_size
                 continue
             busy = False
-            woken = await self._pause(idle_delay)
+            self.idle_delay = idle_delay
+            self.idle.set()
+            try:
+                woken = await self._pause(idle_delay)
+            finally:
+                self.idle.clear()
             if woken:
+                self.stats.woken += 1
                 idle_delay = settings.relay_poll_min_interval
             else:
+                self.stats.polls += 1
                 idle_delay = min(idle_delay * 2, settings.relay_poll_max_interval)
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> bool:
@@ -325,9 +333,7 @@ class Relay:
             try:
                 await listener.run(self.stopping)
             except Exception:
-                logger.exception(
-                    logfmt("relay.listener_crashed", restart_in=LISTENER_RESTART_SECONDS)
-                )
+                logger.exception("relay.listener_crashed", restart_in=LISTENER_RESTART_SECONDS)
                 await self._pause(LISTENER_RESTART_SECONDS, wakeable=False)
 
     async def _every(self, seconds: float, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -342,17 +348,15 @@ class Relay:
             try:
                 await asyncio.create_task(job())
             except DATABASE_DOWN as error:
-                logger.warning(
-                    logfmt("relay.housekeeping_failed", error=f"{type(error).__name__}: {error}")
-                )
+                logger.warning("relay.housekeeping_failed", error=describe_error(error))
             except Exception:
-                logger.exception(logfmt("relay.housekeeping_failed"))
+                logger.exception("relay.housekeeping_failed")
 
     async def _reap(self) -> None:
         DB.current_transaction.set(None)
         report = await reap_stuck_runs(self.settings.run_lease_timeout)
         if report.runs:
-            logger.info(logfmt("relay.reaped", runs=len(report.runs)))
+            logger.info("relay.reaped", runs=len(report.runs))
 
     async def _prune(self) -> None:
         DB.current_transaction.set(None)
@@ -362,12 +366,10 @@ class Relay:
         DB.current_transaction.set(None)
         health = await outbox_health()
         logger.info(
-            logfmt(
-                "relay.stats",
-                published=self.stats.published,
-                failed=self.stats.failed,
-                dead_lettered_total=health["dead_lettered"],
-                lag_seconds=health["lag_seconds"],
-                listening=self.listener is not None and self.listener.connected.is_set(),
-            )
+            "relay.stats",
+            published=self.stats.published,
+            failed=self.stats.failed,
+            dead_lettered_total=health["dead_lettered"],
+            lag_seconds=health["lag_seconds"],
+            listening=self.listener is not None and self.listener.connected.is_set(),
         )

@@ -21,10 +21,10 @@ the transaction (claim, publish and mark commit together or not at all).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, LiteralString
 from uuid import UUID
 
-from flowforge.relay.publishers import OutboxEvent
+from flowforge.relay.event import OutboxEvent
 
 
 def _event_columns(alias: str) -> str:
@@ -50,7 +50,7 @@ def _event_columns(alias: str) -> str:
 # planned per outer row with the aggregate as an index condition, whatever
 # the statistics say. The condition sits in the locking query's own WHERE, so
 # only rows that pass it are locked.
-CLAIM_HEADS = f"""
+CLAIM_HEADS: Final[LiteralString] = f"""
 SELECT {_event_columns("o")}
 FROM outbox AS o
 WHERE o.published_at IS NULL
@@ -74,7 +74,7 @@ FOR UPDATE OF o SKIP LOCKED
 # scan for its aggregate, however few waiting rows the statistics expect.
 # Not SKIP LOCKED: nobody else can hold them while we hold their head, and a
 # gap in an aggregate's sequence must never be skipped over.
-CLAIM_FOLLOWERS = f"""
+CLAIM_FOLLOWERS: Final[LiteralString] = f"""
 SELECT {_event_columns("f")}
 FROM unnest($1::text[], $2::uuid[], $3::bigint[]) AS head(aggregate_type, aggregate_id, seq)
 CROSS JOIN LATERAL (
@@ -91,7 +91,7 @@ LIMIT $4
 FOR UPDATE OF f
 """  # noqa: S608 - constant column list; values are bind parameters
 
-MARK_PUBLISHED = """
+MARK_PUBLISHED: Final[LiteralString] = """
 UPDATE outbox
 SET published_at = clock_timestamp(), attempts = attempts + 1
 WHERE id = ANY($1::uuid[]) AND published_at IS NULL
@@ -99,7 +99,7 @@ WHERE id = ANY($1::uuid[]) AND published_at IS NULL
 
 # Exponential back-off: the n-th failure waits min(base * 2^(n-1), max) seconds;
 # the failure that reaches max attempts dead-letters the event instead.
-MARK_FAILED = """
+MARK_FAILED: Final[LiteralString] = """
 UPDATE outbox AS o
 SET attempts = o.attempts + 1,
     last_error = f.error,
@@ -113,7 +113,7 @@ RETURNING o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts,
 """
 
 # Idle probe, outside any transaction: one index probe of outbox_claim_idx.
-HAS_WORK = """
+HAS_WORK: Final[LiteralString] = """
 SELECT EXISTS (
     SELECT 1 FROM outbox
     WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Final, LiteralString
 
 import asyncpg
 from piccolo.apps.migrations.commands.forwards import run_forwards
@@ -23,6 +24,9 @@ from flowforge.db.engine import DB, HEALABLE_START_ERRORS, describe_start_error
 # pg_advisory_lock key of the migration run: b"FlowForg" as a big-endian bigint.
 MIGRATION_LOCK_KEY = 0x466C6F77466F7267
 
+
+TRY_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock($1)"
+UNLOCK_ALL: Final[LiteralString] = "SELECT pg_advisory_unlock_all()"
 
 # How often a waiting runner tries the lock again.
 LOCK_POLL_SECONDS = 0.5
@@ -37,13 +41,13 @@ async def _take_lock(connection: asyncpg.Connection) -> None:
     until the statement timeout (seen with two concurrent runs). Short
     pg_try_advisory_lock() calls hold no snapshot between tries.
     """
-    if await connection.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+    if await connection.fetchval(TRY_LOCK, MIGRATION_LOCK_KEY):
         return
     print("another migration run holds the lock; waiting for it", flush=True)
     started = time.monotonic()
     while True:
         await asyncio.sleep(LOCK_POLL_SECONDS)
-        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY):
+        if await connection.fetchval(TRY_LOCK, MIGRATION_LOCK_KEY):
             break
     print(f"lock acquired after {time.monotonic() - started:.1f} s", flush=True)
 
@@ -101,6 +105,6 @@ async def migrate() -> None:
     finally:
         # Closing the session releases the lock too; unlock first to say so.
         try:
-            await lock.execute("SELECT pg_advisory_unlock_all()")
+            await lock.execute(UNLOCK_ALL)
         finally:
             await lock.close()

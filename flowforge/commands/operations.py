@@ -14,24 +14,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import prometheus_client
+
+from flowforge import metrics
 from flowforge.db.engine import DB
-from flowforge.logfmt import configure_logging, logfmt
+from flowforge.logs import configure_logging, get_logger
+from flowforge.outbox_status import outbox_status as read_outbox_status
+from flowforge.outbox_status import requeue_dead_letters
 from flowforge.reaper import reap_stuck_runs
-from flowforge.relay.publishers import create_publisher
-from flowforge.relay.relay import Relay
-from flowforge.relay.status import outbox_status as read_outbox_status
-from flowforge.relay.status import requeue_dead_letters
 from flowforge.retention import prune as prune_history
 from flowforge.settings import Environment, PublisherKind, get_settings
 
-logger = logging.getLogger("flowforge.relay")
+logger = get_logger("flowforge.relay")
 
 # Claims wait at most this long for a row lock (e.g. a row being edited by
 # hand) before the batch is retried, instead of stalling the relay.
@@ -60,6 +60,11 @@ async def pool(
 
 async def relay() -> None:
     """Publish outbox events until SIGTERM or SIGINT (a second signal stops at once)."""
+    # Imported here, not at the top: every process that reads the app registry
+    # (the API too) imports this module, and only the relay needs Redis.
+    from flowforge.relay.publishers import create_publisher
+    from flowforge.relay.relay import Relay
+
     configure_logging()
     settings = get_settings()
     if (
@@ -72,6 +77,12 @@ async def relay() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    if settings.relay_metrics_port is not None:
+        # Its own /metrics (a thread of prometheus_client): relay counters,
+        # reaper and prune counts, and this process's pool.
+        metrics.register_pool(DB)
+        prometheus_client.start_http_server(settings.relay_metrics_port)
+        logger.info("relay.metrics_serving", port=settings.relay_metrics_port)
     publisher = create_publisher(settings)
     worker = Relay(settings, publisher)
     loop = asyncio.get_running_loop()
@@ -79,11 +90,11 @@ async def relay() -> None:
 
     def on_signal(name: str) -> None:
         if worker.stopping.is_set():
-            logger.warning(logfmt("relay.stop_now", signal=name))
+            logger.warning("relay.stop_now", signal=name)
             if main is not None:
                 main.cancel()
             return
-        logger.info(logfmt("relay.stopping", signal=name))
+        logger.info("relay.stopping", signal=name)
         worker.stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,6 +184,3 @@ async def reap() -> None:
     async with pool("flowforge-reaper", 1):
         report = await reap_stuck_runs(settings.run_lease_timeout)
     print(f"reaped: {len(report.runs)} runs (lease {settings.run_lease_timeout:g} s)")
-
-
-COMMANDS = [relay, outbox_status, outbox_requeue, prune, reap]

@@ -10,11 +10,11 @@ however long the published history is.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, Final, LiteralString
 
 from flowforge.db.engine import DB
 
-HEALTH = """
+HEALTH: Final[LiteralString] = """
 SELECT
     GREATEST(0, COALESCE(EXTRACT(EPOCH FROM now() - (
         SELECT created_at FROM outbox
@@ -24,7 +24,7 @@ SELECT
     (SELECT count(*) FROM outbox WHERE dead_lettered_at IS NOT NULL) AS dead_lettered
 """
 
-STATUS = """
+STATUS: Final[LiteralString] = """
 SELECT
     (SELECT count(*) FROM outbox
         WHERE published_at IS NULL AND dead_lettered_at IS NULL) AS unpublished,
@@ -45,7 +45,7 @@ SELECT
         ORDER BY seq LIMIT 1) AS oldest_unpublished_at
 """
 
-DEAD_LETTERS = """
+DEAD_LETTERS: Final[LiteralString] = """
 SELECT id, aggregate_type, aggregate_id, event_type, attempts, dead_lettered_at,
     left(last_error, 300) AS last_error
 FROM outbox
@@ -93,7 +93,7 @@ async def outbox_status(dead_letter_limit: int = 20) -> dict[str, Any]:
     }
 
 
-REQUEUE = """
+REQUEUE: Final[LiteralString] = """
 WITH requeued AS (
     UPDATE outbox
     SET dead_lettered_at = NULL, attempts = 0, next_attempt_at = now()

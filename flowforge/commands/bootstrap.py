@@ -17,10 +17,12 @@ import secrets
 from typing import Any
 
 from piccolo.apps.user.tables import BaseUser
+from piccolo.query.functions.string import Lower
+from piccolo.querystring import QueryString
 
 from flowforge import api_keys
 from flowforge.db.engine import DB
-from flowforge.db.tables import Scope
+from flowforge.db.tables import ApiKey, Scope, User
 from flowforge.errors import AppError, translated_db_errors
 from flowforge.settings import get_settings
 
@@ -55,13 +57,18 @@ async def issue_key_for_email(
     email: str, name: str, scopes: list[Scope], expires_at: datetime.datetime | None = None
 ) -> tuple[dict[str, Any], str]:
     """Issue a key to the user with `email` (in the current transaction)."""
-    connection = DB.require_transaction().connection
-    user_id = await connection.fetchval(
-        "SELECT id FROM users WHERE lower(email) = lower($1)", email
+    DB.require_transaction()
+    user = await (
+        User.select(User.id)
+        .where(Lower(User.email) == Lower(QueryString("{}", email)))
+        .first()
+        .run()
     )
-    if user_id is None:
+    if user is None:
         raise SystemExit(f"No user with email {email!r}; create one first (or run the seed).")
-    return await api_keys.create_api_key(user_id, name=name, scopes=scopes, expires_at=expires_at)
+    return await api_keys.create_api_key(
+        user["id"], name=name, scopes=scopes, expires_at=expires_at
+    )
 
 
 async def create_api_key(
@@ -111,16 +118,21 @@ async def ensure_bootstrap_key() -> str:
     (its secret cannot be shown again; issue another with create_api_key).
     Print the result only after the transaction commits.
     """
-    connection = DB.require_transaction().connection
-    existing = await connection.fetchval(
-        "SELECT k.prefix FROM api_keys k JOIN users u ON u.id = k.user_id "
-        "WHERE lower(u.email) = $1 AND k.name = $2 AND k.revoked_at IS NULL",
-        BOOTSTRAP_EMAIL,
-        BOOTSTRAP_KEY_NAME,
+    DB.require_transaction()
+    existing = await (
+        ApiKey.select(ApiKey.prefix)
+        .where(
+            Lower(ApiKey.user_id.email) == BOOTSTRAP_EMAIL,
+            ApiKey.name == BOOTSTRAP_KEY_NAME,
+            ApiKey.revoked_at.is_null(),
+        )
+        .first()
+        .run()
     )
     if existing is not None:
         return (
-            f"bootstrap API key for {BOOTSTRAP_EMAIL} exists (prefix {existing}); a new one: "
+            f"bootstrap API key for {BOOTSTRAP_EMAIL} exists (prefix {existing['prefix']}); "
+            "a new one: "
             f"piccolo flowforge create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
         )
     key, full_key = await issue_key_for_email(

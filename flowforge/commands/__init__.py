@@ -1,0 +1,36 @@
+"""The `piccolo flowforge ...` commands: the only code that prints or exits.
+
+Layers point one way: database (``flowforge.db``) -> domain (``flowforge.*``)
+-> commands (this package) and HTTP (``flowforge.api``). A command parses its
+arguments, runs domain functions in a transaction, and prints the outcome.
+
+* :mod:`flowforge.commands.migrate`: ``migrate`` (every app, under an advisory lock).
+* :mod:`flowforge.commands.seed`: ``seed``.
+* :mod:`flowforge.commands.bootstrap`: ``create_api_key``, ``create_admin_login``.
+* :mod:`flowforge.commands.operations`: ``relay``, ``outbox_status``,
+  ``outbox_requeue``, ``prune``, ``reap``.
+
+``flowforge.db.piccolo_app`` registers them. Importing this package must stay
+cheap: the API process imports it (through the app registry it reads for
+readiness), so the relay and the Redis client are imported only when the
+``relay`` command runs (tests/test_layers.py).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from flowforge.commands import bootstrap, migrate, operations, seed
+
+# (command, aliases), in the order `piccolo flowforge` lists them.
+COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
+    # Migrations for every app under an advisory lock (what deployments run).
+    (migrate.migrate, []),
+    (seed.seed, ["seed-data"]),
+    (bootstrap.create_api_key, []),
+    (bootstrap.create_admin_login, []),
+    (operations.relay, []),
+    (operations.outbox_status, []),
+    (operations.outbox_requeue, []),
+    (operations.prune, []),
+    (operations.reap, []),
+]
