@@ -6,7 +6,6 @@ from pathlib import Path
 from piccolo.conf.apps import AppConfig, Command
 
 from flowforge.commands import COMMANDS
-from flowforge.commands.cliargs import command
 from flowforge.db.tables import TABLES
 from flowforge.settings import CHECKOUT
 
@@ -30,11 +29,6 @@ APP_CONFIG = AppConfig(
     migrations_folder_path=str(migrations_folder()),
     table_classes=list(TABLES),
     migration_dependencies=[],
-    # The commands live in flowforge/commands/ (the only code that prints or exits);
-    # each parses its own options (`--x value` and `--x=value`; bad values exit 2):
-    # flowforge/commands/cliargs.py.
-    commands=[
-        Command(callable=command(function, aliases=aliases), aliases=aliases)
-        for function, aliases in COMMANDS
-    ],
+    # The commands live in flowforge/commands/ (the only code that prints or exits).
+    commands=[Command(callable=command, aliases=aliases) for command, aliases in COMMANDS],
 )
