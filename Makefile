@@ -51,8 +51,9 @@ $(PGBOUNCER):
 migrate: setup-runtime
 	$(BIN)/piccolo flowforge migrate
 
+# HOST/PORT: the seed prints where `make serve` will listen.
 seed: migrate
-	$(BIN)/piccolo flowforge seed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed
 
 serve: setup-runtime
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)

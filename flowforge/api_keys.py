@@ -21,6 +21,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
@@ -31,7 +32,13 @@ from flowforge import events
 from flowforge.db.engine import DB
 from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
 from flowforge.db.tables import ApiKey, Role, Scope, User
-from flowforge.errors import ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
+from flowforge.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidFieldError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from flowforge.outbox import record_event
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.principal import SCOPES_BY_ROLE, Principal
@@ -82,7 +89,7 @@ WITH touched AS (
     )
     RETURNING id
 )
-SELECT k.id, k.user_id, k.key_hash, k.scopes, k.revoked_at IS NOT NULL AS revoked,
+SELECT k.id, k.user_id, k.key_hash, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
     k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
     u.role, u.is_active
 FROM api_keys k JOIN users u ON u.id = k.user_id
@@ -90,16 +97,29 @@ WHERE k.prefix = $1
 """  # noqa: S608 - a constant number, no client text
 
 
-async def authenticate(key: str) -> Principal:
-    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+@dataclass(frozen=True, slots=True)
+class PresentedKey:
+    """A key of the right form (not yet known to be valid): its prefix and hash."""
+
+    prefix: str
+    key_hash: str
+
+
+def parse_key(key: str) -> PresentedKey:
+    """Check a key's form without the database; UnauthorizedError if it cannot be a key."""
     match = KEY_PATTERN.fullmatch(key)
     if match is None:
         raise UnauthorizedError("The API key is not valid.")
-    presented = hash_key(key)
+    return PresentedKey(prefix=match.group(1), key_hash=hash_key(key))
+
+
+async def authenticate(key: str | PresentedKey) -> Principal:
+    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+    presented = parse_key(key) if isinstance(key, str) else key
     connection = DB.require_transaction().connection
-    row = await connection.fetchrow(AUTHENTICATE, match.group(1), presented)
+    row = await connection.fetchrow(AUTHENTICATE, presented.prefix, presented.key_hash)
     stored = row["key_hash"] if row is not None else _DUMMY_HASH
-    if not hmac.compare_digest(presented, stored) or row is None:
+    if not hmac.compare_digest(presented.key_hash, stored) or row is None:
         raise UnauthorizedError("The API key is not valid.")
     if row["revoked"]:
         raise UnauthorizedError("The API key has been revoked.")
@@ -112,6 +132,7 @@ async def authenticate(key: str) -> Principal:
         role=Role(row["role"]),
         scopes=frozenset(Scope(scope) for scope in row["scopes"]),
         key_id=row["id"],
+        expires_at=row["expires_at"],
     )
 
 
@@ -135,8 +156,9 @@ async def create_api_key(
     """Issue a key for a user; returns (stored key, full key). The full key exists only here.
 
     The scopes must be within what the user's role allows and, when a key
-    grants it (``granted_by``), within that key's own scopes: a key never
-    mints a more powerful one. ``granted_by=None`` is the trusted CLI.
+    grants it (``granted_by``), within that key's own scopes; and such a key
+    expires no later than the key that grants it: a key never mints a more
+    powerful or longer-lived one. ``granted_by=None`` is the trusted CLI.
     """
     wanted = frozenset(Scope(scope) for scope in scopes)
     DB.require_transaction()
@@ -157,6 +179,13 @@ async def create_api_key(
         raise ForbiddenError(
             "A key cannot grant scopes it does not have itself.",
             key_scopes=sorted(s.value for s in granted_by.scopes),
+        )
+    limit = granted_by.expires_at if granted_by is not None else None
+    if limit is not None and (expires_at is None or expires_at > limit):
+        raise InvalidFieldError(
+            "expires_at",
+            f"must be no later than the expiry of the key making the request "
+            f"({limit.isoformat()}): a key cannot outlive the key that created it",
         )
     prefix, full_key = generate_key()
     inserted = await (

@@ -57,6 +57,17 @@ class InvalidInputError(AppError):
     code = "invalid_input"
 
 
+class InvalidFieldError(InvalidInputError):
+    """One field of the request is not valid: a 422 in the shape of a validation error."""
+
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"{field}: {message}", problems=[{"location": f"body.{field}", "message": message}]
+        )
+
+
 class InvalidCursorError(InvalidInputError):
     """The pagination cursor is not valid: pass back the `next_cursor` of a previous page."""
 

@@ -13,6 +13,7 @@ not found, so their existence does not leak; missing rights are forbidden (403).
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -35,6 +36,8 @@ class Principal:
     role: Role
     scopes: frozenset[Scope]
     key_id: UUID
+    # When the key stops working (None: never); keys it issues expire no later.
+    expires_at: datetime.datetime | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -15,7 +15,7 @@ partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
 dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
 The batched DELETE below handles the rest (partitions that also hold rows
 still kept, the default partitions, and ``workflow_runs``, which is not
-partitioned: decision 11).
+partitioned: decision 12).
 
 Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
 transaction; rows another session has locked are skipped (SKIP LOCKED) and

@@ -82,10 +82,6 @@ LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_CO
 RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
-def canonical(value: Any) -> str:
-    return dumps(value, sort_keys=True)
-
-
 def _run(row: Mapping[str, Any]) -> dict[str, Any]:
     run = dict(row)
     run["inputs"] = loads(run["inputs"])
@@ -127,11 +123,19 @@ WITH wf AS (
 ), event AS (
     {_RUN_CREATED_EVENT}
 )
-SELECT true AS created, {RUN_COLUMNS} FROM created
+SELECT true AS created, true AS same_request, {RUN_COLUMNS} FROM created
 UNION ALL
-SELECT false, {RUN_COLUMNS_OF_R}
+SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2, {RUN_COLUMNS_OF_R}
 FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
 WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
+"""  # noqa: S608 - constant fragments; every value is a bind parameter
+
+# The run that holds an idempotency key, read in a new snapshot, with whether
+# the retry is the same request: PostgreSQL compares the inputs as the JSONB it
+# stores (the builder cannot select that comparison).
+RUN_BY_KEY: Final[LiteralString] = f"""
+SELECT inputs = $3::jsonb AND trigger_type = $4 AS same_request, {RUN_COLUMNS}
+FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
 """  # noqa: S608 - constant fragments; every value is a bind parameter
 
 
@@ -151,12 +155,13 @@ async def trigger_run(
     and raises :class:`IdempotencyConflictError` when they do not.
     """
     connection = DB.require_transaction().connection
+    inputs_json = dumps(inputs)
     row = await connection.fetchrow(
         TRIGGER_RUN,
         workflow_id,
         trigger_type.value,
         triggered_by,
-        dumps(inputs),
+        inputs_json,
         idempotency_key,
         owner_id,
     )
@@ -173,14 +178,8 @@ async def trigger_run(
             raise WorkflowInactiveError(workflow_id=str(workflow_id))
         # The key was taken by a transaction that committed after this
         # statement's snapshot was taken: read it now (a new snapshot).
-        row = (
-            await WorkflowRun.select(*RUN_TABLE_COLUMNS)
-            .where(
-                WorkflowRun.workflow_id == workflow_id,
-                WorkflowRun.idempotency_key == idempotency_key,
-            )
-            .first()
-            .run()
+        row = await connection.fetchrow(
+            RUN_BY_KEY, workflow_id, idempotency_key, inputs_json, trigger_type.value
         )
         if row is None:  # pragma: no cover - the key's holder rolled back: a retry will work
             raise IdempotencyConflictError(
@@ -192,9 +191,10 @@ async def trigger_run(
         created = bool(row["created"])
     run = _run(row)
     run.pop("created", None)
-    # Canonical JSON, not Python equality: True == 1 == 1.0 in Python, not in JSON.
-    same_inputs = created or canonical(run["inputs"]) == canonical(inputs)
-    if not created and (not same_inputs or run["trigger_type"] != trigger_type.value):
+    # PostgreSQL compares the inputs as the JSONB it stores: numbers it
+    # normalises (1e16, -0.0, 1.0) match their stored form; true is not 1.
+    same_request = bool(run.pop("same_request"))
+    if not created and not same_request:
         raise IdempotencyConflictError(
             "This Idempotency-Key was already used for this workflow with different inputs.",
             idempotency_key=idempotency_key,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from zxcvbn import zxcvbn
 
 # The source tree when FlowForge runs from a checkout (editable install, or the
 # checkout on sys.path); None when it is installed from a wheel (site-packages).
@@ -309,7 +310,9 @@ class Settings(BaseSettings):
                 f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
             )
         if self.admin_password is not None and self.environment is not Environment.DEVELOPMENT:
-            problem = weak_password_problem(self.admin_password.get_secret_value())
+            problem = weak_password_problem(
+                self.admin_password.get_secret_value(), self.admin_username
+            )
             if problem:
                 raise ValueError(
                     f"FLOWFORGE_ADMIN_PASSWORD {problem}; outside FLOWFORGE_ENV=development "
@@ -345,12 +348,30 @@ PLACEHOLDER_PASSWORDS = frozenset(
 MIN_PASSWORD_LENGTH = 12
 
 
-def weak_password_problem(password: str) -> str | None:
-    """Why `password` is not acceptable outside development, or None."""
+# zxcvbn's 0-4 scale; 3 is "safely unguessable: moderate protection from an
+# offline slow-hash scenario" (~10^8 guesses and more).
+MIN_PASSWORD_STRENGTH = 3
+
+
+def weak_password_problem(password: str, *related: str) -> str | None:
+    """Why `password` is not acceptable outside development, or None.
+
+    Strength is zxcvbn's estimate of how many guesses an attacker needs
+    (dictionaries, keyboard walks, repeats, dates, l33t), not character classes;
+    `related` words (the product, the username) count as guessable too.
+    """
     if password.strip().lower() in PLACEHOLDER_PASSWORDS or "change" in password.lower():
         return "is a placeholder"
     if len(password) < MIN_PASSWORD_LENGTH:
         return f"is shorter than {MIN_PASSWORD_LENGTH} characters"
+    # zxcvbn's cost grows with length; the first 100 characters decide.
+    estimate = zxcvbn(password[:100], user_inputs=["flowforge", "admin", *related])
+    if estimate["score"] < MIN_PASSWORD_STRENGTH:
+        hint = estimate["feedback"]["warning"] or "it follows a common pattern"
+        return (
+            f"is too easy to guess (strength {estimate['score']}/4, at least "
+            f"{MIN_PASSWORD_STRENGTH} needed: {hint.rstrip('.')})"
+        )
     return None
 
 

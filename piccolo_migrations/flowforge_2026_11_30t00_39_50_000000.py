@@ -1,5 +1,5 @@
 """Time partitions: ``outbox`` by day of ``created_at``, ``run_step_logs`` by month of
-its run's ``created_at`` (issue 11; docs/decisions.md, decision 11).
+its run's ``created_at`` (issue 11; docs/decisions.md, decision 12).
 
 Piccolo cannot say ``PARTITION BY``, so this migration is raw SQL with a tested
 backwards step; the Table classes stay as they are (Piccolo queries, joins and

@@ -98,16 +98,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the fuzzing figures when this session ran the fuzz test."""
     import json
 
-    report_path = support.REPO_ROOT / "tests" / "artifacts" / "fuzz-report.json"
-    if not report_path.exists() or report_path.stat().st_mtime < SESSION_STARTED:
-        return  # not run in this session
-    report = json.loads(report_path.read_text())
-    terminalreporter.write_sep("-", "OpenAPI fuzzing (schemathesis)")
-    terminalreporter.write_line(
-        f"{report['requests']} requests to {report['operations']} operations in "
-        f"{report['seconds']} s, {report['server_errors']} server errors (5xx); "
-        f"statuses: {report['statuses']}"
-    )
+    artifacts = support.REPO_ROOT / "tests" / "artifacts"
+    report_path = artifacts / "fuzz-report.json"
+    if report_path.exists() and report_path.stat().st_mtime >= SESSION_STARTED:
+        report = json.loads(report_path.read_text())
+        terminalreporter.write_sep("-", "OpenAPI fuzzing (schemathesis)")
+        terminalreporter.write_line(
+            f"{report['requests']} requests to {report['operations']} operations in "
+            f"{report['seconds']} s, {report['server_errors']} server errors (5xx); "
+            f"statuses: {report['statuses']}"
+        )
+    report_path = artifacts / "schemathesis-report.json"
+    if report_path.exists() and report_path.stat().st_mtime >= SESSION_STARTED:
+        report = json.loads(report_path.read_text())
+        terminalreporter.write_sep("-", "schemathesis run: every check, every phase")
+        terminalreporter.write_line(
+            f"{report['requests']} requests in {report['seconds']} s, "
+            f"{report['findings']} findings, {report['server_errors']} server errors; "
+            f"phases: {', '.join(report['phases'])}; statuses: {report['statuses']}"
+        )
 
 
 @pytest.fixture

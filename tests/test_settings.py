@@ -211,6 +211,12 @@ def test_settings_can_be_built_in_code_by_field_name(clean_env: pytest.MonkeyPat
         ("Password", "is a placeholder"),
         ("please-change-this", "is a placeholder"),
         ("short-Pw1", "is shorter than 12 characters"),
+        # Long enough, and still guessed at once (zxcvbn's strength estimate).
+        ("password1234", "is too easy to guess"),
+        ("aaaaaaaaaaaa", "is too easy to guess"),
+        ("qwertyuiop12", "is too easy to guess"),
+        ("flowforge2026!", "is too easy to guess"),
+        ("letmein12345", "is too easy to guess"),
     ],
 )
 @pytest.mark.parametrize("environment", ["test", "production"])

@@ -14,11 +14,18 @@ Logins are Piccolo users (``piccolo_user``, with ``admin`` set), created by
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
+from piccolo.apps.user.tables import BaseUser
+from piccolo.table import Table
 from piccolo_admin.endpoints import TableConfig, create_admin
 from piccolo_api.crud.endpoints import OrderBy
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flowforge.api.errors import error_body
 from flowforge.db.tables import (
     ApiKey,
     Outbox,
@@ -147,14 +154,77 @@ def table_configs() -> list[TableConfig]:
     ]
 
 
+# Query parameters whose value names columns (a comma-separated list, `-` for
+# descending, `.` through a foreign key); any other parameter's name is a column
+# to filter on, optionally with a `__operator` / `__match` suffix.
+COLUMN_LIST_PARAMETERS = frozenset({"__order", "__visible_fields"})
+
+
+def _referenced_columns(name: str, value: str) -> Iterator[str]:
+    if name in COLUMN_LIST_PARAMETERS:
+        for item in value.split(","):
+            yield from item.strip().lstrip("-").split(".")
+    elif not name.startswith("__"):
+        yield from name.split("__", 1)[0].split(".")
+
+
+class SecretColumnGuard:
+    """Refuses admin requests that sort, filter or select on a secret column (400).
+
+    ``secret=True`` keeps a column's values out of the admin's responses, but
+    its CRUD API still orders and filters by it: `?__order=key_hash` leaks the
+    hashes' order and `?key_hash=..&key_hash__match=starts` reads a hash one
+    character at a time. Every request to the admin passes here first.
+    """
+
+    def __init__(self, app: ASGIApp, tables: Iterable[type[Table]]) -> None:
+        self.app = app
+        self.secret_columns = frozenset(
+            column._meta.name for table in tables for column in table._meta.secret_columns
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
+            for name, value in query:
+                secret = self.secret_columns.intersection(_referenced_columns(name, value))
+                if secret:
+                    await self._refuse(send, sorted(secret))
+                    return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send: Send, columns: list[str]) -> None:
+        body = json.dumps(
+            error_body(
+                "secret_column",
+                f"Secret columns cannot be sorted, filtered or selected: {', '.join(columns)}.",
+                {"columns": columns},
+            )
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def build_admin() -> Any:
     """The admin ASGI app, mounted by create_app() at /admin/."""
     settings = get_settings()
-    return create_admin(
-        table_configs(),
+    configs = table_configs()
+    admin = create_admin(
+        configs,
         read_only=True,
         site_name="FlowForge Admin",
         # Secure (HTTPS-only) cookies and stricter checks outside development.
         production=settings.environment is Environment.PRODUCTION,
         auto_include_related=False,
     )
+    return SecretColumnGuard(admin, [*(config.table_class for config in configs), BaseUser])

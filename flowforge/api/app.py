@@ -14,6 +14,7 @@ from flowforge.api.admin import build_admin
 from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
+from flowforge.api.openapi import install_openapi
 from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
 from flowforge.logs import configure_logging
@@ -56,6 +57,7 @@ def create_app() -> FastAPI:
         redoc_url=None,  # install_docs serves local copies instead
     )
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(replicas.ReplicaRouting)
     app.include_router(health.router)

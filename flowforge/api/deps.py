@@ -18,7 +18,7 @@ import asyncpg
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from flowforge.api_keys import authenticate
+from flowforge.api_keys import PresentedKey, authenticate, parse_key
 from flowforge.db import replicas
 from flowforge.db.engine import DB, SafeTransaction
 from flowforge.errors import (
@@ -65,14 +65,26 @@ bearer_scheme = HTTPBearer(
 )
 
 
-async def current_principal(
-    transaction: Transaction,
+def presented_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> Principal:
-    """The caller, authenticated in the request's own transaction (one connection)."""
+) -> PresentedKey:
+    """The bearer key, checked for form only: no database connection is taken.
+
+    A request without a well-formed key is a 401 before it waits for the pool, so
+    an exhausted pool or a database outage cannot delay or change that answer.
+    The product router runs this before any of a route's own dependencies
+    (flowforge/api/routes/__init__.py), the transaction included.
+    """
     if credentials is None:
         raise UnauthorizedError()
-    return await authenticate(credentials.credentials)
+    return parse_key(credentials.credentials)
+
+
+async def current_principal(
+    key: Annotated[PresentedKey, Depends(presented_key)], transaction: Transaction
+) -> Principal:
+    """The caller, authenticated in the request's own transaction (one connection)."""
+    return await authenticate(key)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
@@ -94,27 +106,25 @@ def _consistency_token(request: Request) -> int | None:
 async def read_transaction(
     request: Request,
     response: Response,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    key: Annotated[PresentedKey, Depends(presented_key)],
 ) -> AsyncIterator[Principal]:
     """The caller, and a transaction for a read-only endpoint: on a replica when one
     is usable (and has replayed past the request's consistency token), else on the
     primary. Authentication always runs on the primary (see flowforge/db/replicas.py)."""
-    if credentials is None:
-        raise UnauthorizedError()
     token = _consistency_token(request)
     primary_only = request.scope.get("state", {}).get("flowforge_primary_only", False)
     replica = None if primary_only else replicas.REPLICAS.choose(token)
     async with translated_db_errors():
         if replica is None:
             async with DB.transaction():
-                principal = await authenticate(credentials.credentials)
+                principal = await authenticate(key)
                 if replicas.REPLICAS:
                     replicas.REPLICAS.primary_reads += 1
                     response.headers[replicas.SERVED_BY_HEADER] = "primary"
                 yield principal
             return
         async with DB.transaction():
-            principal = await authenticate(credentials.credentials)
+            principal = await authenticate(key)
     try:
         transaction = DB.transaction(source=replica.engine)
         await transaction.__aenter__()

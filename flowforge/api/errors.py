@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from flowforge.errors import (
     CONNECTION_ERRORS,
@@ -101,8 +102,29 @@ async def handle_validation(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (Starlette names only the first route's).
+
+    Asked of the router itself, method by method, so routes of included routers count.
+    """
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    )
+
+
 async def handle_http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
+    headers = error.headers
+    if error.status_code == 405:
+        headers = {**(headers or {}), "Allow": allowed_methods(request)}
     code = {
         400: "bad_request",
         404: "not_found",
@@ -110,7 +132,7 @@ async def handle_http(request: Request, error: Exception) -> JSONResponse:
         413: "payload_too_large",
     }.get(error.status_code, "http_error")
     return JSONResponse(
-        error_body(code, str(error.detail)), status_code=error.status_code, headers=error.headers
+        error_body(code, str(error.detail)), status_code=error.status_code, headers=headers
     )
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from flowforge.db import replicas
 from flowforge.db.readiness import NotReadyError, check_database
@@ -20,7 +21,30 @@ router = APIRouter(tags=["health"])
 READINESS_TIMEOUT_SECONDS = 3.0
 
 
-@router.get("/healthz", summary="Liveness: the process is up")
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class OutboxHealth(BaseModel):
+    lag_seconds: float = Field(ge=0, description="Age of the oldest unpublished event (0: none).")
+    dead_lettered: int = Field(ge=0, description="Events the relay gave up on.")
+
+
+class Ready(BaseModel):
+    postgres: Literal["ok"]
+    outbox: OutboxHealth | str = Field(
+        description="Outbox details, or `error: <kind>` when they could not be read "
+        "(which does not make the probe fail)."
+    )
+
+
+class NotReady(BaseModel):
+    postgres: str = Field(
+        pattern=r"^error: ", description="Why not, e.g. `error: 1 migration(s) not applied: ...`."
+    )
+
+
+@router.get("/healthz", summary="Liveness: the process is up", response_model=Liveness)
 async def healthz() -> dict[str, str]:
     """Liveness only: never touches the database, so a database outage does
     not get a healthy process restarted."""
@@ -46,7 +70,11 @@ async def _outbox_details() -> dict[str, Any] | str:
         "event) and `dead_lettered` - that never make the probe fail: the API can serve "
         "while the relay or broker is behind."
     ),
-    responses={503: {"description": "Not ready", "content": {"application/json": {}}}},
+    response_model=None,
+    responses={
+        200: {"model": Ready, "description": "Ready"},
+        503: {"model": NotReady, "description": "Not ready"},
+    },
 )
 async def readyz() -> JSONResponse:
     try:

@@ -7,45 +7,147 @@ surrogates): bad input is a 422 naming the field, before any SQL runs.
 
 from __future__ import annotations
 
+import datetime
 import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from annotated_types import GroupedMetadata
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from flowforge.jsonutil import dumps
-from flowforge.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from flowforge.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 MAX_JSON_BYTES = 65_536
 MAX_JSON_DEPTH = 32
 
-# One line of text: no control characters (so no NUL, which PostgreSQL rejects).
-SINGLE_LINE = r"^[^\x00-\x1f\x7f]*$"
-# Free text: anything but NUL.
+# -- text -------------------------------------------------------------------------------
 NO_NUL = r"^[^\x00]*$"
+# Control characters (C0, DEL, C1): never in one-line text. NUL cannot be stored
+# at all; the others are terminal escapes and invisible line breaks.
+CONTROLS = r"\x00-\x1f\x7f-\x9f"
+# Free text keeps tab, line feed and carriage return.
+TEXT_CONTROLS = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+# Whitespace that is not a control character (what trimming removes besides them).
+SPACES = r" \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 
 
-def _single_line(max_length: int) -> StringConstraints:
-    """A required one-line string: trimmed, not blank, at most `max_length` characters."""
-    return StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=max_length, pattern=SINGLE_LINE
-    )
+def _no_controls(forbidden: str, what: str, *, strip: bool = False) -> Callable[[Any], Any]:
+    found = re.compile(f"[{forbidden}]")
+
+    def check(value: Any) -> Any:
+        # Before trimming, so a trailing control character is refused, not dropped.
+        if isinstance(value, str):
+            if found.search(value):
+                raise ValueError(f"must not contain {what}")
+            if strip:
+                return value.strip()
+        return value
+
+    return check
+
+
+@dataclass(frozen=True)
+class Text(GroupedMetadata):
+    """The one constrained text type of the API: ``Annotated[str, Text(200)]``.
+
+    Refuses control characters (one line: all of them; `multiline`: all but tab,
+    line feed and carriage return) with a message naming the field, before any
+    SQL runs; trims surrounding whitespace (`strip`); `min_length` counts after
+    trimming, so a required text cannot be blank. The JSON Schema `pattern`
+    says the same, so clients and fuzzers see the rule the server applies.
+    """
+
+    max_length: int
+    min_length: int = 1
+    multiline: bool = False
+    strip: bool = True
+
+    def __iter__(self) -> Iterator[Any]:
+        forbidden = TEXT_CONTROLS if self.multiline else CONTROLS
+        what = (
+            "control characters other than tab and line breaks"
+            if self.multiline
+            else "control characters (such as NUL or a line break)"
+        )
+        blank = f"{SPACES}\\t\\n\\r" if self.multiline else SPACES
+        pattern = (
+            f"^[^{forbidden}]*[^{forbidden}{blank}][^{forbidden}]*$"
+            if self.min_length and self.strip
+            else f"^[^{forbidden}]*$"
+        )
+        yield Field(
+            min_length=self.min_length,
+            max_length=self.max_length,
+            json_schema_extra={"pattern": pattern},
+        )
+        # Wraps the above: checked and trimmed first, then measured (not blank).
+        yield BeforeValidator(_no_controls(forbidden, what, strip=self.strip))
 
 
 # Lengths match the columns in flowforge/db/tables.py.
-WorkflowName = Annotated[str, _single_line(200)]
-StepName = Annotated[str, _single_line(200)]
-ActionType = Annotated[str, _single_line(100)]
-KeyName = Annotated[str, _single_line(100)]
-DisplayName = Annotated[str, _single_line(200)]
+WorkflowName = Annotated[str, Text(200)]
+StepName = Annotated[str, Text(200)]
+ActionType = Annotated[str, Text(100)]
+KeyName = Annotated[str, Text(100)]
+DisplayName = Annotated[str, Text(200)]
+Description = Annotated[str, Text(10_000, min_length=0, multiline=True, strip=False)]
+ErrorText = Annotated[str, Text(10_000, multiline=True)]
 Email = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"
     ),
+    BeforeValidator(_no_controls(CONTROLS, "control characters")),
+    Field(
+        json_schema_extra={
+            "pattern": f"^[{SPACES}]*[^@\\s{CONTROLS}]+@[^@\\s{CONTROLS}]+[{SPACES}]*$"
+        },
+        examples=["grace@example.com"],
+    ),
 ]
-Description = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
-ErrorText = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=10_000, pattern=NO_NUL)
+
+# -- timestamps ---------------------------------------------------------------------------
+EARLIEST_YEAR = 1970
+LATEST_YEAR = 2199
+
+
+def _sane_timestamp(value: datetime.datetime) -> datetime.datetime:
+    # Judged on the year as written, so the rule and the schema's pattern agree;
+    # far enough from datetime's limits that converting to UTC cannot overflow
+    # (0001-01-01 would be stored as -infinity).
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
+        raise ValueError(f"must be in the years {EARLIEST_YEAR} to {LATEST_YEAR}")
+    return value
+
+
+def _timestamp_text(value: Any) -> Any:
+    # Not a number of seconds (pydantic's lax mode would take one): the schema says string.
+    if not isinstance(value, str | datetime.datetime):
+        raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-11-30T09:30:00Z")
+    return value
+
+
+# Every timestamp a client sends: an RFC 3339 string with a time zone, in a sane range.
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_timestamp_text),
+    AfterValidator(_sane_timestamp),
+    Field(
+        json_schema_extra={"pattern": r"^(19[7-9][0-9]|2[01][0-9]{2})-"},
+        examples=["2026-11-30T09:30:00Z"],
+    ),
 ]
 
 
@@ -78,18 +180,52 @@ def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 
 # A JSON object a client sends (inputs, outputs, configs): bounded and storable.
+# Their JSON Schema (components JsonObject and JsonValue, recursive) says "no NUL in
+# any key or string, at any depth"; the byte size, depth and unpaired surrogates
+# it cannot say. flowforge/api/openapi.py adds the components.
+JSON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "JsonObject": {
+        "type": "object",
+        "description": f"A JSON object, at most {MAX_JSON_BYTES} bytes encoded, "
+        f"{MAX_JSON_DEPTH} levels deep; no NUL (\\u0000) in any key or string.",
+        "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        "examples": [{"date": "2026-11-29", "regions": ["emea", "amer"], "dry_run": False}],
+    },
+    "JsonValue": {
+        "anyOf": [
+            {"type": "string", "pattern": NO_NUL},
+            {"type": ["number", "boolean", "null"]},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+            {"$ref": "#/components/schemas/JsonObject"},
+        ],
+        "examples": ["emea"],
+    },
+}
+
 JsonObject = Annotated[
     dict[str, Any],
     AfterValidator(_check_json_object),
-    Field(description=f"A JSON object, at most {MAX_JSON_BYTES} bytes encoded."),
+    WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/JsonObject"}]}),
 ]
+
+
+def _json_number(value: Any) -> Any:
+    # JSON Schema's integer: 3 and 3.0, never true or "3" (lax int would take both).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+# An integer in a JSON body.
+Integer = Annotated[int, BeforeValidator(_json_number)]
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[
     str | None,
     Field(
         max_length=MAX_CURSOR_LENGTH,
-        pattern=r"^[A-Za-z0-9_-]*$",
+        pattern=CURSOR_PATTERN,
         description="The `next_cursor` of the previous page; omit for the first page.",
     ),
 ]

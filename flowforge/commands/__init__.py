@@ -20,9 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from flowforge.commands import bootstrap, migrate, operations, seed
+from flowforge.commands.cliargs import command
 
 # (command, aliases), in the order `piccolo flowforge` lists them.
-COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
+_COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
     # Migrations for every app under an advisory lock (what deployments run).
     (migrate.migrate, []),
     (seed.seed, ["seed-data"]),
@@ -34,4 +35,10 @@ COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
     (operations.prune, []),
     (operations.reap, []),
     (operations.partitions, []),
+]
+
+# Each parses its own options (`--x value` and `--x=value`; bad values are one
+# line and exit 2): flowforge/commands/cliargs.py.
+COMMANDS: list[tuple[Callable[..., None], list[str]]] = [
+    (command(function, aliases=aliases), aliases) for function, aliases in _COMMANDS
 ]

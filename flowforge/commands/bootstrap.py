@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import secrets
 from typing import Any
 
@@ -29,12 +30,26 @@ BOOTSTRAP_EMAIL = "admin@flowforge.local"
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
+def api_url() -> str:
+    """Where the server listens: HOST and PORT, as `make run` passes them to uvicorn.
+
+    A wildcard address (0.0.0.0, ::) is shown as 127.0.0.1, which reaches it.
+    """
+    host = os.environ.get("HOST", "").strip() or "127.0.0.1"
+    port = os.environ.get("PORT", "").strip() or "8000"
+    if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - compared, not bound
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def describe_key(email: str, key: dict[str, Any], full_key: str) -> str:
     scopes = ",".join(key["scopes"])
     return (
         f"API key for {email} (scopes {scopes}) - shown only now, store it:\n"
         f"  {full_key}\n"
-        f'  try: curl -H "Authorization: Bearer {full_key}" http://127.0.0.1:8000/api/v1/me'
+        f'  try: curl -H "Authorization: Bearer {full_key}" {api_url()}/api/v1/me'
     )
 
 

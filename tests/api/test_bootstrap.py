@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,26 +99,120 @@ async def test_create_api_key_command(client: httpx.AsyncClient, database_url: s
     ("arguments", "message"),
     [
         (["--scopes=reed"], "--scopes must be a comma-separated subset of: read, write, admin"),
-        # Rejected by the CLI's own argument typing, which prints the usage.
-        (["--expires_in_days=abc"], "days until the key expires"),
+        (["--scopes", "reed"], "--scopes must be a comma-separated subset of: read, write, admin"),
+        (["--expires_in_days=abc"], "argument --expires_in_days: expected a whole number"),
+        (["--expires_in_days", "abc"], "argument --expires_in_days: expected a whole number"),
         (["--expires_in_days=99999999"], "--expires_in_days must be a whole number"),
+        (["--expires_in_days"], "argument --expires_in_days: expected one argument"),
         (["--scopes=admin"], "Cannot issue the key: A developer's key cannot have the scope(s)"),
         (["--name= "], "Cannot issue the key: API key name must not be blank."),
+        (["--colour", "red"], "unrecognized arguments: --colour red"),
+        (["stray"], "unrecognized arguments: stray"),
     ],
 )
-async def test_create_api_key_command_rejects_bad_input_without_a_traceback(
+async def test_create_api_key_command_rejects_bad_input_with_one_line_and_exit_2(
     database_url: str, arguments: list[str], message: str
 ) -> None:
     piccolo("flowforge", "seed", database_url=database_url)
     before = (await DB.fetch("SELECT count(*) AS n FROM api_keys"))[0]["n"]
-    result = support.piccolo(
-        "flowforge", "create_api_key", "--email=developer@flowforge.local", *arguments,
-        database_url=database_url, check=False,
+    result = readme_cli(
+        "flowforge", "create_api_key", "--email", "developer@flowforge.local", *arguments,
+        database_url=database_url,
     )  # fmt: skip
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == f"piccolo flowforge create_api_key: {message}" or (
+        message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    ), result.stderr
+    assert "Usage" not in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert (await DB.fetch("SELECT count(*) AS n FROM api_keys"))[0]["n"] == before
+
+
+def readme_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI exactly as the README writes it: `.venv/bin/piccolo ...` from the repository."""
+    executable = Path(sys.executable).parent / "piccolo"
+    assert executable.exists(), executable
+    return subprocess.run(
+        [str(executable), *args],
+        cwd=support.REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": database_url, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+README_COMMAND = re.compile(r"^\.venv/bin/piccolo (flowforge create_api_key .*)$", re.MULTILINE)
+
+
+async def test_create_api_key_as_the_readme_writes_it(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    piccolo("flowforge", "seed", database_url=database_url)
+    [readme_command] = README_COMMAND.findall((support.REPO_ROOT / "README.md").read_text())
+    assert readme_command == (
+        "flowforge create_api_key --email admin@flowforge.local --scopes read,write,admin"
+    )
+    result = readme_cli(*readme_command.split(), database_url=database_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [key] = set(KEY.findall(result.stdout))
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200
+    assert me.json()["user"]["email"] == "admin@flowforge.local"
+    assert me.json()["scopes"] == ["admin", "read", "write"]
+    # Both spellings of every option, mixed.
+    mixed = readme_cli(
+        "flowforge", "create_api_key", "--email=admin@flowforge.local", "--name", "mixed",
+        "--scopes", "read", "--expires_in_days=3", database_url=database_url,
+    )  # fmt: skip
+    assert mixed.returncode == 0, mixed.stdout + mixed.stderr
+    row = (await DB.fetch("SELECT scopes, expires_at FROM api_keys WHERE name = 'mixed'"))[0]
+    assert list(row["scopes"]) == ["read"]
+    assert row["expires_at"] is not None
+
+
+async def test_the_seed_prints_the_host_and_port_the_server_uses(
+    database_url: str, no_admin_logins: None
+) -> None:
+    out = readme_cli(
+        "flowforge", "seed", database_url=database_url, HOST="0.0.0.0", PORT="8123"
+    ).stdout
+    assert "http://127.0.0.1:8123/api/v1/me" in out
+    await DB.fetch("DELETE FROM api_keys")
+    out = readme_cli(
+        "flowforge", "seed", database_url=database_url, HOST="127.0.0.2", PORT="9000"
+    ).stdout
+    assert "http://127.0.0.2:9000/api/v1/me" in out
+    makefile = (support.REPO_ROOT / "Makefile").read_text()
+    assert "HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed" in makefile
+
+
+COMMANDS = [
+    "migrate",
+    "seed",
+    "create_api_key",
+    "create_admin_login",
+    "relay",
+    "outbox_status",
+    "outbox_requeue",
+    "prune",
+    "reap",
+]
+
+
+def test_every_command_has_a_help_that_says_what_it_does(database_url: str) -> None:
+    from flowforge.db.piccolo_app import APP_CONFIG
+
+    registered = sorted(command.callable.__name__ for command in APP_CONFIG.commands)
+    assert registered == sorted(COMMANDS)
+    for command in APP_CONFIG.commands:
+        name = command.callable.__name__
+        result = readme_cli("flowforge", name, "--help", database_url=database_url)
+        assert result.returncode == 0, (name, result.stderr)
+        summary = (command.callable.__doc__ or "").strip().splitlines()[0]
+        assert len(summary) > 20, name
+        assert summary in result.stdout, (name, result.stdout)
+        assert "return" not in re.sub(r"\x1b\[[0-9;]*m", "", result.stdout).split("Args")[-1]
 
 
 async def test_admin_login_from_settings(database_url: str, no_admin_logins: None) -> None:

@@ -14,6 +14,13 @@ domain event of its creation (no partial write got through).
 Deterministic (``derandomize=True``, no example database) and bounded: the
 figures are written to tests/artifacts/fuzz-report.json and printed at the end
 of the test session.
+
+A second test runs schemathesis's own runner with every check (schema-valid
+requests accepted, invalid ones rejected, documented statuses, headers and
+schemas, Allow on 405, auth enforced, use after delete...) and every phase
+(examples, coverage, fuzzing, stateful sequences that follow the links it
+infers): it must report zero findings. tests/api/schemathesis.toml names the
+two rules JSON Schema cannot state.
 """
 
 from __future__ import annotations
@@ -209,3 +216,81 @@ async def unevented_rows(database_url: str) -> dict[str, tuple[int, int]]:
         return mismatches
     finally:
         await connection.close()
+
+
+# -- all checks, all phases (schemathesis's own runner) --------------------------------------
+
+MAX_EXAMPLES = 20
+SCHEMATHESIS_CONFIG = REPO_ROOT / "tests" / "api" / "schemathesis.toml"
+
+
+def test_schemathesis_all_checks_and_stateful_phases_find_nothing(
+    world: dict[str, Any], database_url: str
+) -> None:
+    """`schemathesis run` with every check and every phase (stateful included): zero findings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    admin: Caller = world["admin"]
+    executable = Path(sys.executable).parent / "schemathesis"
+    with live_server(database_url, ARTIFACTS / "schemathesis-uvicorn.log") as base_url:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                str(executable), "--config-file", str(SCHEMATHESIS_CONFIG),
+                "run", f"{base_url}/openapi.json",
+                "--checks", "all",
+                "--phases", "examples,coverage,fuzzing,stateful",
+                "--max-examples", str(MAX_EXAMPLES),
+                "--seed", "20261130",
+                "--generation-deterministic",
+                "--workers", "1",
+                "--request-timeout", "30",
+                "--header", f"Authorization: Bearer {admin.key}",
+                "--report", "ndjson",
+                "--report-ndjson-path", str(ARTIFACTS / "schemathesis-events.ndjson"),
+                "--no-color",
+            ],
+            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    (ARTIFACTS / "schemathesis-output.txt").write_text(result.stdout + result.stderr)
+    report = schemathesis_figures(ARTIFACTS / "schemathesis-events.ndjson", elapsed)
+    (ARTIFACTS / "schemathesis-report.json").write_text(json.dumps(report, indent=2))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert report["findings"] == 0
+    assert report["server_errors"] == 0
+    assert report["requests"] > 1000
+    assert set(report["phases"]) == {"examples", "coverage", "fuzzing", "stateful"}
+    assert asyncio.run(unevented_rows(database_url)) == {}
+
+
+def schemathesis_figures(events: Any, elapsed: float) -> dict[str, Any]:
+    """Requests, statuses, checks run and findings, from schemathesis's NDJSON events."""
+    statuses: collections.Counter[int] = collections.Counter()
+    checks: collections.Counter[str] = collections.Counter()
+    phases: set[str] = set()
+    findings = 0
+    for line in events.read_text().splitlines():
+        event = json.loads(line)
+        if "ScenarioFinished" not in event:
+            continue
+        scenario = event["ScenarioFinished"]
+        phases.add(scenario["phase"])
+        recorder = scenario["recorder"]
+        for interaction in recorder.get("interactions", {}).values():
+            statuses[(interaction.get("response") or {}).get("status_code", 0)] += 1
+        for results in recorder.get("checks", {}).values():
+            for check in results:
+                checks[check["name"]] += 1
+                findings += check["status"] != "success"
+    return {
+        "requests": sum(statuses.values()),
+        "findings": findings,
+        "server_errors": sum(n for status, n in statuses.items() if status >= 500),
+        "seconds": round(elapsed, 1),
+        "phases": sorted(phases),
+        "checks": dict(sorted(checks.items())),
+        "statuses": dict(sorted(statuses.items())),
+    }

@@ -7,7 +7,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from flowforge import api_keys
 from flowforge.api.deps import CurrentPrincipal, Transaction
@@ -18,9 +18,11 @@ from flowforge.api.schemas import (
     Limit,
     Page,
     RequestModel,
+    Timestamp,
     error_responses,
 )
 from flowforge.db.tables import Scope
+from flowforge.errors import ConflictError
 from flowforge.principal import Principal
 
 router = APIRouter(tags=["api keys"], responses=error_responses(401, 403, 422))
@@ -56,8 +58,13 @@ class ApiKeyCreate(RequestModel):
         max_length=3,
         description="Any of read, write, admin; within your role and your own key's scopes.",
     )
-    expires_at: AwareDatetime | None = Field(
-        default=None, description="When the key stops working (with a time zone); null: never."
+    expires_at: Timestamp | None = Field(
+        default=None,
+        description=(
+            "When the key stops working (with a time zone); null: never. No later than the "
+            "expiry of the key making the request (422 otherwise): a key cannot outlive the "
+            "key that created it, so an expiring key must give one."
+        ),
     )
     user_id: UUID | None = Field(
         default=None, description="Issue the key to another user (admin scope); default: yourself."
@@ -128,12 +135,18 @@ async def list_api_keys(
 @router.post(
     "/api-keys/{api_key_id}/revoke",
     summary="Revoke an API key (at once; revoking twice is harmless)",
-    responses=error_responses(404),
+    responses=error_responses(404, 409),
 )
 async def revoke_api_key(
     api_key_id: UUID, transaction: Transaction, principal: CurrentPrincipal
 ) -> ApiKeyOut:
-    """Your own keys with the write scope; anyone's with the admin scope."""
+    """Your own keys with the write scope; anyone's with the admin scope. A key
+    cannot revoke itself (409): revoke it with another key, so a client cannot
+    lock itself out by mistake."""
+    if api_key_id == principal.key_id:
+        raise ConflictError(
+            "A key cannot revoke itself: revoke it with another key.", api_key_id=str(api_key_id)
+        )
     if Scope.ADMIN in principal.effective_scopes:
         key = await api_keys.revoke_api_key(api_key_id)
     else:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge import runs
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
@@ -15,10 +15,12 @@ from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
     ErrorText,
+    Integer,
     JsonObject,
     Limit,
     Page,
     RequestModel,
+    Timestamp,
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
@@ -51,44 +53,52 @@ class RunCancel(RequestModel):
     reason: ErrorText | None = Field(default=None, description="Recorded as the run's error.")
 
 
+# "error only on a failed attempt, and a failed attempt has one", as JSON Schema.
+ERROR_ONLY_WHEN_FAILED: dict[str, Any] = {
+    "if": {"required": ["status"], "properties": {"status": {"const": "failed"}}},
+    "then": {"required": ["error"], "properties": {"error": {"type": "string"}}},
+    "else": {"properties": {"error": {"type": "null"}}},
+}
+
+
 class StepLogAppend(RequestModel):
-    step_position: int = Field(ge=0, le=1_000_000, description="The step's position.")
-    status: RunStatus = Field(
-        default=RunStatus.RUNNING,
+    model_config = ConfigDict(json_schema_extra=ERROR_ONLY_WHEN_FAILED)
+
+    step_position: Integer = Field(ge=0, le=1_000_000, description="The step's position.")
+    status: Literal["running", "completed", "failed"] = Field(
+        default="running",
         description="running (finish it later), completed or failed (finished now).",
     )
     input: JsonObject | None = None
     output: JsonObject | None = None
     error: ErrorText | None = None
-    started_at: AwareDatetime | None = Field(
+    started_at: Timestamp | None = Field(
         default=None, description="When the attempt started (default and at most: now)."
     )
 
     @model_validator(mode="after")
     def _consistent(self) -> StepLogAppend:
-        if self.status not in runs.ATTEMPT_STATUSES:
-            raise ValueError("status must be running, completed or failed")
         _check_error(self.status, self.error)
         return self
 
 
 class StepLogFinish(RequestModel):
-    status: RunStatus = Field(description="completed or failed.")
+    model_config = ConfigDict(json_schema_extra=ERROR_ONLY_WHEN_FAILED)
+
+    status: Literal["completed", "failed"] = Field(description="completed or failed.")
     output: JsonObject | None = None
     error: ErrorText | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> StepLogFinish:
-        if self.status not in runs.FINISHED_ATTEMPT_STATUSES:
-            raise ValueError("status must be completed or failed")
         _check_error(self.status, self.error)
         return self
 
 
-def _check_error(status: RunStatus, error: str | None) -> None:
-    if status is RunStatus.FAILED and error is None:
+def _check_error(status: str, error: str | None) -> None:
+    if status == RunStatus.FAILED and error is None:
         raise ValueError("a failed attempt needs an error")
-    if status is not RunStatus.FAILED and error is not None:
+    if status != RunStatus.FAILED and error is not None:
         raise ValueError("only a failed attempt has an error")
 
 
@@ -152,12 +162,29 @@ IdempotencyKey = Annotated[
 ]
 
 
+RUN_LOCATION = {
+    "description": "The run's URL: `/api/v1/runs/{run_id}`.",
+    "schema": {"type": "string", "examples": ["/api/v1/runs/e8d7c6b5-a493-4827-9160-5f4e3d2c1b0a"]},
+}
+
+
 @router.post(
     "/workflows/{workflow_id}/runs",
     status_code=201,
     summary="Trigger a run",
     responses={
-        200: {"model": RunTriggered, "description": "Replay of an earlier Idempotency-Key"},
+        201: {"description": "The new run", "headers": {"Location": RUN_LOCATION}},
+        200: {
+            "model": RunTriggered,
+            "description": "Replay of an earlier Idempotency-Key",
+            "headers": {
+                "Location": RUN_LOCATION,
+                "Idempotent-Replayed": {
+                    "description": "`true`: this run was made by an earlier request.",
+                    "schema": {"type": "string", "enum": ["true"]},
+                },
+            },
+        },
         **error_responses(404, 409),
     },
 )
@@ -297,7 +324,7 @@ async def append_step_log(
     log = await runs.append_step_log(
         run_id,
         step_position=body.step_position,
-        status=body.status,
+        status=RunStatus(body.status),
         input=body.input,
         output=body.output,
         error=body.error,
@@ -341,7 +368,7 @@ async def finish_step_log(
     log = await runs.finish_step_log(
         run_id,
         step_log_id,
-        status=body.status,
+        status=RunStatus(body.status),
         output=body.output,
         error=body.error,
         owner_id=principal.owner_filter,

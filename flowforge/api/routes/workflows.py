@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from flowforge import workflows
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
@@ -16,6 +16,7 @@ from flowforge.api.schemas import (
     ActionType,
     Cursor,
     Description,
+    Integer,
     JsonObject,
     Limit,
     Page,
@@ -34,7 +35,7 @@ MAX_STEPS = 100
 
 
 class StepIn(RequestModel):
-    position: int | None = Field(
+    position: Integer | None = Field(
         default=None,
         ge=0,
         le=1_000_000,
@@ -47,6 +48,29 @@ class StepIn(RequestModel):
 
 
 class StepList(RequestModel):
+    # "a position on every step or on none", as JSON Schema (uniqueness it cannot say).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {
+                        "steps": {
+                            "items": {
+                                "required": ["position"],
+                                "properties": {"position": {"type": "integer"}},
+                            }
+                        }
+                    }
+                },
+                {
+                    "properties": {
+                        "steps": {"items": {"properties": {"position": {"type": "null"}}}}
+                    }
+                },
+            ]
+        }
+    )
+
     steps: list[StepIn] = Field(default_factory=list, max_length=MAX_STEPS)
 
     @model_validator(mode="after")
@@ -86,7 +110,7 @@ class WorkflowUpdate(RequestModel):
     description: Description | None = None
     trigger_type: TriggerType | None = None
     trigger_config: JsonObject | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
 
 
 class StepOut(BaseModel):
