@@ -87,6 +87,10 @@ async def current_principal(
     return await authenticate(key)
 
 
+# For every other endpoint: the authenticated caller, with the request's one
+# transaction (on the primary) open for the endpoint's queries. Routes take only
+# this (or ReadPrincipal); domain functions reach the connection through Piccolo
+# queries or DB.require_transaction(), never through a route parameter.
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 

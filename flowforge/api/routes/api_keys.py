@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
 from flowforge import api_keys
-from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -98,9 +98,7 @@ def _managed_user(principal: Principal, user_id: UUID | None, scope: Scope) -> U
     summary="Issue an API key (the full key is returned once)",
     responses=error_responses(404, 409),
 )
-async def create_api_key(
-    body: ApiKeyCreate, transaction: Transaction, principal: CurrentPrincipal
-) -> ApiKeyCreated:
+async def create_api_key(body: ApiKeyCreate, principal: CurrentPrincipal) -> ApiKeyCreated:
     """Only a prefix and a SHA-256 hash are stored; the secret cannot be shown again.
     A key's scopes must be allowed by its user's role (viewer: read; developer: read,
     write; admin: all) and by the scopes of the key making the request."""
@@ -117,7 +115,6 @@ async def create_api_key(
 
 @router.get("/api-keys", summary="List API keys, newest first")
 async def list_api_keys(
-    transaction: Transaction,
     principal: CurrentPrincipal,
     user_id: Annotated[
         UUID | None, Query(description="Another user's keys (admin scope); default: yours.")
@@ -137,9 +134,7 @@ async def list_api_keys(
     summary="Revoke an API key (at once; revoking twice is harmless)",
     responses=error_responses(404, 409),
 )
-async def revoke_api_key(
-    api_key_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> ApiKeyOut:
+async def revoke_api_key(api_key_id: UUID, principal: CurrentPrincipal) -> ApiKeyOut:
     """Your own keys with the write scope; anyone's with the admin scope. A key
     cannot revoke itself (409): revoke it with another key, so a client cannot
     lock itself out by mistake."""

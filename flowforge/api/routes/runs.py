@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge import runs
-from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -191,7 +191,6 @@ RUN_LOCATION = {
 async def trigger_run(
     workflow_id: UUID,
     response: Response,
-    transaction: Transaction,
     principal: CurrentPrincipal,
     body: RunTrigger | None = None,
     idempotency_key: IdempotencyKey = None,
@@ -260,7 +259,7 @@ TRANSITION_RESPONSES = error_responses(404, 409)
     description=LIFECYCLE,
     responses=TRANSITION_RESPONSES,
 )
-async def start_run(run_id: UUID, transaction: Transaction, principal: CurrentPrincipal) -> RunOut:
+async def start_run(run_id: UUID, principal: CurrentPrincipal) -> RunOut:
     return await _transition(principal, run_id, "start")
 
 
@@ -272,7 +271,6 @@ async def start_run(run_id: UUID, transaction: Transaction, principal: CurrentPr
 )
 async def complete_run(
     run_id: UUID,
-    transaction: Transaction,
     principal: CurrentPrincipal,
     body: RunComplete | None = None,
 ) -> RunOut:
@@ -286,9 +284,7 @@ async def complete_run(
     description=LIFECYCLE,
     responses=TRANSITION_RESPONSES,
 )
-async def fail_run(
-    run_id: UUID, body: RunFail, transaction: Transaction, principal: CurrentPrincipal
-) -> RunOut:
+async def fail_run(run_id: UUID, body: RunFail, principal: CurrentPrincipal) -> RunOut:
     return await _transition(principal, run_id, "fail", error=body.error)
 
 
@@ -300,7 +296,6 @@ async def fail_run(
 )
 async def cancel_run(
     run_id: UUID,
-    transaction: Transaction,
     principal: CurrentPrincipal,
     body: RunCancel | None = None,
 ) -> RunOut:
@@ -315,7 +310,7 @@ async def cancel_run(
     responses=TRANSITION_RESPONSES,
 )
 async def append_step_log(
-    run_id: UUID, body: StepLogAppend, transaction: Transaction, principal: CurrentPrincipal
+    run_id: UUID, body: StepLogAppend, principal: CurrentPrincipal
 ) -> StepLogOut:
     """The server numbers attempts per step (1, 2, ...), safely under concurrency,
     and copies the step's name and position into the log. The run must be running
@@ -344,9 +339,7 @@ async def append_step_log(
     ),
     responses=TRANSITION_RESPONSES,
 )
-async def heartbeat(
-    run_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> Response:
+async def heartbeat(run_id: UUID, principal: CurrentPrincipal) -> Response:
     principal.require(Scope.WRITE)
     await runs.heartbeat_run(run_id, owner_id=principal.owner_filter)
     return Response(status_code=204)
@@ -361,7 +354,6 @@ async def finish_step_log(
     run_id: UUID,
     step_log_id: UUID,
     body: StepLogFinish,
-    transaction: Transaction,
     principal: CurrentPrincipal,
 ) -> StepLogOut:
     principal.require(Scope.WRITE)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from flowforge import users
-from flowforge.api.deps import CurrentPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -56,7 +56,7 @@ class UserUpdate(RequestModel):
 
 
 @router.get("/me", summary="Who am I: the key's user, scopes and effective scopes")
-async def me(transaction: Transaction, principal: CurrentPrincipal) -> MeOut:
+async def me(principal: CurrentPrincipal) -> MeOut:
     return MeOut(
         user=UserOut.model_validate(await users.get_user(principal.user_id)),
         api_key_id=principal.key_id,
@@ -71,9 +71,7 @@ async def me(transaction: Transaction, principal: CurrentPrincipal) -> MeOut:
     summary="Create a user",
     responses=error_responses(409),
 )
-async def create_user(
-    body: UserCreate, transaction: Transaction, principal: CurrentPrincipal
-) -> UserOut:
+async def create_user(body: UserCreate, principal: CurrentPrincipal) -> UserOut:
     """Emails are unique case-insensitively (409 if taken). Give the user a key
     with `POST /api/v1/api-keys` and `user_id`."""
     principal.require_admin()
@@ -83,7 +81,6 @@ async def create_user(
 
 @router.get("/users", summary="List users, newest first")
 async def list_users(
-    transaction: Transaction,
     principal: CurrentPrincipal,
     limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[Cursor, Query()] = None,
@@ -96,7 +93,7 @@ async def list_users(
 
 
 @router.get("/users/{user_id}", summary="Get a user", responses=error_responses(404))
-async def get_user(user_id: UUID, transaction: Transaction, principal: CurrentPrincipal) -> UserOut:
+async def get_user(user_id: UUID, principal: CurrentPrincipal) -> UserOut:
     principal.require_admin()
     return UserOut.model_validate(await users.get_user(user_id))
 
@@ -112,9 +109,7 @@ async def _update(user_id: UUID, principal: Principal, **changes: Any) -> UserOu
     summary="Change a user's display name or role",
     responses=error_responses(404, 409),
 )
-async def update_user(
-    user_id: UUID, body: UserUpdate, transaction: Transaction, principal: CurrentPrincipal
-) -> UserOut:
+async def update_user(user_id: UUID, body: UserUpdate, principal: CurrentPrincipal) -> UserOut:
     """An admin cannot demote themselves (409)."""
     return await _update(user_id, principal, display_name=body.display_name, role=body.role)
 
@@ -124,9 +119,7 @@ async def update_user(
     summary="Deactivate a user: all their API keys stop working at once",
     responses=error_responses(404, 409),
 )
-async def deactivate_user(
-    user_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> UserOut:
+async def deactivate_user(user_id: UUID, principal: CurrentPrincipal) -> UserOut:
     """Users are deactivated, not deleted: they may own workflows and runs
     (which keep them as owner / trigger). An admin cannot deactivate themselves (409)."""
     return await _update(user_id, principal, is_active=False)
@@ -137,7 +130,5 @@ async def deactivate_user(
     summary="Activate a deactivated user",
     responses=error_responses(404),
 )
-async def activate_user(
-    user_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> UserOut:
+async def activate_user(user_id: UUID, principal: CurrentPrincipal) -> UserOut:
     return await _update(user_id, principal, is_active=True)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from flowforge import workflows
-from flowforge.api.deps import CurrentPrincipal, ReadPrincipal, Transaction
+from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     ActionType,
@@ -157,9 +157,7 @@ def _owner_for_create(principal: Principal, owner_id: UUID | None) -> UUID:
     summary="Create a workflow with its ordered steps",
     responses=error_responses(409),
 )
-async def create_workflow(
-    body: WorkflowCreate, transaction: Transaction, principal: CurrentPrincipal
-) -> WorkflowOut:
+async def create_workflow(body: WorkflowCreate, principal: CurrentPrincipal) -> WorkflowOut:
     """The workflow and all its steps are written together, or nothing is."""
     principal.require(Scope.WRITE)
     workflow = await workflows.create_workflow(
@@ -215,7 +213,7 @@ async def get_workflow(workflow_id: UUID, principal: ReadPrincipal) -> WorkflowO
     responses=error_responses(404, 409),
 )
 async def update_workflow(
-    workflow_id: UUID, body: WorkflowUpdate, transaction: Transaction, principal: CurrentPrincipal
+    workflow_id: UUID, body: WorkflowUpdate, principal: CurrentPrincipal
 ) -> WorkflowOut:
     """Only the fields sent are changed (null means "leave as is")."""
     principal.require(Scope.WRITE)
@@ -232,7 +230,7 @@ async def update_workflow(
     responses=error_responses(404, 409),
 )
 async def replace_steps(
-    workflow_id: UUID, body: StepList, transaction: Transaction, principal: CurrentPrincipal
+    workflow_id: UUID, body: StepList, principal: CurrentPrincipal
 ) -> WorkflowOut:
     """All old steps are removed and the new ones written in one transaction.
     Step logs of past runs are kept: they carry their own copy of the step's
@@ -257,9 +255,7 @@ async def _set_active(principal: Principal, workflow_id: UUID, *, active: bool) 
     summary="Deactivate a workflow: it keeps its runs but cannot be triggered",
     responses=error_responses(404),
 )
-async def deactivate_workflow(
-    workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> WorkflowOut:
+async def deactivate_workflow(workflow_id: UUID, principal: CurrentPrincipal) -> WorkflowOut:
     return await _set_active(principal, workflow_id, active=False)
 
 
@@ -268,9 +264,7 @@ async def deactivate_workflow(
     summary="Activate a deactivated workflow",
     responses=error_responses(404),
 )
-async def activate_workflow(
-    workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> WorkflowOut:
+async def activate_workflow(workflow_id: UUID, principal: CurrentPrincipal) -> WorkflowOut:
     return await _set_active(principal, workflow_id, active=True)
 
 
@@ -286,9 +280,7 @@ async def activate_workflow(
         },
     },
 )
-async def delete_workflow(
-    workflow_id: UUID, transaction: Transaction, principal: CurrentPrincipal
-) -> Response:
+async def delete_workflow(workflow_id: UUID, principal: CurrentPrincipal) -> Response:
     """Deletes the workflow and its steps (ON DELETE CASCADE). A workflow that has
     runs cannot be deleted (`workflow_runs.workflow_id` is ON DELETE RESTRICT: run
     history is an audit record): that is a 409 — deactivate it instead."""
