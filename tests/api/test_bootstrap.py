@@ -197,6 +197,7 @@ COMMANDS = [
     "outbox_requeue",
     "prune",
     "reap",
+    "partitions",
 ]
 
 
