@@ -14,7 +14,6 @@ Logins are Piccolo users (``piccolo_user``, with ``admin`` set), created by
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,7 +24,7 @@ from piccolo_admin.endpoints import TableConfig, create_admin
 from piccolo_api.crud.endpoints import OrderBy
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flowforge.api.errors import error_body
+from flowforge.api.errors import send_error
 from flowforge.db.tables import (
     ApiKey,
     Outbox,
@@ -195,24 +194,13 @@ class SecretColumnGuard:
 
     @staticmethod
     async def _refuse(send: Send, columns: list[str]) -> None:
-        body = json.dumps(
-            error_body(
-                "secret_column",
-                f"Secret columns cannot be sorted, filtered or selected: {', '.join(columns)}.",
-                {"columns": columns},
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 400,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_error(
+            send,
+            400,
+            "secret_column",
+            f"Secret columns cannot be sorted, filtered or selected: {', '.join(columns)}.",
+            {"columns": columns},
         )
-        await send({"type": "http.response.body", "body": body})
 
 
 def build_admin() -> Any:

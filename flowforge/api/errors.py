@@ -11,6 +11,7 @@ with a generic message. Raw database text and tracebacks never reach a client.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Send
 
 from flowforge.errors import (
     CONNECTION_ERRORS,
@@ -47,6 +49,24 @@ STATUS_BY_ERROR: list[tuple[type[AppError], int]] = [
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> None:
+    """Answer with the error shape from raw ASGI middleware (before FastAPI runs)."""
+    body = json.dumps(error_body(code, message, details)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def status_for(error: AppError) -> int:

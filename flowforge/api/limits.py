@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowforge.api.errors import error_body
+from flowforge.api.errors import send_error
 
 MAX_BODY_BYTES = 1_048_576  # 1 MiB: a workflow of 100 steps with 64 KiB configs fits
 
@@ -73,21 +71,10 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            error_body(
-                "payload_too_large",
-                f"The request body is larger than {self.max_bytes} bytes.",
-                {"max_bytes": self.max_bytes},
-            )
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_error(
+            send,
+            413,
+            "payload_too_large",
+            f"The request body is larger than {self.max_bytes} bytes.",
+            {"max_bytes": self.max_bytes},
         )
-        await send({"type": "http.response.body", "body": body})
