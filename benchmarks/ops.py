@@ -378,9 +378,9 @@ def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
     from flowforge.relay import store
 
     async def flowforge(n: int) -> Any:
-        async with DB.transaction() as transaction:
-            events = await store.claim_batch(transaction.connection, DRAIN_BATCH)
-            await store.mark_published(transaction.connection, [event.id for event in events])
+        async with DB.transaction():
+            events = await store.claim_batch(DRAIN_BATCH)
+            await store.mark_published([event.id for event in events])
             return len(events)
 
     async def floor(n: int) -> Any:

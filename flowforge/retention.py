@@ -18,8 +18,9 @@ still kept, the default partitions, and ``workflow_runs``, which is not
 partitioned: decision 12).
 
 Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
-transaction; rows another session has locked are skipped (SKIP LOCKED) and
-left for the next run, so pruning never waits on the API or the relay and
+transaction (:func:`prune` opens one per batch; :func:`prune_outbox_batch`
+and :func:`prune_runs_batch` run in the caller's); rows another session has
+locked are skipped (SKIP LOCKED) and left for the next run, so pruning never waits on the API or the relay and
 never holds locks for long. A retention of 0 keeps that history forever.
 Pruning is not a domain change: it emits no events.
 """
@@ -29,8 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, LiteralString
 
+from piccolo.columns.combination import And, Where
+
 from flowforge import metrics, partitions
 from flowforge.db.engine import DB
+from flowforge.db.queries import ago
+from flowforge.db.tables import TERMINAL_RUN_STATUSES, Outbox, RunStepLog, WorkflowRun
 from flowforge.logs import get_logger
 from flowforge.settings import Settings
 
@@ -76,19 +81,50 @@ deleted AS (
 SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-COUNT_OUTBOX: Final[LiteralString] = """
-SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
-"""
 
-COUNT_RUNS: Final[LiteralString] = """
-WITH doomed AS (
-    SELECT id FROM workflow_runs
-    WHERE status IN ('completed', 'failed', 'cancelled')
-        AND finished_at < now() - make_interval(secs => $1::float8)
-)
-SELECT (SELECT count(*) FROM doomed) AS runs,
-    (SELECT count(*) FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)) AS step_logs
-"""
+# -- what a dry run counts: the same rows as the batches above, on the builder --
+
+
+def expired_events(keep_seconds: float) -> Where:
+    """Published events past retention (``outbox_published_at_idx``)."""
+    return Outbox.published_at < ago(keep_seconds)
+
+
+def expired_runs(keep_seconds: float) -> And:
+    """Finished runs past retention (``workflow_runs_terminal_finished_at_idx``)."""
+    return WorkflowRun.status.is_in(sorted(TERMINAL_RUN_STATUSES)) & (
+        WorkflowRun.finished_at < ago(keep_seconds)
+    )
+
+
+async def count_expired_events(keep_seconds: float) -> int:
+    """What a dry run would prune from the outbox; in the caller's transaction."""
+    DB.require_transaction()
+    return await Outbox.count().where(expired_events(keep_seconds))
+
+
+async def count_expired_runs(keep_seconds: float) -> tuple[int, int]:
+    """``(runs, their step logs)`` a dry run would prune; in the caller's transaction."""
+    DB.require_transaction()
+    runs = await WorkflowRun.count().where(expired_runs(keep_seconds))
+    step_logs = await RunStepLog.count().where(
+        RunStepLog.run_id.is_in(WorkflowRun.select(WorkflowRun.id).where(expired_runs(keep_seconds)))
+    )
+    return runs, step_logs
+
+
+async def prune_outbox_batch(keep_seconds: float, batch_size: int) -> int:
+    """Delete up to `batch_size` expired published events; in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    return int(await connection.fetchval(PRUNE_OUTBOX, keep_seconds, batch_size))
+
+
+async def prune_runs_batch(keep_seconds: float, batch_size: int) -> tuple[int, int]:
+    """Delete up to `batch_size` expired finished runs (their step logs cascade);
+    ``(runs, step logs)``. In the caller's transaction."""
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(PRUNE_RUNS, keep_seconds, batch_size)
+    return int(row["runs"]), int(row["step_logs"])
 
 
 @dataclass
@@ -121,7 +157,11 @@ class PruneReport:
 
 
 async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
-    """Delete expired history per the retention settings; idempotent."""
+    """Delete expired history per the retention settings; idempotent.
+
+    A job of several units of work: call it outside a transaction (each batch
+    commits before the next).
+    """
     report = PruneReport(dry_run=dry_run)
     batch = settings.prune_batch_size
     report.partition_report = await partitions.drop_expired(
@@ -132,10 +172,12 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     if settings.outbox_retention_days > 0:
         keep = settings.outbox_retention_days * DAY_SECONDS
         if dry_run:
-            report.outbox_events = int((await DB.fetch(COUNT_OUTBOX, keep))[0][0])
+            async with DB.transaction():
+                report.outbox_events = await count_expired_events(keep)
         else:
             while True:
-                deleted = int((await DB.fetch(PRUNE_OUTBOX, keep, batch))[0][0])
+                async with DB.transaction():
+                    deleted = await prune_outbox_batch(keep, batch)
                 report.outbox_events += deleted
                 metrics.PRUNED_ROWS.labels(kind="outbox_events").inc(deleted)
                 if deleted < batch:
@@ -143,16 +185,17 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     if settings.run_retention_days > 0:
         keep = settings.run_retention_days * DAY_SECONDS
         if dry_run:
-            row = (await DB.fetch(COUNT_RUNS, keep))[0]
-            report.runs, report.step_logs = int(row["runs"]), int(row["step_logs"])
+            async with DB.transaction():
+                report.runs, report.step_logs = await count_expired_runs(keep)
         else:
             while True:
-                row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
-                report.runs += int(row["runs"])
-                report.step_logs += int(row["step_logs"])
-                metrics.PRUNED_ROWS.labels(kind="runs").inc(row["runs"])
-                metrics.PRUNED_ROWS.labels(kind="step_logs").inc(row["step_logs"])
-                if row["runs"] < batch:
+                async with DB.transaction():
+                    runs, step_logs = await prune_runs_batch(keep, batch)
+                report.runs += runs
+                report.step_logs += step_logs
+                metrics.PRUNED_ROWS.labels(kind="runs").inc(runs)
+                metrics.PRUNED_ROWS.labels(kind="step_logs").inc(step_logs)
+                if runs < batch:
                     break
     logger.info(
         "retention.pruned",

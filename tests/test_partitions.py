@@ -34,15 +34,17 @@ async def tidy_partitions() -> AsyncIterator[None]:
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
     await support.drop_empty_past_partitions()
     for spec in partitions.SPECS:  # far-future ones a test made
-        for partition in await partitions.partitions(DB.pool, spec):
+        async with DB.transaction():
+            found = await partitions.partitions(spec)
+        for partition in found:
             far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=200)
             if partition.lower is not None and partition.lower > far:
                 await DB.fetch(f"DROP TABLE {partition.name}")
 
 
 async def names(spec: partitions.Spec) -> set[str]:
-    assert DB.pool is not None
-    return {p.name for p in await partitions.partitions(DB.pool, spec)}
+    async with DB.transaction():
+        return {p.name for p in await partitions.partitions(spec)}
 
 
 async def where_is(table: str, key: str, value: Any) -> str:

@@ -234,15 +234,17 @@ async def test_failing_aggregate_backs_off_then_is_dead_lettered_and_holds_only_
         == 0
     )
 
-    health = await outbox_health()
+    async with DB.transaction():
+        health = await outbox_health()
+        status = await outbox_status()
     assert health["dead_lettered"] == 1 and health["lag_seconds"] > 0  # the held event
-    status = await outbox_status()
     assert (status["unpublished"], status["held_behind_dead_letters"]) == (1, 1)
     assert status["dead_letters"][0]["id"] == str(bad_head["id"])
     assert status["dead_letters"][0]["last_error"] == "broker said no"
 
     # Requeued once the broker accepts them: both go, in order.
-    assert await requeue_dead_letters([bad_head["id"]]) == 1
+    async with DB.transaction():
+        assert await requeue_dead_letters([bad_head["id"]]) == 1
     publisher.failing.clear()
     relay = Relay(settings, publisher)
     try:
@@ -251,7 +253,8 @@ async def test_failing_aggregate_backs_off_then_is_dead_lettered_and_holds_only_
         await publisher.close()
     assert result.published == 2
     assert await rs.unpublished() == 0
-    assert (await outbox_health()) == {"lag_seconds": 0.0, "dead_lettered": 0}
+    async with DB.transaction():
+        assert (await outbox_health()) == {"lag_seconds": 0.0, "dead_lettered": 0}
 
 
 async def _row(event_id: uuid.UUID) -> asyncpg.Record:
@@ -527,8 +530,8 @@ async def test_claiming_stays_index_driven_when_statistics_say_nothing_waits() -
         for node in lookups:
             assert "aggregate_id" in str(node.get("Index Cond", "")), node
 
-    async with DB.transaction() as transaction:
-        events = await store.claim_batch(transaction.connection, 500)
+    async with DB.transaction():
+        events = await store.claim_batch(500)
     assert len(events) == 500
     # The work done, not the time taken: rows the claim reads from the outbox
     # (the anti-join read the whole backlog per candidate: ~500 x 10,000).

@@ -11,6 +11,8 @@ statement at run time. Two things it does not say on its own:
 * :func:`page_after`: the keyset condition ``(created_at, id) < (cursor)`` as a row
   comparison, which PostgreSQL uses as one index condition on the
   ``(…, created_at, id)`` indexes.
+* :func:`ago`: a moment `seconds` before the transaction's ``now()``, on the
+  server clock (retention cut-offs), like the raw statements write it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ from flowforge.db.engine import DB
 DEFAULT = QueryString("DEFAULT")
 # The transaction's timestamp, as a value in an UPDATE (server clock, like DEFAULT).
 NOW = QueryString("now()")
+
+
+def ago(seconds: float) -> QueryString:
+    """``now() - make_interval(secs => seconds)``: a cut-off on the server clock."""
+    return QueryString("now() - make_interval(secs => {}::float8)", seconds)
 
 T = TypeVar("T", bound=Table)
 
@@ -109,10 +116,6 @@ class Compiled:
         connection = DB.require_transaction().connection
         rows = await connection.fetch(self.sql, *self.arguments(values))
         return [dict(row) for row in rows]
-
-    async def fetch_outside_transaction(self, **values: Any) -> list[dict[str, Any]]:
-        """Rows as dicts, on a pooled connection of their own (probes, status)."""
-        return [dict(row) for row in await DB.fetch(self.sql, *self.arguments(values))]
 
     async def first(self, **values: Any) -> dict[str, Any] | None:
         rows = await self.fetch(**values)
