@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 from typing import Any, Final, LiteralString
 
+from piccolo.query.methods.select import Select
+
 from flowforge.db.engine import DB
 from flowforge.db.tables import Outbox
 
@@ -53,11 +55,10 @@ SELECT
 LAST_ERROR_SHOWN_CHARS = 300
 
 
-async def dead_letters(limit: int) -> list[dict[str, Any]]:
+def dead_letters_query(limit: int) -> Select[Outbox]:
     """The oldest dead letters first (``outbox_dead_lettered_idx``)."""
-    DB.require_transaction()
-    rows: list[dict[str, Any]] = (
-        await Outbox.select(
+    return (
+        Outbox.select(
             Outbox.id,
             Outbox.aggregate_type,
             Outbox.aggregate_id,
@@ -70,6 +71,12 @@ async def dead_letters(limit: int) -> list[dict[str, Any]]:
         .order_by(Outbox.dead_lettered_at)
         .limit(limit)
     )
+
+
+async def dead_letters(limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` dead letters, oldest first, each error cut to its start."""
+    DB.require_transaction()
+    rows: list[dict[str, Any]] = await dead_letters_query(limit)
     for row in rows:
         if row["last_error"] is not None:
             row["last_error"] = row["last_error"][:LAST_ERROR_SHOWN_CHARS]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Final, LiteralString
 
 from piccolo.columns.combination import And, Where
+from piccolo.query.methods.count import Count
 
 from flowforge import metrics, partitions
 from flowforge.db.engine import DB
@@ -97,20 +98,31 @@ def expired_runs(keep_seconds: float) -> And:
     )
 
 
+def count_queries(keep_seconds: float) -> tuple[Count, Count, Count]:
+    """Counting expired events, runs, and those runs' step logs (a dry run)."""
+    return (
+        Outbox.count().where(expired_events(keep_seconds)),
+        WorkflowRun.count().where(expired_runs(keep_seconds)),
+        RunStepLog.count().where(
+            RunStepLog.run_id.is_in(
+                WorkflowRun.select(WorkflowRun.id).where(expired_runs(keep_seconds))
+            )
+        ),
+    )
+
+
 async def count_expired_events(keep_seconds: float) -> int:
     """What a dry run would prune from the outbox; in the caller's transaction."""
     DB.require_transaction()
-    return await Outbox.count().where(expired_events(keep_seconds))
+    events, _, _ = count_queries(keep_seconds)
+    return int(await events)
 
 
 async def count_expired_runs(keep_seconds: float) -> tuple[int, int]:
     """``(runs, their step logs)`` a dry run would prune; in the caller's transaction."""
     DB.require_transaction()
-    runs = await WorkflowRun.count().where(expired_runs(keep_seconds))
-    step_logs = await RunStepLog.count().where(
-        RunStepLog.run_id.is_in(WorkflowRun.select(WorkflowRun.id).where(expired_runs(keep_seconds)))
-    )
-    return runs, step_logs
+    _, runs, step_logs = count_queries(keep_seconds)
+    return int(await runs), int(await step_logs)
 
 
 async def prune_outbox_batch(keep_seconds: float, batch_size: int) -> int:

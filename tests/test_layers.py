@@ -181,16 +181,19 @@ def connection_misuse(module: str, tree: ast.Module) -> list[str]:
     found = []
     for node in ast.walk(tree):
         where = f"{module}:{getattr(node, 'lineno', '?')}"
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if node.value.id == "DB" and node.attr in {"fetch", "pool", "acquire"}:
-                found.append(f"{where} DB.{node.attr}")
+        is_name_attribute = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        if (
+            is_name_attribute
+            and node.value.id == "DB"
+            and node.attr in {"fetch", "pool", "acquire"}
+        ):
+            found.append(f"{where} DB.{node.attr}")
         if isinstance(node, ast.Attribute) and node.attr == "get_new_connection":
             found.append(f"{where} get_new_connection")
         if module in OWN_CONNECTIONS:
             continue
-        if isinstance(node, ast.Attribute) and node.attr == "connect":
-            if isinstance(node.value, ast.Name) and node.value.id == "asyncpg":
-                found.append(f"{where} asyncpg.connect")
+        if is_name_attribute and node.value.id == "asyncpg" and node.attr == "connect":
+            found.append(f"{where} asyncpg.connect")
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             arguments = node.args
             for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from flowforge import runs as run_operations
 from flowforge.commands import operations as cli
 from flowforge.db.engine import DB
+from flowforge.errors import InvalidTransitionError, NotFoundError
 from flowforge.events import run_payload
 from flowforge.jsonutil import loads
-from flowforge import runs as run_operations
-from flowforge.errors import InvalidTransitionError, NotFoundError
 from flowforge.reaper import reap_stuck_runs
 from flowforge.retention import prune
 from tests import relay_support as rs

@@ -56,7 +56,8 @@ async def _outbox_details() -> dict[str, Any] | str:
     """Outbox lag and dead letters; never decides readiness (see docs/decisions.md, 4)."""
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), DB.transaction():
-            return await outbox_health()
+            health = await outbox_health()
+        return health
     except Exception as error:  # details only: a failure here must not fail the probe
         logger.warning("readyz.outbox_probe_failed", error=describe_error(error))
         return f"error: {type(error).__name__}"

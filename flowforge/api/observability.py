@@ -231,7 +231,8 @@ router = APIRouter()
 async def _probe_outbox() -> dict[str, Any] | None:
     try:
         async with asyncio.timeout(OUTBOX_PROBE_TIMEOUT_SECONDS), DB.transaction():
-            return await outbox_health()
+            health = await outbox_health()
+        return health
     except Exception as error:  # a scrape reports the failure; it never fails
         logger.warning("metrics.outbox_probe_failed", error=describe_error(error))
         return None

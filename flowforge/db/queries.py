@@ -41,6 +41,7 @@ def ago(seconds: float) -> QueryString:
     """``now() - make_interval(secs => seconds)``: a cut-off on the server clock."""
     return QueryString("now() - make_interval(secs => {}::float8)", seconds)
 
+
 T = TypeVar("T", bound=Table)
 
 

@@ -220,7 +220,8 @@ class Relay:
         async def probe() -> bool:
             DB.current_transaction.set(None)
             async with DB.transaction():
-                return await store.has_work()
+                found = await store.has_work()
+            return found
 
         return await asyncio.create_task(probe())
 
