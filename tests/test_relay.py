@@ -265,6 +265,24 @@ async def _dead_lettered(event_id: uuid.UUID) -> bool:
     return (await _row(event_id))["dead_lettered_at"] is not None
 
 
+async def test_the_status_lists_dead_letters_oldest_first_with_the_start_of_their_error() -> None:
+    for age, error in ((5, "x" * 1000), (60, "older")):
+        await DB.fetch(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, attempts, "
+            "dead_lettered_at, last_error) "
+            "VALUES ('test', gen_random_uuid(), 'test.dead', 3, "
+            "now() - make_interval(secs => $1), $2)",
+            float(age),
+            error,
+        )
+    async with DB.transaction():
+        status = await outbox_status(dead_letter_limit=5)
+        (only,) = (await outbox_status(dead_letter_limit=1))["dead_letters"]
+    assert [item["last_error"] for item in status["dead_letters"]] == ["older", "x" * 300]
+    assert only["last_error"] == "older" and only["attempts"] == 3
+    assert status["dead_lettered"] == 2
+
+
 async def test_a_redis_error_on_one_stream_fails_only_that_aggregate_type(
     redis_prefix: str,
 ) -> None:
