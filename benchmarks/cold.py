@@ -1,8 +1,8 @@
 """Cold paths moved to Piccolo's query builder, against their previous raw SQL.
 
 Issue 10 moved users, key management, workflow CRUD, readiness, the
-error-path lookups, the outbox's dead-letter list and the dry-run count of
-expired events from raw SQL to the query builder; the target is at most
+error-path lookups, the outbox's dead-letter list, the dry-run count of
+expired events and the relay's idle probe from raw SQL to the query builder; the target is at most
 1.5x their previous cost. Here the "floor" side of each comparison is the
 previous implementation (the raw SQL as it was, copied below), run through
 the same engine and transaction as the new one, so the ratio is the builder's
@@ -78,6 +78,12 @@ FROM outbox
 WHERE dead_lettered_at IS NOT NULL
 ORDER BY dead_lettered_at
 LIMIT $1
+"""
+PREVIOUS_HAS_WORK = """
+SELECT EXISTS (
+    SELECT 1 FROM outbox
+    WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
+)
 """
 PREVIOUS_COUNT_OUTBOX = """
 SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
@@ -312,6 +318,22 @@ def dead_letters(ctx: Any) -> tuple[Operation, Operation]:
     return builder, previous
 
 
+def relay_has_work(ctx: Any) -> tuple[Operation, Operation]:
+    """The idle relay's poll: is any event due?"""
+    from flowforge.db.engine import DB
+    from flowforge.relay import store
+
+    async def builder(n: int) -> Any:
+        async with DB.transaction():
+            return await store.has_work()
+
+    async def previous(n: int) -> Any:
+        async with DB.transaction() as transaction:
+            return bool(await transaction.connection.fetchval(PREVIOUS_HAS_WORK))
+
+    return builder, previous
+
+
 def _a_day_past_retention() -> float:
     """A retention that leaves one day of the data set's history expired: what a
     daily `prune --dry_run` finds (the data set's runs span the 90 days before
@@ -352,4 +374,5 @@ COLD_OPERATIONS = {
     "cold:readiness_migrations": readiness_migrations,
     "cold:dead_letters": dead_letters,
     "cold:count_expired_events": count_expired_events,
+    "cold:relay_has_work": relay_has_work,
 }

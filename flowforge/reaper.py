@@ -55,6 +55,9 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
+# The two step-log updates stay raw: one array parameter for the whole batch
+# (up to 500 runs). The builder's is_in binds a parameter per run, a new
+# statement per batch size, and Piccolo itself warns above 100 values.
 FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2

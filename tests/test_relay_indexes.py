@@ -188,7 +188,8 @@ async def test_marking_uses_the_primary_key() -> None:
 
 
 async def test_the_idle_probe_and_readyz_details_are_index_probes() -> None:
-    assert_uses(await plan(store.HAS_WORK), "outbox_claim_idx")
+    sql, args = store.due_events_exist().querystrings[0].compile_string("postgres")
+    assert_uses(await plan(sql, *args), "outbox_claim_idx")
     assert_uses(await plan(status.HEALTH), "outbox_claim_idx", "outbox_dead_lettered_idx")
     sql, args = status.dead_letters_query(20).querystrings[0].compile_string("postgres")
     assert_uses(await plan(sql, *args), "outbox_dead_lettered_idx")

@@ -1,4 +1,5 @@
-"""The relay's SQL: claim a batch, mark it, and the cheap "anything to do?" probe.
+"""The relay's SQL: claim a batch, mark it, and the cheap "anything to do?" probe
+(the one plain query here, on the query builder).
 
 Ordering rule: events of one aggregate are published in ``seq`` order, which
 for one aggregate is commit order (``seq`` is taken at INSERT time and the
@@ -24,7 +25,11 @@ from collections.abc import Sequence
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from piccolo.query.methods.exists import Exists
+
 from flowforge.db.engine import DB
+from flowforge.db.queries import NOW, compiled
+from flowforge.db.tables import Outbox
 from flowforge.relay.event import OutboxEvent
 
 
@@ -113,14 +118,6 @@ RETURNING o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts,
     o.dead_lettered_at IS NOT NULL AS dead_lettered
 """
 
-# Idle probe: one index probe of outbox_claim_idx.
-HAS_WORK: Final[LiteralString] = """
-SELECT EXISTS (
-    SELECT 1 FROM outbox
-    WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
-)
-"""
-
 LAST_ERROR_MAX_CHARS = 2000
 
 
@@ -195,6 +192,16 @@ async def mark_failed(
     return rows
 
 
+def due_events_exist() -> Exists[Outbox]:
+    """Is any event due? One index probe of ``outbox_claim_idx``."""
+    return Outbox.exists().where(
+        Outbox.published_at.is_null(),
+        Outbox.dead_lettered_at.is_null(),
+        Outbox.next_attempt_at <= NOW,
+    )
+
+
 async def has_work() -> bool:
-    """Is any event due? The idle relay's poll."""
-    return bool(await DB.require_transaction().connection.fetchval(HAS_WORK))
+    """The idle relay's poll, in the caller's transaction."""
+    row = await compiled("relay.has_work", due_events_exist).first()
+    return row is not None and bool(row["exists"])
