@@ -134,7 +134,8 @@ def compiled(key: Hashable, build: Callable[[], Query[Any, Any] | Proxy[Any, Any
     indexed read itself. `build` uses :class:`Param` where a value goes and
     `key` names everything else that shapes the SQL (which filters, the
     limit). The SQL is still Piccolo's, from the Table classes: a renamed
-    column fails at the first call (and in tests/test_sql_statements.py).
+    column is renamed in it too, and a Table that its migrations do not match
+    fails the drift test (tests/test_migrations.py).
     """
     found = _COMPILED.get(key)
     if found is None:
@@ -144,8 +145,3 @@ def compiled(key: Hashable, build: Callable[[], Query[Any, Any] | Proxy[Any, Any
         sql, template = query.querystrings[0].compile_string("postgres")
         found = _COMPILED[key] = Compiled(sql, tuple(template))
     return found
-
-
-def compiled_statements() -> list[LiteralString]:
-    """Every SQL text compiled so far (tests prepare them against the schema)."""
-    return [item.sql for item in _COMPILED.values()]
