@@ -58,7 +58,7 @@ SELECT count(*) FROM deleted
 """  # noqa: S608 - composed from constants; values are bind parameters
 
 OLD_FINISHED_RUNS: Final[LiteralString] = """
-SELECT id FROM workflow_runs
+SELECT id, created_at FROM workflow_runs
 WHERE status IN ('completed', 'failed', 'cancelled')
     AND finished_at < now() - make_interval(secs => $1::float8)
 ORDER BY finished_at
@@ -66,16 +66,31 @@ LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 
+# The step logs go by ON DELETE CASCADE. They are counted with the batch's
+# run_created_at range too: run_step_logs is partitioned by it, and without it
+# the count probes every partition's index (with it, only the batch's months).
 PRUNE_RUNS: Final[LiteralString] = f"""
 WITH doomed AS ({OLD_FINISHED_RUNS}),
 logs AS (
-    SELECT count(*) AS n FROM run_step_logs WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
+    SELECT count(*) AS n FROM run_step_logs
+    WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
+        AND run_created_at >= (SELECT min(created_at) FROM doomed)
+        AND run_created_at <= (SELECT max(created_at) FROM doomed)
 ),
 deleted AS (
     DELETE FROM workflow_runs WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
 )
 SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 """  # noqa: S608 - composed from constants; values are bind parameters
+
+# For the run batches' transaction. The cascade runs one statement per deleted
+# run, "DELETE FROM run_step_logs WHERE $1 = run_id AND $2 = run_created_at",
+# through a cached plan. On a partitioned table the plan cache finds a custom
+# plan cheaper than the generic one and re-plans that statement for every run
+# (measured with auto_explain: 0.01 ms to run, the rest planning; 60-150 ms of
+# trigger time per 1,000 runs against 7-15 ms before partitioning). A generic
+# plan prunes the partitions at execution time instead.
+GENERIC_PLANS: Final[LiteralString] = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 # The exact rows of one time partition, read through the partitioned table
 # with that partition's bounds (partition pruning scans only that partition).
@@ -180,7 +195,9 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
             report.runs, report.step_logs = int(row["runs"]), int(row["step_logs"])
         else:
             while True:
-                row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
+                async with DB.transaction():
+                    await DB.fetch(GENERIC_PLANS)
+                    row = (await DB.fetch(PRUNE_RUNS, keep, batch))[0]
                 report.runs += int(row["runs"])
                 report.step_logs += int(row["step_logs"])
                 metrics.PRUNED_ROWS.labels(kind="runs").inc(row["runs"])
