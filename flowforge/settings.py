@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     database_replica_urls: str | None = Field(
         default=None, validation_alias="DATABASE_REPLICA_URLS"
     )
+    # What sits in front of the replicas: `transaction` when the replica URLs go
+    # through a transaction-mode pooler; unset: the same as DATABASE_POOLER.
+    database_replica_pooler: PoolerMode | None = Field(
+        default=None, validation_alias="DATABASE_REPLICA_POOLER"
+    )
     # A replica further behind the primary than this many seconds is skipped.
     replica_max_lag: float = Field(
         default=10.0, gt=0, le=86400, validation_alias="REPLICA_MAX_LAG_SECONDS"
@@ -230,7 +235,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "relay_metrics_port", mode="before")
+    @field_validator("log_format", "relay_metrics_port", "database_replica_pooler", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and value.strip() == "" else value
@@ -274,6 +279,27 @@ class Settings(BaseSettings):
         if self.database_replica_urls is None:
             return []
         return [url.strip() for url in self.database_replica_urls.split(",") if url.strip()]
+
+    @property
+    def replica_pooler(self) -> PoolerMode:
+        """The pooler in front of the replicas (DATABASE_REPLICA_POOLER, else DATABASE_POOLER)."""
+        if self.database_replica_pooler is not None:
+            return self.database_replica_pooler
+        return self.database_pooler
+
+    @model_validator(mode="after")
+    def _check_replica_settings(self) -> Self:
+        if self.database_replica_pooler is not None and not self.replica_urls:
+            raise ValueError(
+                "DATABASE_REPLICA_POOLER is set but DATABASE_REPLICA_URLS is not: "
+                "set the replica URLs, or unset DATABASE_REPLICA_POOLER"
+            )
+        if self.database_url is not None and self.database_url.strip() in self.replica_urls:
+            raise ValueError(
+                "DATABASE_REPLICA_URLS contains DATABASE_URL itself: a replica URL must "
+                "reach a streaming standby (directly or through its own pooler)"
+            )
+        return self
 
     @field_validator("admin_password", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -69,6 +70,9 @@ def write_config(directory: Path, server_url: str, port: int, pool_size: int = 2
                 "pool_mode = transaction",
                 "max_client_conn = 2000",
                 f"default_pool_size = {pool_size}",
+                # Retry a failed server login after 1 s, not 15: a restarted
+                # server (a replica) is used again promptly.
+                "server_login_retry = 1",
                 f"max_db_connections = {pool_size}",
                 f"logfile = {directory / 'pgbouncer.log'}",
                 f"pidfile = {directory / 'pgbouncer.pid'}",
@@ -133,14 +137,33 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+@dataclass
+class RunningBouncer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """SIGKILL: every client connection drops at once, nothing is flushed."""
+        self.process.kill()
+        self.process.wait()
+
+
 @contextlib.asynccontextmanager
-async def pgbouncer(server_url: str, pool_size: int = 20) -> AsyncIterator[int]:
-    """Run PgBouncer (transaction mode) in front of `server_url`'s server; yields its port."""
+async def running_pgbouncer(server_url: str, pool_size: int = 20) -> AsyncIterator[RunningBouncer]:
+    """Run PgBouncer (transaction mode) in front of `server_url`'s server."""
     with tempfile.TemporaryDirectory(prefix="ff-pgbouncer-") as tmp:
         directory = Path(tmp)
         process, port = _start(directory, server_url, pool_size)
         try:
             await _wait_until_accepting(via(port, server_url), process, directory / "pgbouncer.log")
-            yield port
+            yield RunningBouncer(port, process)
         finally:
-            _stop(process)
+            if process.poll() is None:
+                _stop(process)
+
+
+@contextlib.asynccontextmanager
+async def pgbouncer(server_url: str, pool_size: int = 20) -> AsyncIterator[int]:
+    """Run PgBouncer (transaction mode) in front of `server_url`'s server; yields its port."""
+    async with running_pgbouncer(server_url, pool_size) as bouncer:
+        yield bouncer.port

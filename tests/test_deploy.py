@@ -131,3 +131,88 @@ def test_the_ci_smoke_builds_the_wheel_from_what_the_image_copies() -> None:
 def test_the_docker_context_leaves_out_local_state_and_secrets() -> None:
     ignored = set((REPO_ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".flowforge", ".env", "tests"} <= ignored
+
+
+# -- the optional `scale` profile: PgBouncer and a streaming replica ---------------
+
+SCALE = {"replica", "pgbouncer", "pgbouncer-replica", "app-scaled", "relay-scaled"}
+
+
+def interpolated(value: str) -> str:
+    """`value` with compose's ${VAR...} replaced by what a .env would give."""
+    env = {"POSTGRES_USER": "flowforge", "POSTGRES_PASSWORD": "pw", "POSTGRES_DB": "flowforge"}
+    return re.sub(r"\$\{(\w+)[^}]*\}", lambda match: env.get(match[1], ""), value)
+
+
+def test_the_default_stack_is_unchanged_by_the_scale_profile() -> None:
+    services = compose()["services"]
+    default = {name for name, service in services.items() if "profiles" not in service}
+    assert default == {"db", "redis", "migrate", "app", "relay"}
+    assert {name for name, service in services.items() if service.get("profiles")} == SCALE
+    for name in SCALE:
+        assert services[name]["profiles"] == ["scale"]
+    # Migrations always run direct, never through the pooler.
+    assert "@db:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
+    assert "DATABASE_POOLER" not in services["migrate"]["environment"]
+
+
+def test_the_scaled_app_goes_through_pgbouncer_and_reads_from_the_replica() -> None:
+    from flowforge.settings import PoolerMode, Settings
+
+    services = compose()["services"]
+    env = services["app-scaled"]["environment"]
+    assert "@pgbouncer:6432/" in env["DATABASE_URL"]
+    assert env["DATABASE_POOLER"] == "transaction"
+    assert "@pgbouncer-replica:6432/" in env["DATABASE_REPLICA_URLS"]
+    # The settings FlowForge would build from it are valid and what they say.
+    settings = Settings(
+        database_url=interpolated(env["DATABASE_URL"]),
+        database_pooler=env["DATABASE_POOLER"],
+        database_replica_urls=interpolated(env["DATABASE_REPLICA_URLS"]),
+    )
+    assert settings.replica_pooler is PoolerMode.TRANSACTION
+    assert services["app-scaled"]["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+    assert services["app-scaled"]["depends_on"]["pgbouncer"] == {"condition": "service_healthy"}
+    # Not the default app's port.
+    assert services["app-scaled"]["ports"] != services["app"]["ports"]
+
+
+def test_the_scaled_relay_listens_on_a_direct_connection() -> None:
+    services = compose()["services"]
+    env = services["relay-scaled"]["environment"]
+    assert "@pgbouncer:6432/" in env["DATABASE_URL"] and env["DATABASE_POOLER"] == "transaction"
+    assert env["RELAY_LISTEN_DATABASE_URL"] == services["relay"]["environment"]["DATABASE_URL"]
+    assert "@db:5432/" in env["RELAY_LISTEN_DATABASE_URL"]
+    assert services["relay-scaled"]["command"] == ["piccolo", "flowforge", "relay"]
+
+
+def test_pgbouncers_run_in_transaction_mode_in_front_of_primary_and_replica() -> None:
+    services = compose()["services"]
+    for name, server in (("pgbouncer", "db"), ("pgbouncer-replica", "replica")):
+        env = services[name]["environment"]
+        assert (env["DB_HOST"], env["POOL_MODE"], env["LISTEN_PORT"]) == (
+            server,
+            "transaction",
+            "6432",
+        )
+        assert env["DB_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+        assert services[name]["depends_on"] == {server: {"condition": "service_healthy"}}
+        assert "pg_isready" in services[name]["healthcheck"]["test"]
+
+
+def test_the_replica_is_a_base_backup_of_the_healthy_primary() -> None:
+    services = compose()["services"]
+    replica = services["replica"]
+    assert replica["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert replica["image"] == services["db"]["image"]  # same major version
+    command = " ".join(replica["command"])
+    assert "pg_basebackup -h db -p 5432" in command and " -R " in command
+    assert "hot_standby=on" in command
+    assert replica["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "replicadata" in compose()["volumes"]
+    # The primary lets it replicate: an init script adds the pg_hba line.
+    mounts = services["db"]["volumes"]
+    script = next(m for m in mounts if "docker-entrypoint-initdb.d" in m).split(":")[0]
+    assert "host replication all all scram-sha-256" in (REPO_ROOT / script).read_text()

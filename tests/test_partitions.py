@@ -263,6 +263,46 @@ async def test_prune_drops_only_partitions_whose_every_row_expired() -> None:
     assert running in runs and finished_next not in runs and len(runs) == 1
 
 
+def pruned_samples() -> dict[str, float]:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from tests.metrics_support import parse
+
+    samples = parse(generate_latest(REGISTRY).decode())
+    return {k: v for k, v in samples.items() if k.startswith("flowforge_pruned_rows_total")}
+
+
+async def test_rows_of_dropped_partitions_count_as_pruned(database_url: str) -> None:
+    """flowforge_pruned_rows_total and prune's output include the exact rows of the
+    partitions it drops (not the statistics' estimate: never analyzed here)."""
+    now = datetime.datetime.now(datetime.UTC)
+    old = partitions.period_start(now - 20 * DAY, "day")
+    for minute in range(5):
+        at = old + datetime.timedelta(minutes=minute)
+        await insert_event(at, at + datetime.timedelta(seconds=1))
+    month = partitions.period_start(now, "month", -5)
+    for day in range(3):
+        await make_run(month + day * DAY)  # a finished run with one step log each
+    await partitions.ensure(partitions.MaintenanceReport())
+    expected = {"outbox": 5, "run_step_logs": 3}
+
+    dry = support.piccolo("flowforge", "prune", "--dry_run", database_url=database_url)
+    assert "would drop 2 expired partitions (5 events, 3 step logs)" in dry.stdout, dry.stdout
+
+    before = pruned_samples()
+    report = await prune(get_settings())
+    assert report.partition_report is not None and len(report.partition_report.dropped) == 2
+    assert report.partition_rows == expected
+    assert "dropped 2 expired partitions (5 events, 3 step logs)" in report.describe()
+    after = pruned_samples()
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert delta['flowforge_pruned_rows_total{kind="outbox_events"}'] == 5
+    # The runs go row by row after their step logs' partition: counted once each.
+    assert delta['flowforge_pruned_rows_total{kind="step_logs"}'] == 3
+    assert delta['flowforge_pruned_rows_total{kind="runs"}'] == 3
+    assert (await DB.fetch("SELECT count(*) FROM workflow_runs"))[0][0] == 0
+
+
 async def test_detach_keeps_expired_partitions_as_plain_tables(database_url: str) -> None:
     old = partitions.period_start(datetime.datetime.now(datetime.UTC) - 30 * DAY, "day")
     await insert_event(old, old + datetime.timedelta(minutes=1))

@@ -11,6 +11,7 @@ the response had gone out, and a failed commit would reach the client as 200.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -107,17 +108,55 @@ def _consistency_token(request: Request) -> int | None:
         ) from None
 
 
+async def _begin_on_replica(replica: replicas.Replica, token: int | None) -> SafeTransaction | None:
+    """The read's transaction on `replica`, or None when its server has not
+    replayed past `token` yet (the read then goes to the primary).
+
+    Starting is bounded by ``DB_CONNECT_TIMEOUT``: behind PgBouncer a replica
+    that just died makes a BEGIN wait in the pooler's queue (for its
+    ``query_wait_timeout``) instead of failing, and that read belongs on the
+    primary. A failure raises ReplicaLostError: the GET is replayed on the primary.
+    """
+    transaction = DB.transaction(source=replica.engine)
+    try:
+        async with asyncio.timeout(replica.engine.settings.connect_timeout):
+            await transaction.__aenter__()
+    except replicas.UNREACHABLE as error:
+        # Down since its last check: this read goes to the primary instead.
+        replica.mark_down(f"unreachable ({type(error).__name__})")
+        replica.failures += 1
+        raise replicas.ReplicaLostError(replica.name) from error
+    if token is None:
+        return transaction
+    try:
+        caught_up = await replicas.replayed_past(token)
+        if not caught_up:
+            await transaction.__aexit__(None, None, None)
+    except BaseException as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        if isinstance(error, REPLICA_FAILURES):
+            replica.mark_down(f"connection lost ({type(error).__name__})")
+            replica.failures += 1
+            raise replicas.ReplicaLostError(replica.name) from error
+        raise
+    if not caught_up:
+        replica.behind_token += 1
+        return None
+    return transaction
+
+
 async def read_transaction(
     request: Request,
     response: Response,
     key: Annotated[PresentedKey, Depends(presented_key)],
 ) -> AsyncIterator[Principal]:
     """The caller, and a transaction for a read-only endpoint: on a replica when one
-    is usable (and has replayed past the request's consistency token), else on the
-    primary. Authentication always runs on the primary (see flowforge/db/replicas.py)."""
+    is usable (and has replayed past the request's consistency token, checked in the
+    read's own transaction), else on the primary. Authentication always runs on the
+    primary (see flowforge/db/replicas.py)."""
     token = _consistency_token(request)
     primary_only = request.scope.get("state", {}).get("flowforge_primary_only", False)
-    replica = None if primary_only else replicas.REPLICAS.choose(token)
+    replica = None if primary_only else replicas.REPLICAS.choose()
     async with translated_db_errors():
         if replica is None:
             async with DB.transaction():
@@ -129,14 +168,14 @@ async def read_transaction(
             return
         async with DB.transaction():
             principal = await authenticate(key)
-    try:
-        transaction = DB.transaction(source=replica.engine)
-        await transaction.__aenter__()
-    except replicas.UNREACHABLE as error:
-        # Down since its last check: this read goes to the primary instead.
-        replica.mark_down(f"unreachable ({type(error).__name__})")
-        replica.failures += 1
-        raise replicas.ReplicaLostError(replica.name) from error
+    async with translated_db_errors():
+        transaction = await _begin_on_replica(replica, token)
+    if transaction is None:
+        async with translated_db_errors(), DB.transaction():
+            replicas.REPLICAS.primary_reads += 1
+            response.headers[replicas.SERVED_BY_HEADER] = "primary"
+            yield principal
+        return
     try:
         response.headers[replicas.SERVED_BY_HEADER] = replica.name
         async with translated_db_errors(REPLICA_FAILURES):

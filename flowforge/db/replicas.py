@@ -7,8 +7,14 @@ after the replica's lag), stays on the primary.
 
 Consistency: a write response carries ``X-FlowForge-Consistency: <LSN>``, the
 primary's WAL insert position read right after its COMMIT. A read that sends
-the header back is served by a replica only if that replica is known to have
-replayed past it; otherwise by the primary. Never stale for that client.
+the header back is served by a replica only if the replica's server, asked
+inside the read's own transaction (``pg_last_wal_replay_lsn()``, so it holds
+through a transaction pooler too), has replayed past it; otherwise by the
+primary. Never stale for that client.
+
+Poolers: ``DATABASE_REPLICA_POOLER`` (unset: ``DATABASE_POOLER``) says whether
+the replica URLs go through a transaction-mode pooler; their engines then run
+like the primary's behind one (decision 8).
 
 Health: a monitor checks each replica every ``REPLICA_CHECK_INTERVAL``
 seconds (reachable, in recovery, replayed position, lag). A replica that is
@@ -43,6 +49,15 @@ SELECT pg_is_in_recovery() AS standby,
             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
        END AS lag_seconds
 """
+# Run inside a token read's replica transaction, before its queries: has the
+# server that serves this transaction replayed past the token? Asked there, not
+# taken from the monitor, because behind a transaction pooler (or a DSN listing
+# several hosts) the monitor's connection may reach another server than the
+# read's; inside the transaction it is the read's own server, and a standby's
+# replay position only grows.
+REPLAYED_PAST: Final[LiteralString] = (
+    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false) AS replayed"
+)
 # The primary's current WAL insert position: the consistency token.
 WAL_INSERT_POSITION: Final[LiteralString] = "SELECT pg_current_wal_insert_lsn()::text AS lsn"
 
@@ -88,12 +103,12 @@ class Replica:
     problem: str | None = "not checked yet"
     reads: int = 0
     failures: int = 0
+    # Token reads its server turned down (not replayed that far yet): served by the primary.
+    behind_token: int = 0
     checked_at: float = field(default=0.0)
 
-    def usable(self, max_lag: float, token: int | None) -> bool:
-        if not self.healthy or self.lag_seconds is None or self.lag_seconds > max_lag:
-            return False
-        return token is None or self.replayed >= token
+    def usable(self, max_lag: float) -> bool:
+        return self.healthy and self.lag_seconds is not None and self.lag_seconds <= max_lag
 
     def details(self) -> dict[str, Any]:
         return {
@@ -102,6 +117,7 @@ class Replica:
             "replayed_lsn": format_lsn(self.replayed),
             "reads_served": self.reads,
             "failures": self.failures,
+            "behind_token": self.behind_token,
         }
 
     def mark_down(self, problem: str) -> None:
@@ -118,8 +134,16 @@ class ReplicaSet:
         self.settings = settings
         self.replicas: list[Replica] = []
         for number, url in enumerate(settings.replica_urls, start=1):
+            # DATABASE_REPLICA_POOLER (else DATABASE_POOLER) decides how the
+            # replica's engine talks: behind a transaction pooler no statement
+            # cache, no startup parameters, SET LOCAL timeouts in each BEGIN.
             replica_settings = settings.model_copy(
-                update={"database_url": url, "database_replica_urls": None}
+                update={
+                    "database_url": url,
+                    "database_replica_urls": None,
+                    "database_replica_pooler": None,
+                    "database_pooler": settings.replica_pooler,
+                }
             )
             self.replicas.append(Replica(f"replica{number}", FlowForgeEngine(replica_settings)))
         self.primary_reads = 0
@@ -178,12 +202,19 @@ class ReplicaSet:
             logger.info("replica.up", replica=replica.name)
         replica.healthy, replica.problem = True, None
 
-    def choose(self, token: int | None) -> Replica | None:
-        """A usable replica (round robin) that has replayed past `token`, else None."""
+    def choose(self) -> Replica | None:
+        """A usable replica (round robin), else None.
+
+        A consistency token is not compared with the monitor's last replayed
+        position here: the read's own transaction asks its server
+        (:data:`REPLAYED_PAST`), which is exact, also behind a pooler, and
+        lets a replica serve a read milliseconds after the write instead of
+        after its next check.
+        """
         count = len(self.replicas)
         for offset in range(count):
             replica = self.replicas[(self._next + offset) % count]
-            if replica.usable(self.settings.replica_max_lag, token):
+            if replica.usable(self.settings.replica_max_lag):
                 self._next = (self._next + offset + 1) % count
                 return replica
         return None
@@ -203,6 +234,12 @@ def configure(settings: Settings) -> ReplicaSet:
     global REPLICAS
     REPLICAS = ReplicaSet(settings)
     return REPLICAS
+
+
+async def replayed_past(token: int) -> bool:
+    """In the current (replica) transaction: has its server replayed past `token`?"""
+    connection = DB.require_transaction().connection
+    return bool(await connection.fetchval(REPLAYED_PAST, format_lsn(token)))
 
 
 async def commit_position() -> str | None:
