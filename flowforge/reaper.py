@@ -111,6 +111,7 @@ async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapRe
     A job of several units of work: call it outside a transaction (each batch
     commits before the next is claimed).
     """
+    DB.require_no_transaction("reap_stuck_runs")
     report = ReapReport()
     while True:
         async with DB.transaction():

@@ -202,6 +202,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     A job of several units of work: call it outside a transaction (each batch
     commits before the next).
     """
+    DB.require_no_transaction("prune")
     report = PruneReport(dry_run=dry_run)
     batch = settings.prune_batch_size
     counted = await _count_drop_candidates(settings)

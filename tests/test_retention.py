@@ -345,3 +345,13 @@ async def test_reaper_and_prune_counts_are_exported() -> None:
     assert delta['flowforge_pruned_rows_total{kind="runs"}'] == 1
     assert delta['flowforge_pruned_rows_total{kind="step_logs"}'] == 1
     assert delta['flowforge_pruned_rows_total{kind="outbox_events"}'] == 0
+
+
+async def test_batch_jobs_refuse_to_run_inside_a_transaction(db: None) -> None:
+    # Inside one, every batch would commit only with the caller: the point of
+    # batches (short locks, progress kept on failure) would be lost silently.
+    async with DB.transaction():
+        with pytest.raises(RuntimeError, match="reap_stuck_runs commits batch by batch"):
+            await reap_stuck_runs(60)
+        with pytest.raises(RuntimeError, match="prune commits batch by batch"):
+            await prune(rs.relay_settings())

@@ -291,6 +291,15 @@ class FlowForgeEngine(PostgresEngine):
             raise RuntimeError("this operation must run inside DB.transaction()")
         return cast(SafeTransaction, current)
 
+    def require_no_transaction(self, job: str) -> None:
+        """RuntimeError if a transaction is open: for jobs that commit unit by unit.
+
+        Inside a caller's transaction their ``DB.transaction()`` blocks would
+        nest into it, and every batch would commit (or roll back) only at the end.
+        """
+        if self.current_transaction.get() is not None:
+            raise RuntimeError(f"{job} commits batch by batch: call it outside a transaction")
+
     def transaction(
         self, allow_nested: bool = True, source: FlowForgeEngine | None = None
     ) -> SafeTransaction:
