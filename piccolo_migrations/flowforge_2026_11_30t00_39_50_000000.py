@@ -310,6 +310,15 @@ async def _short(
         return
 
 
+async def _lock(connection: Any, table: Table, mode: str = "ACCESS EXCLUSIVE") -> None:
+    """Lock the table; for step logs workflow_runs first, in the order writers
+    take them (a run, then its logs), so a writer mid-transaction and this step
+    cannot deadlock: dropping or adding the foreign key locks workflow_runs too
+    (ACCESS EXCLUSIVE to drop one)."""
+    tables = "workflow_runs, run_step_logs" if table is STEP_LOGS else table.name
+    await connection.execute(f"LOCK TABLE {tables} IN {mode} MODE")
+
+
 async def _index_concurrently(connection: Any, name: str, table: str, columns: str) -> None:
     """A unique index built without blocking writes; an INVALID one left by an
     interrupted build is dropped and built again."""
@@ -407,6 +416,13 @@ async def _cutoff(connection: Any, table: Table) -> datetime.datetime:
     return cutoff
 
 
+async def _add_new_fk(connection: Any) -> None:
+    await _lock(connection, STEP_LOGS, "SHARE ROW EXCLUSIVE")
+    await connection.execute(
+        f"ALTER TABLE run_step_logs ADD CONSTRAINT {NEW_FK} {COMPOSITE_FK} NOT VALID"
+    )
+
+
 async def _prepare(connection: Any, table: Table) -> datetime.datetime:
     """Everything slow, none of it blocking reads or writes. Returns the cutoff."""
     if table is STEP_LOGS and await _constraint(connection, table.name, table.range_check) is None:
@@ -424,9 +440,7 @@ async def _prepare(connection: Any, table: Table) -> datetime.datetime:
             await _short(
                 connection,
                 "run_step_logs: composite foreign key NOT VALID",
-                lambda: connection.execute(
-                    f"ALTER TABLE run_step_logs ADD CONSTRAINT {NEW_FK} {COMPOSITE_FK} NOT VALID"
-                ),
+                lambda: _add_new_fk(connection),
             )
         started = time.perf_counter()
         await connection.execute(f"ALTER TABLE run_step_logs VALIDATE CONSTRAINT {NEW_FK}")
@@ -477,7 +491,7 @@ async def _name_partition_indexes(connection: Any, table: str) -> None:
 async def _swap(connection: Any, table: Table, cutoff: datetime.datetime) -> None:
     """The catalog-only switch, in the caller's transaction (see the docstring, 4)."""
     name, legacy = table.name, table.legacy
-    await connection.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+    await _lock(connection, table)
     empty = not await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name})")  # noqa: S608
     for trigger in table.triggers:
         await connection.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
@@ -551,7 +565,7 @@ async def _plain_indexes_concurrently(connection: Any, table: Table) -> None:
 
 async def _swap_back(connection: Any, table: Table) -> None:
     name, legacy = table.name, table.legacy
-    await connection.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+    await _lock(connection, table)
     await connection.execute(f"ALTER TABLE {name} DETACH PARTITION {legacy}")
     await connection.execute(f"ALTER TABLE {legacy} DROP CONSTRAINT IF EXISTS {table.range_check}")
     # Rows written since forwards, in the other partitions: copied under the lock.
@@ -586,7 +600,7 @@ async def _swap_back(connection: Any, table: Table) -> None:
 async def _copy_back(connection: Any, table: Table) -> None:
     """No legacy partition: every row is copied into a plain table (a fresh install)."""
     name = table.name
-    await connection.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
+    await _lock(connection, table)
     await connection.execute(f"ALTER TABLE {name} RENAME TO {name}_partitioned")
     await connection.execute(
         f"CREATE TABLE {name} (LIKE {name}_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
