@@ -14,8 +14,9 @@ Whole time partitions go first (``flowforge.partitions.drop_expired``): a
 partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
 dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
 The batched DELETE below handles the rest (partitions that also hold rows
-still kept, the default partitions, and ``workflow_runs``, which is not
-partitioned: decision 12).
+still kept, the default partitions, the ``<table>_legacy`` partition a database
+converted with rows keeps until all of it has expired, and ``workflow_runs``,
+which is not partitioned: decision 12).
 
 Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
 transaction; rows another session has locked are skipped (SKIP LOCKED) and
