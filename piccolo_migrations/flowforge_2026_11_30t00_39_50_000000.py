@@ -14,7 +14,10 @@ Forwards, per table (outbox first, then step logs), each step resumable:
 
 1. step logs only: ``run_created_at`` is backfilled from the run in batches of
    ``BACKFILL_ROWS`` rows by ctid range, each its own short transaction (no lock
-   beyond the rows it updates);
+   beyond the rows it updates). Run as a superuser (as ``migrate`` usually is) the
+   fill sets ``session_replication_role = replica`` for its own transactions, so the
+   ``updated_at`` trigger does not stamp every step log with the fill time;
+   otherwise it does (the only column touched besides the key);
 2. a CHECK ``<table>_legacy_range`` (key IS NOT NULL AND key < cutoff) is added
    NOT VALID (a catalog change), rows written meanwhile without a key are filled
    until none is left, then the CHECK is VALIDATEd (a scan that blocks no read or
