@@ -81,6 +81,12 @@ async def main(argv: list[str]) -> int:
     if sizes.workflows < dataset.BUSY_WORKFLOWS or sizes.users > sizes.workflows:
         print(f"need at least {dataset.BUSY_WORKFLOWS} workflows and no more users than workflows")
         return 2
+    only = set(args.only.split(",")) if args.only else None
+    if only and (unknown := only - set(ops.OPERATIONS)):
+        print(
+            f"unknown operation(s) {', '.join(sorted(unknown))}; known: {', '.join(ops.OPERATIONS)}"
+        )
+        return 2
     rounds = args.rounds or (3 if args.quick else 5)
     operations = args.operations or (150 if args.quick else 400)
     http_seconds = args.http_seconds or (5.0 if args.quick else 20.0)
@@ -101,7 +107,6 @@ async def main(argv: list[str]) -> int:
             os.environ["BENCH_APP_DATABASE_URL"] = via(port, dataset.database_url())
             os.environ["DATABASE_POOLER"] = "transaction"
             print(f"through PgBouncer (transaction mode) on 127.0.0.1:{port}", flush=True)
-        only = set(args.only.split(",")) if args.only else None
         summaries: list[dict[str, Any]] = []
         if not args.skip_ops:
             summaries = await ops.run_all(loaded, rounds=rounds, operations=operations, only=only)

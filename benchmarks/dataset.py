@@ -27,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATABASE = "flowforge_bench"
+# BENCH_DATABASE: another name (the tests run every operation on a tiny data set).
+DATABASE = os.environ.get("BENCH_DATABASE", "flowforge_bench")
 CHUNK = 50_000
 BUSY_WORKFLOWS = 50
 NOW = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)

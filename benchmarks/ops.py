@@ -92,23 +92,23 @@ SELECT * FROM changed
 
 FLOOR_CLOSE_ATTEMPTS = """
 UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
-WHERE run_id = $1 AND status IN ('pending', 'running')
+WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
 """
 
 FLOOR_LOCK_RUN = """
 UPDATE workflow_runs SET updated_at = now() WHERE id = $1 AND status = 'running'
-RETURNING workflow_id
+RETURNING workflow_id, created_at
 """
 
 FLOOR_APPEND = """
 WITH step AS (
     SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
 ), logged AS (
-    INSERT INTO run_step_logs (run_id, step_id, step_position, step_name, attempt, status,
-                               input, output, started_at, finished_at)
-    SELECT $1, s.id, s.position, s.name,
+    INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name,
+                               attempt, status, input, output, started_at, finished_at)
+    SELECT $1, $6::timestamptz, s.id, s.position, s.name,
         coalesce((SELECT max(attempt) FROM run_step_logs
-                  WHERE run_id = $1 AND step_position = $3), 0) + 1,
+                  WHERE run_id = $1 AND run_created_at = $6 AND step_position = $3), 0) + 1,
         'completed', $4::jsonb, $5::jsonb, now(), now()
     FROM step s
     RETURNING *
@@ -134,7 +134,8 @@ WHERE w.id = $1
 """
 
 FLOOR_GET_RUN = """
-SELECT r.*, ARRAY(SELECT ROW(l.*) FROM run_step_logs l WHERE l.run_id = r.id
+SELECT r.*, ARRAY(SELECT ROW(l.*) FROM run_step_logs l
+                  WHERE l.run_id = r.id AND l.run_created_at = r.created_at
                   ORDER BY l.step_position, l.attempt) AS step_logs
 FROM workflow_runs r WHERE r.id = $1
 """
@@ -269,10 +270,10 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
             )
         for attempt in range(LIFECYCLE_ATTEMPTS):
             async with pool.acquire() as connection, connection.transaction():
-                workflow_id = await connection.fetchval(FLOOR_LOCK_RUN, run["id"])
+                workflow_id, run_created_at = await connection.fetchrow(FLOOR_LOCK_RUN, run["id"])
                 log = dict(await connection.fetchrow(
                     FLOOR_APPEND, run["id"], workflow_id, attempt % steps,
-                    json.dumps({"a": attempt}), json.dumps({"ok": True}),
+                    json.dumps({"a": attempt}), json.dumps({"ok": True}), run_created_at,
                 ))  # fmt: skip
                 log["input"] = json.loads(log["input"])
                 log["output"] = json.loads(log["output"])
@@ -283,7 +284,7 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
                 )
             )
             # An ended run closes its open attempts (after the lock, new snapshot).
-            await connection.execute(FLOOR_CLOSE_ATTEMPTS, run["id"])
+            await connection.execute(FLOOR_CLOSE_ATTEMPTS, run["id"], done["created_at"])
             return done
 
     return flowforge, floor
@@ -340,7 +341,7 @@ def get_run_with_logs(ctx: Context) -> tuple[Operation, Operation]:
 
 LOG_FIELDS = (
     "id", "created_at", "updated_at", "run_id", "step_id", "step_position", "step_name",
-    "attempt", "status", "input", "output", "error", "started_at", "finished_at",
+    "attempt", "status", "input", "output", "error", "started_at", "finished_at", "run_created_at",
 )  # fmt: skip
 
 

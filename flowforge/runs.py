@@ -254,9 +254,10 @@ SELECT {RUN_COLUMNS} FROM changed
 # row lock and takes a new snapshot, so it also sees an attempt whose append
 # committed while the transition waited for that lock (in the transition's own
 # snapshot that attempt does not exist yet, and it would stay "running" forever).
+# run_created_at (the partition key) confines it to the run's partition.
 CLOSE_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
-WHERE run_id = $1 AND status IN ('pending', 'running')
+WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
 """
 
 
@@ -316,7 +317,7 @@ async def transition_run(
             requested_status=target.value,
         )
     if target is not RunStatus.RUNNING:
-        await connection.execute(CLOSE_ATTEMPTS, run_id)
+        await connection.execute(CLOSE_ATTEMPTS, run_id, row["created_at"])
     return _run(row)
 
 
