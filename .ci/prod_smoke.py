@@ -11,7 +11,8 @@ Repeats what the Dockerfile does and runs what a deployment runs:
    `piccolo flowforge migrate`, twice at once (the advisory lock);
 3. the Dockerfile's CMD, read from the Dockerfile, until /readyz answers 200,
    and the Dockerfile's HEALTHCHECK command;
-4. a user, an API key from `piccolo flowforge create_api_key`, one
+4. a user from `piccolo flowforge create_user`, an API key from
+   `piccolo flowforge create_api_key`, one
    authenticated API call (create a workflow);
 5. `piccolo flowforge relay` with OUTBOX_PUBLISHER=redis until the
    workflow.created event is in its Redis stream; then everything stops.
@@ -237,17 +238,10 @@ def main() -> int:
             run(*healthcheck, env=env, cwd=cwd)
 
             step("a user, an API key from the CLI, one authenticated call")
-            create_user = (
-                "import asyncio\n"
-                "from flowforge.db.engine import DB\n"
-                "from flowforge.db.tables import Role\n"
-                "from flowforge.users import create_user\n"
-                "async def main():\n"
-                "    async with DB.transaction():\n"
-                "        await create_user('ops@example.com', 'Ops', Role.ADMIN)\n"
-                "asyncio.run(main())\n"
-            )
-            run(python, "-c", create_user, env=env, cwd=cwd)
+            run(
+                "piccolo", "flowforge", "create_user", "--email", "ops@example.com",
+                "--role", "admin", env=env, cwd=cwd,
+            )  # fmt: skip
             issued = run(
                 "piccolo",
                 "flowforge",

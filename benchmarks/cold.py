@@ -1,7 +1,8 @@
 """Cold paths moved to Piccolo's query builder, against their previous raw SQL.
 
-Issue 10 moved users, key management, workflow CRUD, readiness and the
-error-path lookups from raw SQL to the query builder; the target is at most
+Issue 10 moved users, key management, workflow CRUD, readiness, the
+error-path lookups, the outbox's dead-letter list, the dry-run count of
+expired events and the relay's idle probe from raw SQL to the query builder; the target is at most
 1.5x their previous cost. Here the "floor" side of each comparison is the
 previous implementation (the raw SQL as it was, copied below), run through
 the same engine and transaction as the new one, so the ratio is the builder's
@@ -10,6 +11,7 @@ cost alone: query building, its SQL, and its result handling.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import uuid
@@ -69,6 +71,23 @@ SELECT r.status FROM workflow_runs r JOIN workflows w ON w.id = r.workflow_id
 WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
 """
 PREVIOUS_MIGRATIONS = "SELECT app_name, name FROM migration"
+PREVIOUS_DEAD_LETTERS = """
+SELECT id, aggregate_type, aggregate_id, event_type, attempts, dead_lettered_at,
+    left(last_error, 300) AS last_error
+FROM outbox
+WHERE dead_lettered_at IS NOT NULL
+ORDER BY dead_lettered_at
+LIMIT $1
+"""
+PREVIOUS_HAS_WORK = """
+SELECT EXISTS (
+    SELECT 1 FROM outbox
+    WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
+)
+"""
+PREVIOUS_COUNT_OUTBOX = """
+SELECT count(*) FROM outbox WHERE published_at < now() - make_interval(secs => $1::float8)
+"""
 
 
 def _record(row: Any) -> dict[str, Any]:
@@ -270,11 +289,75 @@ def readiness_migrations(ctx: Any) -> tuple[Operation, Operation]:
     from flowforge.db.engine import DB
 
     async def builder(n: int) -> Any:
-        return await readiness._applied_migrations()
+        async with DB.transaction():
+            return await readiness._applied_migrations()
 
     async def previous(n: int) -> Any:
-        rows = await DB.fetch(PREVIOUS_MIGRATIONS)
-        return {(row["app_name"], row["name"]) for row in rows}
+        async with DB.transaction() as transaction:
+            rows = await transaction.connection.fetch(PREVIOUS_MIGRATIONS)
+            return {(row["app_name"], row["name"]) for row in rows}
+
+    return builder, previous
+
+
+def dead_letters(ctx: Any) -> tuple[Operation, Operation]:
+    """The dead-letter list of `outbox_status` (20 oldest)."""
+    from flowforge import outbox_status
+    from flowforge.db.engine import DB
+
+    async def builder(n: int) -> Any:
+        async with DB.transaction():
+            return await outbox_status.dead_letters(20)
+
+    async def previous(n: int) -> Any:
+        async with DB.transaction() as transaction:
+            return [
+                dict(row) for row in await transaction.connection.fetch(PREVIOUS_DEAD_LETTERS, 20)
+            ]
+
+    return builder, previous
+
+
+def relay_has_work(ctx: Any) -> tuple[Operation, Operation]:
+    """The idle relay's poll: is any event due?"""
+    from flowforge.db.engine import DB
+    from flowforge.relay import store
+
+    async def builder(n: int) -> Any:
+        async with DB.transaction():
+            return await store.has_work()
+
+    async def previous(n: int) -> Any:
+        async with DB.transaction() as transaction:
+            return bool(await transaction.connection.fetchval(PREVIOUS_HAS_WORK))
+
+    return builder, previous
+
+
+def _a_day_past_retention() -> float:
+    """A retention that leaves one day of the data set's history expired: what a
+    daily `prune --dry_run` finds (the data set's runs span the 90 days before
+    dataset.NOW)."""
+    from benchmarks import dataset
+
+    oldest_kept = dataset.NOW - datetime.timedelta(days=89)
+    return (datetime.datetime.now(datetime.UTC) - oldest_kept).total_seconds()
+
+
+def count_expired_events(ctx: Any) -> tuple[Operation, Operation]:
+    """`prune --dry_run`'s outbox count."""
+    from flowforge import retention
+    from flowforge.db.engine import DB
+
+    keep = _a_day_past_retention()
+
+    async def builder(n: int) -> Any:
+        async with DB.transaction():
+            return await retention.count_expired_events(keep)
+
+    async def previous(n: int) -> Any:
+        async with DB.transaction() as transaction:
+            return int(await transaction.connection.fetchval(PREVIOUS_COUNT_OUTBOX, keep))
 
     return builder, previous
 
@@ -289,4 +372,7 @@ COLD_OPERATIONS = {
     "cold:list_api_keys_page": list_api_keys_page,
     "cold:run_status_lookup": run_status_lookup,
     "cold:readiness_migrations": readiness_migrations,
+    "cold:dead_letters": dead_letters,
+    "cold:count_expired_events": count_expired_events,
+    "cold:relay_has_work": relay_has_work,
 }

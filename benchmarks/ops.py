@@ -379,9 +379,9 @@ def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
     from flowforge.relay import store
 
     async def flowforge(n: int) -> Any:
-        async with DB.transaction() as transaction:
-            events = await store.claim_batch(transaction.connection, DRAIN_BATCH)
-            await store.mark_published(transaction.connection, [event.id for event in events])
+        async with DB.transaction():
+            events = await store.claim_batch(DRAIN_BATCH)
+            await store.mark_published([event.id for event in events])
             return len(events)
 
     async def floor(n: int) -> Any:
@@ -462,7 +462,13 @@ UNITS = {"drain_outbox": "events/s", "bulk_seed": "rows/s", "run_lifecycle": "li
 ITEMS = {"drain_outbox": DRAIN_BATCH, "bulk_seed": BULK_ROWS}
 SINGLE_CONCURRENCY = {"bulk_seed"}
 # Fewer repetitions for the heavy operations, so a round takes seconds, not minutes.
-SCALE = {"run_lifecycle": 0.25, "bulk_seed": 0.05, "drain_outbox": 0.25}
+SCALE = {
+    "run_lifecycle": 0.25,
+    "bulk_seed": 0.05,
+    "drain_outbox": 0.25,
+    # A day of expired history counted per operation (~1/90 of the data set).
+    "cold:count_expired_events": 0.25,
+}
 
 
 async def _create_keys(ctx: Context, count: int) -> None:

@@ -5,6 +5,9 @@ dead-lettered), taken in publish order: 0 when the outbox is drained. Events
 held behind a dead letter of their aggregate count, since they are stuck
 too. Every query here goes through a partial index, so the probes stay cheap
 however long the published history is.
+
+Like every data function, these run in the caller's transaction (decision 1):
+``/readyz``, ``/metrics``, the relay's stats line and the CLI open it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import datetime
 from typing import Any, Final, LiteralString
 
+from piccolo.query.methods.select import Select
+
 from flowforge.db.engine import DB
+from flowforge.db.tables import Outbox
 
 HEALTH: Final[LiteralString] = """
 SELECT
@@ -45,19 +51,41 @@ SELECT
         ORDER BY seq LIMIT 1) AS oldest_unpublished_at
 """
 
-DEAD_LETTERS: Final[LiteralString] = """
-SELECT id, aggregate_type, aggregate_id, event_type, attempts, dead_lettered_at,
-    left(last_error, 300) AS last_error
-FROM outbox
-WHERE dead_lettered_at IS NOT NULL
-ORDER BY dead_lettered_at
-LIMIT $1
-"""
+# The start of each dead letter's last error shown by the status.
+LAST_ERROR_SHOWN_CHARS = 300
+
+
+def dead_letters_query(limit: int) -> Select[Outbox]:
+    """The oldest dead letters first (``outbox_dead_lettered_idx``)."""
+    return (
+        Outbox.select(
+            Outbox.id,
+            Outbox.aggregate_type,
+            Outbox.aggregate_id,
+            Outbox.event_type,
+            Outbox.attempts,
+            Outbox.dead_lettered_at,
+            Outbox.last_error,
+        )
+        .where(Outbox.dead_lettered_at.is_not_null())
+        .order_by(Outbox.dead_lettered_at)
+        .limit(limit)
+    )
+
+
+async def dead_letters(limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` dead letters, oldest first, each error cut to its start."""
+    DB.require_transaction()
+    rows: list[dict[str, Any]] = await dead_letters_query(limit)
+    for row in rows:
+        if row["last_error"] is not None:
+            row["last_error"] = row["last_error"][:LAST_ERROR_SHOWN_CHARS]
+    return rows
 
 
 async def outbox_health() -> dict[str, Any]:
     """``{"lag_seconds": float, "dead_lettered": int}``: two index probes."""
-    row = (await DB.fetch(HEALTH))[0]
+    row = await DB.require_transaction().connection.fetchrow(HEALTH)
     return {"lag_seconds": round(row["lag_seconds"], 3), "dead_lettered": row["dead_lettered"]}
 
 
@@ -68,8 +96,8 @@ def _iso(value: datetime.datetime | None) -> str | None:
 async def outbox_status(dead_letter_limit: int = 20) -> dict[str, Any]:
     """Everything an operator asks first, as JSON-ready data."""
     health = await outbox_health()
-    row = (await DB.fetch(STATUS))[0]
-    dead = await DB.fetch(DEAD_LETTERS, dead_letter_limit)
+    row = await DB.require_transaction().connection.fetchrow(STATUS)
+    dead = await dead_letters(dead_letter_limit)
     return {
         **health,
         "unpublished": row["unpublished"],
@@ -107,8 +135,8 @@ SELECT id, pg_notify('flowforge_outbox', '') FROM requeued
 async def requeue_dead_letters(event_ids: list[Any] | None = None) -> int:
     """Give dead letters (all, or those in `event_ids`) a fresh attempt budget.
 
-    ``last_error`` is kept as history. Relays are woken (NOTIFY at commit).
+    ``last_error`` is kept as history. Relays are woken (NOTIFY at the
+    caller's commit).
     """
-    async with DB.transaction() as transaction:
-        rows = await transaction.connection.fetch(REQUEUE, event_ids)
+    rows = await DB.require_transaction().connection.fetch(REQUEUE, event_ids)
     return len(rows)

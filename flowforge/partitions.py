@@ -46,7 +46,7 @@ import contextlib
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, LiteralString
+from typing import Final, Literal, LiteralString
 
 import asyncpg
 
@@ -200,71 +200,61 @@ ALL_EXPIRED: Final[dict[str, LiteralString]] = {
 
 
 @contextlib.asynccontextmanager
-async def _connection() -> AsyncIterator[Any]:
-    """A connection of its own: the pool's if it runs, else a new one."""
-    if DB.pool is not None:
-        async with DB.pool.acquire() as connection:
-            yield connection
-        return
-    own = await DB.get_new_connection()
-    try:
-        yield own
-    finally:
-        await own.close()
-
-
-@contextlib.asynccontextmanager
-async def _transaction(connection: Any) -> AsyncIterator[None]:
-    """One unit of work: DDL with a lock timeout, UTC (periods are UTC days and
-    months), no statement timeout. SET LOCAL only, so nothing outlives the
-    transaction (safe behind a transaction-mode pooler)."""
-    async with connection.transaction():
+async def _unit() -> AsyncIterator[None]:
+    """One unit of work, in a transaction of its own: DDL with a lock timeout,
+    UTC (periods are UTC days and months), no statement timeout. SET LOCAL
+    only, so nothing outlives the transaction (safe behind a transaction-mode
+    pooler). The functions below run in it (the caller's transaction)."""
+    async with DB.transaction() as transaction:
+        connection = transaction.connection
         await connection.execute("SET LOCAL TimeZone = 'UTC'")
         await connection.execute("SET LOCAL statement_timeout = 0")
         await connection.execute(f"SET LOCAL lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
         yield
 
 
-async def partitions(connection: Any, spec: Spec) -> list[Partition]:
+async def partitions(spec: Spec) -> list[Partition]:
     """The table's partitions, oldest first (the default one last)."""
     return [
         Partition(row["name"], row["lower"], row["upper"])
-        for row in await connection.fetch(PARTITIONS, spec.table)
+        for row in await DB.require_transaction().connection.fetch(PARTITIONS, spec.table)
     ]
 
 
-async def name_indexes_like_parent(connection: Any, partition: str) -> None:
+async def name_indexes_like_parent(partition: str) -> None:
     """Name a partition's indexes ``<partition>_<suffix>`` after the table's
     ``<table>_<suffix>`` (PostgreSQL names them from the columns), so
     ``flowforge.errors`` maps a unique violation reported on the partition to
     the table constraint's message, and a plan reads as the index it uses."""
+    connection = DB.require_transaction().connection
     for row in await connection.fetch(PARTITION_INDEXES, partition):
         wanted = f"{partition}_{row['parent'].removeprefix(row['tbl'] + '_')}"
         if row["child"] != wanted:
             await connection.execute(f'ALTER INDEX "{row["child"]}" RENAME TO "{wanted}"')
 
 
-async def create_partition(connection: Any, spec: Spec, start: datetime.datetime) -> str:
+async def create_partition(spec: Spec, start: datetime.datetime) -> str:
     """Create the partition for the period starting at `start`, moving into it any
-    rows of that range the default partition holds. One transaction."""
+    rows of that range the default partition holds. In the caller's transaction
+    (a unit of its own: :func:`ensure`)."""
     name = partition_name(spec, start)
     end = period_start(start, spec.period, 1)
     default = f"{spec.table}_default"
     bounds = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-    async with _transaction(connection):
-        stray = int(await connection.fetchval(DEFAULT_ROWS_IN_RANGE[spec.table], start, end))
-        if not stray:
-            await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
-        else:
-            # PostgreSQL refuses a partition for a range the default one holds
-            # rows of: take the default partition out, create the partition,
-            # send the rows back through the table, put the default one back.
-            await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {default}")
-            await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
-            await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
-            await connection.execute(f"ALTER TABLE {spec.table} ATTACH PARTITION {default} DEFAULT")
-            logger.warning("partitions.moved_from_default", partition=name, rows=stray)
-        await name_indexes_like_parent(connection, name)
+    connection = DB.require_transaction().connection
+    stray = int(await connection.fetchval(DEFAULT_ROWS_IN_RANGE[spec.table], start, end))
+    if not stray:
+        await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
+    else:
+        # PostgreSQL refuses a partition for a range the default one holds
+        # rows of: take the default partition out, create the partition,
+        # send the rows back through the table, put the default one back.
+        await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {default}")
+        await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
+        await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
+        await connection.execute(f"ALTER TABLE {spec.table} ATTACH PARTITION {default} DEFAULT")
+        logger.warning("partitions.moved_from_default", partition=name, rows=stray)
+    await name_indexes_like_parent(name)
     return name
 
 
@@ -303,28 +293,29 @@ async def ensure(
 ) -> MaintenanceReport:
     """Create the current period's partition and those ahead, and a partition for
     every period whose rows wait in the default partition (idempotent)."""
-    async with _connection() as connection:
-        for spec in SPECS:
-            ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
-            async with _transaction(connection):
-                now = now or await connection.fetchval(NOW)
-                found = await partitions(connection, spec)
-                stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
-            wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
-            for start in sorted(wanted):
-                if any(p.lower == start or p.covers(start) for p in found):
-                    continue
-                if report.dry_run:
-                    report.created.append(partition_name(spec, start))
-                    continue
-                try:
-                    report.created.append(await create_partition(connection, spec, start))
-                except asyncpg.LockNotAvailableError:
-                    report.skipped.append(partition_name(spec, start))
-            async with _transaction(connection):
-                report.default_rows[spec.table] = int(
-                    await connection.fetchval(DEFAULT_ROWS[spec.table])
-                )
+    for spec in SPECS:
+        ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
+        async with _unit():
+            connection = DB.require_transaction().connection
+            now = now or await connection.fetchval(NOW)
+            found = await partitions(spec)
+            stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
+        wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
+        for start in sorted(wanted):
+            if any(p.lower == start or p.covers(start) for p in found):
+                continue
+            if report.dry_run:
+                report.created.append(partition_name(spec, start))
+                continue
+            try:
+                async with _unit():
+                    report.created.append(await create_partition(spec, start))
+            except asyncpg.LockNotAvailableError:
+                report.skipped.append(partition_name(spec, start))
+        async with _unit():
+            report.default_rows[spec.table] = int(
+                await DB.require_transaction().connection.fetchval(DEFAULT_ROWS[spec.table])
+            )
     return report
 
 
@@ -339,20 +330,21 @@ async def drop_expired(
 
     A retention of 0 keeps that history forever: nothing is dropped.
     """
-    async with _connection() as connection:
-        for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
-            if days <= 0:
-                continue
-            async with _transaction(connection):
-                cutoff = await connection.fetchval(NOW) - datetime.timedelta(days=days)
-                found = await partitions(connection, spec)
-            for partition in found:
-                if partition.upper is None or partition.upper > cutoff:
-                    continue  # the default partition, or not all old enough
-                try:
-                    await _retire(connection, spec, partition, cutoff, report, detach=detach)
-                except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
-                    report.skipped.append(partition.name)
+    for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
+        if days <= 0:
+            continue
+        async with _unit():
+            now = await DB.require_transaction().connection.fetchval(NOW)
+            cutoff = now - datetime.timedelta(days=days)
+            found = await partitions(spec)
+        for partition in found:
+            if partition.upper is None or partition.upper > cutoff:
+                continue  # the default partition, or not all old enough
+            try:
+                async with _unit():
+                    await _retire(spec, partition, cutoff, report, detach=detach)
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+                report.skipped.append(partition.name)
     logger.info(
         "partitions.expired",
         dry_run=report.dry_run,
@@ -364,7 +356,6 @@ async def drop_expired(
 
 
 async def _retire(
-    connection: Any,
     spec: Spec,
     partition: Partition,
     cutoff: datetime.datetime,
@@ -372,24 +363,25 @@ async def _retire(
     *,
     detach: bool,
 ) -> None:
-    async with _transaction(connection):
-        # No row can be written into it between the check and the drop.
-        await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
-        expired = await connection.fetchval(
-            ALL_EXPIRED[spec.table], cutoff, partition.lower, partition.upper
-        )
-        if not expired:
-            return
-        rows = await connection.fetchval(ESTIMATED_ROWS, partition.name)
-        report.retired_rows[spec.table] = report.retired_rows.get(spec.table, 0) + max(0, int(rows))
-        if report.dry_run:
-            report.dropped.append(partition.name)
-        elif detach:
-            await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}")
-            report.detached.append(partition.name)
-        else:
-            await connection.execute(f"DROP TABLE {partition.name}")
-            report.dropped.append(partition.name)
+    """Drop (or detach) `partition` if every row has expired; in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    # No row can be written into it between the check and the drop.
+    await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
+    expired = await connection.fetchval(
+        ALL_EXPIRED[spec.table], cutoff, partition.lower, partition.upper
+    )
+    if not expired:
+        return
+    rows = await connection.fetchval(ESTIMATED_ROWS, partition.name)
+    report.retired_rows[spec.table] = report.retired_rows.get(spec.table, 0) + max(0, int(rows))
+    if report.dry_run:
+        report.dropped.append(partition.name)
+    elif detach:
+        await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}")
+        report.detached.append(partition.name)
+    else:
+        await connection.execute(f"DROP TABLE {partition.name}")
+        report.dropped.append(partition.name)
 
 
 async def maintain(

@@ -1,7 +1,8 @@
 """Stuck runs: a run left `running` by an executor that died is failed, with its event.
 
-Whoever executes a run calls :func:`record_heartbeat` while it works (at least
-a few times per ``RUN_LEASE_TIMEOUT``). A running run whose last sign of life
+Whoever executes a run sends heartbeats while it works (``runs.heartbeat_run``,
+``POST /api/v1/runs/{id}/heartbeat``, at least a few times per
+``RUN_LEASE_TIMEOUT``; every logged step attempt renews the lease too). A running run whose last sign of life
 - its heartbeat, or ``started_at`` before the first one - is older than the
 lease is presumed orphaned: :func:`reap_stuck_runs` moves it to ``failed``
 with a reason, fails its still-running step attempt (pending ones are
@@ -54,6 +55,9 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
+# The two step-log updates stay raw: one array parameter for the whole batch
+# (up to 500 runs). The builder's is_in binds a parameter per run, a new
+# statement per batch size, and Piccolo itself warns above 100 values.
 FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs
 SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2
@@ -66,12 +70,6 @@ SET status = 'cancelled', finished_at = now()
 WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
 """
 
-HEARTBEAT: Final[LiteralString] = """
-UPDATE workflow_runs SET heartbeat_at = clock_timestamp()
-WHERE id = $1 AND status = 'running'
-RETURNING id
-"""
-
 STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
 
 
@@ -81,41 +79,42 @@ class ReapReport:
     batches: int = 0
 
 
-async def record_heartbeat(run_id: UUID) -> bool:
-    """Refresh a running run's lease; False if it is not running (e.g. reaped)."""
-    rows = await DB.fetch(HEARTBEAT, run_id)
-    return bool(rows)
+async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
+    """Fail up to `batch_size` stuck runs, their step attempts, and write their events.
 
-
-async def _reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
-    runs: list[Any] = []
-    async with DB.transaction() as transaction:
-        connection = transaction.connection
-        runs = list(await connection.fetch(REAP, lease_seconds, batch_size))
-        if not runs:
-            return runs
-        run_ids = [run["id"] for run in runs]
-        await connection.execute(FAIL_STEP_ATTEMPTS, run_ids, STEP_ERROR)
-        await connection.execute(CANCEL_PENDING_STEPS, run_ids)
-        await record_events(
-            [
-                (
-                    events.WORKFLOW_RUN,
-                    run["id"],
-                    events.RUN_EVENT_BY_STATUS["failed"],
-                    events.run_payload(dict(run), previous_status="running"),
-                )
-                for run in runs
-            ]
-        )
+    Runs in the caller's transaction.
+    """
+    connection = DB.require_transaction().connection
+    runs = list(await connection.fetch(REAP, lease_seconds, batch_size))
+    if not runs:
+        return runs
+    run_ids = [run["id"] for run in runs]
+    await connection.execute(FAIL_STEP_ATTEMPTS, run_ids, STEP_ERROR)
+    await connection.execute(CANCEL_PENDING_STEPS, run_ids)
+    await record_events(
+        [
+            (
+                events.WORKFLOW_RUN,
+                run["id"],
+                events.RUN_EVENT_BY_STATUS["failed"],
+                events.run_payload(dict(run), previous_status="running"),
+            )
+            for run in runs
+        ]
+    )
     return runs
 
 
 async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapReport:
-    """Fail every run whose lease expired, in batches; idempotent."""
+    """Fail every run whose lease expired, one transaction per batch; idempotent.
+
+    A job of several units of work: call it outside a transaction (each batch
+    commits before the next is claimed).
+    """
     report = ReapReport()
     while True:
-        runs = await _reap_batch(lease_seconds, batch_size)
+        async with DB.transaction():
+            runs = await reap_batch(lease_seconds, batch_size)
         if not runs:
             break
         report.batches += 1

@@ -162,6 +162,71 @@ def test_the_api_process_imports_neither_the_relay_nor_redis() -> None:
     assert result.stdout.strip() == "[]", result.stdout
 
 
+# One way to reach the connection (docs/decisions.md, 1): a data function runs
+# in its caller's transaction - builder queries pick it up, raw statements use
+# DB.require_transaction().connection. No autocommit DB.fetch, no connection
+# handed around as an argument, no connection taken from the pool by hand.
+# Only the engine, which implements all of that, is exempt.
+CONNECTION_PLUMBING = {"flowforge.db.engine"}
+# Sessions of their own (not the pool's, not a transaction's), and why.
+OWN_CONNECTIONS = {
+    # LISTEN needs a session of its own for as long as the relay runs.
+    "flowforge.relay.listener",
+    # The migration lock is a session advisory lock, held while Piccolo migrates.
+    "flowforge.commands.migrate",
+}
+
+
+def connection_misuse(module: str, tree: ast.Module) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        where = f"{module}:{getattr(node, 'lineno', '?')}"
+        is_name_attribute = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        if (
+            is_name_attribute
+            and node.value.id == "DB"
+            and node.attr in {"fetch", "pool", "acquire"}
+        ):
+            found.append(f"{where} DB.{node.attr}")
+        if isinstance(node, ast.Attribute) and node.attr == "get_new_connection":
+            found.append(f"{where} get_new_connection")
+        if module in OWN_CONNECTIONS:
+            continue
+        if is_name_attribute and node.value.id == "asyncpg" and node.attr == "connect":
+            found.append(f"{where} asyncpg.connect")
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            arguments = node.args
+            for argument in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]:
+                if argument.arg in {"connection", "conn", "connection_"}:
+                    found.append(f"{where} {node.name}({argument.arg})")
+    return found
+
+
+def test_data_functions_reach_the_connection_one_way() -> None:
+    offenders = []
+    for module, tree in modules().items():
+        if module not in CONNECTION_PLUMBING:
+            offenders.extend(connection_misuse(module, tree))
+    assert not offenders, (
+        "reach the connection through the caller's transaction "
+        "(DB.require_transaction().connection), not:\n" + "\n".join(offenders)
+    )
+
+
+def test_the_connection_rule_sees_the_old_ways() -> None:
+    # The three ways issue 10 found, as code: each is caught.
+    old = ast.parse(
+        "async def claim_batch(connection, n):\n"
+        "    return await connection.fetch('SELECT 1')\n"
+        "async def health():\n"
+        "    return await DB.fetch('SELECT 1')\n"
+        "async def own():\n"
+        "    async with DB.pool.acquire() as c:\n"
+        "        pass\n"
+    )
+    assert len(connection_misuse("flowforge.example", old)) == 3
+
+
 def layer_picture() -> dict[str, set[str]]:
     """Which layer imports which (for docs and reports)."""
     picture: dict[str, set[str]] = defaultdict(set)

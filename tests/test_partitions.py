@@ -34,15 +34,17 @@ async def tidy_partitions() -> AsyncIterator[None]:
     await DB.fetch(f"TRUNCATE {', '.join(support.APP_TABLES)} CASCADE")
     await support.drop_empty_past_partitions()
     for spec in partitions.SPECS:  # far-future ones a test made
-        for partition in await partitions.partitions(DB.pool, spec):
+        async with DB.transaction():
+            found = await partitions.partitions(spec)
+        for partition in found:
             far = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=200)
             if partition.lower is not None and partition.lower > far:
                 await DB.fetch(f"DROP TABLE {partition.name}")
 
 
 async def names(spec: partitions.Spec) -> set[str]:
-    assert DB.pool is not None
-    return {p.name for p in await partitions.partitions(DB.pool, spec)}
+    async with DB.transaction():
+        return {p.name for p in await partitions.partitions(spec)}
 
 
 async def where_is(table: str, key: str, value: Any) -> str:
@@ -347,7 +349,8 @@ async def test_the_legacy_outbox_partition_is_kept_until_every_event_expired() -
     await insert_event(bound - 5 * DAY, bound - 5 * DAY + datetime.timedelta(minutes=1))
     unpublished = await insert_event(bound - 3 * DAY, None)
     assert await where_is("outbox", "id", unpublished) == "outbox_legacy"
-    listed = {p.name: p for p in await partitions.partitions(DB.pool, partitions.OUTBOX)}
+    async with DB.transaction():
+        listed = {p.name: p for p in await partitions.partitions(partitions.OUTBOX)}
     assert (listed["outbox_legacy"].lower, listed["outbox_legacy"].upper) == (None, bound)
 
     # Maintenance as if run before the bound: the periods it covers get no partition.

@@ -234,15 +234,17 @@ async def test_failing_aggregate_backs_off_then_is_dead_lettered_and_holds_only_
         == 0
     )
 
-    health = await outbox_health()
+    async with DB.transaction():
+        health = await outbox_health()
+        status = await outbox_status()
     assert health["dead_lettered"] == 1 and health["lag_seconds"] > 0  # the held event
-    status = await outbox_status()
     assert (status["unpublished"], status["held_behind_dead_letters"]) == (1, 1)
     assert status["dead_letters"][0]["id"] == str(bad_head["id"])
     assert status["dead_letters"][0]["last_error"] == "broker said no"
 
     # Requeued once the broker accepts them: both go, in order.
-    assert await requeue_dead_letters([bad_head["id"]]) == 1
+    async with DB.transaction():
+        assert await requeue_dead_letters([bad_head["id"]]) == 1
     publisher.failing.clear()
     relay = Relay(settings, publisher)
     try:
@@ -251,7 +253,8 @@ async def test_failing_aggregate_backs_off_then_is_dead_lettered_and_holds_only_
         await publisher.close()
     assert result.published == 2
     assert await rs.unpublished() == 0
-    assert (await outbox_health()) == {"lag_seconds": 0.0, "dead_lettered": 0}
+    async with DB.transaction():
+        assert (await outbox_health()) == {"lag_seconds": 0.0, "dead_lettered": 0}
 
 
 async def _row(event_id: uuid.UUID) -> asyncpg.Record:
@@ -260,6 +263,24 @@ async def _row(event_id: uuid.UUID) -> asyncpg.Record:
 
 async def _dead_lettered(event_id: uuid.UUID) -> bool:
     return (await _row(event_id))["dead_lettered_at"] is not None
+
+
+async def test_the_status_lists_dead_letters_oldest_first_with_the_start_of_their_error() -> None:
+    for age, error in ((5, "x" * 1000), (60, "older")):
+        await DB.fetch(
+            "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, attempts, "
+            "dead_lettered_at, last_error) "
+            "VALUES ('test', gen_random_uuid(), 'test.dead', 3, "
+            "now() - make_interval(secs => $1), $2)",
+            float(age),
+            error,
+        )
+    async with DB.transaction():
+        status = await outbox_status(dead_letter_limit=5)
+        (only,) = (await outbox_status(dead_letter_limit=1))["dead_letters"]
+    assert [item["last_error"] for item in status["dead_letters"]] == ["older", "x" * 300]
+    assert only["last_error"] == "older" and only["attempts"] == 3
+    assert status["dead_lettered"] == 2
 
 
 async def test_a_redis_error_on_one_stream_fails_only_that_aggregate_type(
@@ -527,8 +548,8 @@ async def test_claiming_stays_index_driven_when_statistics_say_nothing_waits() -
         for node in lookups:
             assert "aggregate_id" in str(node.get("Index Cond", "")), node
 
-    async with DB.transaction() as transaction:
-        events = await store.claim_batch(transaction.connection, 500)
+    async with DB.transaction():
+        events = await store.claim_batch(500)
     assert len(events) == 500
     # The work done, not the time taken: rows the claim reads from the outbox
     # (the anti-join read the whole backlog per candidate: ~500 x 10,000).

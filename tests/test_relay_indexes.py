@@ -20,7 +20,7 @@ from flowforge import outbox_status as status
 from flowforge.db.engine import DB
 from flowforge.reaper import REAP
 from flowforge.relay import store
-from flowforge.retention import PRUNE_OUTBOX, PRUNE_RUNS
+from flowforge.retention import PRUNE_OUTBOX, PRUNE_RUNS, expired_events_count
 from tests import support
 
 BIG_TABLES = {"outbox", "workflow_runs", "run_step_logs"}
@@ -188,9 +188,11 @@ async def test_marking_uses_the_primary_key() -> None:
 
 
 async def test_the_idle_probe_and_readyz_details_are_index_probes() -> None:
-    assert_uses(await plan(store.HAS_WORK), "outbox_claim_idx")
+    sql, args = store.due_events_exist().querystrings[0].compile_string("postgres")
+    assert_uses(await plan(sql, *args), "outbox_claim_idx")
     assert_uses(await plan(status.HEALTH), "outbox_claim_idx", "outbox_dead_lettered_idx")
-    assert_uses(await plan(status.DEAD_LETTERS, 20), "outbox_dead_lettered_idx")
+    sql, args = status.dead_letters_query(20).querystrings[0].compile_string("postgres")
+    assert_uses(await plan(sql, *args), "outbox_dead_lettered_idx")
 
 
 async def test_pruning_events_takes_the_oldest_published_through_its_index() -> None:
@@ -206,6 +208,11 @@ async def test_pruning_runs_finds_finished_runs_and_their_step_logs_by_index() -
     # key needs (issue 11) - equally a unique probe on id.
     used = {node["Index Name"] for node in nodes(tree) if "Index Name" in node}
     assert used & {"workflow_runs_pkey", "workflow_runs_id_created_at_key"}
+
+
+async def test_a_dry_run_counts_expired_events_through_their_index() -> None:
+    sql, args = expired_events_count(WEEK).querystrings[0].compile_string("postgres")
+    assert_uses(await plan(sql, *args), "outbox_published_at_idx")
 
 
 async def test_reaping_finds_expired_leases_by_index() -> None:

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from flowforge import runs as run_operations
 from flowforge.commands import operations as cli
 from flowforge.db.engine import DB
+from flowforge.errors import InvalidTransitionError, NotFoundError
 from flowforge.events import run_payload
 from flowforge.jsonutil import loads
-from flowforge.reaper import reap_stuck_runs, record_heartbeat
+from flowforge.reaper import reap_stuck_runs
 from flowforge.retention import prune
 from tests import relay_support as rs
 from tests import support
@@ -238,11 +240,16 @@ async def test_reap_fails_runs_whose_lease_expired_with_their_event() -> None:
 async def test_a_heartbeat_keeps_a_run_alive_and_only_running_runs_beat() -> None:
     workflow = await make_workflow()
     run = await make_run(workflow, "running", started_ago=datetime.timedelta(hours=1))
-    assert await record_heartbeat(run) is True
+    async with DB.transaction():
+        await run_operations.heartbeat_run(run)  # the heartbeat route's operation
     assert (await reap_stuck_runs(600)).runs == []
     pending = await make_run(workflow, "pending")
-    assert await record_heartbeat(pending) is False
-    assert await record_heartbeat(uuid.uuid4()) is False
+    with pytest.raises(InvalidTransitionError):
+        async with DB.transaction():
+            await run_operations.heartbeat_run(pending)
+    with pytest.raises(NotFoundError):
+        async with DB.transaction():
+            await run_operations.heartbeat_run(uuid.uuid4())
 
 
 async def test_concurrent_reapers_fail_each_run_once() -> None:

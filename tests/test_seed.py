@@ -127,7 +127,8 @@ async def test_seed_data_is_dated_now_and_housekeeping_leaves_it_alone() -> None
         "SELECT extract(epoch FROM now() - min(created_at))::float8 AS age FROM outbox"
     )
     assert oldest[0]["age"] < 60  # /readyz lag is seconds, not months
-    health = await outbox_health()
+    async with DB.transaction():
+        health = await outbox_health()
     assert health["lag_seconds"] < 60
     before = await snapshot()
     settings = get_settings()

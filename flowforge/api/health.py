@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from flowforge.db import replicas
+from flowforge.db.engine import DB
 from flowforge.db.readiness import NotReadyError, check_database
 from flowforge.logs import describe_error, get_logger
 from flowforge.outbox_status import outbox_health
@@ -54,8 +55,9 @@ async def healthz() -> dict[str, str]:
 async def _outbox_details() -> dict[str, Any] | str:
     """Outbox lag and dead letters; never decides readiness (see docs/decisions.md, 4)."""
     try:
-        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-            return await outbox_health()
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), DB.transaction():
+            health = await outbox_health()
+        return health
     except Exception as error:  # details only: a failure here must not fail the probe
         logger.warning("readyz.outbox_probe_failed", error=describe_error(error))
         return f"error: {type(error).__name__}"

@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowforge import metrics
+from flowforge.db.engine import DB
 from flowforge.logs import (
     bound_request_context,
     describe_error,
@@ -229,8 +230,9 @@ router = APIRouter()
 
 async def _probe_outbox() -> dict[str, Any] | None:
     try:
-        async with asyncio.timeout(OUTBOX_PROBE_TIMEOUT_SECONDS):
-            return await outbox_health()
+        async with asyncio.timeout(OUTBOX_PROBE_TIMEOUT_SECONDS), DB.transaction():
+            health = await outbox_health()
+        return health
     except Exception as error:  # a scrape reports the failure; it never fails
         logger.warning("metrics.outbox_probe_failed", error=describe_error(error))
         return None

@@ -6,7 +6,8 @@ arguments, runs domain functions in a transaction, and prints the outcome.
 
 * :mod:`flowforge.commands.migrate`: ``migrate`` (every app, under an advisory lock).
 * :mod:`flowforge.commands.seed`: ``seed``.
-* :mod:`flowforge.commands.bootstrap`: ``create_api_key``, ``create_admin_login``.
+* :mod:`flowforge.commands.bootstrap`: ``create_user``, ``create_api_key``,
+  ``create_admin_login``.
 * :mod:`flowforge.commands.operations`: ``relay``, ``outbox_status``,
   ``outbox_requeue``, ``prune``, ``reap``, ``partitions``.
 
@@ -27,6 +28,7 @@ _COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
     # Migrations for every app under an advisory lock (what deployments run).
     (migrate.migrate, []),
     (seed.seed, ["seed-data"]),
+    (bootstrap.create_user, []),
     (bootstrap.create_api_key, []),
     (bootstrap.create_admin_login, []),
     (operations.relay, []),

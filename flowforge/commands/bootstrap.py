@@ -1,5 +1,8 @@
 """Getting a first user in: an API key and a Piccolo Admin login, from the command line.
 
+* ``piccolo flowforge create_user --email ops@example.com --role admin --issue_key``
+  creates a user (the first one of a production database) and, with
+  ``--issue_key``, its API key with every scope the role allows.
 * ``piccolo flowforge create_api_key --email admin@flowforge.local`` issues a key
   and prints it (the only time it is ever shown).
 * ``piccolo flowforge create_admin_login`` makes sure the Piccolo Admin login
@@ -20,10 +23,11 @@ from piccolo.apps.user.tables import BaseUser
 from piccolo.query.functions.string import Lower
 from piccolo.querystring import QueryString
 
-from flowforge import api_keys
+from flowforge import api_keys, users
 from flowforge.db.engine import DB
-from flowforge.db.tables import ApiKey, Scope, User
+from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import AppError, translated_db_errors
+from flowforge.principal import SCOPES_BY_ROLE
 from flowforge.settings import get_settings
 
 BOOTSTRAP_EMAIL = "admin@flowforge.local"
@@ -69,6 +73,45 @@ async def issue_key_for_email(
     return await api_keys.create_api_key(
         user["id"], name=name, scopes=scopes, expires_at=expires_at
     )
+
+
+async def create_user(
+    email: str = "",
+    role: str = "",
+    display_name: str = "",
+    issue_key: bool = False,
+) -> None:
+    """Create a user (e.g. the first one of a production database), with its user.created event.
+
+    :param email: the user's email address (unique, case-insensitive)
+    :param role: admin, developer or viewer
+    :param display_name: the name shown for the user; defaults to the email's local part
+    :param issue_key: also issue an API key with every scope the role allows, printed once
+    """
+    roles = ", ".join(role.value for role in Role)
+    if not email.strip():
+        raise SystemExit("--email is required")
+    if role not in {r.value for r in Role}:
+        raise SystemExit(f"--role must be one of: {roles} (got {role!r})")
+    name = display_name or email.split("@", 1)[0]
+    try:
+        async with translated_db_errors(), DB.transaction():
+            user = await users.create_user(email.strip(), name, Role(role))
+            issued = (
+                await api_keys.create_api_key(
+                    user["id"], name="cli", scopes=sorted(SCOPES_BY_ROLE[Role(role)])
+                )
+                if issue_key
+                else None
+            )
+    except AppError as error:
+        raise SystemExit(f"Cannot create the user: {error.message}") from None
+    # After COMMIT: what is printed exists.
+    print(f"user {user['email']} created (role {user['role']}, id {user['id']})")
+    if issued is None:
+        print(f"  its API key: piccolo flowforge create_api_key --email {user['email']}")
+    else:
+        print(describe_key(user["email"], *issued))
 
 
 async def create_api_key(

@@ -117,7 +117,7 @@ async def outbox_status(json_output: bool = False) -> None:
     :param json_output:
         Print one JSON object instead of text.
     """
-    async with pool("flowforge-cli", 1):
+    async with pool("flowforge-cli", 1), DB.transaction():
         status = await read_outbox_status()
     if json_output:
         print(json.dumps(status, indent=2))
@@ -162,7 +162,7 @@ async def outbox_requeue(event_id: str = "", all_dead_letters: bool = False) -> 
     else:
         print("say which: --event_id=<uuid> or --all_dead_letters", file=sys.stderr)
         raise SystemExit(2)
-    async with pool("flowforge-cli", 1):
+    async with pool("flowforge-cli", 1), DB.transaction():
         count = await requeue_dead_letters(ids)
     print(f"requeued: {count} dead-lettered events")
 

@@ -18,6 +18,15 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   reports 503 with the reason (:attr:`FlowForgeEngine.start_problem`), every
   query fails fast with :class:`DatabaseUnavailableError`, and the pool starts
   as soon as the database is usable.
+
+Reaching the connection (docs/decisions.md, decision 1): every data function
+runs in its caller's transaction. Builder queries find it through
+``current_transaction``; compiled queries and raw statements use
+``DB.require_transaction().connection``. Whoever calls opens it with
+``async with DB.transaction():`` - the API's dependencies and probes, the
+commands, the relay per batch, the multi-unit jobs per unit. :meth:`FlowForgeEngine.fetch`
+(autocommit outside a transaction) is for tests and benchmarks;
+tests/test_layers.py keeps it out of ``flowforge/``.
 """
 
 from __future__ import annotations
@@ -488,8 +497,8 @@ class FlowForgeEngine(PostgresEngine):
     async def fetch(self, sql: LiteralString, *args: Any) -> list[Any]:
         """Run raw SQL on the current transaction's connection, or a pooled one.
 
-        For hot paths and operational queries where the query builder adds
-        nothing; values are always bound parameters, never formatted in.
+        For tests, benchmarks and ad-hoc scripts: FlowForge's own code reaches
+        the connection through ``require_transaction()`` only (decision 1).
         """
         current = self.current_transaction.get()
         if current is not None:

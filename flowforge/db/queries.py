@@ -11,6 +11,8 @@ statement at run time. Two things it does not say on its own:
 * :func:`page_after`: the keyset condition ``(created_at, id) < (cursor)`` as a row
   comparison, which PostgreSQL uses as one index condition on the
   ``(…, created_at, id)`` indexes.
+* :func:`ago`: a moment `seconds` before the transaction's ``now()``, on the
+  server clock (retention cut-offs), like the raw statements write it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from flowforge.db.engine import DB
 DEFAULT = QueryString("DEFAULT")
 # The transaction's timestamp, as a value in an UPDATE (server clock, like DEFAULT).
 NOW = QueryString("now()")
+
+
+def ago(seconds: float) -> QueryString:
+    """``now() - make_interval(secs => seconds)``: a cut-off on the server clock."""
+    return QueryString("now() - make_interval(secs => {}::float8)", seconds)
+
 
 T = TypeVar("T", bound=Table)
 
@@ -110,10 +118,6 @@ class Compiled:
         rows = await connection.fetch(self.sql, *self.arguments(values))
         return [dict(row) for row in rows]
 
-    async def fetch_outside_transaction(self, **values: Any) -> list[dict[str, Any]]:
-        """Rows as dicts, on a pooled connection of their own (probes, status)."""
-        return [dict(row) for row in await DB.fetch(self.sql, *self.arguments(values))]
-
     async def first(self, **values: Any) -> dict[str, Any] | None:
         rows = await self.fetch(**values)
         return rows[0] if rows else None
@@ -130,7 +134,8 @@ def compiled(key: Hashable, build: Callable[[], Query[Any, Any] | Proxy[Any, Any
     indexed read itself. `build` uses :class:`Param` where a value goes and
     `key` names everything else that shapes the SQL (which filters, the
     limit). The SQL is still Piccolo's, from the Table classes: a renamed
-    column fails at the first call (and in tests/test_sql_statements.py).
+    column is renamed in it too, and a Table that its migrations do not match
+    fails the drift test (tests/test_migrations.py).
     """
     found = _COMPILED.get(key)
     if found is None:
@@ -140,8 +145,3 @@ def compiled(key: Hashable, build: Callable[[], Query[Any, Any] | Proxy[Any, Any
         sql, template = query.querystrings[0].compile_string("postgres")
         found = _COMPILED[key] = Compiled(sql, tuple(template))
     return found
-
-
-def compiled_statements() -> list[LiteralString]:
-    """Every SQL text compiled so far (tests prepare them against the schema)."""
-    return [item.sql for item in _COMPILED.values()]

@@ -48,7 +48,7 @@ async def _applied_migrations() -> set[tuple[str, str]]:
         rows = await compiled(
             "readiness.applied_migrations",
             lambda: AppliedMigration.select(AppliedMigration.app_name, AppliedMigration.name),
-        ).fetch_outside_transaction()
+        ).fetch()
     except asyncpg.exceptions.UndefinedTableError:
         return set()
     return {(row["app_name"], row["name"]) for row in rows}
@@ -68,7 +68,8 @@ async def check_database(deadline_seconds: float) -> None:
         async with asyncio.timeout(deadline_seconds):
             for attempt in range(attempts):
                 try:
-                    applied = await _applied_migrations()
+                    async with DB.transaction():
+                        applied = await _applied_migrations()
                     break
                 except CONNECTION_ERRORS:
                     if attempt == attempts - 1:

@@ -152,8 +152,11 @@ class ReplicaSet:
     async def check(self, replica: Replica) -> None:
         """Refresh one replica's state; never raises."""
         try:
-            async with asyncio.timeout(self.settings.connect_timeout):
-                rows = await replica.engine.fetch(REPLICA_STATE)
+            async with (
+                asyncio.timeout(self.settings.connect_timeout),
+                DB.transaction(source=replica.engine),
+            ):
+                rows = await DB.require_transaction().connection.fetch(REPLICA_STATE)
         except UNREACHABLE as error:
             replica.mark_down(f"unreachable ({type(error).__name__})")
             return
@@ -209,7 +212,9 @@ async def commit_position() -> str | None:
     not turn into an error; the client then reads without a token.
     """
     try:
-        rows = await DB.fetch(WAL_INSERT_POSITION)
+        # After the request's COMMIT: a short transaction of its own.
+        async with DB.transaction():
+            rows = await DB.require_transaction().connection.fetch(WAL_INSERT_POSITION)
     except Exception as error:
         logger.warning("replica.token_failed", error=type(error).__name__)
         return None

@@ -226,7 +226,7 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     started_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
     # Liveness of a running run: whoever executes it refreshes this
-    # (flowforge.reaper.record_heartbeat). The reaper fails a run whose
+    # (flowforge.runs.heartbeat_run). The reaper fails a run whose
     # heartbeat (or, before the first one, started_at) is older than
     # RUN_LEASE_TIMEOUT.
     heartbeat_at = Timestamptz(null=True, default=None)

@@ -31,7 +31,7 @@ Waking: a LISTEN connection (:mod:`flowforge.relay.listener`) wakes an idle
 relay as soon as an insert commits; without it (``RELAY_LISTEN=false``, or
 NOTIFY lost) the relay polls, from ``RELAY_POLL_MIN_INTERVAL`` doubling to
 ``RELAY_POLL_MAX_INTERVAL`` while idle. Each idle poll is a single index
-probe outside any transaction.
+probe (a transaction of its own, like everything the relay reads).
 
 The relay also runs the reaper and retention pruning (with the time-partition
 maintenance before it) on timers
@@ -155,9 +155,8 @@ class Relay:
         started = time.perf_counter()
         result = BatchResult()
         settings = self.settings
-        async with DB.transaction() as transaction:
-            connection = transaction.connection
-            events = await store.claim_batch(connection, settings.relay_batch_size)
+        async with DB.transaction():
+            events = await store.claim_batch(settings.relay_batch_size)
             result.claimed = len(events)
             if not events:
                 return result
@@ -179,14 +178,13 @@ class Relay:
                     else:
                         result.not_attempted += 1
             if published:
-                result.published = await store.mark_published(connection, published)
+                result.published = await store.mark_published(published)
                 if result.published != len(published):  # pragma: no cover - would be a bug
                     logger.error(
                         "relay.mark_mismatch", expected=len(published), got=result.published
                     )
             if failures:
                 rows = await store.mark_failed(
-                    connection,
                     failures,
                     base_delay=settings.outbox_retry_base_delay,
                     max_delay=settings.outbox_retry_max_delay,
@@ -221,7 +219,9 @@ class Relay:
     async def _has_work(self) -> bool:
         async def probe() -> bool:
             DB.current_transaction.set(None)
-            return bool((await DB.fetch(store.HAS_WORK))[0][0])
+            async with DB.transaction():
+                found = await store.has_work()
+            return found
 
         return await asyncio.create_task(probe())
 
@@ -369,7 +369,8 @@ class Relay:
 
     async def _log_stats(self) -> None:
         DB.current_transaction.set(None)
-        health = await outbox_health()
+        async with DB.transaction():
+            health = await outbox_health()
         logger.info(
             "relay.stats",
             published=self.stats.published,

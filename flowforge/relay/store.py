@@ -1,4 +1,5 @@
-"""The relay's SQL: claim a batch, mark it, and the cheap "anything to do?" probe.
+"""The relay's SQL: claim a batch, mark it, and the cheap "anything to do?" probe
+(the one plain query here, on the query builder).
 
 Ordering rule: events of one aggregate are published in ``seq`` order, which
 for one aggregate is commit order (``seq`` is taken at INSERT time and the
@@ -14,8 +15,8 @@ There is no high-water mark: every query looks at all unpublished rows through
 partial indexes, so an event whose transaction commits late (with a lower seq
 than events already published) is simply claimed on the next pass.
 
-Each function takes the claiming transaction's connection; the relay owns
-the transaction (claim, publish and mark commit together or not at all).
+Each function runs in the caller's transaction (decision 1): the relay opens
+one per batch, so claim, publish and mark commit together or not at all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from collections.abc import Sequence
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from piccolo.query.methods.exists import Exists
+
+from flowforge.db.engine import DB
+from flowforge.db.queries import NOW, compiled
+from flowforge.db.tables import Outbox
 from flowforge.relay.event import OutboxEvent
 
 
@@ -112,14 +118,6 @@ RETURNING o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts,
     o.dead_lettered_at IS NOT NULL AS dead_lettered
 """
 
-# Idle probe, outside any transaction: one index probe of outbox_claim_idx.
-HAS_WORK: Final[LiteralString] = """
-SELECT EXISTS (
-    SELECT 1 FROM outbox
-    WHERE published_at IS NULL AND dead_lettered_at IS NULL AND next_attempt_at <= now()
-)
-"""
-
 LAST_ERROR_MAX_CHARS = 2000
 
 
@@ -136,12 +134,13 @@ def event_from_row(row: Any) -> OutboxEvent:
     )
 
 
-async def claim_batch(connection: Any, batch_size: int) -> list[OutboxEvent]:
+async def claim_batch(batch_size: int) -> list[OutboxEvent]:
     """Lock up to `batch_size` publishable events; returned in publish (seq) order.
 
-    Per aggregate the result is a contiguous run starting at its head. Must
-    run inside the transaction that will mark them.
+    Per aggregate the result is a contiguous run starting at its head. Runs
+    in the transaction that will mark them.
     """
+    connection = DB.require_transaction().connection
     heads = await connection.fetch(CLAIM_HEADS, batch_size)
     events = [event_from_row(row) for row in heads]
     room = batch_size - len(events)
@@ -168,14 +167,13 @@ async def claim_batch(connection: Any, batch_size: int) -> list[OutboxEvent]:
     return events
 
 
-async def mark_published(connection: Any, event_ids: Sequence[UUID]) -> int:
+async def mark_published(event_ids: Sequence[UUID]) -> int:
     """Stamp published_at (and count the attempt); returns the rows marked."""
-    status: str = await connection.execute(MARK_PUBLISHED, list(event_ids))
+    status: str = await DB.require_transaction().connection.execute(MARK_PUBLISHED, list(event_ids))
     return int(status.split()[-1])
 
 
 async def mark_failed(
-    connection: Any,
     failures: Sequence[tuple[UUID, str]],
     *,
     base_delay: float,
@@ -183,7 +181,7 @@ async def mark_failed(
     max_attempts: int,
 ) -> list[Any]:
     """Record failed attempts with back-off; dead-letter those out of attempts."""
-    rows: list[Any] = await connection.fetch(
+    rows: list[Any] = await DB.require_transaction().connection.fetch(
         MARK_FAILED,
         [event_id for event_id, _ in failures],
         [error[:LAST_ERROR_MAX_CHARS] for _, error in failures],
@@ -194,5 +192,16 @@ async def mark_failed(
     return rows
 
 
-async def has_work(connection: Any) -> bool:
-    return bool(await connection.fetchval(HAS_WORK))
+def due_events_exist() -> Exists[Outbox]:
+    """Is any event due? One index probe of ``outbox_claim_idx``."""
+    return Outbox.exists().where(
+        Outbox.published_at.is_null(),
+        Outbox.dead_lettered_at.is_null(),
+        Outbox.next_attempt_at <= NOW,
+    )
+
+
+async def has_work() -> bool:
+    """The idle relay's poll, in the caller's transaction."""
+    row = await compiled("relay.has_work", due_events_exist).first()
+    return row is not None and bool(row["exists"])

@@ -142,6 +142,69 @@ def readme_cli(*args: str, database_url: str, **env: str) -> subprocess.Complete
     )
 
 
+async def test_create_user_makes_a_first_user_and_its_key_on_an_empty_database(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    result = readme_cli(
+        "flowforge", "create_user", "--email", "Ops@Example.com", "--role", "admin",
+        "--issue_key", database_url=database_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "user Ops@Example.com created (role admin" in result.stdout
+    [key] = set(KEY.findall(result.stdout))
+    me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200
+    assert (me.json()["user"]["display_name"], me.json()["user"]["role"]) == ("Ops", "admin")
+    assert me.json()["scopes"] == ["admin", "read", "write"]
+    events = await DB.fetch("SELECT event_type FROM outbox ORDER BY seq")
+    assert [row["event_type"] for row in events] == ["user.created", "api_key.created"]
+    # Without --issue_key: the user only, and how to get a key.
+    viewer = readme_cli(
+        "flowforge", "create_user", "--email=viewer@example.com", "--role=viewer",
+        "--display_name", "Vera Viewer", database_url=database_url,
+    )  # fmt: skip
+    assert viewer.returncode == 0, viewer.stdout + viewer.stderr
+    assert KEY.findall(viewer.stdout) == []
+    assert "piccolo flowforge create_api_key --email viewer@example.com" in viewer.stdout
+    row = await DB.fetch("SELECT display_name, role FROM users WHERE email = 'viewer@example.com'")
+    assert (row[0]["display_name"], row[0]["role"]) == ("Vera Viewer", "viewer")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--role", "admin"], "--email is required"),
+        (["--email", "a@example.com"], "--role must be one of: admin, developer, viewer"),
+        (["--email", "a@example.com", "--role", "root"], "--role must be one of"),
+        (["--email", "not-an-email", "--role", "admin"], "Cannot create the user: "),
+        (["--email", "taken@example.com", "--role", "admin", "--issue_key"],
+         "Cannot create the user: "),
+        (["--email", "a@example.com", "--role", "admin", "--display_name", " "],
+         "Cannot create the user: "),
+    ],
+)  # fmt: skip
+async def test_create_user_rejects_bad_input_with_one_line_and_exit_2(
+    db: None, database_url: str, arguments: list[str], message: str
+) -> None:
+    taken = readme_cli(
+        "flowforge", "create_user", "--email=taken@example.com", "--role=developer",
+        database_url=database_url,
+    )  # fmt: skip
+    assert taken.returncode == 0, taken.stderr
+    before = await DB.fetch("SELECT (SELECT count(*) FROM users) AS users, "
+                            "(SELECT count(*) FROM api_keys) AS keys, "
+                            "(SELECT count(*) FROM outbox) AS events")  # fmt: skip
+    result = readme_cli("flowforge", "create_user", *arguments, database_url=database_url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    after = await DB.fetch("SELECT (SELECT count(*) FROM users) AS users, "
+                           "(SELECT count(*) FROM api_keys) AS keys, "
+                           "(SELECT count(*) FROM outbox) AS events")  # fmt: skip
+    assert after == before
+
+
 README_COMMAND = re.compile(r"^\.venv/bin/piccolo (flowforge create_api_key .*)$", re.MULTILINE)
 
 
@@ -190,6 +253,7 @@ async def test_the_seed_prints_the_host_and_port_the_server_uses(
 COMMANDS = [
     "migrate",
     "seed",
+    "create_user",
     "create_api_key",
     "create_admin_login",
     "relay",
