@@ -195,7 +195,7 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 # takes it from here. PostgreSQL reports a unique violation under the partition's own
 # index, which flowforge.partitions names <partition>_<suffix> after the table's
 # <table>_<suffix>.
-PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default)$")
+PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default|legacy)$")
 
 
 def parent_constraint(name: str | None, table: str | None) -> str | None:

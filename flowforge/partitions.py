@@ -16,6 +16,13 @@ prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
   partition is created for a range that has rows in the default partition, they
   are moved into it in the same transaction.
 
+A database converted while it held rows (the online migration, decision 12)
+also has ``<table>_legacy``: the table as it was, attached FOR VALUES FROM
+(MINVALUE) TO (the migration's cutoff). No partition is created for a period it
+covers; it is retired like any other partition, by the same rule, once its upper
+bound is past the retention and every row in it qualifies (until then the
+batched DELETE prunes its rows).
+
 Dropping a partition is all or nothing, so only a partition whose *every* row
 qualifies for pruning is dropped: for the outbox, no event unpublished or
 dead-lettered and the newest ``published_at`` older than the retention; for step
@@ -89,8 +96,15 @@ def partition_name(spec: Spec, start: datetime.datetime) -> str:
 @dataclass(frozen=True)
 class Partition:
     name: str
-    lower: datetime.datetime | None  # None: the DEFAULT partition
-    upper: datetime.datetime | None
+    lower: datetime.datetime | None  # None: MINVALUE (the legacy partition), or DEFAULT
+    upper: datetime.datetime | None  # None: the DEFAULT partition
+
+    def covers(self, start: datetime.datetime) -> bool:
+        """Whether the period starting at `start` lies in this partition's range
+        (periods never straddle a bound: bounds are period starts)."""
+        if self.upper is None:
+            return False
+        return (self.lower is None or self.lower <= start) and start < self.upper
 
 
 NOW: Final[LiteralString] = "SELECT now()"
@@ -158,21 +172,24 @@ MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
     """,
 }
 
-# Every row of the partition holding [$2, $3) may be pruned (see the module docstring).
+# Every row of the partition holding [$2, $3) may be pruned (see the module docstring);
+# $2 is NULL for the legacy partition (from MINVALUE).
 ALL_EXPIRED: Final[dict[str, LiteralString]] = {
     "outbox": """
         SELECT NOT EXISTS (
                 SELECT 1 FROM outbox
-                WHERE created_at >= $2 AND created_at < $3 AND published_at IS NULL
+                WHERE created_at >= coalesce($2::timestamptz, '-infinity') AND created_at < $3
+                    AND published_at IS NULL
             )
             AND coalesce((
-                SELECT max(published_at) FROM outbox WHERE created_at >= $2 AND created_at < $3
+                SELECT max(published_at) FROM outbox
+                WHERE created_at >= coalesce($2::timestamptz, '-infinity') AND created_at < $3
             ), '-infinity') < $1
     """,
     "run_step_logs": """
         SELECT NOT EXISTS (
             SELECT 1 FROM workflow_runs r
-            WHERE r.created_at >= $2 AND r.created_at < $3
+            WHERE r.created_at >= coalesce($2::timestamptz, '-infinity') AND r.created_at < $3
                 AND NOT (r.status IN ('completed', 'failed', 'cancelled')
                          AND r.finished_at < $1)
                 AND EXISTS (SELECT 1 FROM run_step_logs l
@@ -281,11 +298,11 @@ async def ensure(
         async with _unit():
             connection = DB.require_transaction().connection
             now = now or await connection.fetchval(NOW)
-            existing = {p.lower for p in await partitions(spec)}
+            found = await partitions(spec)
             stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
         wanted = {period_start(now, spec.period, n) for n in range(ahead + 1)} | stray
         for start in sorted(wanted):
-            if start in existing:
+            if any(p.lower == start or p.covers(start) for p in found):
                 continue
             if report.dry_run:
                 report.created.append(partition_name(spec, start))
@@ -374,7 +391,9 @@ async def maintain(
     dry_run: bool = False,
     detach: bool = False,
 ) -> MaintenanceReport:
-    """Prepare partitions ahead, then retire the expired ones."""
+    """Prepare partitions ahead, then retire the expired ones (one transaction per
+    partition: call it outside a transaction)."""
+    DB.require_no_transaction("partition maintenance")
     report = MaintenanceReport(dry_run=dry_run)
     await ensure(report)
     return await drop_expired(

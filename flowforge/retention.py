@@ -14,9 +14,10 @@ Whole time partitions go first (``flowforge.partitions.drop_expired``): a
 partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
 dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
 Their rows are counted exactly just before (``flowforge_pruned_rows_total`` and
-the report include them). The batched DELETE below handles the rest (partitions that also hold rows
-still kept, the default partitions, and ``workflow_runs``, which is not
-partitioned: decision 12).
+the report include them). The batched DELETE below handles the rest (partitions
+that also hold rows still kept, the default partitions, the ``<table>_legacy``
+partition a database converted with rows keeps until all of it has expired, and
+``workflow_runs``, which is not partitioned: decision 12).
 
 Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
 transaction (:func:`prune` opens one per batch; :func:`prune_outbox_batch`
@@ -99,11 +100,16 @@ GENERIC_PLANS: Final[LiteralString] = "SET LOCAL plan_cache_mode = force_generic
 
 # The exact rows of one time partition, read through the partitioned table
 # with that partition's bounds (partition pruning scans only that partition).
-# Counted just before the drop, for the pruned-rows metric and the report.
+# Counted just before the drop, for the pruned-rows metric and the report. A
+# lower bound of NULL is MINVALUE: the ``<table>_legacy`` partition.
 PARTITION_ROWS: Final[dict[str, LiteralString]] = {
-    "outbox": "SELECT count(*) FROM outbox WHERE created_at >= $1 AND created_at < $2",
+    "outbox": (
+        "SELECT count(*) FROM outbox "
+        "WHERE created_at >= coalesce($1::timestamptz, '-infinity') AND created_at < $2"
+    ),
     "run_step_logs": (
-        "SELECT count(*) FROM run_step_logs WHERE run_created_at >= $1 AND run_created_at < $2"
+        "SELECT count(*) FROM run_step_logs "
+        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
     ),
 }
 # The partitions that may be dropped: those whose range ends before the cutoff

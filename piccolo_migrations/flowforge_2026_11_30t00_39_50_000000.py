@@ -1,5 +1,6 @@
 """Time partitions: ``outbox`` by day of ``created_at``, ``run_step_logs`` by month of
-its run's ``created_at`` (issue 11; docs/decisions.md, decision 12).
+its run's ``created_at`` (issue 11; docs/decisions.md, decision 12). ONLINE: no
+row is copied and no long exclusive lock is taken on a populated database.
 
 Piccolo cannot say ``PARTITION BY``, so this migration is raw SQL with a tested
 backwards step; the Table classes stay as they are (Piccolo queries, joins and
@@ -7,14 +8,44 @@ the admin work on a partitioned table unchanged) and the drift test stays empty.
 The column ``run_step_logs.run_created_at`` comes from the Piccolo migration
 before this one (nullable, instant); this one fills it and makes it NOT NULL.
 
-Forwards, per table, in ONE transaction (all or nothing):
-the table is renamed ``<table>_unpartitioned``; a partitioned table with the
-same columns, defaults and CHECK constraints takes its name; partitions are
-created for every period that has rows, plus the current one and a few ahead,
-plus a DEFAULT partition (an insert outside the prepared range is never lost);
-the rows are copied (step logs take their run's ``created_at``); the old table
-is dropped; keys, indexes and triggers are created on the partitioned table
-(PostgreSQL builds them on every partition and clones them to later ones).
+The existing table becomes the first partition, ``<table>_legacy``, bounded
+FROM (MINVALUE) TO (cutoff); new rows from the cutoff on go to normal partitions.
+Forwards, per table (outbox first, then step logs), each step resumable:
+
+1. step logs only: ``run_created_at`` is backfilled from the run in batches of
+   ``BACKFILL_ROWS`` rows by ctid range, each its own short transaction (no lock
+   beyond the rows it updates). Run as a superuser (as ``migrate`` usually is) the
+   fill sets ``session_replication_role = replica`` for its own transactions, so the
+   ``updated_at`` trigger does not stamp every step log with the fill time;
+   otherwise it does (the only column touched besides the key);
+2. a CHECK ``<table>_legacy_range`` (key IS NOT NULL AND key < cutoff) is added
+   NOT VALID (a catalog change), rows written meanwhile without a key are filled
+   until none is left, then the CHECK is VALIDATEd (a scan that blocks no read or
+   write);
+3. the unique indexes the partitioned keys need are built CONCURRENTLY on the
+   table, under the names they keep as the legacy partition's indexes; for step
+   logs the composite foreign key (run_id, run_created_at) -> workflow_runs (id,
+   created_at) is added NOT VALID, then VALIDATEd;
+4. one short transaction (``lock_timeout`` ``SWAP_LOCK_TIMEOUT``, retried up to
+   ``SWAP_ATTEMPTS`` times): the old keys, foreign key and triggers go, the new
+   keys are made USING the built indexes, the remaining indexes are renamed
+   ``<table>_legacy_<suffix>``, the table is renamed ``<table>_legacy``, the
+   partitioned table takes its name (same columns, defaults and CHECKs), with its
+   partitions from the cutoff on plus a DEFAULT one, its keys, indexes, foreign
+   keys and triggers (instant: its partitions are empty), and the legacy table is
+   ATTACHed FOR VALUES FROM (MINVALUE) TO (cutoff). The validated CHECK proves the
+   bound, so ATTACH scans nothing (nor does SET NOT NULL of run_created_at); the
+   built indexes back the keys, so ATTACH adopts them and builds none; the
+   validated foreign key is adopted, not validated again. On a fresh install the
+   table is empty: it is dropped instead, and partitions cover the periods from
+   yesterday on, as the maintenance command keeps them.
+
+The cutoff leaves a margin: rows written between the CHECK and the swap must pass
+it. For the outbox it is the start of the day after tomorrow (at least 24 h
+ahead); for step logs the first month boundary after now + 2 days (a step log's
+key is its run's creation time, which is about now for a new run). It is moved
+later if existing rows reach past it (a clock ahead), and chosen again if a
+resumed run finds the CHECK's cutoff less than a day ahead.
 
 Constraints redesigned because a unique constraint must include the partition key:
 
@@ -27,30 +58,48 @@ Constraints redesigned because a unique constraint must include the partition ke
   second row for the same run cannot carry another value. It needs
   ``workflow_runs_id_created_at_key`` UNIQUE (id, created_at), built CONCURRENTLY first.
 
-The copy holds ACCESS EXCLUSIVE locks on outbox and run_step_logs while it runs
-(measured on the 1M-run data set: see benchmarks/partitions.py and the README):
-writes that log steps or record events wait for it. Deploy it in a quiet window.
+Backwards, per table: with a legacy partition, the old unique indexes are built
+CONCURRENTLY on it, then one short transaction detaches it, moves into it the
+rows of the other partitions (what was written since forwards: that part is a
+copy under the lock), drops the partitioned table, renames the legacy table
+back, restores the old keys USING those indexes, the old foreign key NOT VALID
+(VALIDATEd after the commit) and the triggers. Without a legacy partition (a fresh
+install, or the legacy partition already retired by ``prune``) every row is copied
+back into a plain table under ACCESS EXCLUSIVE, as the first version of this
+migration did: fine for a fresh install; for a big database, a long lock.
 
-Backwards converts both tables back to plain heap tables (rows copied back) with
-their original keys, indexes and triggers.
+Every step prints how long it took (``exclusive`` marks a step that holds an
+ACCESS EXCLUSIVE lock); ``benchmarks/partitions.py`` reads those lines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
-from typing import Any
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
+import asyncpg
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.columns.column_types import Timestamptz
 from piccolo.engine import engine_finder
 
 ID = "2026-11-30T00:39:50:000000"
 VERSION = "1.38.0"
-DESCRIPTION = "time partitions: outbox by day, run_step_logs by month of the run"
+DESCRIPTION = "time partitions: outbox by day, run_step_logs by month of the run (online)"
 
-TERMINAL = "('completed', 'failed', 'cancelled')"
 DAYS_AHEAD = 7
 MONTHS_AHEAD = 2
+BACKFILL_ROWS = 5000
+# The swap's wait for its ACCESS EXCLUSIVE lock: every query on the table queues
+# behind a waiting lock, so the wait is short and retried rather than long.
+SWAP_LOCK_TIMEOUT = "1s"
+SWAP_ATTEMPTS = 30
+# Other catalog-only steps (ADD CONSTRAINT ... NOT VALID, USING INDEX).
+SHORT_LOCK_TIMEOUT = "2s"
 
 UPDATED_AT_TRIGGER = """
 CREATE TRIGGER {table}_set_updated_at
@@ -66,7 +115,7 @@ FOR EACH STATEMENT
 EXECUTE FUNCTION flowforge_outbox_notify()
 """
 
-# The outbox's indexes (as the relay migration made them) and its key.
+# The outbox's indexes (as the relay migration made them) and its triggers.
 OUTBOX_INDEXES = [
     "CREATE INDEX outbox_claim_idx ON outbox (seq) "
     "WHERE published_at IS NULL AND dead_lettered_at IS NULL",
@@ -75,63 +124,347 @@ OUTBOX_INDEXES = [
     "CREATE INDEX outbox_published_at_idx ON outbox (published_at) WHERE published_at IS NOT NULL",
     "CREATE INDEX outbox_dead_lettered_idx ON outbox (dead_lettered_at) "
     "WHERE dead_lettered_at IS NOT NULL",
-    UPDATED_AT_TRIGGER.format(table="outbox"),
-    OUTBOX_NOTIFY_TRIGGER,
 ]
+OUTBOX_TRIGGERS = [UPDATED_AT_TRIGGER.format(table="outbox"), OUTBOX_NOTIFY_TRIGGER]
 
 PARTITIONED_OUTBOX_KEYS = [
     "ALTER TABLE outbox ADD CONSTRAINT outbox_pkey PRIMARY KEY (id, created_at)",
     *OUTBOX_INDEXES,
+    *OUTBOX_TRIGGERS,
 ]
 PLAIN_OUTBOX_KEYS = [
     "ALTER TABLE outbox ADD CONSTRAINT outbox_pkey PRIMARY KEY (id)",
     *OUTBOX_INDEXES,
+    *OUTBOX_TRIGGERS,
 ]
 
 STEP_FK = (
     "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_step_id_fkey "
     "FOREIGN KEY (step_id) REFERENCES workflow_steps (id) ON UPDATE CASCADE ON DELETE SET NULL"
 )
-STEP_LOG_COMMON = [
-    STEP_FK,
-    "CREATE INDEX run_step_logs_step_id_idx ON run_step_logs (step_id) WHERE step_id IS NOT NULL",
-    UPDATED_AT_TRIGGER.format(table="run_step_logs"),
-]
+STEP_LOG_INDEX = (
+    "CREATE INDEX run_step_logs_step_id_idx ON run_step_logs (step_id) WHERE step_id IS NOT NULL"
+)
+STEP_LOG_TRIGGERS = [UPDATED_AT_TRIGGER.format(table="run_step_logs")]
+COMPOSITE_FK = (
+    "FOREIGN KEY (run_id, run_created_at) REFERENCES workflow_runs (id, created_at) "
+    "ON UPDATE CASCADE ON DELETE CASCADE"
+)
+PLAIN_FK = "FOREIGN KEY (run_id) REFERENCES workflow_runs (id) ON UPDATE CASCADE ON DELETE CASCADE"
 PARTITIONED_STEP_LOG_KEYS = [
     "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_pkey PRIMARY KEY (id, run_created_at)",
     "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_step_attempt_key "
     "UNIQUE (run_id, step_position, attempt, run_created_at)",
-    "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_id_fkey "
-    "FOREIGN KEY (run_id, run_created_at) REFERENCES workflow_runs (id, created_at) "
-    "ON UPDATE CASCADE ON DELETE CASCADE",
-    *STEP_LOG_COMMON,
+    f"ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_id_fkey {COMPOSITE_FK}",
+    STEP_FK,
+    STEP_LOG_INDEX,
+    *STEP_LOG_TRIGGERS,
 ]
 PLAIN_STEP_LOG_KEYS = [
     "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_pkey PRIMARY KEY (id)",
     "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_step_attempt_key "
     "UNIQUE (run_id, step_position, attempt)",
-    "ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_id_fkey "
-    "FOREIGN KEY (run_id) REFERENCES workflow_runs (id) ON UPDATE CASCADE ON DELETE CASCADE",
-    *STEP_LOG_COMMON,
+    f"ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_id_fkey {PLAIN_FK}",
+    STEP_FK,
+    STEP_LOG_INDEX,
+    *STEP_LOG_TRIGGERS,
 ]
 
+# Step logs whose key is missing: filled from their run, one ctid range at a time
+# (a TID range scan: each batch reads only its pages).
+BACKFILL_PAGES = """
+UPDATE run_step_logs l SET run_created_at = r.created_at
+FROM workflow_runs r
+WHERE r.id = l.run_id AND l.run_created_at IS NULL
+    AND l.ctid >= format('(%s,0)', $1::bigint)::tid AND l.ctid < format('(%s,0)', $2::bigint)::tid
+"""
+# What is still missing after that (rows written meanwhile): until none is left.
+BACKFILL_REST = """
+UPDATE run_step_logs l SET run_created_at = r.created_at
+FROM workflow_runs r
+WHERE r.id = l.run_id AND l.ctid = ANY(ARRAY(
+    SELECT ctid FROM run_step_logs WHERE run_created_at IS NULL LIMIT $1
+))
+"""
 
-def _day(moment: datetime.datetime) -> datetime.datetime:
-    return datetime.datetime(moment.year, moment.month, moment.day, tzinfo=datetime.UTC)
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    key: str
+    period: Literal["day", "month"]
+    # The unique indexes the partitioned keys need: name -> columns. The first is the key.
+    keys: tuple[tuple[str, str], ...]
+    # The plain table's unique keys: constraint -> columns (backwards).
+    plain_keys: tuple[tuple[str, str], ...]
+    partitioned_keys: tuple[str, ...]
+    plain_statements: tuple[str, ...]
+    triggers: tuple[str, ...]
+
+    @property
+    def legacy(self) -> str:
+        return f"{self.name}_legacy"
+
+    @property
+    def range_check(self) -> str:
+        return f"{self.legacy}_range"
 
 
-def _month(moment: datetime.datetime, add: int = 0) -> datetime.datetime:
+OUTBOX = Table(
+    "outbox",
+    "created_at",
+    "day",
+    keys=(("outbox_legacy_pkey", "id, created_at"),),
+    plain_keys=(("outbox_pkey", "id"),),
+    partitioned_keys=tuple(PARTITIONED_OUTBOX_KEYS),
+    plain_statements=tuple(PLAIN_OUTBOX_KEYS),
+    triggers=("outbox_set_updated_at", "outbox_notify"),
+)
+STEP_LOGS = Table(
+    "run_step_logs",
+    "run_created_at",
+    "month",
+    keys=(
+        ("run_step_logs_legacy_pkey", "id, run_created_at"),
+        (
+            "run_step_logs_legacy_run_step_attempt_key",
+            "run_id, step_position, attempt, run_created_at",
+        ),
+    ),
+    plain_keys=(
+        ("run_step_logs_pkey", "id"),
+        ("run_step_logs_run_step_attempt_key", "run_id, step_position, attempt"),
+    ),
+    partitioned_keys=tuple(PARTITIONED_STEP_LOG_KEYS),
+    plain_statements=tuple(PLAIN_STEP_LOG_KEYS),
+    triggers=("run_step_logs_set_updated_at",),
+)
+TABLES = (OUTBOX, STEP_LOGS)
+# The composite foreign key while the step-log table still has its old one.
+NEW_FK = "run_step_logs_run_id_created_at_fkey"
+
+
+def _report(step: str, started: float, *, exclusive: bool = False) -> None:
+    seconds = time.perf_counter() - started
+    lock = " (exclusive)" if exclusive else ""
+    print(f"[partitioning] {step}{lock}: {seconds:.3f} s", flush=True)
+
+
+def period_start(moment: datetime.datetime, period: str, add: int = 0) -> datetime.datetime:
+    moment = moment.astimezone(datetime.UTC)
+    if period == "day":
+        day = datetime.datetime(moment.year, moment.month, moment.day, tzinfo=datetime.UTC)
+        return day + datetime.timedelta(days=add)
     index = moment.year * 12 + moment.month - 1 + add
     return datetime.datetime(index // 12, index % 12 + 1, 1, tzinfo=datetime.UTC)
 
 
-async def _columns(connection: Any, table: str) -> list[str]:
-    rows = await connection.fetch(
-        "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass "
-        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        table,
+def partition_name(table: Table, start: datetime.datetime) -> str:
+    return (
+        f"{table.name}_p{start:%Y%m%d}" if table.period == "day" else f"{table.name}_p{start:%Y%m}"
     )
-    return [row["attname"] for row in rows]
+
+
+def minimum_cutoff(table: Table, now: datetime.datetime) -> datetime.datetime:
+    """The earliest cutoff with its margin (see the module docstring)."""
+    if table.period == "day":
+        return period_start(now, "day", 2)
+    return period_start(now + datetime.timedelta(days=2), "month", 1)
+
+
+async def _relkind(connection: Any, name: str) -> str | None:
+    kind = await connection.fetchval(
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", name
+    )
+    return None if kind is None else str(kind)
+
+
+async def _constraint(connection: Any, table: str, name: str) -> Any:
+    return await connection.fetchrow(
+        "SELECT convalidated, pg_get_constraintdef(oid) AS definition FROM pg_constraint "
+        "WHERE conrelid = to_regclass($1) AND conname = $2",
+        table,
+        name,
+    )
+
+
+async def _short(
+    connection: Any,
+    step: str,
+    work: Callable[[], Awaitable[Any]],
+    *,
+    lock_timeout: str = SHORT_LOCK_TIMEOUT,
+    attempts: int = SWAP_ATTEMPTS,
+) -> None:
+    """One short transaction that takes an exclusive lock: bounded lock wait, retried."""
+    for attempt in range(1, attempts + 1):
+        started = time.perf_counter()
+        try:
+            async with connection.transaction():
+                await connection.execute(f"SET LOCAL lock_timeout = '{lock_timeout}'")
+                await work()
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError):
+            if attempt == attempts:
+                raise
+            print(f"[partitioning] {step}: lock not granted, try {attempt + 1}", flush=True)
+            await asyncio.sleep(min(5.0, 0.2 * attempt))
+            continue
+        _report(step, started, exclusive=True)
+        return
+
+
+async def _lock(connection: Any, table: Table, mode: str = "ACCESS EXCLUSIVE") -> None:
+    """Lock the table; for step logs workflow_runs first, in the order writers
+    take them (a run, then its logs), so a writer mid-transaction and this step
+    cannot deadlock: dropping or adding the foreign key locks workflow_runs too
+    (ACCESS EXCLUSIVE to drop one)."""
+    tables = "workflow_runs, run_step_logs" if table is STEP_LOGS else table.name
+    await connection.execute(f"LOCK TABLE {tables} IN {mode} MODE")
+
+
+async def _index_concurrently(connection: Any, name: str, table: str, columns: str) -> None:
+    """A unique index built without blocking writes; an INVALID one left by an
+    interrupted build is dropped and built again."""
+    valid = await connection.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
+    )
+    if valid:
+        return
+    started = time.perf_counter()
+    if valid is not None:
+        await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    await connection.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({columns})")
+    _report(f"index {name}", started)
+
+
+async def _backfill(connection: Any) -> None:
+    """run_step_logs.run_created_at from the run, in short batches."""
+    started = time.perf_counter()
+    superuser = await connection.fetchval(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    )
+    stats = await connection.fetchrow(
+        "SELECT pg_relation_size('run_step_logs') / current_setting('block_size')::bigint AS pages, "
+        "greatest(reltuples, 0) AS tuples, greatest(relpages, 1) AS relpages "
+        "FROM pg_class WHERE oid = 'run_step_logs'::regclass"
+    )
+    per_page = max(1.0, stats["tuples"] / stats["relpages"]) if stats["tuples"] else 50.0
+    step = max(1, int(BACKFILL_ROWS / per_page))
+    filled = 0
+
+    async def batch(statement: str, *args: Any) -> int:
+        async with connection.transaction():
+            if superuser:
+                # No updated_at bump: the trigger is skipped for this fill only.
+                await connection.execute("SET LOCAL session_replication_role = replica")
+            result = await connection.execute(statement, *args)
+        return int(result.split()[-1])
+
+    for first in range(0, int(stats["pages"]), step):
+        filled += await batch(BACKFILL_PAGES, first, first + step)
+    _report(f"backfill run_step_logs.run_created_at ({filled} rows)", started)
+
+
+async def _backfill_rest(connection: Any) -> None:
+    started = time.perf_counter()
+    superuser = await connection.fetchval(
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    )
+    filled = 0
+    while True:
+        async with connection.transaction():
+            if superuser:
+                await connection.execute("SET LOCAL session_replication_role = replica")
+            done = int((await connection.execute(BACKFILL_REST, BACKFILL_ROWS)).split()[-1])
+        filled += done
+        if not done:
+            break
+    _report(f"backfill the rest ({filled} rows)", started)
+
+
+async def _cutoff(connection: Any, table: Table) -> datetime.datetime:
+    """The legacy partition's upper bound, from its CHECK once that exists."""
+    found = await _constraint(connection, table.name, table.range_check)
+    now = await connection.fetchval("SELECT now()")
+    if found is not None:
+        cutoff = datetime.datetime.fromisoformat(
+            re.findall(r"'([^']+)'", found["definition"])[0]
+        ).astimezone(datetime.UTC)
+        if cutoff > now + datetime.timedelta(days=1):
+            return cutoff
+        # A run resumed days later: the margin is gone, choose again.
+        await _short(
+            connection,
+            f"{table.name}: drop a stale range check",
+            lambda: connection.execute(
+                f"ALTER TABLE {table.name} DROP CONSTRAINT {table.range_check}"
+            ),
+        )
+    cutoff = minimum_cutoff(table, now)
+    newest = await connection.fetchval(
+        "SELECT max(created_at) FROM outbox"
+        if table is OUTBOX
+        else "SELECT max(created_at) FROM workflow_runs"
+    )
+    if newest is not None and newest >= cutoff:
+        cutoff = period_start(newest, table.period, 1)
+    await _short(
+        connection,
+        f"{table.name}: range check NOT VALID",
+        lambda: connection.execute(
+            f"ALTER TABLE {table.name} ADD CONSTRAINT {table.range_check} "
+            f"CHECK ({table.key} IS NOT NULL AND {table.key} < '{cutoff.isoformat()}') NOT VALID"
+        ),
+    )
+    return cutoff
+
+
+async def _add_new_fk(connection: Any) -> None:
+    await _lock(connection, STEP_LOGS, "SHARE ROW EXCLUSIVE")
+    await connection.execute(
+        f"ALTER TABLE run_step_logs ADD CONSTRAINT {NEW_FK} {COMPOSITE_FK} NOT VALID"
+    )
+
+
+async def _prepare(connection: Any, table: Table) -> datetime.datetime:
+    """Everything slow, none of it blocking reads or writes. Returns the cutoff."""
+    if table is STEP_LOGS and await _constraint(connection, table.name, table.range_check) is None:
+        await _backfill(connection)
+    cutoff = await _cutoff(connection, table)
+    if table is STEP_LOGS:
+        await _backfill_rest(connection)
+    started = time.perf_counter()
+    await connection.execute(f"ALTER TABLE {table.name} VALIDATE CONSTRAINT {table.range_check}")
+    _report(f"{table.name}: validate the range check", started)
+    for name, columns in table.keys:
+        await _index_concurrently(connection, name, table.name, columns)
+    if table is STEP_LOGS:
+        if await _constraint(connection, table.name, NEW_FK) is None:
+            await _short(
+                connection,
+                "run_step_logs: composite foreign key NOT VALID",
+                lambda: _add_new_fk(connection),
+            )
+        started = time.perf_counter()
+        await connection.execute(f"ALTER TABLE run_step_logs VALIDATE CONSTRAINT {NEW_FK}")
+        _report("run_step_logs: validate the composite foreign key", started)
+    return cutoff
+
+
+async def _rename_indexes(connection: Any, relation: str, old: str, new: str) -> None:
+    """Rename the indexes of `relation` named <old>_<suffix> to <new>_<suffix>
+    (index names are schema-wide: the partitioned table needs the plain names)."""
+    for row in await connection.fetch(
+        "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+        "WHERE x.indrelid = $1::regclass",
+        relation,
+    ):
+        name = row["relname"]
+        # Forwards (old is a prefix of new) an index already named new is left alone.
+        if name.startswith(f"{old}_") and not (new.startswith(old) and name.startswith(f"{new}_")):
+            await connection.execute(
+                f'ALTER INDEX "{name}" RENAME TO "{new}_{name.removeprefix(old + "_")}"'
+            )
 
 
 async def _name_partition_indexes(connection: Any, table: str) -> None:
@@ -158,110 +491,167 @@ async def _name_partition_indexes(connection: Any, table: str) -> None:
             await connection.execute(f'ALTER INDEX "{row["child"]}" RENAME TO "{wanted}"')
 
 
-async def _copy(connection: Any, target: str, source: str, select: str) -> None:
-    expected = await connection.fetchval(f"SELECT count(*) FROM {source}")  # noqa: S608
-    await connection.execute(select)
-    copied = await connection.fetchval(f"SELECT count(*) FROM {target}")  # noqa: S608
-    if copied != expected:
-        raise RuntimeError(f"{target}: copied {copied} rows of {expected}; rolled back")
-
-
-async def _outbox_forwards(connection: Any, now: datetime.datetime) -> None:
-    await connection.execute("ALTER TABLE outbox RENAME TO outbox_unpartitioned")
-    await connection.execute(
-        "CREATE TABLE outbox (LIKE outbox_unpartitioned INCLUDING DEFAULTS "
-        "INCLUDING CONSTRAINTS) PARTITION BY RANGE (created_at)"
-    )
-    days = {
-        row["day"]
-        for row in await connection.fetch(
-            "SELECT DISTINCT date_trunc('day', created_at) AS day FROM outbox_unpartitioned"
-        )
-    }
-    today = _day(now)
-    days |= {today + datetime.timedelta(days=n) for n in range(-1, DAYS_AHEAD + 1)}
-    for day in sorted(days):
+async def _swap(connection: Any, table: Table, cutoff: datetime.datetime) -> None:
+    """The catalog-only switch, in the caller's transaction (see the docstring, 4)."""
+    name, legacy = table.name, table.legacy
+    await _lock(connection, table)
+    empty = not await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name})")  # noqa: S608
+    for trigger in table.triggers:
+        await connection.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+    for constraint, _ in table.plain_keys:
+        await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
+    if table is STEP_LOGS:
         await connection.execute(
-            f"CREATE TABLE outbox_p{day:%Y%m%d} PARTITION OF outbox "
-            f"FOR VALUES FROM ('{day.isoformat()}') "
-            f"TO ('{(day + datetime.timedelta(days=1)).isoformat()}')"
+            "ALTER TABLE run_step_logs DROP CONSTRAINT run_step_logs_run_id_fkey"
         )
-    await connection.execute("CREATE TABLE outbox_default PARTITION OF outbox DEFAULT")
-    await _copy(
-        connection,
-        "outbox",
-        "outbox_unpartitioned",
-        "INSERT INTO outbox SELECT * FROM outbox_unpartitioned",
-    )
-    await connection.execute("ALTER SEQUENCE outbox_seq_seq OWNED BY outbox.seq")
-    await connection.execute("DROP TABLE outbox_unpartitioned")
-    for statement in PARTITIONED_OUTBOX_KEYS:
-        await connection.execute(statement)
-    await _name_partition_indexes(connection, "outbox")
-
-
-async def _step_logs_forwards(connection: Any, now: datetime.datetime) -> None:
-    await connection.execute("ALTER TABLE run_step_logs RENAME TO run_step_logs_unpartitioned")
-    await connection.execute(
-        "CREATE TABLE run_step_logs (LIKE run_step_logs_unpartitioned INCLUDING DEFAULTS "
-        "INCLUDING CONSTRAINTS) PARTITION BY RANGE (run_created_at)"
-    )
-    months = {
-        row["month"]
-        for row in await connection.fetch(
-            "SELECT DISTINCT date_trunc('month', r.created_at) AS month "
-            "FROM workflow_runs r WHERE EXISTS "
-            "(SELECT 1 FROM run_step_logs_unpartitioned l WHERE l.run_id = r.id)"
-        )
-    }
-    months |= {_month(now, n) for n in range(-1, MONTHS_AHEAD + 1)}
-    for month in sorted(months):
         await connection.execute(
-            f"CREATE TABLE run_step_logs_p{month:%Y%m} PARTITION OF run_step_logs "
-            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_month(month, 1).isoformat()}')"
+            f"ALTER TABLE run_step_logs RENAME CONSTRAINT {NEW_FK} TO run_step_logs_run_id_fkey"
         )
+    # The validated range check proves run_created_at NOT NULL: no scan.
+    for index, _ in table.keys:
+        kind = "PRIMARY KEY" if index.endswith("_pkey") else "UNIQUE"
+        await connection.execute(
+            f"ALTER TABLE {name} ADD CONSTRAINT {index} {kind} USING INDEX {index}"
+        )
+    await _rename_indexes(connection, name, name, legacy)
+    await connection.execute(f"ALTER TABLE {name} RENAME TO {legacy}")
+
     await connection.execute(
-        "CREATE TABLE run_step_logs_default PARTITION OF run_step_logs DEFAULT"
+        f"CREATE TABLE {name} (LIKE {legacy} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
+        f"PARTITION BY RANGE ({table.key})"
     )
-    columns = await _columns(connection, "run_step_logs_unpartitioned")
-    values = ", ".join("r.created_at" if c == "run_created_at" else f"l.{c}" for c in columns)
-    await _copy(
-        connection,
-        "run_step_logs",
-        "run_step_logs_unpartitioned",
-        f"INSERT INTO run_step_logs ({', '.join(columns)}) SELECT {values} "  # noqa: S608
-        "FROM run_step_logs_unpartitioned l JOIN workflow_runs r ON r.id = l.run_id",
-    )
-    await connection.execute("DROP TABLE run_step_logs_unpartitioned")
-    for statement in PARTITIONED_STEP_LOG_KEYS:
+    await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {table.range_check}")
+    now = await connection.fetchval("SELECT now()")
+    ahead = DAYS_AHEAD if table.period == "day" else MONTHS_AHEAD
+    last = max(period_start(now, table.period, ahead), cutoff)
+    start = period_start(now, table.period, -1) if empty else cutoff
+    while start <= last:
+        end = period_start(start, table.period, 1)
+        await connection.execute(
+            f"CREATE TABLE {partition_name(table, start)} PARTITION OF {name} "
+            f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+        )
+        start = end
+    await connection.execute(f"CREATE TABLE {name}_default PARTITION OF {name} DEFAULT")
+    for statement in table.partitioned_keys:
         await connection.execute(statement)
-    await _name_partition_indexes(connection, "run_step_logs")
-
-
-async def _back_to_plain(connection: Any, table: str, keys: list[str]) -> None:
-    await connection.execute(f"ALTER TABLE {table} RENAME TO {table}_partitioned")
-    await connection.execute(
-        f"CREATE TABLE {table} (LIKE {table}_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-    )
-    await _copy(
-        connection,
-        table,
-        f"{table}_partitioned",
-        f"INSERT INTO {table} SELECT * FROM {table}_partitioned",  # noqa: S608
-    )
-    if table == "outbox":
+    if table is OUTBOX:
         await connection.execute("ALTER SEQUENCE outbox_seq_seq OWNED BY outbox.seq")
-    await connection.execute(f"DROP TABLE {table}_partitioned")
-    for statement in keys:
+    if empty:
+        await connection.execute(f"DROP TABLE {legacy}")
+    else:
+        await connection.execute(
+            f"ALTER TABLE {name} ATTACH PARTITION {legacy} "
+            f"FOR VALUES FROM (MINVALUE) TO ('{cutoff.isoformat()}')"
+        )
+    await _name_partition_indexes(connection, name)
+
+
+async def _forwards_table(connection: Any, table: Table) -> None:
+    if await _relkind(connection, table.name) == "p":
+        return  # done by an earlier run
+    cutoff = await _prepare(connection, table)
+    await _short(
+        connection,
+        f"{table.name}: swap to partitioned",
+        lambda: _swap(connection, table, cutoff),
+        lock_timeout=SWAP_LOCK_TIMEOUT,
+    )
+
+
+async def _plain_indexes_concurrently(connection: Any, table: Table) -> None:
+    """The plain table's unique indexes, built on the legacy partition without
+    blocking writes (a leaf partition allows CONCURRENTLY)."""
+    for constraint, columns in table.plain_keys:
+        await _index_concurrently(connection, f"{constraint}_plain", table.legacy, columns)
+
+
+async def _swap_back(connection: Any, table: Table) -> None:
+    name, legacy = table.name, table.legacy
+    await _lock(connection, table)
+    await connection.execute(f"ALTER TABLE {name} DETACH PARTITION {legacy}")
+    await connection.execute(f"ALTER TABLE {legacy} DROP CONSTRAINT IF EXISTS {table.range_check}")
+    # Rows written since forwards, in the other partitions: copied under the lock.
+    moved = await connection.execute(f"INSERT INTO {legacy} SELECT * FROM {name}")  # noqa: S608
+    print(f"[partitioning] {name}: moved {moved.split()[-1]} newer rows back", flush=True)
+    if table is OUTBOX:
+        await connection.execute(f"ALTER SEQUENCE outbox_seq_seq OWNED BY {legacy}.seq")
+    await connection.execute(f"DROP TABLE {name}")
+    await connection.execute(f"ALTER TABLE {legacy} RENAME TO {name}")
+    for index, _ in table.keys:
+        await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {index}")
+    await _rename_indexes(connection, name, legacy, name)
+    for constraint, _ in table.plain_keys:
+        kind = "PRIMARY KEY" if constraint.endswith("_pkey") else "UNIQUE"
+        await connection.execute(
+            f"ALTER TABLE {name} ADD CONSTRAINT {constraint} {kind} USING INDEX {constraint}_plain"
+        )
+    if table is STEP_LOGS:
+        await connection.execute(
+            "ALTER TABLE run_step_logs DROP CONSTRAINT run_step_logs_run_id_fkey"
+        )
+        await connection.execute(
+            f"ALTER TABLE run_step_logs ADD CONSTRAINT run_step_logs_run_id_fkey {PLAIN_FK} NOT VALID"
+        )
+    for trigger in table.triggers:  # DETACH drops the cloned ones; to be sure
+        await connection.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
+    for statement in table.plain_statements:
+        if statement.lstrip().startswith("CREATE TRIGGER"):
+            await connection.execute(statement)
+
+
+async def _copy_back(connection: Any, table: Table) -> None:
+    """No legacy partition: every row is copied into a plain table (a fresh install)."""
+    name = table.name
+    await _lock(connection, table)
+    await connection.execute(f"ALTER TABLE {name} RENAME TO {name}_partitioned")
+    await connection.execute(
+        f"CREATE TABLE {name} (LIKE {name}_partitioned INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+    )
+    expected = await connection.fetchval(f"SELECT count(*) FROM {name}_partitioned")  # noqa: S608
+    await connection.execute(f"INSERT INTO {name} SELECT * FROM {name}_partitioned")  # noqa: S608
+    copied = await connection.fetchval(f"SELECT count(*) FROM {name}")  # noqa: S608
+    if copied != expected:
+        raise RuntimeError(f"{name}: copied {copied} rows of {expected}; rolled back")
+    if table is OUTBOX:
+        await connection.execute("ALTER SEQUENCE outbox_seq_seq OWNED BY outbox.seq")
+    await connection.execute(f"DROP TABLE {name}_partitioned")
+    for statement in table.plain_statements:
         await connection.execute(statement)
+
+
+async def _backwards_table(connection: Any, table: Table) -> None:
+    if await _relkind(connection, table.name) != "p":
+        return  # plain already (an earlier run got this far)
+    attached = await connection.fetchval(
+        "SELECT 1 FROM pg_inherits WHERE inhparent = $1::regclass AND inhrelid = to_regclass($2)",
+        table.name,
+        table.legacy,
+    )
+    if attached:
+        await _plain_indexes_concurrently(connection, table)
+        await _short(
+            connection,
+            f"{table.name}: swap back to plain",
+            lambda: _swap_back(connection, table),
+            lock_timeout=SWAP_LOCK_TIMEOUT,
+        )
+    else:
+        await _short(
+            connection,
+            f"{table.name}: copy back to plain",
+            lambda: _copy_back(connection, table),
+            lock_timeout=SWAP_LOCK_TIMEOUT,
+        )
 
 
 async def _connect() -> Any:
     engine = engine_finder()
     assert engine is not None
     connection = await engine.get_new_connection()
-    # A migration is not a request: no statement timeout (the copy of a large
-    # table takes minutes); a bounded wait for locks instead of queueing forever.
+    # A migration is not a request: no statement timeout (a backfill batch or a
+    # concurrent index build on a large table takes long); the locks the slow
+    # steps take block no read or write, and their wait is bounded anyway.
     await connection.execute("SET statement_timeout = 0")
     await connection.execute("SET lock_timeout = '30s'")
     await connection.execute("SET TimeZone = 'UTC'")
@@ -272,24 +662,24 @@ async def run_forwards() -> None:
     connection = await _connect()
     try:
         # The target of the composite step-log foreign key, built without
-        # blocking writers. A failed earlier try may have left it INVALID.
-        await connection.execute(
-            "DROP INDEX CONCURRENTLY IF EXISTS workflow_runs_id_created_at_key"
+        # blocking writers.
+        await _index_concurrently(
+            connection, "workflow_runs_id_created_at_key", "workflow_runs", "id, created_at"
         )
-        await connection.execute(
-            "CREATE UNIQUE INDEX CONCURRENTLY workflow_runs_id_created_at_key "
-            "ON workflow_runs (id, created_at)"
-        )
-        # A short lock of its own: workflow_runs must not stay locked for the copy.
-        await connection.execute(
-            "ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_id_created_at_key "
-            "UNIQUE USING INDEX workflow_runs_id_created_at_key"
-        )
-        async with connection.transaction():
-            await connection.execute("LOCK TABLE outbox, run_step_logs IN ACCESS EXCLUSIVE MODE")
-            now = await connection.fetchval("SELECT now()")
-            await _outbox_forwards(connection, now)
-            await _step_logs_forwards(connection, now)
+        if (
+            await _constraint(connection, "workflow_runs", "workflow_runs_id_created_at_key")
+            is None
+        ):
+            await _short(
+                connection,
+                "workflow_runs: (id, created_at) key USING INDEX",
+                lambda: connection.execute(
+                    "ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_id_created_at_key "
+                    "UNIQUE USING INDEX workflow_runs_id_created_at_key"
+                ),
+            )
+        for table in TABLES:
+            await _forwards_table(connection, table)
         await connection.execute("ANALYZE outbox, run_step_logs")
     finally:
         await connection.close()
@@ -298,13 +688,23 @@ async def run_forwards() -> None:
 async def run_backwards() -> None:
     connection = await _connect()
     try:
-        async with connection.transaction():
-            await connection.execute("LOCK TABLE outbox, run_step_logs IN ACCESS EXCLUSIVE MODE")
-            await _back_to_plain(connection, "outbox", PLAIN_OUTBOX_KEYS)
-            await _back_to_plain(connection, "run_step_logs", PLAIN_STEP_LOG_KEYS)
-            await connection.execute(
-                "ALTER TABLE workflow_runs DROP CONSTRAINT workflow_runs_id_created_at_key"
+        for table in TABLES:
+            await _backwards_table(connection, table)
+        if await _constraint(connection, "workflow_runs", "workflow_runs_id_created_at_key"):
+            await _short(
+                connection,
+                "workflow_runs: drop the (id, created_at) key",
+                lambda: connection.execute(
+                    "ALTER TABLE workflow_runs DROP CONSTRAINT workflow_runs_id_created_at_key"
+                ),
             )
+        found = await _constraint(connection, "run_step_logs", "run_step_logs_run_id_fkey")
+        if found is not None and not found["convalidated"]:
+            started = time.perf_counter()
+            await connection.execute(
+                "ALTER TABLE run_step_logs VALIDATE CONSTRAINT run_step_logs_run_id_fkey"
+            )
+            _report("run_step_logs: validate the foreign key", started)
         await connection.execute("ANALYZE outbox, run_step_logs")
     finally:
         await connection.close()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -238,31 +243,31 @@ async def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
     return [tuple(v for k, v in row.items() if k != "run_created_at") for row in rows]
 
 
-async def test_the_partitioning_migration_moves_every_row_forwards_and_back(
-    scratch_url: str,
-) -> None:
-    """Seeded at the schema before time partitions, converted, stepped back and
-    forwards again: the same rows every time, in partitions or not."""
+async def migrate_before_partitioning(url: str) -> None:
     for app in ("user", "session_auth"):
-        support.piccolo("migrations", "forwards", app, database_url=scratch_url)
+        support.piccolo("migrations", "forwards", app, database_url=url)
     support.piccolo(
         "migrations",
         "forwards",
         "flowforge",
         f"--migration_id={BEFORE_PARTITIONING_MIGRATION_ID}",
-        database_url=scratch_url,
+        database_url=url,
     )
-    # The seed of that time (step logs without run_created_at), by plain SQL.
-    connection = await asyncpg.connect(scratch_url)
+
+
+async def seed_before_partitioning(url: str, runs: int = 21) -> None:
+    """Runs every 9 days back over ~180 days, 2 step logs each (without
+    run_created_at, as written before the column), one event per run."""
+    connection = await asyncpg.connect(url)
     try:
         await connection.execute(
-            """
+            f"""
             INSERT INTO users (email, display_name) VALUES ('m@example.com', 'M');
             INSERT INTO workflows (owner_id, name) SELECT id, 'w' FROM users;
             INSERT INTO workflow_runs (workflow_id, status, created_at, started_at, finished_at)
-            SELECT w.id, 'completed', now() - g * interval '9 days',
-                now() - g * interval '9 days', now() - g * interval '9 days'
-            FROM workflows w, generate_series(0, 20) AS g;
+            SELECT w.id, 'completed', t, t, t
+            FROM workflows w, generate_series(0, {runs - 1}) AS g,
+                LATERAL (SELECT now() - (g % 21) * interval '9 days' - g * interval '1 ms') AS x(t);
             INSERT INTO run_step_logs (run_id, step_position, step_name, status, started_at,
                 finished_at)
             SELECT id, p, 's', 'completed', started_at, finished_at
@@ -273,30 +278,113 @@ async def test_the_partitioning_migration_moves_every_row_forwards_and_back(
         )
     finally:
         await connection.close()
-    before = {t: await table_rows(scratch_url, t) for t in ("outbox", "run_step_logs")}
-    counts = await row_counts(scratch_url)
-    assert counts["run_step_logs"] == 42 and counts["outbox"] == 21
 
-    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
-    converted = await partitioned_tables(scratch_url)
-    # 21 days of events over ~180 days, plus the days ahead; logs by month.
-    assert converted["outbox"] > 21 and converted["run_step_logs"] >= 7
-    assert await row_counts(scratch_url) == counts
-    assert {t: await table_rows(scratch_url, t) for t in before} == before
-    connection = await asyncpg.connect(scratch_url)
+
+async def add_run_created_at(url: str) -> None:
+    """The migration before the partitioning one: the nullable column."""
+    support.piccolo(
+        "migrations",
+        "forwards",
+        "flowforge",
+        f"--migration_id={RUN_CREATED_AT_MIGRATION_ID}",
+        database_url=url,
+    )
+
+
+async def contents(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {t: await table_rows(url, t) for t in ("workflow_runs", "outbox", "run_step_logs")}
+
+
+async def relfilenodes(url: str, names: list[str]) -> dict[str, int]:
+    """The storage of each relation: a rewrite or rebuild gives it a new one."""
+    connection = await asyncpg.connect(url)
     try:
-        # Every step log took its run's created_at, and nothing is in the default partitions.
-        assert not await connection.fetchval(
-            "SELECT count(*) FROM run_step_logs l JOIN workflow_runs r ON r.id = l.run_id "
-            "WHERE l.run_created_at <> r.created_at"
+        rows = await connection.fetch(
+            "SELECT n, pg_relation_filenode(to_regclass(n))::bigint AS f FROM unnest($1::text[]) n",
+            names,
         )
-        assert not await connection.fetchval("SELECT count(*) FROM outbox_default")
-        assert not await connection.fetchval("SELECT count(*) FROM run_step_logs_default")
     finally:
         await connection.close()
+    return {row["n"]: row["f"] for row in rows}
+
+
+# Relations that exist before the migration and must be adopted, not rebuilt:
+# the tables themselves and their indexes the partitioned tables keep.
+ADOPTED = {
+    "outbox": "outbox_legacy",
+    "outbox_claim_idx": "outbox_legacy_claim_idx",
+    "outbox_aggregate_unpublished_idx": "outbox_legacy_aggregate_unpublished_idx",
+    "outbox_published_at_idx": "outbox_legacy_published_at_idx",
+    "outbox_dead_lettered_idx": "outbox_legacy_dead_lettered_idx",
+    "run_step_logs": "run_step_logs_legacy",
+    "run_step_logs_step_id_idx": "run_step_logs_legacy_step_id_idx",
+}
+
+
+def migration_steps(output: str) -> dict[str, float]:
+    """The steps the partitioning migration printed, with their seconds."""
+    return {
+        match[1]: float(match[2])
+        for match in re.finditer(r"\[partitioning\] (.+?): ([0-9.]+) s$", output, re.MULTILINE)
+    }
+
+
+async def test_the_partitioning_migration_keeps_every_row_and_rebuilds_nothing(
+    scratch_url: str,
+) -> None:
+    """Seeded at the schema before time partitions, converted, stepped back and
+    forwards again: the same rows every time; the tables and their indexes are
+    adopted (same storage), not copied or rebuilt."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url)
+    before = await contents(scratch_url)
+    counts = await row_counts(scratch_url)
+    assert counts["run_step_logs"] == 42 and counts["outbox"] == 21
+    storage = await relfilenodes(scratch_url, list(ADOPTED))
+
+    result = support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    steps = migration_steps(result.stdout)
+    assert "outbox: swap to partitioned (exclusive)" in steps
+    assert "run_step_logs: swap to partitioned (exclusive)" in steps
+    assert await relfilenodes(scratch_url, list(ADOPTED.values())) == {
+        ADOPTED[name]: node for name, node in storage.items()
+    }
+    converted = await partitioned_tables(scratch_url)
+    # The legacy partition, the periods from the cutoff on, the default partition.
+    assert converted["outbox"] >= 3 and converted["run_step_logs"] >= 3
+    assert await row_counts(scratch_url) == counts
+    assert await contents(scratch_url) == before
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        # Every step log took its run's created_at; every old row is in the legacy partition.
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM run_step_logs l JOIN workflow_runs r ON r.id = l.run_id "
+            "WHERE l.run_created_at IS DISTINCT FROM r.created_at"
+        )
+        for table in ("outbox", "run_step_logs"):
+            assert (
+                await connection.fetchval(
+                    f"SELECT count(*) FROM {table} WHERE tableoid = '{table}_legacy'::regclass"
+                )
+                == counts[table]
+            )
+            bound = await connection.fetchval(
+                "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = $1",
+                f"{table}_legacy",
+            )
+            assert bound.startswith("FOR VALUES FROM (MINVALUE) TO (")
+        # The adopted keys are the legacy partition's, valid and attached.
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid "
+            "WHERE x.indrelid IN ('outbox_legacy'::regclass, 'run_step_logs_legacy'::regclass) "
+            "AND (NOT x.indisvalid OR NOT c.relispartition)"
+        )
+    finally:
+        await connection.close()
+    await constraints_hold(scratch_url)
     built = await inventory(scratch_url)
 
-    support.piccolo(
+    result = support.piccolo(
         "migrations",
         "backwards",
         "flowforge",
@@ -304,15 +392,284 @@ async def test_the_partitioning_migration_moves_every_row_forwards_and_back(
         "--auto_agree",
         database_url=scratch_url,
     )
+    assert "outbox: swap back to plain (exclusive)" in migration_steps(result.stdout)
     assert await partitioned_tables(scratch_url) == {}
-    assert await row_counts(scratch_url) == counts
-    assert {t: await table_rows(scratch_url, t) for t in before} == before
+    counts = await row_counts(scratch_url)  # constraints_hold() added and removed some
+    after_check = await contents(scratch_url)
     assert "workflow_runs_id_created_at_key" not in (await inventory(scratch_url))["constraints"]
+    # Back in place: the same storage again.
+    assert await relfilenodes(scratch_url, list(ADOPTED)) == storage
 
     support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
     assert await inventory(scratch_url) == built
     assert await row_counts(scratch_url) == counts
-    assert {t: await table_rows(scratch_url, t) for t in before} == before
+    assert await contents(scratch_url) == after_check
+    await constraints_hold(scratch_url)
+
+
+async def constraints_hold(url: str) -> None:
+    """On the legacy partition and on a new one: one log per run + step + attempt
+    (reported as the table's constraint), the composite foreign key (a log must
+    carry its run's created_at; deleting the run deletes its logs), the CHECKs."""
+    from flowforge.errors import parent_constraint
+
+    connection = await asyncpg.connect(url)
+    try:
+        old = await connection.fetchrow(
+            "SELECT run_id, run_created_at FROM run_step_logs_legacy LIMIT 1"
+        )
+        workflow = await connection.fetchval("SELECT id FROM workflows LIMIT 1")
+        cutoff = await connection.fetchval(
+            "SELECT (regexp_match(pg_get_expr(relpartbound, oid), 'TO \\(''([^'']+)''\\)'))[1]"
+            "::timestamptz FROM pg_class WHERE relname = 'run_step_logs_legacy'"
+        )
+        new = await connection.fetchrow(
+            "INSERT INTO workflow_runs (workflow_id, status, created_at) "
+            "VALUES ($1, 'pending', $2::timestamptz + interval '1 day') RETURNING id AS run_id, "
+            "created_at AS run_created_at",
+            workflow,
+            cutoff,
+        )
+        await connection.execute(
+            "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+            "VALUES ($1, $2, 0, 's')",
+            new["run_id"],
+            new["run_created_at"],
+        )
+        for run, partition in ((old, "run_step_logs_legacy"), (new, None)):
+            where = await connection.fetchval(
+                "SELECT tableoid::regclass::text FROM run_step_logs WHERE run_id = $1 LIMIT 1",
+                run["run_id"],
+            )
+            if partition:
+                assert where == partition
+            else:
+                assert where.startswith("run_step_logs_p"), where
+            with pytest.raises(asyncpg.UniqueViolationError) as unique:
+                await connection.execute(
+                    "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+                    "VALUES ($1, $2, 0, 's')",
+                    run["run_id"],
+                    run["run_created_at"],
+                )
+            assert (
+                parent_constraint(unique.value.constraint_name, unique.value.table_name)
+                == "run_step_logs_run_step_attempt_key"
+            )
+            with pytest.raises(asyncpg.ForeignKeyViolationError) as foreign:
+                await connection.execute(
+                    "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name) "
+                    "VALUES ($1, $2::timestamptz - interval '40 days', 0, 's')",
+                    run["run_id"],
+                    run["run_created_at"],
+                )
+            assert foreign.value.constraint_name == "run_step_logs_run_id_fkey"
+            with pytest.raises(asyncpg.CheckViolationError):
+                await connection.execute(
+                    "INSERT INTO run_step_logs (run_id, run_created_at, step_position, step_name, "
+                    "attempt) VALUES ($1, $2, 7, 's', 0)",
+                    run["run_id"],
+                    run["run_created_at"],
+                )
+            await connection.execute("DELETE FROM workflow_runs WHERE id = $1", run["run_id"])
+            assert not await connection.fetchval(
+                "SELECT count(*) FROM run_step_logs WHERE run_id = $1", run["run_id"]
+            )
+        event = await connection.fetchrow("SELECT * FROM outbox_legacy LIMIT 1")
+        with pytest.raises(asyncpg.UniqueViolationError) as unique:
+            await connection.execute(
+                "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, created_at) "
+                "VALUES ($1, 'workflow_run', $2, 'run.created', $3)",
+                event["id"],
+                event["aggregate_id"],
+                event["created_at"],
+            )
+        assert parent_constraint(unique.value.constraint_name, unique.value.table_name) == (
+            "outbox_pkey"
+        )
+    finally:
+        await connection.close()
+
+
+async def test_a_fresh_install_has_no_legacy_partition(scratch_url: str) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_legacy%'"
+        )
+        # Today (and yesterday) have their own partitions, as maintenance keeps them.
+        assert await connection.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relname = "
+            "'outbox_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')"
+        )
+    finally:
+        await connection.close()
+
+
+async def test_a_concurrent_writer_is_never_blocked_for_long(scratch_url: str) -> None:
+    """While the migration converts (and steps back) tables of 100k+ rows, a
+    writer keeps logging steps and recording events: none of its transactions
+    waits long, and none of its rows is lost."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url, runs=60_000)
+    # The column the writer (today's code) fills; the old rows have it NULL.
+    await add_run_created_at(scratch_url)
+    counts = await row_counts(scratch_url)
+    assert counts["run_step_logs"] == 120_000
+
+    stalls: dict[str, float] = {}
+    written = {"workflow_runs": 0, "run_step_logs": 0, "outbox": 0}
+    for direction in ("forwards", "backwards"):
+        args = (
+            ["forwards", "all"]
+            if direction == "forwards"
+            else [
+                "backwards",
+                "flowforge",
+                f"--migration_id={PARTITIONING_MIGRATION_ID}",
+                "--auto_agree",
+            ]
+        )
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "piccolo.main", "migrations", *args,
+            cwd=support.REPO_ROOT, env={**os.environ, "DATABASE_URL": scratch_url},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output = asyncio.ensure_future(process.communicate())
+        writer = await asyncpg.connect(scratch_url)
+        latencies: list[float] = []
+        try:
+            workflow = await writer.fetchval("SELECT id FROM workflows LIMIT 1")
+            while not output.done():
+                started = time.perf_counter()
+                async with writer.transaction():
+                    run = await writer.fetchrow(
+                        "INSERT INTO workflow_runs (workflow_id, status, started_at) "
+                        "VALUES ($1, 'running', now()) RETURNING id, created_at",
+                        workflow,
+                    )
+                    await writer.execute(
+                        "INSERT INTO run_step_logs (run_id, run_created_at, step_position, "
+                        "step_name, status, started_at) VALUES ($1, $2, 0, 's', 'running', now())",
+                        run["id"],
+                        run["created_at"],
+                    )
+                    await writer.execute(
+                        "INSERT INTO outbox (aggregate_type, aggregate_id, event_type) "
+                        "VALUES ('workflow_run', $1, 'run.started')",
+                        run["id"],
+                    )
+                latencies.append(time.perf_counter() - started)
+                for table in written:
+                    written[table] += 1
+        finally:
+            await writer.close()
+        stdout, _ = await output
+        text = stdout.decode()
+        assert process.returncode == 0, text
+        steps = migration_steps(text)
+        exclusive = [seconds for step, seconds in steps.items() if "(exclusive)" in step]
+        assert exclusive and max(exclusive) < 1.0, steps
+        # The writer ran all along, and never waited long: the copy this
+        # migration replaced held writes for seconds at this size.
+        assert len(latencies) > 20
+        stalls[direction] = max(latencies)
+        assert stalls[direction] < 1.5, (direction, stalls, steps)
+        assert await row_counts(scratch_url) == {
+            table: counts[table] + written.get(table, 0) for table in counts
+        }
+    assert await partitioned_tables(scratch_url) == {}
+
+
+async def wait_for_backend(url: str, query_prefix: str) -> int:
+    """The pid of the backend whose statement starts with `query_prefix` once it
+    waits on a lock (polling pg_stat_activity: the condition, not a guess of time)."""
+    connection = await asyncpg.connect(url)
+    try:
+        for _ in range(3000):
+            pid = await connection.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE $1 || '%' AND wait_event_type = 'Lock'",
+                query_prefix,
+            )
+            if pid:
+                return int(pid)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no backend waiting in {query_prefix!r}")
+    finally:
+        await connection.close()
+
+
+async def interrupt_migration(url: str, query_prefix: str) -> str:
+    """Run forwards; kill its connection once it waits in `query_prefix`. Its output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "piccolo.main", "migrations", "forwards", "all",
+        cwd=support.REPO_ROOT, env={**os.environ, "DATABASE_URL": url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    pid = await wait_for_backend(url, query_prefix)
+    admin = await asyncpg.connect(url)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    stdout, _ = await process.communicate()
+    assert process.returncode != 0
+    return stdout.decode()
+
+
+async def test_an_interrupted_migration_resumes(scratch_url: str) -> None:
+    """Killed in the backfill, then killed while building an index after it:
+    each time the next run carries on and ends with every row in place."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url, runs=2_000)
+    await add_run_created_at(scratch_url)
+    before = await contents(scratch_url)
+
+    # 1. A row lock on the last step log holds the backfill up: killed there.
+    blocker = await asyncpg.connect(scratch_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
+            )
+            await interrupt_migration(scratch_url, "\nUPDATE run_step_logs l")
+    finally:
+        await blocker.close()
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        assert await connection.fetchval(
+            "SELECT count(*) FROM run_step_logs WHERE run_created_at IS NULL"
+        )
+        assert await partitioned_tables(scratch_url) == {"outbox": await connection.fetchval(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'outbox'::regclass"
+        )}  # fmt: skip
+
+        # 2. An old snapshot holds the concurrent index build up: killed there,
+        # after the backfill, leaving an INVALID index behind.
+        async with connection.transaction(isolation="repeatable_read"):
+            await connection.fetchval("SELECT 1")
+            await interrupt_migration(
+                scratch_url, "CREATE UNIQUE INDEX CONCURRENTLY run_step_logs_legacy_pkey"
+            )
+        assert not await connection.fetchval(
+            "SELECT count(*) FROM run_step_logs WHERE run_created_at IS NULL"
+        )
+        assert (
+            await connection.fetchval(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = 'run_step_logs_legacy_pkey'::regclass"
+            )
+            is False
+        )
+    finally:
+        await connection.close()
+
+    # 3. Run again: done, every row in place.
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    assert set(await partitioned_tables(scratch_url)) == {"outbox", "run_step_logs"}
+    assert await contents(scratch_url) == before
+    await constraints_hold(scratch_url)
 
 
 async def test_backwards_without_auto_agree_and_stdin_fails_cleanly(scratch_url: str) -> None:

@@ -363,3 +363,93 @@ async def test_partitions_dry_run_changes_nothing(database_url: str) -> None:
     result = support.piccolo("flowforge", "partitions", "--dry_run", database_url=database_url)
     assert f"would create: {ahead}" in result.stdout
     assert ahead not in await names(partitions.OUTBOX)
+
+
+# -- the legacy partition the online migration leaves ----------------------------
+
+
+async def attach_legacy(spec: partitions.Spec, bound: datetime.datetime) -> None:
+    """What the partitioning migration leaves on a database converted with rows:
+    the old table attached FOR VALUES FROM (MINVALUE) TO (its cutoff)."""
+    await support.drop_empty_past_partitions()
+    legacy = f"{spec.table}_legacy"
+    await DB.fetch(
+        f"CREATE TABLE {legacy} (LIKE {spec.table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+    )
+    await DB.fetch(
+        f"ALTER TABLE {spec.table} ATTACH PARTITION {legacy} "
+        f"FOR VALUES FROM (MINVALUE) TO ('{bound.isoformat()}')"
+    )
+
+
+async def test_the_legacy_outbox_partition_is_kept_until_every_event_expired() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    bound = partitions.period_start(now - 20 * DAY, "day")
+    await attach_legacy(partitions.OUTBOX, bound)
+    await insert_event(bound - 5 * DAY, bound - 5 * DAY + datetime.timedelta(minutes=1))
+    unpublished = await insert_event(bound - 3 * DAY, None)
+    assert await where_is("outbox", "id", unpublished) == "outbox_legacy"
+    async with DB.transaction():
+        listed = {p.name: p for p in await partitions.partitions(partitions.OUTBOX)}
+    assert (listed["outbox_legacy"].lower, listed["outbox_legacy"].upper) == (None, bound)
+
+    # Maintenance as if run before the bound: the periods it covers get no partition.
+    report = await partitions.ensure(partitions.MaintenanceReport(), now=bound - 2 * DAY)
+    covered = {partitions.partition_name(partitions.OUTBOX, bound - n * DAY) for n in (1, 2)}
+    assert not covered & (set(report.created) | await names(partitions.OUTBOX))
+    assert partitions.partition_name(partitions.OUTBOX, bound) in await names(partitions.OUTBOX)
+
+    # Past the retention, but one event was never published: kept, as any partition.
+    report = await partitions.drop_expired(
+        partitions.MaintenanceReport(), outbox_retention_days=7, run_retention_days=0
+    )
+    assert "outbox_legacy" not in report.dropped
+    assert "outbox_legacy" in await names(partitions.OUTBOX)
+
+    await DB.fetch(
+        "UPDATE outbox SET published_at = $1 WHERE id = $2", bound - 2 * DAY, unpublished
+    )
+    dry = await prune(get_settings(), dry_run=True)
+    assert dry.partition_report is not None and "outbox_legacy" in dry.partition_report.dropped
+    assert dry.partition_rows.get("outbox") == 2  # MINVALUE lower bound: counted too
+    pruned = await prune(get_settings())
+    assert pruned.partition_report is not None
+    assert "outbox_legacy" in pruned.partition_report.dropped
+    assert pruned.partition_rows.get("outbox") == 2
+    assert "outbox_legacy" not in await names(partitions.OUTBOX)
+
+
+async def test_the_legacy_step_log_partition_goes_once_its_runs_expired() -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    bound = partitions.period_start(now, "month", -4)
+    await attach_legacy(partitions.STEP_LOGS, bound)
+    old = partitions.period_start(now, "month", -6) + DAY
+    await make_run(old)
+    running, _ = await make_run(old + DAY, status="running")
+    assert await where_is("run_step_logs", "run_id", running) == "run_step_logs_legacy"
+
+    report = await partitions.drop_expired(
+        partitions.MaintenanceReport(), outbox_retention_days=0, run_retention_days=90
+    )
+    assert "run_step_logs_legacy" not in report.dropped
+
+    await DB.fetch(
+        "UPDATE workflow_runs SET status = 'cancelled', finished_at = $1 WHERE id = $2",
+        old + 2 * DAY,
+        running,
+    )
+    report = await partitions.drop_expired(
+        partitions.MaintenanceReport(), outbox_retention_days=0, run_retention_days=90
+    )
+    assert report.dropped == ["run_step_logs_legacy"]
+    assert not await DB.fetch("SELECT 1 FROM run_step_logs")
+
+
+def test_a_violation_on_the_legacy_partition_reads_as_the_table_constraint() -> None:
+    from flowforge.errors import parent_constraint
+
+    assert (
+        parent_constraint("run_step_logs_legacy_run_step_attempt_key", "run_step_logs_legacy")
+        == "run_step_logs_run_step_attempt_key"
+    )
+    assert parent_constraint("outbox_legacy_pkey", "outbox_legacy") == "outbox_pkey"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from flowforge import partitions
 from flowforge import runs as run_operations
 from flowforge.commands import operations as cli
 from flowforge.db.engine import DB
@@ -355,3 +356,5 @@ async def test_batch_jobs_refuse_to_run_inside_a_transaction(db: None) -> None:
             await reap_stuck_runs(60)
         with pytest.raises(RuntimeError, match="prune commits batch by batch"):
             await prune(rs.relay_settings())
+        with pytest.raises(RuntimeError, match="partition maintenance commits batch by batch"):
+            await partitions.maintain(outbox_retention_days=7, run_retention_days=30)
