@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -100,6 +101,14 @@ SWAP_LOCK_TIMEOUT = "1s"
 SWAP_ATTEMPTS = 30
 # Other catalog-only steps (ADD CONSTRAINT ... NOT VALID, USING INDEX).
 SHORT_LOCK_TIMEOUT = "2s"
+# What must be left of the margin when the swap commits (the database clock):
+# less, and rows written from then on could miss the legacy partition's bound.
+SWAP_MARGIN = datetime.timedelta(hours=6)
+# Preparations (the CHECK with a new cutoff, validated again) before giving up.
+PREPARE_ATTEMPTS = 3
+# A backfill batch that deadlocks with, or fails to serialize against, an app
+# transaction (which locks a run's step logs in another order) is run again.
+BATCH_ATTEMPTS = 5
 
 UPDATED_AT_TRIGGER = """
 CREATE TRIGGER {table}_set_updated_at
@@ -169,6 +178,37 @@ PLAIN_STEP_LOG_KEYS = [
     STEP_LOG_INDEX,
     *STEP_LOG_TRIGGERS,
 ]
+
+# Until the swap, a step log written without run_created_at (a release older
+# than migration 2026-11-30T00:39:47, ad-hoc SQL) gets its run's created_at, so
+# it passes the range CHECK: inserted, or updated before the backfill reached it.
+# Created before the backfill, dropped in the swap (and backwards). Its WHEN
+# makes the column depend on it: stepping the column's migration back while it
+# is there fails instead of leaving a trigger that breaks every write.
+FILL_FUNCTION = "flowforge_fill_run_created_at"
+FILL_TRIGGER = "run_step_logs_fill_run_created_at"
+CREATE_FILL_FUNCTION = """
+CREATE OR REPLACE FUNCTION flowforge_fill_run_created_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.run_created_at IS NULL THEN
+        SELECT r.created_at INTO NEW.run_created_at FROM workflow_runs r WHERE r.id = NEW.run_id;
+    END IF;
+    RETURN NEW;
+END
+$$
+"""
+CREATE_FILL_TRIGGER = """
+CREATE OR REPLACE TRIGGER run_step_logs_fill_run_created_at
+BEFORE INSERT OR UPDATE ON run_step_logs
+FOR EACH ROW WHEN (NEW.run_created_at IS NULL)
+EXECUTE FUNCTION flowforge_fill_run_created_at()
+"""
+FILL_TRIGGER_EXISTS = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass('run_step_logs') AND tgname = $1
+)
+"""
 
 # Step logs whose key is missing: filled from their run, one ctid range at a time
 # (a TID range scan: each batch reads only its pages).
@@ -324,10 +364,17 @@ async def _lock(connection: Any, table: Table, mode: str = "ACCESS EXCLUSIVE") -
 
 async def _index_concurrently(connection: Any, name: str, table: str, columns: str) -> None:
     """A unique index built without blocking writes; an INVALID one left by an
-    interrupted build is dropped and built again."""
-    valid = await connection.fetchval(
-        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
+    interrupted build is dropped and built again. Only an index of `table` counts:
+    one of that name on another table is an error, not a build to skip."""
+    found = await connection.fetchrow(
+        "SELECT indisvalid, indrelid = to_regclass($2) AS ours FROM pg_index "
+        "WHERE indexrelid = to_regclass($1)",
+        name,
+        table,
     )
+    if found is not None and not found["ours"]:
+        raise RuntimeError(f"index {name} exists but is not an index of {table}: drop or rename it")
+    valid = None if found is None else found["indisvalid"]
     if valid:
         return
     started = time.perf_counter()
@@ -335,6 +382,43 @@ async def _index_concurrently(connection: Any, name: str, table: str, columns: s
         await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     await connection.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} ({columns})")
     _report(f"index {name}", started)
+
+
+async def _retried(step: str, work: Callable[[], Awaitable[int]]) -> int:
+    """One backfill batch, its own transaction: a deadlock with (or a serialization
+    failure against) an app transaction that locks a run's step logs in another
+    order runs it again, a few times."""
+    for attempt in range(1, BATCH_ATTEMPTS + 1):
+        try:
+            return await work()
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            if attempt == BATCH_ATTEMPTS:
+                raise
+            print(f"[partitioning] {step}: conflict with a writer, try {attempt + 1}", flush=True)
+            await asyncio.sleep(min(2.0, 0.1 * attempt))
+    raise AssertionError("unreachable")
+
+
+async def _install_fill_trigger(connection: Any) -> None:
+    """The trigger that fills run_created_at for writers that leave it out (see
+    FILL_FUNCTION), until the swap."""
+    await connection.execute(CREATE_FILL_FUNCTION)
+    if await connection.fetchval(FILL_TRIGGER_EXISTS, FILL_TRIGGER):
+        return  # a resumed run: no lock taken again
+    await _short(
+        connection,
+        "run_step_logs: fill trigger",
+        lambda: connection.execute(CREATE_FILL_TRIGGER),
+    )
+
+
+async def _drop_fill_trigger(connection: Any) -> None:
+    """The fill trigger and its function, in the caller's transaction (the swap,
+    holding the table's lock) or in a short one of its own (_short). DROP TRIGGER
+    locks the table even when there is none, hence the look first."""
+    if await connection.fetchval(FILL_TRIGGER_EXISTS, FILL_TRIGGER):
+        await connection.execute(f"DROP TRIGGER {FILL_TRIGGER} ON run_step_logs")
+    await connection.execute(f"DROP FUNCTION IF EXISTS {FILL_FUNCTION}()")
 
 
 async def _backfill(connection: Any) -> None:
@@ -352,16 +436,18 @@ async def _backfill(connection: Any) -> None:
     step = max(1, int(BACKFILL_ROWS / per_page))
     filled = 0
 
-    async def batch(statement: str, *args: Any) -> int:
+    async def batch(first: int) -> int:
         async with connection.transaction():
             if superuser:
                 # No updated_at bump: the trigger is skipped for this fill only.
                 await connection.execute("SET LOCAL session_replication_role = replica")
-            result = await connection.execute(statement, *args)
+            result = await connection.execute(BACKFILL_PAGES, first, first + step)
         return int(result.split()[-1])
 
     for first in range(0, int(stats["pages"]), step):
-        filled += await batch(BACKFILL_PAGES, first, first + step)
+        filled += await _retried(
+            "backfill run_step_logs.run_created_at", functools.partial(batch, first)
+        )
     _report(f"backfill run_step_logs.run_created_at ({filled} rows)", started)
 
 
@@ -371,11 +457,15 @@ async def _backfill_rest(connection: Any) -> None:
         "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
     )
     filled = 0
-    while True:
+
+    async def batch() -> int:
         async with connection.transaction():
             if superuser:
                 await connection.execute("SET LOCAL session_replication_role = replica")
-            done = int((await connection.execute(BACKFILL_REST, BACKFILL_ROWS)).split()[-1])
+            return int((await connection.execute(BACKFILL_REST, BACKFILL_ROWS)).split()[-1])
+
+    while True:
+        done = await _retried("backfill the rest", batch)
         filled += done
         if not done:
             break
@@ -392,7 +482,8 @@ async def _cutoff(connection: Any, table: Table) -> datetime.datetime:
         ).astimezone(datetime.UTC)
         if cutoff > now + datetime.timedelta(days=1):
             return cutoff
-        # A run resumed days later: the margin is gone, choose again.
+        # A run resumed days later (or a preparation that outlasted the margin,
+        # see _swap): the margin is gone, choose again.
         await _short(
             connection,
             f"{table.name}: drop a stale range check",
@@ -419,6 +510,22 @@ async def _cutoff(connection: Any, table: Table) -> datetime.datetime:
     return cutoff
 
 
+class CutoffTooClose(Exception):
+    """Less than SWAP_MARGIN left before the cutoff: prepare again."""
+
+
+async def _ensure_margin(connection: Any, table: Table, cutoff: datetime.datetime) -> None:
+    """Until the swap, a row dated from the cutoff on fails the range CHECK: the
+    swap (and each slow step before it) must start well ahead of it, by the
+    database clock. Otherwise CutoffTooClose: _forwards_table prepares again."""
+    if await connection.fetchval(
+        "SELECT clock_timestamp() >= $1::timestamptz", cutoff - SWAP_MARGIN
+    ):
+        raise CutoffTooClose(
+            f"{table.name}: less than {SWAP_MARGIN} left before the cutoff {cutoff.isoformat()}"
+        )
+
+
 async def _add_new_fk(connection: Any) -> None:
     await _lock(connection, STEP_LOGS, "SHARE ROW EXCLUSIVE")
     await connection.execute(
@@ -428,17 +535,22 @@ async def _add_new_fk(connection: Any) -> None:
 
 async def _prepare(connection: Any, table: Table) -> datetime.datetime:
     """Everything slow, none of it blocking reads or writes. Returns the cutoff."""
-    if table is STEP_LOGS and await _constraint(connection, table.name, table.range_check) is None:
-        await _backfill(connection)
+    if table is STEP_LOGS:
+        await _install_fill_trigger(connection)
+        if await _constraint(connection, table.name, table.range_check) is None:
+            await _backfill(connection)
     cutoff = await _cutoff(connection, table)
     if table is STEP_LOGS:
         await _backfill_rest(connection)
+    await _ensure_margin(connection, table, cutoff)
     started = time.perf_counter()
     await connection.execute(f"ALTER TABLE {table.name} VALIDATE CONSTRAINT {table.range_check}")
     _report(f"{table.name}: validate the range check", started)
     for name, columns in table.keys:
+        await _ensure_margin(connection, table, cutoff)
         await _index_concurrently(connection, name, table.name, columns)
     if table is STEP_LOGS:
+        await _ensure_margin(connection, table, cutoff)
         if await _constraint(connection, table.name, NEW_FK) is None:
             await _short(
                 connection,
@@ -495,12 +607,16 @@ async def _swap(connection: Any, table: Table, cutoff: datetime.datetime) -> Non
     """The catalog-only switch, in the caller's transaction (see the docstring, 4)."""
     name, legacy = table.name, table.legacy
     await _lock(connection, table)
+    await _ensure_margin(connection, table, cutoff)
     empty = not await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name})")  # noqa: S608
     for trigger in table.triggers:
         await connection.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {name}")
     for constraint, _ in table.plain_keys:
         await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
     if table is STEP_LOGS:
+        # The partitioned table needs the key from the writer (a BEFORE trigger
+        # cannot reroute a row): the fill ends here.
+        await _drop_fill_trigger(connection)
         await connection.execute(
             "ALTER TABLE run_step_logs DROP CONSTRAINT run_step_logs_run_id_fkey"
         )
@@ -549,14 +665,43 @@ async def _swap(connection: Any, table: Table, cutoff: datetime.datetime) -> Non
 
 async def _forwards_table(connection: Any, table: Table) -> None:
     if await _relkind(connection, table.name) == "p":
+        if table is STEP_LOGS:  # the swap dropped it; to be sure
+            await _short(
+                connection, "drop the fill trigger", lambda: _drop_fill_trigger(connection)
+            )
         return  # done by an earlier run
-    cutoff = await _prepare(connection, table)
-    await _short(
-        connection,
-        f"{table.name}: swap to partitioned",
-        lambda: _swap(connection, table, cutoff),
-        lock_timeout=SWAP_LOCK_TIMEOUT,
-    )
+    for attempt in range(1, PREPARE_ATTEMPTS + 1):
+        try:
+            cutoff = await _prepare(connection, table)
+            await _short(
+                connection,
+                f"{table.name}: swap to partitioned",
+                functools.partial(_swap, connection, table, cutoff),
+                lock_timeout=SWAP_LOCK_TIMEOUT,
+            )
+            return
+        except CutoffTooClose as error:
+            if attempt == PREPARE_ATTEMPTS:
+                raise
+            # Rolled back; the next preparation finds the CHECK's cutoff less
+            # than a day ahead, drops it and chooses a new one.
+            print(f"[partitioning] {error}: prepare again", flush=True)
+
+
+async def _refuse_a_stray_legacy_table(connection: Any) -> None:
+    """A plain <table>_legacy that is not a partition (one `partitions --detach`
+    kept) would take the name the swap gives the table: refused before any work."""
+    for table in TABLES:
+        if await _relkind(connection, table.name) == "p":
+            continue
+        stray = await connection.fetchval(
+            "SELECT NOT relispartition FROM pg_class WHERE oid = to_regclass($1)", table.legacy
+        )
+        if stray:
+            raise SystemExit(
+                f"{table.legacy} exists as a plain table (a detached partition?): "
+                f"drop or rename it, then run the migration again"
+            )
 
 
 async def _plain_indexes_concurrently(connection: Any, table: Table) -> None:
@@ -661,6 +806,7 @@ async def _connect() -> Any:
 async def run_forwards() -> None:
     connection = await _connect()
     try:
+        await _refuse_a_stray_legacy_table(connection)
         # The target of the composite step-log foreign key, built without
         # blocking writers.
         await _index_concurrently(
@@ -690,6 +836,8 @@ async def run_backwards() -> None:
     try:
         for table in TABLES:
             await _backwards_table(connection, table)
+        # Left by a forwards that did not reach the swap.
+        await _short(connection, "drop the fill trigger", lambda: _drop_fill_trigger(connection))
         if await _constraint(connection, "workflow_runs", "workflow_runs_id_created_at_key"):
             await _short(
                 connection,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import importlib
 import os
 import re
 import sys
@@ -670,6 +672,156 @@ async def test_an_interrupted_migration_resumes(scratch_url: str) -> None:
     assert set(await partitioned_tables(scratch_url)) == {"outbox", "run_step_logs"}
     assert await contents(scratch_url) == before
     await constraints_hold(scratch_url)
+
+
+def partitioning_migration() -> Any:
+    """The partitioning migration's module: its steps, called one by one."""
+    return importlib.import_module("piccolo_migrations.flowforge_2026_11_30t00_39_50_000000")
+
+
+async def migration_connection(url: str) -> asyncpg.Connection:
+    """A connection set up as the migration sets up its own (UTC, no timeouts)."""
+    connection = await asyncpg.connect(url)
+    await connection.execute("SET TimeZone = 'UTC'")
+    return connection
+
+
+async def test_a_writer_without_run_created_at_works_until_the_swap(scratch_url: str) -> None:
+    """A step log written without run_created_at (a release older than the
+    column, ad-hoc SQL) while the migration prepares: inserted, or updated before
+    the backfill reached it, it gets its run's created_at and passes the range
+    CHECK; the swap leaves no trigger or function behind."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url, runs=200)
+    await add_run_created_at(scratch_url)
+    migration = partitioning_migration()
+
+    # Killed in the backfill (a row lock on the last step log holds it up):
+    # the fill trigger is in place, step logs are still without their key.
+    blocker = await asyncpg.connect(scratch_url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
+            )
+            await interrupt_migration(scratch_url, "\nUPDATE run_step_logs l")
+    finally:
+        await blocker.close()
+    connection = await migration_connection(scratch_url)
+    try:
+        # The migration's next step: the range CHECK, NOT VALID.
+        await migration._cutoff(connection, migration.STEP_LOGS)
+        assert await migration._constraint(
+            connection, "run_step_logs", "run_step_logs_legacy_range"
+        )
+        unfilled = await connection.fetchval(
+            "SELECT id FROM run_step_logs WHERE run_created_at IS NULL ORDER BY id LIMIT 1"
+        )
+        assert unfilled is not None
+        run = await connection.fetchrow("SELECT id, created_at FROM workflow_runs LIMIT 1")
+        inserted = await connection.fetchval(
+            "INSERT INTO run_step_logs (run_id, step_position, step_name, status, started_at) "
+            "VALUES ($1, 7, 's', 'running', now()) RETURNING id",
+            run["id"],
+        )
+        await connection.execute(
+            "UPDATE run_step_logs SET status = 'failed' WHERE id = $1", unfilled
+        )
+        filled = await connection.fetch(
+            "SELECT l.id, l.run_created_at = r.created_at AS right_key FROM run_step_logs l "
+            "JOIN workflow_runs r ON r.id = l.run_id WHERE l.id = ANY($1::uuid[])",
+            [inserted, unfilled],
+        )
+        assert {row["id"]: row["right_key"] for row in filled} == {
+            inserted: True,
+            unfilled: True,
+        }
+    finally:
+        await connection.close()
+
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    assert set(await partitioned_tables(scratch_url)) == {"outbox", "run_step_logs"}
+    await constraints_hold(scratch_url)
+    left = await inventory(scratch_url)
+    assert "flowforge_fill_run_created_at" not in left["functions"]
+    assert "run_step_logs_fill_run_created_at" not in left["triggers"]
+
+
+async def test_the_swap_refuses_a_cutoff_too_close(scratch_url: str) -> None:
+    """A preparation that outlasted its margin: the swap finds the cutoff less
+    than SWAP_MARGIN ahead (database clock), rolls back and changes nothing; the
+    next run chooses a new cutoff and converts."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url)
+    await add_run_created_at(scratch_url)
+    migration = partitioning_migration()
+    connection = await migration_connection(scratch_url)
+    try:
+        await migration._prepare(connection, migration.OUTBOX)
+        # As if hours had gone by: the CHECK's cutoff is an hour ahead.
+        near = await connection.fetchval("SELECT now() + interval '1 hour'")
+        await connection.execute(
+            "ALTER TABLE outbox DROP CONSTRAINT outbox_legacy_range; "
+            "ALTER TABLE outbox ADD CONSTRAINT outbox_legacy_range "
+            f"CHECK (created_at IS NOT NULL AND created_at < '{near.isoformat()}');"
+        )
+        with pytest.raises(migration.CutoffTooClose):
+            async with connection.transaction():
+                await migration._swap(connection, migration.OUTBOX, near)
+        assert await migration._relkind(connection, "outbox") == "r"
+        assert await migration._relkind(connection, "outbox_legacy") is None
+    finally:
+        await connection.close()
+
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        bound = await connection.fetchval(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'outbox_legacy'"
+        )
+        found = re.search(r"TO \('([^']+)'\)", bound)
+        assert found, bound
+        cutoff = datetime.datetime.fromisoformat(found[1])
+        assert cutoff > near + datetime.timedelta(hours=12), bound
+    finally:
+        await connection.close()
+
+
+async def test_a_detached_legacy_table_is_refused_before_any_work(scratch_url: str) -> None:
+    """A plain outbox_legacy kept by `partitions --detach` would take the name
+    (and its index the name) the swap needs: forwards refuses at once, in one
+    line, and changes nothing; an index of that name on another table is no
+    reason to skip a build."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url)
+    await add_run_created_at(scratch_url)
+    connection = await migration_connection(scratch_url)
+    try:
+        await connection.execute(
+            "CREATE TABLE outbox_legacy (id uuid PRIMARY KEY, created_at timestamptz)"
+        )
+        result = support.piccolo(
+            "migrations", "forwards", "all", database_url=scratch_url, check=False
+        )
+        assert result.returncode != 0
+        assert (
+            "outbox_legacy exists as a plain table (a detached partition?): "
+            "drop or rename it, then run the migration again"
+        ) in result.stdout + result.stderr
+        assert await partitioned_tables(scratch_url) == {}
+        assert await connection.fetchval(
+            "SELECT to_regclass('workflow_runs_id_created_at_key') IS NULL"
+        )
+        migration = partitioning_migration()
+        with pytest.raises(RuntimeError, match="not an index of outbox"):
+            await migration._index_concurrently(
+                connection, "outbox_legacy_pkey", "outbox", "id, created_at"
+            )
+        await connection.execute("DROP TABLE outbox_legacy")
+    finally:
+        await connection.close()
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    assert set(await partitioned_tables(scratch_url)) == {"outbox", "run_step_logs"}
 
 
 async def test_backwards_without_auto_agree_and_stdin_fails_cleanly(scratch_url: str) -> None:
