@@ -78,6 +78,7 @@ import asyncio
 import datetime
 import functools
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -698,10 +699,13 @@ async def _refuse_a_stray_legacy_table(connection: Any) -> None:
             "SELECT NOT relispartition FROM pg_class WHERE oid = to_regclass($1)", table.legacy
         )
         if stray:
-            raise SystemExit(
-                f"{table.legacy} exists as a plain table (a detached partition?): "
-                f"drop or rename it, then run the migration again"
+            print(
+                f"\n{table.legacy} exists as a plain table (a detached partition?): "
+                f"drop or rename it, then run the migration again",
+                file=sys.stderr,
+                flush=True,
             )
+            raise SystemExit(2)
 
 
 async def _plain_indexes_concurrently(connection: Any, table: Table) -> None:
