@@ -10,24 +10,38 @@ before this one (nullable, instant); this one fills it and makes it NOT NULL.
 
 The existing table becomes the first partition, ``<table>_legacy``, bounded
 FROM (MINVALUE) TO (cutoff); new rows from the cutoff on go to normal partitions.
+Forwards refuses at once (exit 2, one line) when a plain ``<table>_legacy`` that
+is not a partition exists (one ``piccolo flowforge partitions --detach`` kept):
+the swap needs that name and its indexes' names; drop or rename it first.
 Forwards, per table (outbox first, then step logs), each step resumable:
 
-1. step logs only: ``run_created_at`` is backfilled from the run in batches of
+1. step logs only: first a BEFORE INSERT OR UPDATE row trigger,
+   ``run_step_logs_fill_run_created_at`` (function ``flowforge_fill_run_created_at``),
+   gives a row written without ``run_created_at`` its run's ``created_at``: a
+   writer that does not set it (a release older than migration
+   2026-11-30T00:39:47, ad-hoc SQL) keeps working under the CHECK of step 2, for
+   an INSERT and for an UPDATE of a row the backfill has not reached. Then
+   ``run_created_at`` is backfilled from the run in batches of
    ``BACKFILL_ROWS`` rows by ctid range, each its own short transaction (no lock
-   beyond the rows it updates). Run as a superuser (as ``migrate`` usually is) the
-   fill sets ``session_replication_role = replica`` for its own transactions, so the
+   beyond the rows it updates; a batch that deadlocks with or fails to serialize
+   against an app transaction is run again, up to ``BATCH_ATTEMPTS`` times). Run as
+   a superuser (as ``migrate`` usually is) the fill sets
+   ``session_replication_role = replica`` for its own transactions, so the
    ``updated_at`` trigger does not stamp every step log with the fill time;
    otherwise it does (the only column touched besides the key);
 2. a CHECK ``<table>_legacy_range`` (key IS NOT NULL AND key < cutoff) is added
-   NOT VALID (a catalog change), rows written meanwhile without a key are filled
-   until none is left, then the CHECK is VALIDATEd (a scan that blocks no read or
-   write);
+   NOT VALID (a catalog change), the rows the backfill has not reached yet (an
+   interrupted run) are filled until none is left (rows written since get their
+   key from the writer or the trigger), then the CHECK is VALIDATEd (a scan that
+   blocks no read or write);
 3. the unique indexes the partitioned keys need are built CONCURRENTLY on the
    table, under the names they keep as the legacy partition's indexes; for step
    logs the composite foreign key (run_id, run_created_at) -> workflow_runs (id,
    created_at) is added NOT VALID, then VALIDATEd;
 4. one short transaction (``lock_timeout`` ``SWAP_LOCK_TIMEOUT``, retried up to
-   ``SWAP_ATTEMPTS`` times): the old keys, foreign key and triggers go, the new
+   ``SWAP_ATTEMPTS`` times): it first checks, by the database clock, that the
+   cutoff is still more than ``SWAP_MARGIN`` ahead (see below); the old keys,
+   foreign key and triggers (the fill trigger and its function too) go, the new
    keys are made USING the built indexes, the remaining indexes are renamed
    ``<table>_legacy_<suffix>``, the table is renamed ``<table>_legacy``, the
    partitioned table takes its name (same columns, defaults and CHECKs), with its
@@ -45,7 +59,18 @@ it. For the outbox it is the start of the day after tomorrow (at least 24 h
 ahead); for step logs the first month boundary after now + 2 days (a step log's
 key is its run's creation time, which is about now for a new run). It is moved
 later if existing rows reach past it (a clock ahead), and chosen again if a
-resumed run finds the CHECK's cutoff less than a day ahead.
+resumed run finds the CHECK's cutoff less than a day ahead. Before each slow step
+(VALIDATE, each index build, the foreign key) and inside the swap's transaction,
+the cutoff must be more than ``SWAP_MARGIN`` (6 h) ahead by the database clock;
+if not (a preparation that took the better part of a day), the swap rolls back
+and the preparation runs again with a new cutoff (the stale CHECK dropped and
+validated anew; built indexes are kept), up to ``PREPARE_ATTEMPTS`` times.
+
+Writers after the swap: a BEFORE trigger cannot move a row to another partition,
+so once the swap has happened every writer must set ``run_created_at`` (without
+it a step log fails NOT NULL). Every FlowForge release that can run against this
+schema does (it came with migration 2026-11-30T00:39:47); this concerns
+hand-written writers only. Until the swap the fill trigger covers them.
 
 Constraints redesigned because a unique constraint must include the partition key:
 
@@ -66,7 +91,9 @@ back, restores the old keys USING those indexes, the old foreign key NOT VALID
 (VALIDATEd after the commit) and the triggers. Without a legacy partition (a fresh
 install, or the legacy partition already retired by ``prune``) every row is copied
 back into a plain table under ACCESS EXCLUSIVE, as the first version of this
-migration did: fine for a fresh install; for a big database, a long lock.
+migration did: fine for a fresh install; for a big database, a long lock. The fill
+trigger and its function, if a forwards that did not reach the swap left them,
+are dropped as well.
 
 Every step prints how long it took (``exclusive`` marks a step that holds an
 ACCESS EXCLUSIVE lock); ``benchmarks/partitions.py`` reads those lines.
