@@ -747,6 +747,41 @@ async def test_a_writer_without_run_created_at_works_until_the_swap(scratch_url:
     assert "run_step_logs_fill_run_created_at" not in left["triggers"]
 
 
+async def test_a_backfill_batch_that_deadlocks_with_a_writer_is_run_again(
+    scratch_url: str,
+) -> None:
+    """An app transaction holds the last step log and then wants the first, which
+    the backfill batch has already updated: PostgreSQL aborts one of the two (the
+    backfill, which waited first); the batch is run again and forwards ends."""
+    await migrate_before_partitioning(scratch_url)
+    await seed_before_partitioning(scratch_url, runs=200)
+    await add_run_created_at(scratch_url)
+    writer = await asyncpg.connect(scratch_url)
+    try:
+        first = await writer.fetchval("SELECT id FROM run_step_logs ORDER BY ctid LIMIT 1")
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "piccolo.main", "migrations", "forwards", "all",
+            cwd=support.REPO_ROOT, env={**os.environ, "DATABASE_URL": scratch_url},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        async with writer.transaction():
+            # This side never runs the deadlock check first: the batch is the victim.
+            await writer.execute("SET LOCAL deadlock_timeout = '60s'")
+            await writer.execute(
+                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
+            )
+            await wait_for_backend(scratch_url, "\nUPDATE run_step_logs l")
+            await writer.execute("UPDATE run_step_logs SET status = 'failed' WHERE id = $1", first)
+        stdout, _ = await process.communicate()
+    finally:
+        await writer.close()
+    text = stdout.decode()
+    assert process.returncode == 0, text
+    assert "backfill run_step_logs.run_created_at: conflict with a writer, try 2" in text
+    assert set(await partitioned_tables(scratch_url)) == {"outbox", "run_step_logs"}
+    await constraints_hold(scratch_url)
+
+
 async def test_the_swap_refuses_a_cutoff_too_close(scratch_url: str) -> None:
     """A preparation that outlasted its margin: the swap finds the cutoff less
     than SWAP_MARGIN ahead (database clock), rolls back and changes nothing; the
