@@ -134,7 +134,18 @@ JOIN pg_class tbl ON tbl.oid = px.indrelid
 WHERE cx.indrelid = $1::regclass
 """
 
-ESTIMATED_ROWS: Final[LiteralString] = "SELECT reltuples FROM pg_class WHERE oid = $1::regclass"
+# The exact rows of the partition holding [$1, $2), read through the table (partition
+# pruning scans only that partition); $1 is NULL for the legacy partition (MINVALUE).
+EXACT_ROWS: Final[dict[str, LiteralString]] = {
+    "outbox": (
+        "SELECT count(*) FROM outbox "
+        "WHERE created_at >= coalesce($1::timestamptz, '-infinity') AND created_at < $2"
+    ),
+    "run_step_logs": (
+        "SELECT count(*) FROM run_step_logs "
+        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
+    ),
+}
 
 # Per table: the periods whose rows wait in the default partition, how many
 # there are, and moving one period's rows out of it into the table (with the
@@ -264,7 +275,7 @@ class MaintenanceReport:
     dropped: list[str] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # busy: lock not granted in time
-    # Rows in the dropped (or detached) partitions, as the statistics estimate them.
+    # Exact rows in the dropped (or detached) partitions, by table.
     retired_rows: dict[str, int] = field(default_factory=dict)
     default_rows: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
@@ -372,8 +383,11 @@ async def _retire(
     )
     if not expired:
         return
-    rows = await connection.fetchval(ESTIMATED_ROWS, partition.name)
-    report.retired_rows[spec.table] = report.retired_rows.get(spec.table, 0) + max(0, int(rows))
+    # Exact, not the statistics' estimate (-1 before the first ANALYZE): the
+    # pruned-rows metric must not drift. Under the SHARE lock nothing is added or
+    # removed meanwhile; no statement timeout in a unit (a month of step logs).
+    rows = await connection.fetchval(EXACT_ROWS[spec.table], partition.lower, partition.upper)
+    report.retired_rows[spec.table] = report.retired_rows.get(spec.table, 0) + int(rows)
     if report.dry_run:
         report.dropped.append(partition.name)
     elif detach:

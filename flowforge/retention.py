@@ -13,7 +13,7 @@ Deletes, oldest first and in batches:
 Whole time partitions go first (``flowforge.partitions.drop_expired``): a
 partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
 dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
-Their rows are counted exactly just before (``flowforge_pruned_rows_total`` and
+Their rows are counted exactly under the drop's lock (``flowforge_pruned_rows_total`` and
 the report include them). The batched DELETE below handles the rest (partitions
 that also hold rows still kept, the default partitions, the ``<table>_legacy``
 partition a database converted with rows keeps until all of it has expired, and
@@ -96,28 +96,14 @@ SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
 # (measured with auto_explain: 0.01 ms to run, the rest planning; 60-150 ms of
 # trigger time per 1,000 runs against 7-15 ms before partitioning). A generic
 # plan prunes the partitions at execution time instead.
-GENERIC_PLANS: Final[LiteralString] = "SET LOCAL plan_cache_mode = force_generic_plan"
-
-# The exact rows of one time partition, read through the partitioned table
-# with that partition's bounds (partition pruning scans only that partition).
-# Counted just before the drop, for the pruned-rows metric and the report. A
-# lower bound of NULL is MINVALUE: the ``<table>_legacy`` partition.
-PARTITION_ROWS: Final[dict[str, LiteralString]] = {
-    "outbox": (
-        "SELECT count(*) FROM outbox "
-        "WHERE created_at >= coalesce($1::timestamptz, '-infinity') AND created_at < $2"
-    ),
-    "run_step_logs": (
-        "SELECT count(*) FROM run_step_logs "
-        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
-    ),
-}
-# The partitions that may be dropped: those whose range ends before the cutoff
-# (with an hour of margin, as flowforge.partitions takes its cutoff a moment later).
-DROP_CANDIDATES: Final[LiteralString] = f"""
-SELECT name, lower, upper FROM ({partitions.PARTITIONS}) p
-WHERE upper <= now() - make_interval(secs => $2::float8) + interval '1 hour'
-"""  # noqa: S608 - composed from constants; values are bind parameters
+# Set for the batch's statement only (its cascade fires before it returns), then
+# the caller's value is restored: local to the transaction either way, so
+# nothing outlives it (safe behind a transaction pooler).
+GENERIC_PLANS: Final[LiteralString] = (
+    "SELECT current_setting('plan_cache_mode') AS previous, "
+    "set_config('plan_cache_mode', 'force_generic_plan', true)"
+)
+RESTORE_PLAN_CACHE_MODE: Final[LiteralString] = "SELECT set_config('plan_cache_mode', $1, true)"
 
 # The dry run's count of expired runs and their step logs stays raw SQL: on the
 # builder (two counts, the step logs through an IN subquery) the planner
@@ -166,8 +152,9 @@ async def prune_runs_batch(keep_seconds: float, batch_size: int) -> tuple[int, i
     """Delete up to `batch_size` expired finished runs (their step logs cascade);
     ``(runs, step logs)``. In the caller's transaction."""
     connection = DB.require_transaction().connection
-    await connection.execute(GENERIC_PLANS)  # for the rest of this transaction: see above
+    previous = await connection.fetchval(GENERIC_PLANS)  # see GENERIC_PLANS
     row = await connection.fetchrow(PRUNE_RUNS, keep_seconds, batch_size)
+    await connection.execute(RESTORE_PLAN_CACHE_MODE, previous)
     return int(row["runs"]), int(row["step_logs"])
 
 
@@ -180,7 +167,7 @@ class PruneReport:
     # Whole partitions dropped first (their rows are not in the counts above;
     # a dry run counts them there as well).
     partition_report: partitions.MaintenanceReport | None = None
-    # Exact rows of the dropped partitions, by table (counted just before the drop).
+    # Exact rows of the dropped partitions, by table (counted under the drop's lock).
     partition_rows: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -211,21 +198,15 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     DB.require_no_transaction("prune")
     report = PruneReport(dry_run=dry_run)
     batch = settings.prune_batch_size
-    counted = await _count_drop_candidates(settings)
     report.partition_report = await partitions.drop_expired(
         partitions.MaintenanceReport(dry_run=dry_run),
         outbox_retention_days=settings.outbox_retention_days,
         run_retention_days=settings.run_retention_days,
     )
-    for name in report.partition_report.dropped:
-        table, rows = counted.get(name, ("", 0))
-        if not table:
-            # Became a candidate between the count and the drop (a moment
-            # later, an hour of margin): cannot happen but at a clock jump.
-            logger.warning("retention.partition_not_counted", partition=name)
-            continue
-        report.partition_rows[table] = report.partition_rows.get(table, 0) + rows
-        if not dry_run:
+    # Counted exactly by the drop itself, under its lock (flowforge.partitions._retire).
+    report.partition_rows = dict(report.partition_report.retired_rows)
+    if not dry_run:
+        for table, rows in report.partition_rows.items():
             metrics.PRUNED_ROWS.labels(kind=KIND[table]).inc(rows)
     if settings.outbox_retention_days > 0:
         keep = settings.outbox_retention_days * DAY_SECONDS
@@ -266,27 +247,3 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
         partition_step_logs=report.partition_rows.get("run_step_logs", 0),
     )
     return report
-
-
-async def _count_drop_candidates(settings: Settings) -> dict[str, tuple[str, int]]:
-    """Exact rows of each partition that the drop may take: {name: (table, rows)}.
-
-    Exact rather than the statistics' estimate (``reltuples``: -1 before the
-    first ANALYZE, stale after bulk loads): a counter must not drift, and the
-    count is an index-only or sequential scan of a partition about to go, once.
-    """
-    counted: dict[str, tuple[str, int]] = {}
-    async with DB.transaction():
-        connection = DB.require_transaction().connection
-        for spec, days in (
-            (partitions.OUTBOX, settings.outbox_retention_days),
-            (partitions.STEP_LOGS, settings.run_retention_days),
-        ):
-            if days <= 0:
-                continue
-            for row in await connection.fetch(DROP_CANDIDATES, spec.table, days * DAY_SECONDS):
-                rows = await connection.fetchval(
-                    PARTITION_ROWS[spec.table], row["lower"], row["upper"]
-                )
-                counted[row["name"]] = (spec.table, int(rows))
-    return counted

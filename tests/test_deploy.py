@@ -198,7 +198,10 @@ def test_pgbouncers_run_in_transaction_mode_in_front_of_primary_and_replica() ->
             "6432",
         )
         assert env["DB_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
-        assert services[name]["depends_on"] == {server: {"condition": "service_healthy"}}
+        # The replica's PgBouncer waits only for it to start (its first base
+        # backup can take long; the app skips a replica that is not serving).
+        condition = "service_started" if server == "replica" else "service_healthy"
+        assert services[name]["depends_on"] == {server: {"condition": condition}}
         assert "pg_isready" in services[name]["healthcheck"]["test"]
 
 
@@ -210,6 +213,12 @@ def test_the_replica_is_a_base_backup_of_the_healthy_primary() -> None:
     command = " ".join(replica["command"])
     assert "pg_basebackup -h db -p 5432" in command and " -R " in command
     assert "hot_standby=on" in command
+    # A replication slot keeps the WAL the standby still needs (without one, a
+    # standby that falls behind a checkpoint or two never catches up), bounded
+    # on the primary so that a dead replica cannot fill its disk.
+    assert "-C -S flowforge_replica" in command and "-R" in command
+    assert "pg_drop_replication_slot" in command  # a re-run after a failed copy
+    assert any("max_slot_wal_keep_size=" in part for part in services["db"]["command"])
     assert replica["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     assert "replicadata" in compose()["volumes"]
     # The primary lets it replicate: an init script adds the pg_hba line.

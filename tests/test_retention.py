@@ -358,3 +358,13 @@ async def test_batch_jobs_refuse_to_run_inside_a_transaction(db: None) -> None:
             await prune(rs.relay_settings())
         with pytest.raises(RuntimeError, match="partition maintenance commits batch by batch"):
             await partitions.maintain(outbox_retention_days=7, run_retention_days=30)
+
+
+async def test_a_run_prune_batch_leaves_the_callers_plan_cache_mode_alone(db: None) -> None:
+    from flowforge.retention import prune_runs_batch
+
+    async with DB.transaction():
+        before = (await DB.fetch("SELECT current_setting('plan_cache_mode') AS m"))[0]["m"]
+        await prune_runs_batch(30 * 86400, 10)
+        after = (await DB.fetch("SELECT current_setting('plan_cache_mode') AS m"))[0]["m"]
+    assert before == after == "auto"

@@ -130,8 +130,6 @@ async def _begin_on_replica(replica: replicas.Replica, token: int | None) -> Saf
         return transaction
     try:
         caught_up = await replicas.replayed_past(token)
-        if not caught_up:
-            await transaction.__aexit__(None, None, None)
     except BaseException as error:
         await transaction.__aexit__(type(error), error, error.__traceback__)
         if isinstance(error, REPLICA_FAILURES):
@@ -139,10 +137,17 @@ async def _begin_on_replica(replica: replicas.Replica, token: int | None) -> Saf
             replica.failures += 1
             raise replicas.ReplicaLostError(replica.name) from error
         raise
-    if not caught_up:
-        replica.behind_token += 1
-        return None
-    return transaction
+    if caught_up:
+        return transaction
+    replica.behind_token += 1
+    # Ended once, outside the try above: a failed end has already given the
+    # connection back, and this read goes to the primary either way.
+    try:
+        await transaction.__aexit__(None, None, None)
+    except REPLICA_FAILURES as error:
+        replica.mark_down(f"connection lost ({type(error).__name__})")
+        replica.failures += 1
+    return None
 
 
 async def read_transaction(

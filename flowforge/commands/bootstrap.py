@@ -93,10 +93,11 @@ async def create_user(
         raise SystemExit("--email is required")
     if role not in {r.value for r in Role}:
         raise SystemExit(f"--role must be one of: {roles} (got {role!r})")
+    email = email.strip()
     name = display_name or email.split("@", 1)[0]
     try:
         async with translated_db_errors(), DB.transaction():
-            user = await users.create_user(email.strip(), name, Role(role))
+            user = await users.create_user(email, name, Role(role))
             issued = (
                 await api_keys.create_api_key(
                     user["id"], name="cli", scopes=sorted(SCOPES_BY_ROLE[Role(role)])
