@@ -603,6 +603,20 @@ async def wait_for_backend(url: str, query_prefix: str) -> int:
         await connection.close()
 
 
+async def interrupt_in_the_backfill(url: str) -> None:
+    """Run forwards and kill it in the backfill (a row lock on the last step log
+    holds the backfill up there)."""
+    blocker = await asyncpg.connect(url)
+    try:
+        async with blocker.transaction():
+            await blocker.execute(
+                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
+            )
+            await interrupt_migration(url, "\nUPDATE run_step_logs l")
+    finally:
+        await blocker.close()
+
+
 async def interrupt_migration(url: str, query_prefix: str) -> str:
     """Run forwards; kill its connection once it waits in `query_prefix`. Its output."""
     process = await asyncio.create_subprocess_exec(
@@ -630,15 +644,7 @@ async def test_an_interrupted_migration_resumes(scratch_url: str) -> None:
     before = await contents(scratch_url)
 
     # 1. A row lock on the last step log holds the backfill up: killed there.
-    blocker = await asyncpg.connect(scratch_url)
-    try:
-        async with blocker.transaction():
-            await blocker.execute(
-                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
-            )
-            await interrupt_migration(scratch_url, "\nUPDATE run_step_logs l")
-    finally:
-        await blocker.close()
+    await interrupt_in_the_backfill(scratch_url)
     connection = await asyncpg.connect(scratch_url)
     try:
         assert await connection.fetchval(
@@ -698,15 +704,7 @@ async def test_a_writer_without_run_created_at_works_until_the_swap(scratch_url:
 
     # Killed in the backfill (a row lock on the last step log holds it up):
     # the fill trigger is in place, step logs are still without their key.
-    blocker = await asyncpg.connect(scratch_url)
-    try:
-        async with blocker.transaction():
-            await blocker.execute(
-                "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
-            )
-            await interrupt_migration(scratch_url, "\nUPDATE run_step_logs l")
-    finally:
-        await blocker.close()
+    await interrupt_in_the_backfill(scratch_url)
     connection = await migration_connection(scratch_url)
     try:
         # The migration's next step: the range CHECK, NOT VALID.
