@@ -14,7 +14,7 @@ from flowforge.api.admin import build_admin
 from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
-from flowforge.api.openapi import install_openapi
+from flowforge.api.openapi import install_openapi, operation_id
 from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
 from flowforge.logs import configure_logging
@@ -53,6 +53,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         docs_url=None,  # FastAPI's pages load their assets from a CDN:
         redoc_url=None,  # install_docs serves local copies instead
     )

@@ -10,6 +10,9 @@ what holds for every operation because of the layers around the routes:
 * ``WWW-Authenticate`` on every 401;
 * an example for every schema (flowforge/api/examples.py), and on every
   operation's request body and responses.
+
+Operation ids are the routes' function names (``trigger_run``), see
+``operation_id``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import copy
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from flowforge.api.examples import SCHEMA_EXAMPLES
 from flowforge.api.limits import MAX_BODY_BYTES
@@ -158,6 +162,18 @@ def complete(schema: dict[str, Any]) -> dict[str, Any]:
                 _add_example(response.get("content", {}))
             operation["responses"] = dict(sorted(responses.items()))
     return schema
+
+
+def operation_id(route: APIRoute) -> str:
+    """The operation id of a route: its function's name, e.g. ``trigger_run``.
+
+    Generated clients name their functions and modules after it (FastAPI's
+    default, ``trigger_run_api_v1_workflows__workflow_id__runs_post``, would
+    be theirs too). Route functions are named after what they do, uniquely
+    across the app (tests/api/test_openapi.py checks it), so renaming one
+    is a change of the API.
+    """
+    return route.name
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -180,32 +180,28 @@ def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 
 # A JSON object a client sends (inputs, outputs, configs): bounded and storable.
-# Their JSON Schema (components JsonObject and JsonValue, recursive) says "no NUL in
-# any key or string, at any depth"; the byte size, depth and unpaired surrogates
-# it cannot say. flowforge/api/openapi.py adds the components.
+# Described as generators understand it (flowforge/api/openapi.py adds the
+# component): an object whose values are any JSON, not a recursive union of
+# JSON types, which client generators cannot parse (openapi-python-client drops
+# every model that uses one). So the schema states the rule on top-level keys;
+# NUL in nested keys and strings, unpaired surrogates, the byte size and the
+# depth are in the description, and checked here.
 JSON_SCHEMAS: dict[str, dict[str, Any]] = {
     "JsonObject": {
         "type": "object",
-        "description": f"A JSON object, at most {MAX_JSON_BYTES} bytes encoded, "
-        f"{MAX_JSON_DEPTH} levels deep; no NUL (\\u0000) in any key or string.",
+        "description": f"A JSON object whose values are any JSON, at most {MAX_JSON_BYTES} "
+        f"bytes encoded, {MAX_JSON_DEPTH} levels deep; no NUL (\\u0000) or unpaired "
+        "surrogate in any key or string, at any depth.",
         "propertyNames": {"pattern": NO_NUL},
-        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        "additionalProperties": True,
         "examples": [{"date": "2026-11-29", "regions": ["emea", "amer"], "dry_run": False}],
-    },
-    "JsonValue": {
-        "anyOf": [
-            {"type": "string", "pattern": NO_NUL},
-            {"type": ["number", "boolean", "null"]},
-            {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
-            {"$ref": "#/components/schemas/JsonObject"},
-        ],
-        "examples": ["emea"],
     },
 }
 
 JsonObject = Annotated[
     dict[str, Any],
     AfterValidator(_check_json_object),
+    # allOf: pydantic cannot resolve a bare $ref to a component it did not make.
     WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/JsonObject"}]}),
 ]
 
@@ -219,6 +215,12 @@ def _json_number(value: Any) -> Any:
 
 # An integer in a JSON body.
 Integer = Annotated[int, BeforeValidator(_json_number)]
+
+# A step's position. The bounds constrain the int inside the validator: added
+# to `Integer`, pydantic would describe them with its own `ge`/`le` keywords,
+# not JSON Schema's `minimum`/`maximum`.
+MAX_STEP_POSITION = 1_000_000
+StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator(_json_number)]
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[

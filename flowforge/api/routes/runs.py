@@ -6,7 +6,7 @@ import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge import runs
@@ -15,11 +15,11 @@ from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
     ErrorText,
-    Integer,
     JsonObject,
     Limit,
     Page,
     RequestModel,
+    StepPosition,
     Timestamp,
     error_responses,
 )
@@ -34,6 +34,13 @@ LIFECYCLE = (
     "is a 409 `invalid_transition` naming the current and requested states; of two "
     "concurrent moves of one run exactly one succeeds."
 )
+
+
+# The bodies of trigger, complete and cancel are optional: no body is the
+# model's defaults (`Body(default_factory=...)`). Not `RunTrigger | None`:
+# that describes the body as "object or null", and generated clients then send
+# their "unset" marker as JSON (openapi-python-client: "Object of type Unset is
+# not JSON serializable"). A `null` body is a 422, as the schema says.
 
 
 class RunTrigger(RequestModel):
@@ -64,7 +71,7 @@ ERROR_ONLY_WHEN_FAILED: dict[str, Any] = {
 class StepLogAppend(RequestModel):
     model_config = ConfigDict(json_schema_extra=ERROR_ONLY_WHEN_FAILED)
 
-    step_position: Integer = Field(ge=0, le=1_000_000, description="The step's position.")
+    step_position: StepPosition = Field(description="The step's position.")
     status: Literal["running", "completed", "failed"] = Field(
         default="running",
         description="running (finish it later), completed or failed (finished now).",
@@ -192,12 +199,11 @@ async def trigger_run(
     workflow_id: UUID,
     response: Response,
     principal: CurrentPrincipal,
-    body: RunTrigger | None = None,
+    body: Annotated[RunTrigger, Body(default_factory=RunTrigger)],
     idempotency_key: IdempotencyKey = None,
 ) -> RunTriggered:
     """Creates a pending run (201). An inactive workflow cannot be triggered (409)."""
     principal.require(Scope.WRITE)
-    body = body or RunTrigger()
     run, created = await runs.trigger_run(
         workflow_id,
         inputs=body.inputs,
@@ -272,10 +278,9 @@ async def start_run(run_id: UUID, principal: CurrentPrincipal) -> RunOut:
 async def complete_run(
     run_id: UUID,
     principal: CurrentPrincipal,
-    body: RunComplete | None = None,
+    body: Annotated[RunComplete, Body(default_factory=RunComplete)],
 ) -> RunOut:
-    outputs = body.outputs if body is not None else None
-    return await _transition(principal, run_id, "complete", outputs=outputs)
+    return await _transition(principal, run_id, "complete", outputs=body.outputs)
 
 
 @router.post(
@@ -297,10 +302,9 @@ async def fail_run(run_id: UUID, body: RunFail, principal: CurrentPrincipal) -> 
 async def cancel_run(
     run_id: UUID,
     principal: CurrentPrincipal,
-    body: RunCancel | None = None,
+    body: Annotated[RunCancel, Body(default_factory=RunCancel)],
 ) -> RunOut:
-    reason = body.reason if body is not None else None
-    return await _transition(principal, run_id, "cancel", error=reason)
+    return await _transition(principal, run_id, "cancel", error=body.reason)
 
 
 @router.post(

@@ -16,12 +16,12 @@ from flowforge.api.schemas import (
     ActionType,
     Cursor,
     Description,
-    Integer,
     JsonObject,
     Limit,
     Page,
     RequestModel,
     StepName,
+    StepPosition,
     WorkflowName,
     error_responses,
 )
@@ -35,10 +35,8 @@ MAX_STEPS = 100
 
 
 class StepIn(RequestModel):
-    position: Integer | None = Field(
+    position: StepPosition | None = Field(
         default=None,
-        ge=0,
-        le=1_000_000,
         description="Order of the step (unique, >= 0). Omit on every step to use list order.",
     )
     name: StepName
@@ -48,26 +46,33 @@ class StepIn(RequestModel):
 
 
 class StepList(RequestModel):
-    # "a position on every step or on none", as JSON Schema (uniqueness it cannot say).
+    # "a position on every step or on none", as JSON Schema: if some step has a
+    # position, every step has one (uniqueness it cannot say). As if/then, not
+    # anyOf beside `properties`: client generators turn that into a union of
+    # partial models (openapi-python-client: WorkflowCreateType0 without `name`).
     model_config = ConfigDict(
         json_schema_extra={
-            "anyOf": [
-                {
-                    "properties": {
-                        "steps": {
-                            "items": {
-                                "required": ["position"],
-                                "properties": {"position": {"type": "integer"}},
-                            }
+            "if": {
+                "required": ["steps"],
+                "properties": {
+                    "steps": {
+                        "contains": {
+                            "required": ["position"],
+                            "properties": {"position": {"type": "integer"}},
                         }
                     }
                 },
-                {
-                    "properties": {
-                        "steps": {"items": {"properties": {"position": {"type": "null"}}}}
+            },
+            "then": {
+                "properties": {
+                    "steps": {
+                        "items": {
+                            "required": ["position"],
+                            "properties": {"position": {"type": "integer"}},
+                        }
                     }
-                },
-            ]
+                }
+            },
         }
     )
 
