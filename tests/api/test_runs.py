@@ -11,6 +11,7 @@ import pytest
 
 from flowforge import events as contract
 from flowforge.db.engine import DB
+from tests import support
 from tests.api.conftest import Caller, count, create_workflow, events, trigger
 
 
@@ -273,7 +274,7 @@ async def test_two_concurrent_transitions_of_one_run_exactly_one_wins(
 
 
 async def test_concurrent_transitions_in_raw_transactions_one_wins(
-    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
 ) -> None:
     """The domain function itself: two open transactions race; the loser waits, then loses."""
     from flowforge import runs
@@ -281,17 +282,17 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
 
     run = await trigger(client, developer, workflow["id"])
     run_id = run["id"]
-    first_done = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def first() -> str:
         async with DB.transaction():
             result = await runs.transition_run(run_id, "start")
-            await asyncio.sleep(0.2)  # hold the row lock while the other one waits
-            first_done.set()
+            started.set()
+            await release.wait()  # hold the row lock while the other one waits
         return str(result["status"])
 
     async def second() -> str:
-        await asyncio.sleep(0.05)
+        await started.wait()
         async with DB.transaction():
             try:
                 await runs.transition_run(run_id, "cancel")
@@ -299,7 +300,11 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
                 return "lost"
         return "won"
 
-    results = await asyncio.gather(first(), second())
+    racing = asyncio.gather(first(), second())
+    # The server's lock state, not a guess of time: the second waits for the first.
+    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+    release.set()
+    results = await asyncio.wait_for(racing, 30)
     # cancel is legal from running too, so the second wins *after* the first:
     # it saw the committed "running" state, never the stale "pending".
     assert results == ["running", "won"]
@@ -618,7 +623,7 @@ async def test_heartbeat_renews_the_lease_of_a_running_run_only(
 
 
 async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
-    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
 ) -> None:
     """The ending transition waits for the run's row lock held by an append; the
     attempt that append commits must be closed too, not left running forever."""
@@ -642,7 +647,9 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
 
     appending, completing = asyncio.create_task(append()), asyncio.create_task(complete())
     await appended.wait()
-    await asyncio.sleep(0.3)  # the transition's statement is now waiting for the lock
+    # The transition's statement waits for the lock (the server's lock state,
+    # not a guess of time) before the append commits.
+    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
     release.set()
     _, completed = await asyncio.wait_for(asyncio.gather(appending, completing), 10)
     assert completed["status"] == "completed"
