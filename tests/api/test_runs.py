@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -657,6 +659,162 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
     assert [(row["status"], row["finished_at"] is not None) for row in logs] == [
         ("cancelled", True)
     ]
+
+
+async def published(run_id: str) -> list[dict[str, Any]]:
+    """A run's events in publishing order: seq, which is commit order for one
+    aggregate (created_at is its transaction's start, and these races commit
+    the transaction that began first last)."""
+    rows = await DB.fetch(
+        "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY seq", run_id
+    )
+    return [
+        {"event_type": row["event_type"], "payload": json.loads(row["payload"])} for row in rows
+    ]
+
+
+ENDINGS: dict[str, tuple[dict[str, Any], str]] = {
+    "complete": ({}, "completed"),
+    "fail": ({"error": "boom"}, "failed"),
+    "cancel": ({}, "cancelled"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ENDINGS))
+async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    database_url: str,
+    action: str,
+) -> None:
+    """Issue 15, 1: the ending request's transaction begins first; an append that
+    begins later takes the run's lock first and commits its attempt. Once the end
+    holds the lock it must succeed and close that attempt (it answered 409
+    run_step_logs_timestamps_match_status: the attempt was closed at the end's
+    transaction start, before the attempt had started)."""
+    from flowforge import runs
+
+    body, status = ENDINGS[action]
+    run_id = (await running_run(client, developer, workflow))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # Both statements write an event, and a statement takes its table
+            # locks before it runs: while the outbox is held, the end waits
+            # before it locks the run, the append after it has (its lease
+            # renewal, LOCK_RUNNING_RUN, writes no event).
+            await holder.execute("LOCK TABLE outbox IN SHARE MODE")
+            ending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/{action}", **body)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+            appending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+        ended, appended = await asyncio.wait_for(asyncio.gather(ending, appending), 30)
+    finally:
+        await holder.close()
+    assert appended.status_code == 201, appended.text
+    assert ended.status_code == 200, ended.text
+    run = ended.json()
+    assert run["status"] == status
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert (log["id"], log["status"]) == (appended.json()["id"], "cancelled")
+    assert log["started_at"] <= log["finished_at"]
+    assert run["started_at"] <= run["finished_at"]
+    assert [e["event_type"] for e in await published(run_id)][-2:] == [
+        "run.step_logged",
+        f"run.{status}",
+    ]
+
+
+async def test_a_run_ends_after_a_start_that_began_later(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
+) -> None:
+    """The same race on the run itself: a cancel's transaction begins, a start
+    that began later commits first, then the cancel ends the now running run (it
+    answered 409 workflow_runs_timestamps_match_status: finished before it started)."""
+    from flowforge import api_keys, runs
+
+    run_id = (await trigger(client, developer, workflow["id"]))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # Holds the request in its authentication, after its BEGIN.
+            await holder.execute("LOCK TABLE api_keys IN SHARE MODE")
+            cancelling = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/cancel")
+            )
+            await support.wait_for_lock_waiter(database_url, api_keys.AUTHENTICATE[:60])
+            async with DB.transaction():  # an executor's start: no key, no wait
+                await runs.transition_run(run_id, "start")
+        cancelled = await asyncio.wait_for(cancelling, 30)
+    finally:
+        await holder.close()
+    assert cancelled.status_code == 200, cancelled.text
+    run = cancelled.json()
+    assert run["status"] == "cancelled"
+    assert run["started_at"] <= run["finished_at"]
+    assert [
+        (e["event_type"], e["payload"]["previous_status"]) for e in await published(run_id)
+    ] == [
+        ("run.created", None),
+        ("run.started", "pending"),
+        ("run.cancelled", "running"),
+    ]
+
+
+@pytest.mark.parametrize("operation", ["step-logs", "finish", "heartbeat"])
+async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    database_url: str,
+    operation: str,
+) -> None:
+    """The opposite race: an append (or finish, heartbeat) that waits for the lock
+    of a run being completed is refused with a 409 naming the new state, not a 500."""
+    from flowforge import runs
+
+    run_id = (await running_run(client, developer, workflow))["id"]
+    attempt = (
+        await post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+    ).json()
+    path, body = {
+        "step-logs": (f"/api/v1/runs/{run_id}/step-logs", {"step_position": 1}),
+        "finish": (
+            f"/api/v1/runs/{run_id}/step-logs/{attempt['id']}/finish",
+            {"status": "completed"},
+        ),
+        "heartbeat": (f"/api/v1/runs/{run_id}/heartbeat", {}),
+    }[operation]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # The end holds the run's row lock and waits to close the attempts.
+            await holder.execute("LOCK TABLE run_step_logs IN SHARE MODE")
+            ending = asyncio.create_task(post(client, developer, f"/api/v1/runs/{run_id}/complete"))
+            await support.wait_for_lock_waiter(database_url, runs.CLOSE_ATTEMPTS[:60])
+            late = asyncio.create_task(post(client, developer, path, **body))
+            await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+        ended, refused = await asyncio.wait_for(asyncio.gather(ending, late), 30)
+    finally:
+        await holder.close()
+    assert ended.status_code == 200, ended.text
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["details"]["current_status"]) == (
+        "invalid_transition",
+        "completed",
+    )
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert log["status"] == "cancelled"
 
 
 async def test_idempotency_replay_compares_json_not_python_equality(
