@@ -817,6 +817,58 @@ async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
     assert log["status"] == "cancelled"
 
 
+async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
+) -> None:
+    """The reaper path does not share the race: it claims with SKIP LOCKED, so it
+    never waits for an append (nor closes an attempt that began after it), and an
+    append queued behind a reaped run is a clean 409."""
+    from flowforge import reaper, runs
+
+    run_id = (await running_run(client, developer, workflow))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE outbox IN SHARE MODE")
+            appending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+            # Even with no lease at all, the run whose lock the append holds is
+            # skipped, not waited for (a claim would wait on the outbox: timeout).
+            skipped = await asyncio.wait_for(reaper.reap_stuck_runs(0.0), 10)
+        appended = await asyncio.wait_for(appending, 30)
+    finally:
+        await holder.close()
+    assert skipped.runs == []
+    assert appended.status_code == 201, appended.text
+
+    claimed, release = asyncio.Event(), asyncio.Event()
+
+    async def reap() -> list[Any]:
+        async with DB.transaction():
+            reaped = await reaper.reap_batch(0.0, 10)
+            claimed.set()
+            await release.wait()  # the run stays locked, failed but not committed
+        return reaped
+
+    reaping = asyncio.create_task(reap())
+    await claimed.wait()
+    late = asyncio.create_task(
+        post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=1)
+    )
+    await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+    release.set()
+    reaped, refused = await asyncio.wait_for(asyncio.gather(reaping, late), 30)
+    assert [str(run["id"]) for run in reaped] == [run_id]
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["details"]["current_status"] == "failed"
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert log["status"] == "failed" and log["started_at"] <= log["finished_at"]
+
+
 async def test_idempotency_replay_compares_json_not_python_equality(
     client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
 ) -> None:
