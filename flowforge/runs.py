@@ -216,18 +216,6 @@ TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
 # Compare-and-set: the new status, timestamps that satisfy
 # workflow_runs_timestamps_match_status, and the run.<status> event, in one
 # statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
-#
-# The moment of a transition is clock_timestamp(), read once this statement
-# holds the run's row lock (a row changed while it waited is recomputed after
-# the wait), never now(): now() is when this *transaction* began, and a start or
-# an append that began later may have taken the lock first and committed a
-# started_at after it. Stamped with now(), the end of that run or attempt came
-# before its start and the CHECK refused the end: a run could not end while
-# attempts were being appended (issue 15). Every start an end can meet committed
-# before the end held the lock, so its own clock reading is later.
-# GREATEST(now(), started_at) would pass too, but by construction: it records
-# an end that did not happen then, and turns the CHECK into a tautology that
-# could no longer catch a writer that bypasses the run's lock.
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
 # The event of a transition: run.started, .completed, .failed and .cancelled
@@ -244,6 +232,17 @@ _TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
         "run.started",
     ),
 )
+# The moment of a transition is clock_timestamp(), read once this statement
+# holds the run's row lock (a row changed while it waited is recomputed after
+# the wait), never now(): now() is when this *transaction* began, and a start or
+# an append that began later may have taken the lock first and committed a
+# started_at after it. Stamped with now(), the end of that run or attempt came
+# before its start and the CHECK refused the end: a run could not end while
+# attempts were being appended (issue 15). Every start an end can meet committed
+# before the end held the lock, so its own clock reading is later.
+# GREATEST(now(), started_at) would pass too, but by construction: it records
+# an end that did not happen then, and turns the CHECK into a tautology that
+# could no longer catch a writer that bypasses the run's lock.
 TRANSITION_RUN: Final[LiteralString] = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
