@@ -75,8 +75,8 @@ SELECT * FROM run
 FLOOR_TRANSITION = """
 WITH changed AS (
     UPDATE workflow_runs SET status = $2::text,
-        started_at = CASE WHEN $2::text = 'running' THEN now() ELSE started_at END,
-        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE now() END
+        started_at = CASE WHEN $2::text = 'running' THEN clock_timestamp() ELSE started_at END,
+        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE clock_timestamp() END
     WHERE id = $1 AND status = $3::text
     RETURNING *
 ), event AS (
@@ -91,7 +91,7 @@ SELECT * FROM changed
 """
 
 FLOOR_CLOSE_ATTEMPTS = """
-UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
+UPDATE run_step_logs SET status = 'cancelled', finished_at = clock_timestamp()
 WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
 """
 

@@ -29,6 +29,10 @@ from flowforge.outbox import record_events
 logger = get_logger("flowforge.reaper")
 
 # The lease expression must match the index expression exactly to use it.
+# An end is stamped with clock_timestamp(), as runs.TRANSITION_RUN's (see there):
+# the reaper never waits for a run's lock (SKIP LOCKED), and every attempt of a
+# run it claims started before the run's last sign of life, so the reading
+# follows every started_at it closes and the timestamps CHECKs keep meaning it.
 # REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
 # cannot size the CTE and may hash-join it against a scan of every run.
 FIND_STUCK: Final[LiteralString] = """
@@ -44,7 +48,7 @@ REAP: Final[LiteralString] = f"""
 WITH stuck AS ({FIND_STUCK})
 UPDATE workflow_runs AS r
 SET status = 'failed',
-    finished_at = GREATEST(now(), r.started_at),
+    finished_at = clock_timestamp(),
     error = format(
         'Reaped: no heartbeat since %s (lease %s s); the executor is presumed dead.',
         to_char(COALESCE(r.heartbeat_at, r.started_at) AT TIME ZONE 'UTC',
@@ -60,13 +64,13 @@ RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 # statement per batch size, and Piccolo itself warns above 100 values.
 FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
 UPDATE run_step_logs
-SET status = 'failed', finished_at = GREATEST(now(), started_at), error = $2
+SET status = 'failed', finished_at = clock_timestamp(), error = $2
 WHERE run_id = ANY($1::uuid[]) AND status = 'running'
 """
 
 CANCEL_PENDING_STEPS: Final[LiteralString] = """
 UPDATE run_step_logs
-SET status = 'cancelled', finished_at = now()
+SET status = 'cancelled', finished_at = clock_timestamp()
 WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
 """
 

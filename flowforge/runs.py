@@ -232,12 +232,23 @@ _TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
         "run.started",
     ),
 )
+# The moment of a transition is clock_timestamp(), read once this statement
+# holds the run's row lock (a row changed while it waited is recomputed after
+# the wait), never now(): now() is when this *transaction* began, and a start or
+# an append that began later may have taken the lock first and committed a
+# started_at after it. Stamped with now(), the end of that run or attempt came
+# before its start and the CHECK refused the end: a run could not end while
+# attempts were being appended (issue 15). Every start an end can meet committed
+# before the end held the lock, so its own clock reading is later.
+# GREATEST(now(), started_at) would pass too, but by construction: it records
+# an end that did not happen then, and turns the CHECK into a tautology that
+# could no longer catch a writer that bypasses the run's lock.
 TRANSITION_RUN: Final[LiteralString] = f"""
 WITH changed AS (
     UPDATE workflow_runs r SET
         status = $2::text,
-        started_at = CASE WHEN $2::text = 'running' THEN now() ELSE r.started_at END,
-        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE now() END,
+        started_at = CASE WHEN $2::text = 'running' THEN clock_timestamp() ELSE r.started_at END,
+        finished_at = CASE WHEN $2::text = 'running' THEN NULL ELSE clock_timestamp() END,
         error = CASE WHEN $2::text IN ('failed', 'cancelled') THEN $4::text ELSE r.error END,
         outputs = CASE WHEN $2::text = 'completed' THEN $5::jsonb ELSE r.outputs END
     WHERE r.id = $1 AND r.status = ANY($3::text[])
@@ -254,9 +265,12 @@ SELECT {RUN_COLUMNS} FROM changed
 # row lock and takes a new snapshot, so it also sees an attempt whose append
 # committed while the transition waited for that lock (in the transition's own
 # snapshot that attempt does not exist yet, and it would stay "running" forever).
+# Its finished_at is clock_timestamp() for the same reason as the transition's:
+# such an attempt started after this transaction's now(), but before this
+# statement (appends take the run's lock, which we hold now).
 # run_created_at (the partition key) confines it to the run's partition.
 CLOSE_ATTEMPTS: Final[LiteralString] = """
-UPDATE run_step_logs SET status = 'cancelled', finished_at = now()
+UPDATE run_step_logs SET status = 'cancelled', finished_at = clock_timestamp()
 WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
 """
 

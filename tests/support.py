@@ -7,6 +7,7 @@ checkouts (or pytest-xdist workers) never collide.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -124,6 +125,27 @@ async def global_engine_on(url: str, **env: str) -> AsyncIterator[None]:
         DB.reconfigure()
         if had_pool:
             await DB.start_connection_pool()
+
+
+async def wait_for_lock_waiter(url: str, query_prefix: str) -> int:
+    """The pid of the backend whose statement starts with `query_prefix`, once it
+    waits on a lock: a test orders two transactions on the server's lock state
+    (polling pg_stat_activity: the condition, not a guess of time), so it fails
+    if they never overlapped. `url` may go through PgBouncer (no named statements)."""
+    connection = await asyncpg.connect(url, statement_cache_size=0)
+    try:
+        for _ in range(3000):
+            pid = await connection.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND starts_with(query, $1) AND wait_event_type = 'Lock'",
+                query_prefix,
+            )
+            if pid:
+                return int(pid)
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no backend waiting on a lock in {query_prefix!r}")
+    finally:
+        await connection.close()
 
 
 async def run_unhurried(*statements: str) -> None:

@@ -584,25 +584,6 @@ async def test_a_concurrent_writer_is_never_blocked_for_long(scratch_url: str) -
     assert await partitioned_tables(scratch_url) == {}
 
 
-async def wait_for_backend(url: str, query_prefix: str) -> int:
-    """The pid of the backend whose statement starts with `query_prefix` once it
-    waits on a lock (polling pg_stat_activity: the condition, not a guess of time)."""
-    connection = await asyncpg.connect(url)
-    try:
-        for _ in range(3000):
-            pid = await connection.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND query LIKE $1 || '%' AND wait_event_type = 'Lock'",
-                query_prefix,
-            )
-            if pid:
-                return int(pid)
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no backend waiting in {query_prefix!r}")
-    finally:
-        await connection.close()
-
-
 async def interrupt_in_the_backfill(url: str) -> None:
     """Run forwards and kill it in the backfill (a row lock on the last step log
     holds the backfill up there)."""
@@ -624,7 +605,7 @@ async def interrupt_migration(url: str, query_prefix: str) -> str:
         cwd=support.REPO_ROOT, env={**os.environ, "DATABASE_URL": url},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    pid = await wait_for_backend(url, query_prefix)
+    pid = await support.wait_for_lock_waiter(url, query_prefix)
     admin = await asyncpg.connect(url)
     try:
         assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
@@ -768,7 +749,7 @@ async def test_a_backfill_batch_that_deadlocks_with_a_writer_is_run_again(
             await writer.execute(
                 "SELECT 1 FROM run_step_logs ORDER BY ctid DESC LIMIT 1 FOR UPDATE"
             )
-            await wait_for_backend(scratch_url, "\nUPDATE run_step_logs l")
+            await support.wait_for_lock_waiter(scratch_url, "\nUPDATE run_step_logs l")
             await writer.execute("UPDATE run_step_logs SET status = 'failed' WHERE id = $1", first)
         stdout, _ = await process.communicate()
     finally:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from flowforge import events as contract
 from flowforge.db.engine import DB
+from tests import support
 from tests.api.conftest import Caller, count, create_workflow, events, trigger
 
 
@@ -273,7 +276,7 @@ async def test_two_concurrent_transitions_of_one_run_exactly_one_wins(
 
 
 async def test_concurrent_transitions_in_raw_transactions_one_wins(
-    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
 ) -> None:
     """The domain function itself: two open transactions race; the loser waits, then loses."""
     from flowforge import runs
@@ -281,17 +284,17 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
 
     run = await trigger(client, developer, workflow["id"])
     run_id = run["id"]
-    first_done = asyncio.Event()
+    started, release = asyncio.Event(), asyncio.Event()
 
     async def first() -> str:
         async with DB.transaction():
             result = await runs.transition_run(run_id, "start")
-            await asyncio.sleep(0.2)  # hold the row lock while the other one waits
-            first_done.set()
+            started.set()
+            await release.wait()  # hold the row lock while the other one waits
         return str(result["status"])
 
     async def second() -> str:
-        await asyncio.sleep(0.05)
+        await started.wait()
         async with DB.transaction():
             try:
                 await runs.transition_run(run_id, "cancel")
@@ -299,7 +302,11 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
                 return "lost"
         return "won"
 
-    results = await asyncio.gather(first(), second())
+    racing = asyncio.gather(first(), second())
+    # The server's lock state, not a guess of time: the second waits for the first.
+    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+    release.set()
+    results = await asyncio.wait_for(racing, 30)
     # cancel is legal from running too, so the second wins *after* the first:
     # it saw the committed "running" state, never the stale "pending".
     assert results == ["running", "won"]
@@ -618,7 +625,7 @@ async def test_heartbeat_renews_the_lease_of_a_running_run_only(
 
 
 async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
-    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
 ) -> None:
     """The ending transition waits for the run's row lock held by an append; the
     attempt that append commits must be closed too, not left running forever."""
@@ -642,7 +649,9 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
 
     appending, completing = asyncio.create_task(append()), asyncio.create_task(complete())
     await appended.wait()
-    await asyncio.sleep(0.3)  # the transition's statement is now waiting for the lock
+    # The transition's statement waits for the lock (the server's lock state,
+    # not a guess of time) before the append commits.
+    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
     release.set()
     _, completed = await asyncio.wait_for(asyncio.gather(appending, completing), 10)
     assert completed["status"] == "completed"
@@ -650,6 +659,214 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
     assert [(row["status"], row["finished_at"] is not None) for row in logs] == [
         ("cancelled", True)
     ]
+
+
+async def published(run_id: str) -> list[dict[str, Any]]:
+    """A run's events in publishing order: seq, which is commit order for one
+    aggregate (created_at is its transaction's start, and these races commit
+    the transaction that began first last)."""
+    rows = await DB.fetch(
+        "SELECT event_type, payload FROM outbox WHERE aggregate_id = $1 ORDER BY seq", run_id
+    )
+    return [
+        {"event_type": row["event_type"], "payload": json.loads(row["payload"])} for row in rows
+    ]
+
+
+ENDINGS: dict[str, tuple[dict[str, Any], str]] = {
+    "complete": ({}, "completed"),
+    "fail": ({"error": "boom"}, "failed"),
+    "cancel": ({}, "cancelled"),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ENDINGS))
+async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    database_url: str,
+    action: str,
+) -> None:
+    """Issue 15, 1: the ending request's transaction begins first; an append that
+    begins later takes the run's lock first and commits its attempt. Once the end
+    holds the lock it must succeed and close that attempt (it answered 409
+    run_step_logs_timestamps_match_status: the attempt was closed at the end's
+    transaction start, before the attempt had started)."""
+    from flowforge import runs
+
+    body, status = ENDINGS[action]
+    run_id = (await running_run(client, developer, workflow))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # Both statements write an event, and a statement takes its table
+            # locks before it runs: while the outbox is held, the end waits
+            # before it locks the run, the append after it has (its lease
+            # renewal, LOCK_RUNNING_RUN, writes no event).
+            await holder.execute("LOCK TABLE outbox IN SHARE MODE")
+            ending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/{action}", **body)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+            appending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+        ended, appended = await asyncio.wait_for(asyncio.gather(ending, appending), 30)
+    finally:
+        await holder.close()
+    assert appended.status_code == 201, appended.text
+    assert ended.status_code == 200, ended.text
+    run = ended.json()
+    assert run["status"] == status
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert (log["id"], log["status"]) == (appended.json()["id"], "cancelled")
+    assert log["started_at"] <= log["finished_at"]
+    assert run["started_at"] <= run["finished_at"]
+    assert [e["event_type"] for e in await published(run_id)][-2:] == [
+        "run.step_logged",
+        f"run.{status}",
+    ]
+
+
+async def test_a_run_ends_after_a_start_that_began_later(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
+) -> None:
+    """The same race on the run itself: a cancel's transaction begins, a start
+    that began later commits first, then the cancel ends the now running run (it
+    answered 409 workflow_runs_timestamps_match_status: finished before it started)."""
+    from flowforge import api_keys, runs
+
+    run_id = (await trigger(client, developer, workflow["id"]))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # Holds the request in its authentication, after its BEGIN.
+            await holder.execute("LOCK TABLE api_keys IN SHARE MODE")
+            cancelling = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/cancel")
+            )
+            await support.wait_for_lock_waiter(database_url, api_keys.AUTHENTICATE[:60])
+            async with DB.transaction():  # an executor's start: no key, no wait
+                await runs.transition_run(run_id, "start")
+        cancelled = await asyncio.wait_for(cancelling, 30)
+    finally:
+        await holder.close()
+    assert cancelled.status_code == 200, cancelled.text
+    run = cancelled.json()
+    assert run["status"] == "cancelled"
+    assert run["started_at"] <= run["finished_at"]
+    assert [
+        (e["event_type"], e["payload"]["previous_status"]) for e in await published(run_id)
+    ] == [
+        ("run.created", None),
+        ("run.started", "pending"),
+        ("run.cancelled", "running"),
+    ]
+
+
+@pytest.mark.parametrize("operation", ["step-logs", "finish", "heartbeat"])
+async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
+    client: httpx.AsyncClient,
+    developer: Caller,
+    workflow: dict[str, Any],
+    database_url: str,
+    operation: str,
+) -> None:
+    """The opposite race: an append (or finish, heartbeat) that waits for the lock
+    of a run being completed is refused with a 409 naming the new state, not a 500."""
+    from flowforge import runs
+
+    run_id = (await running_run(client, developer, workflow))["id"]
+    attempt = (
+        await post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+    ).json()
+    path, body = {
+        "step-logs": (f"/api/v1/runs/{run_id}/step-logs", {"step_position": 1}),
+        "finish": (
+            f"/api/v1/runs/{run_id}/step-logs/{attempt['id']}/finish",
+            {"status": "completed"},
+        ),
+        "heartbeat": (f"/api/v1/runs/{run_id}/heartbeat", {}),
+    }[operation]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            # The end holds the run's row lock and waits to close the attempts.
+            await holder.execute("LOCK TABLE run_step_logs IN SHARE MODE")
+            ending = asyncio.create_task(post(client, developer, f"/api/v1/runs/{run_id}/complete"))
+            await support.wait_for_lock_waiter(database_url, runs.CLOSE_ATTEMPTS[:60])
+            late = asyncio.create_task(post(client, developer, path, **body))
+            await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+        ended, refused = await asyncio.wait_for(asyncio.gather(ending, late), 30)
+    finally:
+        await holder.close()
+    assert ended.status_code == 200, ended.text
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["details"]["current_status"]) == (
+        "invalid_transition",
+        "completed",
+    )
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert log["status"] == "cancelled"
+
+
+async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
+) -> None:
+    """The reaper path does not share the race: it claims with SKIP LOCKED, so it
+    never waits for an append (nor closes an attempt that began after it), and an
+    append queued behind a reaped run is a clean 409."""
+    from flowforge import reaper, runs
+
+    run_id = (await running_run(client, developer, workflow))["id"]
+    holder = await asyncpg.connect(database_url, statement_cache_size=0)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE outbox IN SHARE MODE")
+            appending = asyncio.create_task(
+                post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
+            )
+            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+            # Even with no lease at all, the run whose lock the append holds is
+            # skipped, not waited for (a claim would wait on the outbox: timeout).
+            skipped = await asyncio.wait_for(reaper.reap_stuck_runs(0.0), 10)
+        appended = await asyncio.wait_for(appending, 30)
+    finally:
+        await holder.close()
+    assert skipped.runs == []
+    assert appended.status_code == 201, appended.text
+
+    claimed, release = asyncio.Event(), asyncio.Event()
+
+    async def reap() -> list[Any]:
+        async with DB.transaction():
+            reaped = await reaper.reap_batch(0.0, 10)
+            claimed.set()
+            await release.wait()  # the run stays locked, failed but not committed
+        return reaped
+
+    reaping = asyncio.create_task(reap())
+    await claimed.wait()
+    late = asyncio.create_task(
+        post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=1)
+    )
+    await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+    release.set()
+    reaped, refused = await asyncio.wait_for(asyncio.gather(reaping, late), 30)
+    assert [str(run["id"]) for run in reaped] == [run_id]
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["details"]["current_status"] == "failed"
+    [log] = (await client.get(f"/api/v1/runs/{run_id}", headers=developer.headers)).json()[
+        "step_logs"
+    ]
+    assert log["status"] == "failed" and log["started_at"] <= log["finished_at"]
 
 
 async def test_idempotency_replay_compares_json_not_python_equality(
