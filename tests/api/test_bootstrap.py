@@ -247,7 +247,7 @@ async def test_the_seed_prints_the_host_and_port_the_server_uses(
     ).stdout
     assert "http://127.0.0.2:9000/api/v1/me" in out
     makefile = (support.REPO_ROOT / "Makefile").read_text()
-    assert "HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed" in makefile
+    assert "HOST=$(HOST) PORT=$(PORT) $(BIN)/flowforge seed" in makefile
 
 
 COMMANDS = [
