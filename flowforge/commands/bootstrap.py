@@ -35,12 +35,19 @@ BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
 def api_url() -> str:
-    """Where the server listens: HOST and PORT, as `make run` passes them to uvicorn.
+    """Where the server listens: HOST and PORT, as `make run` passes them to uvicorn,
+    else UVICORN_HOST and UVICORN_PORT (uvicorn's own variables: the image sets them).
 
-    A wildcard address (0.0.0.0, ::) is shown as 127.0.0.1, which reaches it.
+    A command cannot ask the server; set PORT when running one against a server
+    started with `make run PORT=...`. A wildcard address (0.0.0.0, ::) is shown
+    as 127.0.0.1, which reaches it.
     """
-    host = os.environ.get("HOST", "").strip() or "127.0.0.1"
-    port = os.environ.get("PORT", "").strip() or "8000"
+
+    def setting(*names: str) -> str:
+        return next((value for name in names if (value := os.environ.get(name, "").strip())), "")
+
+    host = setting("HOST", "UVICORN_HOST") or "127.0.0.1"
+    port = setting("PORT", "UVICORN_PORT") or "8000"
     if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - compared, not bound
         host = "127.0.0.1"
     if ":" in host and not host.startswith("["):
