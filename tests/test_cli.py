@@ -166,3 +166,12 @@ async def test_created_keys_name_the_port_the_server_uses(
     )  # fmt: skip
     assert issued.returncode == 0, issued.stdout + issued.stderr
     assert url in issued.stdout
+
+
+async def test_hints_name_the_program_in_use(db: None, database_url: str, tmp_path: Path) -> None:
+    made = run(
+        "flowforge", "create_user", "--email", "hint@example.com", "--role", "viewer",
+        cwd=tmp_path, database_url=database_url,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "its API key: flowforge create_api_key --email hint@example.com" in made.stdout

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import sys
 from typing import Any
 
 from piccolo.apps.user.tables import BaseUser
@@ -24,6 +25,7 @@ from piccolo.query.functions.string import Lower
 from piccolo.querystring import QueryString
 
 from flowforge import api_keys, users
+from flowforge.commands.cliargs import program
 from flowforge.db.engine import DB
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import AppError, translated_db_errors
@@ -117,7 +119,7 @@ async def create_user(
     # After COMMIT: what is printed exists.
     print(f"user {user['email']} created (role {user['role']}, id {user['id']})")
     if issued is None:
-        print(f"  its API key: piccolo flowforge create_api_key --email {user['email']}")
+        print(f"  its API key: {program(sys.argv)} create_api_key --email {user['email']}")
     else:
         print(describe_key(user["email"], *issued))
 
@@ -184,7 +186,7 @@ async def ensure_bootstrap_key() -> str:
         return (
             f"bootstrap API key for {BOOTSTRAP_EMAIL} exists (prefix {existing['prefix']}); "
             "a new one: "
-            f"piccolo flowforge create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
+            f"{program(sys.argv)} create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
         )
     key, full_key = await issue_key_for_email(
         BOOTSTRAP_EMAIL, BOOTSTRAP_KEY_NAME, [Scope.READ, Scope.WRITE, Scope.ADMIN]
