@@ -23,8 +23,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/flowforge/bin:$PATH \
-    # The piccolo CLI's configuration inside the installed package
-    # (`piccolo flowforge migrate`, `piccolo flowforge relay`, ...).
+    # The piccolo CLI's configuration inside the installed package, for
+    # `piccolo ...` by hand; scripts use `flowforge migrate`, `flowforge relay`,
+    # ..., which find it themselves and exit non-zero on an unknown command.
     PICCOLO_CONF=flowforge.piccolo_conf \
     FLOWFORGE_ENV=production \
     UVICORN_HOST=0.0.0.0 \
@@ -42,5 +43,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('UVICORN_PORT', '8000')}/healthz\", timeout=3)"]
 # Host and port: UVICORN_HOST / UVICORN_PORT. Migrations are not run here:
-# run `piccolo flowforge migrate` once per deploy (compose: the migrate service).
+# run `flowforge migrate` once per deploy (compose: the migrate service).
 CMD ["uvicorn", "flowforge.main:app", "--proxy-headers"]

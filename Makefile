@@ -49,11 +49,11 @@ $(PGBOUNCER):
 
 # Every app's migrations under an advisory lock: concurrent runs apply each once.
 migrate: setup-runtime
-	$(BIN)/piccolo flowforge migrate
+	$(BIN)/flowforge migrate
 
 # HOST/PORT: the seed prints where `make serve` will listen.
 seed: migrate
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/flowforge seed
 
 serve: setup-runtime
 	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
@@ -62,7 +62,7 @@ run: seed serve
 
 # The outbox relay (OUTBOX_PUBLISHER=redis to publish to Redis; see README).
 relay: migrate
-	$(BIN)/piccolo flowforge relay
+	$(BIN)/flowforge relay
 
 # Relay throughput and lag on this machine (needs Redis); JSON in benchmarks/results/.
 bench-relay: setup

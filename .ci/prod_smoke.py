@@ -6,15 +6,16 @@ Repeats what the Dockerfile does and runs what a deployment runs:
 1. build the wheel; a clean virtualenv; `pip install -c requirements.lock <wheel>`
    (base dependencies only, no extras, non-editable: the Dockerfile's install);
 2. from a directory outside the checkout, with the image's environment
-   (PICCOLO_CONF=flowforge.piccolo_conf, FLOWFORGE_ENV=production), against a
-   fresh database of its own on the server DATABASE_URL names:
-   `piccolo flowforge migrate`, twice at once (the advisory lock);
+   (FLOWFORGE_ENV=production) but without PICCOLO_CONF (the `flowforge`
+   command finds its own conf), against a fresh database of its own on the
+   server DATABASE_URL names: `flowforge` with an unknown command (exit 2),
+   then `flowforge migrate`, twice at once (the advisory lock);
 3. the Dockerfile's CMD, read from the Dockerfile, until /readyz answers 200,
    and the Dockerfile's HEALTHCHECK command;
-4. a user from `piccolo flowforge create_user`, an API key from
-   `piccolo flowforge create_api_key`, one
+4. a user from `flowforge create_user`, an API key from
+   `flowforge create_api_key`, one
    authenticated API call (create a workflow);
-5. `piccolo flowforge relay` with OUTBOX_PUBLISHER=redis until the
+5. `flowforge relay` with OUTBOX_PUBLISHER=redis until the
    workflow.created event is in its Redis stream; then everything stops.
 
 Standard library only (the checkout's .venv is never used). Usage:
@@ -199,11 +200,21 @@ def main() -> int:
         )
         run(python, "-c", probe, env=env, cwd=cwd)
 
+        step("`flowforge` finds its own conf; an unknown command fails")
+        commands = {**env}
+        commands.pop("PICCOLO_CONF")  # the image sets it for `piccolo ...` by hand only
+        typo = subprocess.run(
+            ["flowforge", "migrat"], env=commands, cwd=cwd, capture_output=True, text=True
+        )
+        print(typo.stderr, end="", flush=True)
+        if typo.returncode != 2 or len(typo.stderr.strip().splitlines()) != 1:
+            raise SystemExit(f"prod-smoke: `flowforge migrat` exited {typo.returncode}")
+
         step("migrate: two concurrent runs of the locked command")
         runners = [
             subprocess.Popen(
-                ["piccolo", "flowforge", "migrate"],
-                env=env,
+                ["flowforge", "migrate"],
+                env=commands,
                 cwd=cwd,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -239,16 +250,15 @@ def main() -> int:
 
             step("a user, an API key from the CLI, one authenticated call")
             run(
-                "piccolo", "flowforge", "create_user", "--email", "ops@example.com",
-                "--role", "admin", env=env, cwd=cwd,
+                "flowforge", "create_user", "--email", "ops@example.com",
+                "--role", "admin", env=commands, cwd=cwd,
             )  # fmt: skip
             issued = run(
-                "piccolo",
                 "flowforge",
                 "create_api_key",
                 "--email=ops@example.com",
                 "--scopes=read,write",
-                env=env,
+                env=commands,
                 cwd=cwd,
                 capture_output=True,
             )
@@ -288,7 +298,7 @@ def main() -> int:
                 "        await client.aclose()\n"
                 "sys.exit(asyncio.run(main()))\n"
             )
-            with background(["piccolo", "flowforge", "relay"], work / "relay.log", env, cwd):
+            with background(["flowforge", "relay"], work / "relay.log", commands, cwd):
                 wait_for(
                     "the event in Redis",
                     lambda: (

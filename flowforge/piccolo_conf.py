@@ -9,11 +9,16 @@ embedded server when DATABASE_URL is unset), so a bad configuration stops the
 CLI with a readable message and exit status 2 instead of a traceback.
 """
 
+from flowforge.commands.piccolo_cli import adapt_piccolo_cli
 from flowforge.db.engine import DB, check_configuration
 from flowforge.db.registry import APP_REGISTRY
 from flowforge.logs import configure_logging
 
 check_configuration()
 configure_logging()  # every command logs like the API (LOG_FORMAT)
+# Piccolo's CLI only: unknown `flowforge` commands exit 2, its migration
+# commands take the migration lock, its warnings lose their colour codes off a
+# terminal (flowforge/commands/piccolo_cli.py).
+adapt_piccolo_cli()
 
 __all__ = ["APP_REGISTRY", "DB"]

@@ -7,6 +7,7 @@ start-up with one readable message (:func:`load_settings`), never later.
 from __future__ import annotations
 
 import sys
+import unicodedata
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from zxcvbn import zxcvbn
+from zxcvbn.feedback import get_feedback
 
 # The source tree when FlowForge runs from a checkout (editable install, or the
 # checkout on sys.path); None when it is installed from a wheel (site-packages).
@@ -374,9 +376,11 @@ PLACEHOLDER_PASSWORDS = frozenset(
 MIN_PASSWORD_LENGTH = 12
 
 
-# zxcvbn's 0-4 scale; 3 is "safely unguessable: moderate protection from an
-# offline slow-hash scenario" (~10^8 guesses and more).
-MIN_PASSWORD_STRENGTH = 3
+# zxcvbn's 0-4 scale; 4 is "very unguessable: strong protection from an offline
+# slow-hash scenario" (10^10 guesses and more). 3 (10^8) let `Summer2026!!` and
+# `Passwordpasswordpassword` through: a word, a year and two symbols is the most
+# common shape of an organisation's password, and this one guards every user and key.
+MIN_PASSWORD_STRENGTH = 4
 
 
 def weak_password_problem(password: str, *related: str) -> str | None:
@@ -384,21 +388,35 @@ def weak_password_problem(password: str, *related: str) -> str | None:
 
     Strength is zxcvbn's estimate of how many guesses an attacker needs
     (dictionaries, keyboard walks, repeats, dates, l33t), not character classes;
-    `related` words (the product, the username) count as guessable too.
+    `related` words (the product, the username) count as guessable too. The
+    password is judged in NFKC form: the full-width letters and digits of
+    "PASSWORD1234" typed with an East Asian input method are still PASSWORD1234
+    to anyone guessing.
     """
-    if password.strip().lower() in PLACEHOLDER_PASSWORDS or "change" in password.lower():
+    judged = unicodedata.normalize("NFKC", password)
+    if judged.strip().lower() in PLACEHOLDER_PASSWORDS or "change" in judged.lower():
         return "is a placeholder"
-    if len(password) < MIN_PASSWORD_LENGTH:
+    if len(judged) < MIN_PASSWORD_LENGTH:
         return f"is shorter than {MIN_PASSWORD_LENGTH} characters"
     # zxcvbn's cost grows with length; the first 100 characters decide.
-    estimate = zxcvbn(password[:100], user_inputs=["flowforge", "admin", *related])
+    estimate = zxcvbn(judged[:100], user_inputs=["flowforge", "admin", *related])
     if estimate["score"] < MIN_PASSWORD_STRENGTH:
-        hint = estimate["feedback"]["warning"] or "it follows a common pattern"
         return (
-            f"is too easy to guess (strength {estimate['score']}/4, at least "
-            f"{MIN_PASSWORD_STRENGTH} needed: {hint.rstrip('.')})"
+            f"is too easy to guess (zxcvbn strength {estimate['score']}/4, "
+            f"{MIN_PASSWORD_STRENGTH} needed: {_weakness(estimate['sequence'])})"
         )
     return None
+
+
+def _weakness(sequence: list[dict[str, object]]) -> str:
+    """zxcvbn's own feedback on the weakest part of a password, as one phrase.
+
+    zxcvbn only gives feedback below strength 3 (its own bar); asked as for a
+    weak password, it names what it matched (a common word, a repeat, a year).
+    """
+    feedback = get_feedback(0, sequence)
+    parts = [feedback["warning"], *feedback["suggestions"]]
+    return "; ".join(part.rstrip(".") for part in parts if part) or "it follows a common pattern"
 
 
 class SettingsError(SystemExit):

@@ -43,7 +43,7 @@ def test_migrations_run_once_in_a_one_shot_service_that_app_and_relay_wait_for()
     migrate = services["migrate"]
     command = " ".join(migrate["command"])
     # The locked command (tests/test_migrate_command.py), then the seed in development only.
-    assert command.index("piccolo flowforge migrate &&") < command.index("piccolo flowforge seed")
+    assert command.index("flowforge migrate &&") < command.index("flowforge seed")
     assert '[ "$$FLOWFORGE_ENV" = "development" ]' in command
     assert "piccolo migrations forwards" not in COMPOSE.read_text()
     assert migrate["restart"] == "no"
@@ -67,7 +67,7 @@ def test_no_secret_is_written_in_the_compose_file() -> None:
 def test_the_relay_publishes_to_redis_once_migrations_completed() -> None:
     services = compose()["services"]
     relay = services["relay"]
-    assert relay["command"] == ["piccolo", "flowforge", "relay"]
+    assert relay["command"] == ["flowforge", "relay"]
     assert relay["environment"]["OUTBOX_PUBLISHER"] == "redis"
     assert relay["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert "${POSTGRES_PASSWORD}" in relay["environment"]["DATABASE_URL"]
@@ -185,7 +185,7 @@ def test_the_scaled_relay_listens_on_a_direct_connection() -> None:
     assert "@pgbouncer:6432/" in env["DATABASE_URL"] and env["DATABASE_POOLER"] == "transaction"
     assert env["RELAY_LISTEN_DATABASE_URL"] == services["relay"]["environment"]["DATABASE_URL"]
     assert "@db:5432/" in env["RELAY_LISTEN_DATABASE_URL"]
-    assert services["relay-scaled"]["command"] == ["piccolo", "flowforge", "relay"]
+    assert services["relay-scaled"]["command"] == ["flowforge", "relay"]
 
 
 def test_pgbouncers_run_in_transaction_mode_in_front_of_primary_and_replica() -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -60,6 +61,44 @@ async def test_concurrent_runs_apply_every_migration_exactly_once(fresh_database
     assert outputs.count("No migrations need to be run") >= len({app for app, _ in expected}) * (
         RUNNERS - 1
     )
+    assert "another migration run holds the lock; waiting for it" in outputs
+
+
+def start_plain_forwards(database_url: str) -> subprocess.Popen[str]:
+    """Piccolo's own command as the README spells it: `.venv/bin/piccolo migrations forwards all`."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "piccolo"), "migrations", "forwards", "all"],
+        cwd=support.REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_concurrent_plain_forwards_apply_every_migration_exactly_once(
+    fresh_database: str,
+) -> None:
+    # Replicas each running Piccolo's command as a start-up step: without the
+    # lock 3 of 4 failed (`pg_type_typname_nsp_index`, `already exists`).
+    runners = [start_plain_forwards(fresh_database) for _ in range(RUNNERS)]
+    results = [(runner, *runner.communicate(timeout=300)) for runner in runners]
+    for runner, stdout, stderr in results:
+        assert runner.returncode == 0, stdout + stderr
+        assert "Traceback" not in stdout + stderr
+        assert "failed" not in (stdout + stderr).lower(), stdout + stderr
+
+    expected = expected_migrations()
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        rows = await connection.fetch("SELECT app_name, name FROM migration")
+    finally:
+        await connection.close()
+    applied = Counter((row["app_name"], row["name"]) for row in rows)
+    assert set(applied) == expected
+    assert max(applied.values()) == 1
+    outputs = "".join(stdout for _, stdout, _ in results)
+    assert outputs.count("[forwards]...") == len(expected)
     assert "another migration run holds the lock; waiting for it" in outputs
 
 

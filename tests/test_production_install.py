@@ -130,14 +130,26 @@ def test_the_app_and_cli_import_nothing_from_extras_or_dev_tools(
     assert found["data_dir"] == str(production.cwd / ".flowforge")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        # Piccolo's CLI with the image's PICCOLO_CONF.
+        ["piccolo", "flowforge", "migrate"],
+        # The console script, without PICCOLO_CONF: it finds its own conf.
+        ["flowforge", "migrate"],
+    ],
+)
 def test_the_cli_migrates_a_real_database_from_any_directory(
-    production: ProductionInstall,
+    production: ProductionInstall, command: list[str]
 ) -> None:
     name = support.database_name("production_install")
     url = asyncio.run(support.create_database(name))
     try:
-        result = production.run("piccolo", "flowforge", "migrate", DATABASE_URL=url)
+        conf = {"PICCOLO_CONF": ""} if command[0] == "flowforge" else {}
+        result = production.run(*command, DATABASE_URL=url, **conf)
         assert result.returncode == 0, result.stdout + result.stderr
+        assert "0 of 8 migrations already complete" in result.stdout  # true counts
+        assert "migrations haven't been run" not in result.stderr  # Piccolo's warning
 
         async def applied() -> set[tuple[str, str]]:
             connection = await asyncpg.connect(url)
@@ -150,6 +162,29 @@ def test_the_cli_migrates_a_real_database_from_any_directory(
         assert asyncio.run(applied()) == expected_migrations()
     finally:
         asyncio.run(support.drop_database(name))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["migrat"], "flowforge: unknown command 'migrat'"),
+        ([], "usage: flowforge <command>"),
+    ],
+)
+def test_the_flowforge_command_fails_on_a_missing_or_unknown_command(
+    production: ProductionInstall, arguments: list[str], message: str
+) -> None:
+    # What a deploy script runs, where no piccolo_conf.py and no PICCOLO_CONF
+    # exist: `piccolo flowforge migrate` exits 0 there ("Unrecognised command").
+    result = production.run(
+        "flowforge", *arguments, DATABASE_URL="postgresql://db.invalid:5432/x", PICCOLO_CONF=""
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(message), result.stderr
+    assert result.stdout == ""
+    helped = production.run("flowforge", "--help", DATABASE_URL="postgresql://db.invalid:5432/x")
+    assert helped.returncode == 0
+    assert "migrate " in helped.stdout
 
 
 def test_without_database_url_it_says_what_to_install_in_one_line(

@@ -9,7 +9,14 @@ import sys
 import pytest
 
 from flowforge.db.engine import asyncpg_config
-from flowforge.settings import Environment, PublisherKind, Settings, SettingsError, get_settings
+from flowforge.settings import (
+    Environment,
+    PublisherKind,
+    Settings,
+    SettingsError,
+    get_settings,
+    weak_password_problem,
+)
 from tests.support import REPO_ROOT
 
 DEFAULTS = {
@@ -217,6 +224,19 @@ def test_settings_can_be_built_in_code_by_field_name(clean_env: pytest.MonkeyPat
         ("qwertyuiop12", "is too easy to guess"),
         ("flowforge2026!", "is too easy to guess"),
         ("letmein12345", "is too easy to guess"),
+        # Strength 3 of 4 (10^8 guesses) passed before: 4 is needed, and the
+        # message says why in zxcvbn's words.
+        ("Summer2026!!", "is too easy to guess (zxcvbn strength 3/4, 4 needed: This is similar"),
+        ("Passwordpasswordpassword", "is too easy to guess (zxcvbn strength 3/4, 4 needed: "),
+        # Full-width forms are judged as their ASCII (NFKC): PASSWORD1234.
+        (
+            "\uff30\uff21\uff33\uff33\uff37\uff2f\uff32\uff24\uff11\uff12\uff13\uff14",
+            "is too easy to guess (zxcvbn strength 1/4, 4 needed: This is similar",
+        ),
+        (
+            "\uff43\uff48\uff41\uff4e\uff47\uff45-\uff4d\uff45-\uff50\uff4c\uff45\uff41\uff53\uff45",
+            "is a placeholder",
+        ),
     ],
 )
 @pytest.mark.parametrize("environment", ["test", "production"])
@@ -251,6 +271,10 @@ def test_admin_password_rules(clean_env: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.admin_password is not None
     assert "correct horse" not in repr(settings)  # a secret, never printed
+    for strong in ["Tq8#vL2!rW9zK4pX", "fjord-Pelican-42-mangle-Vortex"]:
+        clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", strong)
+        assert weak_password_problem(strong, "admin") is None
+        assert Settings().admin_password is not None
     clean_env.delenv("FLOWFORGE_ADMIN_PASSWORD")
     assert Settings().admin_password is None  # generated on first use
     clean_env.setenv("FLOWFORGE_ADMIN_PASSWORD", "")

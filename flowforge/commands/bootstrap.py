@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
+import sys
 from typing import Any
 
 from piccolo.apps.user.tables import BaseUser
@@ -24,6 +25,7 @@ from piccolo.query.functions.string import Lower
 from piccolo.querystring import QueryString
 
 from flowforge import api_keys, users
+from flowforge.commands.cliargs import program
 from flowforge.db.engine import DB
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import AppError, translated_db_errors
@@ -35,12 +37,19 @@ BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
 def api_url() -> str:
-    """Where the server listens: HOST and PORT, as `make run` passes them to uvicorn.
+    """Where the server listens: HOST and PORT, as `make run` passes them to uvicorn,
+    else UVICORN_HOST and UVICORN_PORT (uvicorn's own variables: the image sets them).
 
-    A wildcard address (0.0.0.0, ::) is shown as 127.0.0.1, which reaches it.
+    A command cannot ask the server; set PORT when running one against a server
+    started with `make run PORT=...`. A wildcard address (0.0.0.0, ::) is shown
+    as 127.0.0.1, which reaches it.
     """
-    host = os.environ.get("HOST", "").strip() or "127.0.0.1"
-    port = os.environ.get("PORT", "").strip() or "8000"
+
+    def setting(*names: str) -> str:
+        return next((value for name in names if (value := os.environ.get(name, "").strip())), "")
+
+    host = setting("HOST", "UVICORN_HOST") or "127.0.0.1"
+    port = setting("PORT", "UVICORN_PORT") or "8000"
     if host in {"0.0.0.0", "::", "[::]"}:  # noqa: S104 - compared, not bound
         host = "127.0.0.1"
     if ":" in host and not host.startswith("["):
@@ -110,7 +119,7 @@ async def create_user(
     # After COMMIT: what is printed exists.
     print(f"user {user['email']} created (role {user['role']}, id {user['id']})")
     if issued is None:
-        print(f"  its API key: piccolo flowforge create_api_key --email {user['email']}")
+        print(f"  its API key: {program(sys.argv)} create_api_key --email {user['email']}")
     else:
         print(describe_key(user["email"], *issued))
 
@@ -177,7 +186,7 @@ async def ensure_bootstrap_key() -> str:
         return (
             f"bootstrap API key for {BOOTSTRAP_EMAIL} exists (prefix {existing['prefix']}); "
             "a new one: "
-            f"piccolo flowforge create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
+            f"{program(sys.argv)} create_api_key --email {BOOTSTRAP_EMAIL} --scopes read,write,admin"
         )
     key, full_key = await issue_key_for_email(
         BOOTSTRAP_EMAIL, BOOTSTRAP_KEY_NAME, [Scope.READ, Scope.WRITE, Scope.ADMIN]

@@ -1,4 +1,4 @@
-"""Command-line options for `piccolo flowforge <command>`, parsed the usual way.
+"""Command-line options for `flowforge <command>` / `piccolo flowforge <command>`, parsed the usual way.
 
 Piccolo's CLI (targ) reads ``--email admin@x`` as a flag ``email=True`` plus a
 stray positional ``admin@x``: only ``--email=admin@x`` works, and a bad value
@@ -21,6 +21,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, get_type_hints
 
 GROUP = "flowforge"
@@ -52,11 +53,17 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
+def program(argv: Sequence[str]) -> str:
+    """How the command line names the commands: `flowforge` (flowforge/commands/cli.py)
+    or `piccolo flowforge`."""
+    return "flowforge" if argv and Path(argv[0]).name == "flowforge" else f"piccolo {GROUP}"
+
+
 def build_parser(function: Callable[..., Any]) -> argparse.ArgumentParser:
     """An argparse parser for `function`'s keyword options (bool, int or str)."""
     hints = get_type_hints(function)
     parser = _Parser(
-        prog=f"piccolo {GROUP} {function.__name__}", add_help=False, allow_abbrev=False
+        prog=f"{program(sys.argv)} {function.__name__}", add_help=False, allow_abbrev=False
     )
     for name, parameter in inspect.signature(function).parameters.items():
         kind = hints.get(name, str)
@@ -83,7 +90,8 @@ def build_parser(function: Callable[..., Any]) -> argparse.ArgumentParser:
 
 
 def command_arguments(names: Sequence[str], argv: Sequence[str]) -> list[str]:
-    """The arguments after `piccolo [flowforge] <command>` in `argv` (targ's `--trace` dropped)."""
+    """The arguments after `piccolo flowforge <command>` or `flowforge <command>` in `argv`
+    (targ's `--trace` dropped)."""
     for start in (1, 2):
         if len(argv) > start and argv[start] in names:
             return [argument for argument in argv[start + 1 :] if argument != "--trace"]
@@ -102,7 +110,7 @@ def command(function: Callable[..., Any], *, aliases: Sequence[str] = ()) -> Cal
     @functools.wraps(function)
     def run(*_targ_args: Any, **_targ_kwargs: Any) -> None:
         # targ's own parse of the options is ignored: it cannot read `--x value`.
-        prog = f"piccolo {GROUP} {function.__name__}"
+        prog = f"{program(sys.argv)} {function.__name__}"
         try:
             options = parse(function, sys.argv, aliases)
         except UsageError as error:

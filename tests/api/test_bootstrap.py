@@ -247,7 +247,7 @@ async def test_the_seed_prints_the_host_and_port_the_server_uses(
     ).stdout
     assert "http://127.0.0.2:9000/api/v1/me" in out
     makefile = (support.REPO_ROOT / "Makefile").read_text()
-    assert "HOST=$(HOST) PORT=$(PORT) $(BIN)/piccolo flowforge seed" in makefile
+    assert "HOST=$(HOST) PORT=$(PORT) $(BIN)/flowforge seed" in makefile
 
 
 COMMANDS = [
@@ -309,11 +309,15 @@ async def test_admin_login_from_settings(database_url: str, no_admin_logins: Non
     assert stored[0]["admin"] and stored[0]["superuser"]
 
 
-def test_placeholder_admin_password_stops_the_cli(database_url: str) -> None:
-    env = {**os.environ, "FLOWFORGE_ENV": "test", "FLOWFORGE_ADMIN_PASSWORD": "change-me"}
-    import subprocess
-    import sys
-
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("change-me", "is a placeholder"),
+        ("Summer2026!!", "is too easy to guess (zxcvbn strength 3/4, 4 needed: "),
+    ],
+)
+def test_weak_admin_password_stops_the_cli(database_url: str, password: str, problem: str) -> None:
+    env = {**os.environ, "FLOWFORGE_ENV": "test", "FLOWFORGE_ADMIN_PASSWORD": password}
     result = subprocess.run(
         [sys.executable, "-m", "piccolo.main", "flowforge", "create_admin_login"],
         cwd=support.REPO_ROOT,
@@ -323,4 +327,5 @@ def test_placeholder_admin_password_stops_the_cli(database_url: str) -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert "FLOWFORGE_ADMIN_PASSWORD is a placeholder" in result.stderr
+    assert f"FLOWFORGE_ADMIN_PASSWORD {problem}" in result.stderr
+    assert password not in result.stderr
