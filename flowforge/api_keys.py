@@ -30,7 +30,7 @@ from piccolo.query.base import Query
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
+from flowforge.db.queries import NOW, Param, compiled, limited, new_row, page_after
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import (
     ConflictError,
@@ -227,10 +227,9 @@ async def list_api_keys(
     position = decode_cursor(cursor)
 
     def build() -> Query[Any, Any]:
-        query = (
-            ApiKey.select(*KEY_COLUMNS)
-            .order_by(ApiKey.created_at, ApiKey.id, ascending=False)
-            .limit(limit + 1)
+        query = limited(
+            ApiKey.select(*KEY_COLUMNS).order_by(ApiKey.created_at, ApiKey.id, ascending=False),
+            Param("limit"),
         )
         if user_id is not None:
             query = query.where(ApiKey.user_id == Param("user_id"))
@@ -238,9 +237,11 @@ async def list_api_keys(
             query = query.where(page_after(ApiKey, (Param("created_at"), Param("id"))))
         return query
 
-    key = ("api_keys.list", limit, user_id is not None, position is not None)
+    key = ("api_keys.list", user_id is not None, position is not None)
     created_at, after_id = position if position is not None else (None, None)
-    rows = await compiled(key, build).fetch(user_id=user_id, created_at=created_at, id=after_id)
+    rows = await compiled(key, build).fetch(
+        user_id=user_id, limit=limit + 1, created_at=created_at, id=after_id
+    )
     return page([_key(row) for row in rows], limit)
 
 
