@@ -163,7 +163,9 @@ class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     # (with its user) deletes the keys it granted. The index for the recursive
     # lookup is partial and built CONCURRENTLY by a raw migration
     # (flowforge_2026_12_07t15_58_40_000000).
-    granted_by_key_id = ForeignKey("self", null=True, on_delete=OnDelete.cascade)
+    granted_by_key_id: ForeignKey[ApiKey] = ForeignKey(
+        "self", null=True, on_delete=OnDelete.cascade
+    )
 
     api_keys_scopes_valid = Check(
         "cardinality(scopes) >= 1 AND scopes <@ ARRAY['read', 'write', 'admin']::varchar[]"
