@@ -6,6 +6,11 @@ is the SHA-256 of the whole key, compared in constant time. SHA-256 without a
 salt or stretching is right here (unlike for passwords): the secret is 256
 random bits, so there is nothing to guess or precompute.
 
+A key made through the API records the key that made it
+(``granted_by_key_id``), and revoking a key revokes every key it granted,
+transitively, in the same transaction: a leaked key's grants are leaked too,
+and a key never outlives the key that granted it (nor expires after it).
+
 ``last_used_at`` is a coarse "recently used" signal, not an access log: it is
 written at most once per :data:`LAST_USED_GRANULARITY_SECONDS` per key, by the
 authentication query itself, and skipped (``SKIP LOCKED``) when another request
@@ -28,9 +33,9 @@ from uuid import UUID
 from piccolo.custom_types import Combinable
 from piccolo.query.base import Query
 
-from flowforge import events
+from flowforge import events, outbox
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
+from flowforge.db.queries import Param, compiled, limited, new_row, page_after
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.errors import (
     ConflictError,
@@ -39,7 +44,6 @@ from flowforge.errors import (
     NotFoundError,
     UnauthorizedError,
 )
-from flowforge.outbox import record_event
 from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.principal import SCOPES_BY_ROLE, Principal
 
@@ -57,6 +61,7 @@ KEY_COLUMNS: Final = (
     ApiKey.expires_at,
     ApiKey.revoked_at,
     ApiKey.last_used_at,
+    ApiKey.granted_by_key_id,
     ApiKey.created_at,
     ApiKey.updated_at,
 )
@@ -187,6 +192,8 @@ async def create_api_key(
             f"must be no later than the expiry of the key making the request "
             f"({limit.isoformat()}): a key cannot outlive the key that created it",
         )
+    if granted_by is not None:
+        await _hold_granting_key(granted_by.key_id)
     prefix, full_key = generate_key()
     inserted = await (
         ApiKey.insert(
@@ -198,13 +205,14 @@ async def create_api_key(
                 key_hash=hash_key(full_key),
                 scopes=sorted(scope.value for scope in wanted),
                 expires_at=expires_at,
+                granted_by_key_id=granted_by.key_id if granted_by is not None else None,
             )
         )
         .returning(*KEY_COLUMNS)
         .run()
     )
     key = _key(inserted[0])
-    await record_event(
+    await outbox.record_event(
         events.API_KEY,
         key["id"],
         "api_key.created",
@@ -215,9 +223,25 @@ async def create_api_key(
             "prefix": prefix,
             "scopes": key["scopes"],
             "expires_at": expires_at,
+            "granted_by_key_id": key["granted_by_key_id"],
         },
     )
     return key, full_key
+
+
+async def _hold_granting_key(key_id: UUID) -> None:
+    """Lock the key that grants a new one (FOR SHARE) and check it is still valid.
+
+    A revocation locks each key it revokes (FOR NO KEY UPDATE), which
+    conflicts: a key granted by a key being revoked either waits for the
+    revocation and is refused here, or commits first and is found by the
+    revocation's next pass (:func:`revoke_api_key`).
+    """
+    row = await (
+        ApiKey.select(ApiKey.revoked_at).where(ApiKey.id == key_id).first().lock_rows("SHARE").run()
+    )
+    if row is None or row["revoked_at"] is not None:
+        raise UnauthorizedError("The API key has been revoked.")
 
 
 async def list_api_keys(
@@ -227,10 +251,9 @@ async def list_api_keys(
     position = decode_cursor(cursor)
 
     def build() -> Query[Any, Any]:
-        query = (
-            ApiKey.select(*KEY_COLUMNS)
-            .order_by(ApiKey.created_at, ApiKey.id, ascending=False)
-            .limit(limit + 1)
+        query = limited(
+            ApiKey.select(*KEY_COLUMNS).order_by(ApiKey.created_at, ApiKey.id, ascending=False),
+            Param("limit"),
         )
         if user_id is not None:
             query = query.where(ApiKey.user_id == Param("user_id"))
@@ -238,34 +261,84 @@ async def list_api_keys(
             query = query.where(page_after(ApiKey, (Param("created_at"), Param("id"))))
         return query
 
-    key = ("api_keys.list", limit, user_id is not None, position is not None)
+    key = ("api_keys.list", user_id is not None, position is not None)
     created_at, after_id = position if position is not None else (None, None)
-    rows = await compiled(key, build).fetch(user_id=user_id, created_at=created_at, id=after_id)
+    rows = await compiled(key, build).fetch(
+        user_id=user_id, limit=limit + 1, created_at=created_at, id=after_id
+    )
     return page([_key(row) for row in rows], limit)
 
 
-async def revoke_api_key(key_id: UUID, *, user_id: UUID | None = None) -> dict[str, Any]:
-    """Revoke a key (one of `user_id`'s, or any); revoking a revoked key changes nothing."""
-    DB.require_transaction()
+# Revoke a key and every key it granted, transitively, with one api_key.revoked
+# event per key revoked now. Already-revoked keys keep their revoked_at (and are
+# still walked through: a key granted by one of them is revoked). Nothing is
+# revoked when the key making the request ($2) is in the tree: revoking it by
+# way of one of its granters would lock the client out (revokes_caller). Keys
+# are locked in id order, so two revocations of overlapping trees cannot
+# deadlock; one that waited re-checks revoked_at and skips a key revoked
+# meanwhile. UNION (not UNION ALL) ends the walk even on a cycle made by hand.
+# "= ANY (ARRAY(...))" rather than "IN (SELECT ...)": probes of the primary key
+# (tests/test_explain.py; IN was planned as a hash join over a scan of every key).
+_REVOKED_EVENT: Final[LiteralString] = outbox.insert_from(
+    "revoked r",
+    aggregate_type=events.API_KEY,
+    aggregate_id="r.id",
+    event_type="'api_key.revoked'",
+    payload=events.api_key_revoked_payload_sql("r", "$1"),
+)
+REVOKE_GRANTED: Final[LiteralString] = f"""
+WITH RECURSIVE tree AS (
+    SELECT id FROM api_keys WHERE id = $1
+    UNION
+    SELECT k.id FROM api_keys k JOIN tree t ON k.granted_by_key_id = t.id
+), locked AS (
+    SELECT id FROM api_keys
+    WHERE id = ANY (ARRAY(SELECT id FROM tree)) AND revoked_at IS NULL
+      AND NOT EXISTS (SELECT FROM tree WHERE id = $2)
+    ORDER BY id
+    FOR NO KEY UPDATE
+), revoked AS (
+    UPDATE api_keys k SET revoked_at = now()
+    FROM locked
+    WHERE k.id = locked.id
+    RETURNING k.id, k.user_id, k.prefix
+), events AS (
+    {_REVOKED_EVENT}
+)
+SELECT EXISTS (SELECT FROM tree WHERE id = $2) AS revokes_caller,
+    (SELECT count(*) FROM revoked) AS revoked
+"""  # noqa: S608 - literal fragments; values are bind parameters
+
+
+async def revoke_api_key(
+    key_id: UUID, *, user_id: UUID | None = None, acting_key_id: UUID | None = None
+) -> dict[str, Any]:
+    """Revoke a key (one of `user_id`'s, or any) and every key it granted, transitively.
+
+    The keys it granted are revoked whoever they belong to: they exist only by
+    its authority. Revoking a revoked key changes nothing but what it granted
+    that is still valid. ConflictError when `acting_key_id` (the key making
+    the request) is the key or one it granted, directly or not.
+    """
+    connection = DB.require_transaction().connection
     visible: Combinable = ApiKey.id == key_id
     if user_id is not None:
         visible &= ApiKey.user_id == user_id
-    revoked = await (
-        ApiKey.update({ApiKey.revoked_at: NOW})
-        .where(visible & ApiKey.revoked_at.is_null())
-        .returning(*KEY_COLUMNS)
-        .run()
-    )
-    if not revoked:
-        existing = await ApiKey.select(*KEY_COLUMNS).where(visible).first().run()
-        if existing is None:
-            raise NotFoundError("API key not found.", api_key_id=str(key_id))
-        return _key(existing)
-    key = _key(revoked[0])
-    await record_event(
-        events.API_KEY,
-        key_id,
-        "api_key.revoked",
-        {"api_key_id": key_id, "user_id": key["user_id"], "prefix": key["prefix"]},
-    )
-    return key
+    if await ApiKey.select(ApiKey.id).where(visible).first().run() is None:
+        raise NotFoundError("API key not found.", api_key_id=str(key_id))
+    # Each pass is one statement with a snapshot of its own: a key granted by a
+    # key of the tree and committed during a pass (its grant held that key,
+    # which the pass waited for) is found by the next one. Ends with a pass
+    # that revokes nothing.
+    while True:
+        row = await connection.fetchrow(REVOKE_GRANTED, key_id, acting_key_id)
+        if row["revokes_caller"]:
+            raise ConflictError(
+                "A key cannot revoke itself, nor a key that granted it (that would revoke "
+                "it too): revoke it with another key.",
+                api_key_id=str(key_id),
+            )
+        if not row["revoked"]:
+            break
+    revoked = await ApiKey.select(*KEY_COLUMNS).where(ApiKey.id == key_id).first().run()
+    return _key(revoked)

@@ -12,7 +12,8 @@ lists, and tests/test_event_contract.py compares every event type's payload,
 however it was built, with the contract.
 
 * ``user``          user.created, user.updated, user.deactivated, user.activated
-* ``api_key``       api_key.created, api_key.revoked
+* ``api_key``       api_key.created (with the key that granted it, if any),
+                    api_key.revoked (one per key, a revocation's cascade included)
 * ``workflow``      workflow.created, workflow.updated, workflow.steps_replaced,
                     workflow.deactivated, workflow.activated, workflow.deleted
 * ``workflow_run``  run.created, run.started, run.completed, run.failed, run.cancelled,
@@ -78,6 +79,9 @@ STEP_LOGGED_KEYS: Final = (
     "finished_at",
 )
 USER_KEYS: Final = ("user_id", "email", "role")
+# cascaded_from: null for the key a revocation named, else that key's id (this
+# key was granted by it, directly or not, and revoked with it).
+API_KEY_REVOKED_KEYS: Final = ("api_key_id", "user_id", "prefix", "cascaded_from")
 WORKFLOW_CHANGED_KEYS: Final = ("workflow_id", "owner_id", "changes")
 
 
@@ -98,10 +102,18 @@ CONTRACT: Final[dict[str, EventType]] = {
         ),
         *_types(
             API_KEY,
-            ("api_key_id", "user_id", "name", "prefix", "scopes", "expires_at"),
+            (
+                "api_key_id",
+                "user_id",
+                "name",
+                "prefix",
+                "scopes",
+                "expires_at",
+                "granted_by_key_id",
+            ),
             "api_key.created",
         ),
-        *_types(API_KEY, ("api_key_id", "user_id", "prefix"), "api_key.revoked"),
+        *_types(API_KEY, API_KEY_REVOKED_KEYS, "api_key.revoked"),
         *_types(
             WORKFLOW,
             ("workflow_id", "owner_id", "name", "trigger_type", "step_count"),
@@ -238,3 +250,15 @@ def step_logged_payload_sql(alias: LiteralString, workflow_id: LiteralString) ->
         "finished_at": iso(f"{alias}.finished_at"),
     }
     return _jsonb_object(values, STEP_LOGGED_KEYS)
+
+
+def api_key_revoked_payload_sql(alias: LiteralString, named: LiteralString) -> LiteralString:
+    """``jsonb_build_object(...)`` of api_key.revoked from the key row `alias`;
+    `named` is the key the revocation named (SQL)."""
+    values: dict[str, LiteralString] = {
+        "api_key_id": f"{alias}.id",
+        "user_id": f"{alias}.user_id",
+        "prefix": f"{alias}.prefix",
+        "cascaded_from": f"CASE WHEN {alias}.id = {named} THEN NULL ELSE {named} END",
+    }
+    return _jsonb_object(values, API_KEY_REVOKED_KEYS)

@@ -16,7 +16,7 @@ from piccolo.query.proxy import Proxy
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import Param, compiled, new_row, page_after
+from flowforge.db.queries import Param, compiled, limited, new_row, page_after
 from flowforge.db.tables import Role, User
 from flowforge.errors import ConflictError, NotFoundError
 from flowforge.outbox import record_event
@@ -68,18 +68,17 @@ async def list_users(
     position = decode_cursor(cursor)
 
     def build() -> Query[Any, Any]:
-        query = (
-            User.select(*USER_COLUMNS)
-            .order_by(User.created_at, User.id, ascending=False)
-            .limit(limit + 1)
+        query = limited(
+            User.select(*USER_COLUMNS).order_by(User.created_at, User.id, ascending=False),
+            Param("limit"),
         )
         if position is not None:
             query = query.where(page_after(User, (Param("created_at"), Param("id"))))
         return query
 
-    query = compiled(("users.list_users", limit, position is not None), build)
+    query = compiled(("users.list_users", position is not None), build)
     created_at, after_id = position if position is not None else (None, None)
-    return page(await query.fetch(created_at=created_at, id=after_id), limit)
+    return page(await query.fetch(limit=limit + 1, created_at=created_at, id=after_id), limit)
 
 
 async def update_user(

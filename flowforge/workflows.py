@@ -15,7 +15,15 @@ from piccolo.querystring import QueryString
 
 from flowforge import events
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, Param, column_list, compiled, new_row, page_after
+from flowforge.db.queries import (
+    NOW,
+    Param,
+    column_list,
+    compiled,
+    limited,
+    new_row,
+    page_after,
+)
 from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
 from flowforge.errors import NotFoundError
 from flowforge.jsonutil import dumps, loads
@@ -207,17 +215,21 @@ async def list_workflows(
     """A page of workflows (one owner's, or all), newest first, with their step counts."""
     position = decode_cursor(cursor)
     query = compiled(
-        ("workflows.list", owner_id is not None, is_active is not None, position, limit),
+        ("workflows.list", owner_id is not None, is_active is not None, position is not None),
         lambda: list_workflows_query(
             owner_id=_owner_param(owner_id),
             is_active=None if is_active is None else Param("is_active"),
-            limit=limit + 1,
+            limit=Param("limit"),
             position=None if position is None else (Param("created_at"), Param("id")),
         ),
     )
     created_at, after_id = position if position is not None else (None, None)
     rows = await query.fetch(
-        owner_id=owner_id, is_active=is_active, created_at=created_at, id=after_id
+        owner_id=owner_id,
+        is_active=is_active,
+        limit=limit + 1,
+        created_at=created_at,
+        id=after_id,
     )
     return page([_record(row) for row in rows], limit)
 
@@ -226,17 +238,18 @@ def list_workflows_query(
     *,
     owner_id: UUID | Param | None,
     is_active: bool | Param | None,
-    limit: int,
+    limit: int | Param,
     position: tuple[datetime.datetime | Param, UUID | Param] | None,
 ) -> Select[Workflow]:
     """The SELECT behind :func:`list_workflows` (tests/test_explain.py plans it).
 
     A user's workflows use workflows_owner_id_created_at_idx.
     """
-    query = (
-        Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEP_COUNT).as_alias("step_count"))
-        .order_by(Workflow.created_at, Workflow.id, ascending=False)
-        .limit(limit)
+    query = limited(
+        Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEP_COUNT).as_alias("step_count")).order_by(
+            Workflow.created_at, Workflow.id, ascending=False
+        ),
+        limit,
     )
     if owner_id is not None:
         query = query.where(Workflow.owner_id == owner_id)

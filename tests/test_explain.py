@@ -77,6 +77,14 @@ LOAD = [
            u.created_at + (k - 1) * interval '10 days'
     FROM users AS u, generate_series(1, 30) AS k
     """,
+    # Each key after a user's first was made with the one before it (rotation
+    # through the API): chains of 30 for revocation to walk.
+    """
+    UPDATE api_keys AS k SET granted_by_key_id = p.id
+    FROM api_keys AS p
+    WHERE p.user_id = k.user_id AND k.name <> 'key 1'
+      AND p.name = 'key ' || (substr(k.name, 5)::int - 1)
+    """,
     # 1,000 workflows; owners skewed (a few power users own many), viewers own none.
     f"""
     INSERT INTO workflows (owner_id, name, description, trigger_type, trigger_config,
@@ -215,6 +223,7 @@ class Dataset:
     cursor: tuple[Any, uuid.UUID]  # (created_at, id) of the busy workflow's 500th newest run
     run_id: uuid.UUID  # a failed run (so with retried step logs)
     api_key_prefix: str
+    granting_key_id: uuid.UUID  # a key that granted 29 keys, transitively
 
 
 async def scalar(sql: str, *args: Any) -> Any:
@@ -262,6 +271,9 @@ async def dataset(database_url: str) -> AsyncIterator[Dataset]:
         ),
         api_key_prefix=await scalar(
             "SELECT prefix FROM api_keys ORDER BY created_at DESC, prefix LIMIT 1 OFFSET 1234"
+        ),
+        granting_key_id=await scalar(
+            "SELECT id FROM api_keys WHERE name = 'key 1' ORDER BY created_at LIMIT 1 OFFSET 50"
         ),
     )
     await DB.fetch(truncate)
@@ -617,6 +629,22 @@ async def test_a_run_with_its_step_logs(dataset: Dataset) -> None:
         and raw.get("Actual Loops", 0) > 0
     }
     assert len(executed) == 1, executed
+
+
+async def test_revoking_a_key_finds_the_keys_it_granted_through_their_index(
+    dataset: Dataset,
+) -> None:
+    # EXPLAIN without ANALYZE plans the data-modifying CTE without running it.
+    plan = await explain(api_keys.REVOKE_GRANTED, dataset.granting_key_id, None)
+    assert_reads(
+        plan,
+        {
+            "api_keys": frozenset({"api_keys_pkey", "api_keys_granted_by_key_id_idx"}),
+            "outbox": frozenset(),  # the events' INSERT
+        },
+        sorted_by_index=False,
+    )
+    assert "api_keys_granted_by_key_id_idx" in {node.index for node in plan.nodes}
 
 
 async def test_authenticating_a_key(dataset: Dataset) -> None:

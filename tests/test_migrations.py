@@ -48,6 +48,7 @@ APP_INDEXES = {
     *RELAY_INDEXES,
     "api_keys_user_id",
     "api_keys_prefix_key",
+    "api_keys_granted_by_key_id_idx",
     "workflow_steps_workflow_position_key",
     "workflow_runs_workflow_idempotency_key",
     "run_step_logs_run_step_attempt_key",
@@ -212,6 +213,66 @@ async def test_stepping_the_relay_migrations_back_and_forwards_keeps_the_data(
     support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
     assert await inventory(scratch_url) == built
     assert await row_counts(scratch_url) == seeded
+
+
+# Issue 15: api_keys.granted_by_key_id, then its index.
+GRANTED_BY_MIGRATION_ID = "2026-12-07T15:58:32:404747"
+GRANTED_BY_INDEX_MIGRATION_ID = "2026-12-07T15:58:40:000000"
+
+
+async def test_stepping_the_granted_by_migrations_back_and_forwards_keeps_every_key(
+    scratch_url: str,
+) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    support.piccolo("flowforge", "seed", database_url=scratch_url)
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        # A key granted by the seed's key, as POST /api-keys records it.
+        await connection.execute(
+            "INSERT INTO api_keys (user_id, name, prefix, key_hash, granted_by_key_id) "
+            "SELECT user_id, 'granted', 'granted0granted0', repeat('0', 64), id "
+            "FROM api_keys ORDER BY created_at LIMIT 1"
+        )
+        seeded = await row_counts(scratch_url)
+        assert seeded["api_keys"] >= 2
+        built = await inventory(scratch_url)
+        assert "api_keys_granted_by_key_id_fkey" in built["constraints"]
+
+        support.piccolo(
+            "migrations",
+            "backwards",
+            "flowforge",
+            f"--migration_id={GRANTED_BY_INDEX_MIGRATION_ID}",
+            "--auto_agree",
+            database_url=scratch_url,
+        )
+        assert "api_keys_granted_by_key_id_idx" not in (await inventory(scratch_url))["indexes"]
+        support.piccolo(
+            "migrations",
+            "backwards",
+            "flowforge",
+            f"--migration_id={GRANTED_BY_MIGRATION_ID}",
+            "--auto_agree",
+            database_url=scratch_url,
+        )
+        stepped_back = await inventory(scratch_url)
+        assert "api_keys_granted_by_key_id_fkey" not in stepped_back["constraints"]
+        column = "SELECT count(*) FROM pg_attribute WHERE attrelid = 'api_keys'::regclass " + (
+            "AND attname = 'granted_by_key_id' AND NOT attisdropped"
+        )
+        assert await connection.fetchval(column) == 0
+        assert await row_counts(scratch_url) == seeded
+
+        support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+        assert await inventory(scratch_url) == built
+        assert await row_counts(scratch_url) == seeded
+        assert await connection.fetchval(column) == 1
+        assert await connection.fetchval(
+            "SELECT indisvalid FROM pg_index "
+            "WHERE indexrelid = 'api_keys_granted_by_key_id_idx'::regclass"
+        )
+    finally:
+        await connection.close()
 
 
 PARTITIONING_MIGRATION_ID = "2026-11-30T00:39:50:000000"

@@ -4,7 +4,9 @@
 ``_run_in_new_connection`` (acquire timeout, fail fast while the pool starts),
 and ``SafeTransaction`` reads ``PostgresTransaction._parent``, ``_committed``
 and ``_rolled_back`` and sets ``connection``, ``transaction`` and ``context``
-(docs/decisions.md, 6 and "Piccolo internals"). None of these is public API:
+(docs/decisions.md, 6 and "Piccolo internals"); ``queries.limited`` replaces
+a Select's ``limit_delegate._limit`` so that LIMIT is a bind parameter (decision
+1). None of these is public API:
 a Piccolo release that renames one, or stops routing queries through it,
 would silently bypass the timeout or leak connections. Each test here fails
 on such a release.
@@ -19,6 +21,7 @@ import pytest
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
 from flowforge.db.engine import DB, FlowForgeEngine, SafeTransaction
+from flowforge.db.queries import Param, compiled, limited
 from flowforge.db.tables import User
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -101,3 +104,20 @@ async def test_piccolo_queries_in_a_transaction_use_its_connection() -> None:
         pid = await transaction.connection.fetchval("SELECT pg_backend_pid()")
         rows = await User.raw("SELECT pg_backend_pid() AS pid").run()
     assert rows[0]["pid"] == pid
+
+
+async def test_a_bound_limit_is_written_where_piccolo_writes_its_limit() -> None:
+    query = limited(
+        User.select(User.email).where(User.email.like(Param("pattern"))).order_by(User.email),
+        Param("limit"),
+    )
+    sql, template = query.querystrings[0].compile_string("postgres")
+    assert sql.rstrip().endswith("LIMIT $2"), sql
+    assert [param.name for param in template] == ["pattern", "limit"]
+    async with DB.transaction():
+        for email in ("a@example.com", "b@example.com", "c@example.com"):
+            await User.insert(User(email=email, display_name="x", role="viewer")).run()
+        once = compiled("test.bound_limit", lambda: query)
+        for limit in (1, 2, 3):
+            rows = await once.fetch(pattern="%@example.com", limit=limit)
+            assert len(rows) == limit

@@ -283,6 +283,34 @@ async def test_deleting_a_user_deletes_their_api_keys() -> None:
     assert remaining == [{"user_id": other["id"]}]
 
 
+async def test_deleting_a_user_deletes_the_keys_their_keys_granted_to_others() -> None:
+    """A key never outlives the key that granted it: deleting one deletes its grants."""
+    admin = await make_user(role="admin")
+    other = await make_user("other@example.com")
+    granter = await insert(
+        ApiKey, user_id=admin["id"], name="a", prefix="ff_pa", key_hash=key_hash("a")
+    )
+    granted = await insert(
+        ApiKey,
+        user_id=other["id"],
+        name="b",
+        prefix="ff_pb",
+        key_hash=key_hash("b"),
+        granted_by_key_id=granter["id"],
+    )
+    await insert(
+        ApiKey,
+        user_id=other["id"],
+        name="c",
+        prefix="ff_pc",
+        key_hash=key_hash("c"),
+        granted_by_key_id=granted["id"],
+    )
+    await insert(ApiKey, user_id=other["id"], name="d", prefix="ff_pd", key_hash=key_hash("d"))
+    await User.delete().where(User.id == admin["id"])
+    assert await ApiKey.select(ApiKey.name).run() == [{"name": "d"}]
+
+
 async def test_a_user_who_owns_workflows_cannot_be_deleted() -> None:
     user = await make_user()
     await make_workflow(user["id"])

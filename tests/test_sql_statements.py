@@ -99,6 +99,7 @@ def test_the_package_defines_the_expected_raw_statements() -> None:
         "flowforge.runs.TRANSITION_RUN",
         "flowforge.runs.GET_RUN",
         "flowforge.api_keys.AUTHENTICATE",
+        "flowforge.api_keys.REVOKE_GRANTED",
         "flowforge.relay.store.CLAIM_HEADS",
         "flowforge.reaper.REAP",
         "flowforge.retention.PRUNE_RUNS",

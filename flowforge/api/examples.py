@@ -43,6 +43,7 @@ API_KEY = {
     "expires_at": "2036-12-31T00:00:00Z",
     "revoked_at": None,
     "last_used_at": UPDATED,
+    "granted_by_key_id": None,
     "created_at": CREATED,
 }
 STEPS_IN = [

@@ -156,6 +156,16 @@ class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     expires_at = Timestamptz(null=True, default=None)
     revoked_at = Timestamptz(null=True, default=None)
     last_used_at = Timestamptz(null=True, default=None)
+    # The key that granted this one (POST /api-keys made with it); NULL for a key
+    # issued by the CLI or the seed. Revoking a key revokes every key it granted,
+    # transitively (flowforge.api_keys.revoke_api_key). CASCADE: a key never
+    # outlives the key that granted it (nor expires after it), so deleting a key
+    # (with its user) deletes the keys it granted. The index for the recursive
+    # lookup is partial and built CONCURRENTLY by a raw migration
+    # (flowforge_2026_12_07t15_58_40_000000).
+    granted_by_key_id: ForeignKey[ApiKey] = ForeignKey(
+        "self", null=True, on_delete=OnDelete.cascade
+    )
 
     api_keys_scopes_valid = Check(
         "cardinality(scopes) >= 1 AND scopes <@ ARRAY['read', 'write', 'admin']::varchar[]"

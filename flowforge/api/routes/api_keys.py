@@ -41,6 +41,12 @@ class ApiKeyOut(BaseModel):
     last_used_at: datetime.datetime | None = Field(
         description="Last successful use, to within a minute (it is written at most once a minute)."
     )
+    granted_by_key_id: UUID | None = Field(
+        description=(
+            "The key that made this one (`POST /api-keys`); null for a key issued by the CLI. "
+            "Revoking that key revokes this one too."
+        )
+    )
     created_at: datetime.datetime
 
 
@@ -131,20 +137,24 @@ async def list_api_keys(
 
 @router.post(
     "/api-keys/{api_key_id}/revoke",
-    summary="Revoke an API key (at once; revoking twice is harmless)",
+    summary="Revoke an API key and the keys it granted (at once; revoking twice is harmless)",
     responses=error_responses(404, 409),
 )
 async def revoke_api_key(api_key_id: UUID, principal: CurrentPrincipal) -> ApiKeyOut:
-    """Your own keys with the write scope; anyone's with the admin scope. A key
-    cannot revoke itself (409): revoke it with another key, so a client cannot
-    lock itself out by mistake."""
+    """Your own keys with the write scope; anyone's with the admin scope. Every key
+    the key granted (made with it through `POST /api-keys`), and every key those
+    granted, is revoked with it in the same transaction, whoever it belongs to:
+    a key never outlives the key that granted it. A key cannot revoke itself, nor
+    a key that granted it, directly or not (409): revoke it with another key, so
+    a client cannot lock itself out by mistake."""
     if api_key_id == principal.key_id:
         raise ConflictError(
             "A key cannot revoke itself: revoke it with another key.", api_key_id=str(api_key_id)
         )
     if Scope.ADMIN in principal.effective_scopes:
-        key = await api_keys.revoke_api_key(api_key_id)
+        owner = None
     else:
         principal.require(Scope.WRITE)
-        key = await api_keys.revoke_api_key(api_key_id, user_id=principal.user_id)
+        owner = principal.user_id
+    key = await api_keys.revoke_api_key(api_key_id, user_id=owner, acting_key_id=principal.key_id)
     return ApiKeyOut.model_validate(key)
