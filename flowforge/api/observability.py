@@ -6,8 +6,8 @@
   ``A-Za-z0-9._:-``), else a new UUID4 hex; it is returned in the response's
   ``X-Request-ID`` and bound to every log line the request causes (structlog
   contextvars, so also uvicorn's, asyncpg's and piccolo's lines);
-* one ``http.request`` line per request: method, route template, path,
-  status, duration and request id (uvicorn's access log is off);
+* one ``http.request`` line per request: method, route template, path, client
+  address, status, duration and request id (uvicorn's access log is off);
 * ``flowforge_http_requests_total`` and ``flowforge_http_request_duration_seconds``
   by method, **route template** (``/api/v1/runs/{run_id}``, never a raw path:
   bounded label values) and status; mounted apps' routes too (Piccolo Admin's
@@ -203,11 +203,15 @@ class RequestObservability:
             counter, histogram = _series(scope["method"], route, status)
             counter.inc()
             histogram.observe(duration)
+            client = scope.get("client")
             access_log.info(
                 "http.request",
                 method=scope["method"],
                 route=route,
                 path=scope["path"],
+                # The peer, or behind a trusted proxy (uvicorn --proxy-headers with
+                # FORWARDED_ALLOW_IPS) the client that X-Forwarded-For names.
+                client=client[0] if client else None,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
             )
