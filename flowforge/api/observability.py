@@ -91,8 +91,7 @@ def route_templates(routes: Sequence[BaseRoute], prefix: str = "") -> dict[int, 
         if endpoint is not None:
             key = id(endpoint)
             endpoints[key] = None if key in endpoints else f"{prefix}{path}"
-        inner = _routes_of(route.app) if isinstance(route, Mount) else None
-        if inner:
+        if isinstance(route, Mount) and (inner := _routes_of(route.app)):
             templates.update(route_templates(inner, f"{prefix}{route.path}"))
     for key, template in endpoints.items():
         if template is not None:
