@@ -3,7 +3,7 @@
 uvicorn shuts down gracefully on either signal, then raises it again so that by
 default the process dies of it; make then reported ``make: *** [...] Terminated``
 (``Error 143`` through a shell) for a stop that went as intended.
-``python -m flowforge.serve`` (what the target execs) exits 0 instead.
+``python -m flowforge.commands.serve`` (what the target execs) exits 0 instead.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ went as intended. The handler installed here is the one uvicorn finds: a stop
 that was asked for ends with exit 0. Before uvicorn installs its own (imports,
 the app's creation) the same handler stops the process at once, still 0.
 
-    python -m flowforge.serve flowforge.main:app --host 127.0.0.1 --port 8000
+    python -m flowforge.commands.serve flowforge.main:app --host 127.0.0.1 --port 8000
 """
 
 from __future__ import annotations
