@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pydantic
 from piccolo.apps.user.tables import BaseUser
 from piccolo.table import Table
 from piccolo_admin.endpoints import TableConfig, create_admin, log_error
@@ -26,7 +27,7 @@ from piccolo_api.crud.endpoints import OrderBy, PiccoloCRUD
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowforge.api.errors import send_error
 from flowforge.db.tables import (
@@ -231,7 +232,8 @@ class AdminQueryGuard:
     * Input Piccolo's CRUD does not validate and answers with a 500 and a
       traceback: unknown or joined `__order` columns, repeated or non-numeric
       `__page` / `__page_size`, negative sizes (a database error), NUL
-      characters (PostgreSQL text cannot hold them).
+      characters (PostgreSQL text cannot hold them); filter values its own
+      filter model refuses are translated to a 400 on the way back.
     * ``/api/tables/<table>/new/`` (the defaults of a new row, for the create
       form): the admin is read-only, so there is no form; some defaults (the
       outbox's ``seq`` sequence) cannot even be rendered.
@@ -246,13 +248,45 @@ class AdminQueryGuard:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            try:
-                self.check(scope)
-            except AdminQueryError as error:
-                await send_error(send, error.status, error.code, error.message, error.details)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.check(scope)
+        except AdminQueryError as error:
+            await send_error(send, error.status, error.code, error.message, error.details)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except pydantic.ValidationError as error:
+            # Piccolo's CRUD validates filter values with its `<Table>Filters`
+            # model (a value too long for its column, not JSON for a JSONB one)
+            # and lets the error escape: a client's mistake, not a bug. Other
+            # validation errors (responses) stay 500s.
+            if started or not error.title.endswith("Filters"):
+                raise
+            problems = [
+                {
+                    "parameter": ".".join(str(part) for part in item["loc"]),
+                    "message": item["msg"],
+                }
+                for item in error.errors(include_url=False, include_input=False)
+            ]
+            message = "; ".join(f"{p['parameter']}: {p['message'].rstrip('.')}" for p in problems)
+            await send_error(
+                send,
+                400,
+                "bad_request",
+                f"Filter values not valid: {message}.",
+                {"problems": problems},
+            )
 
     def check(self, scope: Scope) -> None:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
