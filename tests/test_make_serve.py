@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,8 +28,18 @@ from tests.support import REPO_ROOT
 def make_serve(database_url: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`make serve` on a free port, in a process group of its own, once it listens."""
     port = free_port()
+    venv = Path(sys.executable).parent.parent  # the tests' own virtualenv
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "serve", "HOST=127.0.0.1", f"PORT={port}"],
+        [
+            "make",
+            "--no-print-directory",
+            # Serve from this virtualenv as it is: never reinstall it mid-test.
+            f"--old-file={venv}/.installed-runtime",
+            "serve",
+            f"VENV={venv}",
+            "HOST=127.0.0.1",
+            f"PORT={port}",
+        ],
         cwd=REPO_ROOT,
         env={**os.environ, "DATABASE_URL": database_url, "FLOWFORGE_ENV": "test"},
         stdout=subprocess.PIPE,
