@@ -91,7 +91,14 @@ async def admin_session(client: httpx.AsyncClient, developer: Caller) -> httpx.A
     username, password = ADMIN_LOGIN
     await DB.fetch("DELETE FROM piccolo_user WHERE username = $1", username)
     await BaseUser.create_user(
-        username=username, password=password, active=True, admin=True, superuser=True
+        username=username,
+        password=password,
+        # Its own email: piccolo_user.email is unique, and other logins (the
+        # browser test's) leave it empty.
+        email=f"{username}@example.com",
+        active=True,
+        admin=True,
+        superuser=True,
     )
     await client.get("/admin/")
     token = client.cookies.get("csrftoken")
