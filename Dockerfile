@@ -29,7 +29,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PICCOLO_CONF=flowforge.piccolo_conf \
     FLOWFORGE_ENV=production \
     UVICORN_HOST=0.0.0.0 \
-    UVICORN_PORT=8000
+    UVICORN_PORT=8000 \
+    # Whose X-Forwarded-For / X-Forwarded-Proto --proxy-headers believes: only
+    # this container itself by default. Behind a reverse proxy in another
+    # container or host, set it to the proxy's address or network (README,
+    # "Behind a reverse proxy"); never * while clients can reach the app directly.
+    FORWARDED_ALLOW_IPS=127.0.0.1
 
 COPY --from=build /opt/flowforge /opt/flowforge
 
@@ -42,6 +47,7 @@ EXPOSE 8000
 # Liveness only (never the database): python's urllib, the slim image has no curl.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('UVICORN_PORT', '8000')}/healthz\", timeout=3)"]
-# Host and port: UVICORN_HOST / UVICORN_PORT. Migrations are not run here:
-# run `flowforge migrate` once per deploy (compose: the migrate service).
+# Host and port: UVICORN_HOST / UVICORN_PORT; trusted proxies: FORWARDED_ALLOW_IPS.
+# Migrations are not run here: run `flowforge migrate` once per deploy (compose:
+# the migrate service).
 CMD ["uvicorn", "flowforge.main:app", "--proxy-headers"]

@@ -55,8 +55,11 @@ migrate: setup-runtime
 seed: migrate
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/flowforge seed
 
+# exec: no shell between make and the server, so a signal to make is passed on
+# to the server itself. flowforge.commands.serve is uvicorn's command line that ends with
+# exit 0 after a graceful stop on SIGTERM / SIGINT (not death by the signal).
 serve: setup-runtime
-	$(BIN)/uvicorn flowforge.main:app --host $(HOST) --port $(PORT)
+	exec $(BIN)/python -m flowforge.commands.serve flowforge.main:app --host $(HOST) --port $(PORT)
 
 run: seed serve
 

@@ -74,6 +74,21 @@ SET status = 'cancelled', finished_at = clock_timestamp()
 WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
 """
 
+# What a dry run reports: every run the reaper would fail now, with what it
+# would do to its step attempts. No lock: a run an executor is finishing right
+# now is listed, and the real reap would skip it (SKIP LOCKED) or see it done.
+WOULD_REAP: Final[LiteralString] = """
+SELECT r.id, r.workflow_id, COALESCE(r.heartbeat_at, r.started_at) AS last_seen,
+    (SELECT count(*) FROM run_step_logs s
+        WHERE s.run_id = r.id AND s.status = 'running') AS running_steps,
+    (SELECT count(*) FROM run_step_logs s
+        WHERE s.run_id = r.id AND s.status = 'pending') AS pending_steps
+FROM workflow_runs AS r
+WHERE r.status = 'running'
+    AND COALESCE(r.heartbeat_at, r.started_at) < now() - make_interval(secs => $1::float8)
+ORDER BY COALESCE(r.heartbeat_at, r.started_at)
+"""
+
 STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
 
 
@@ -81,6 +96,22 @@ STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
 class ReapReport:
     runs: list[UUID] = field(default_factory=list)
     batches: int = 0
+    lease_seconds: float = 0.0
+    dry_run: bool = False
+    # Dry run only: each run's last sign of life and its step attempts that
+    # would be failed (running) and cancelled (pending).
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        verb = "would reap" if self.dry_run else "reaped"
+        lines = [f"{verb}: {len(self.runs)} runs (lease {self.lease_seconds:g} s)"]
+        for run in self.details:
+            lines.append(
+                f"  run {run['id']} of workflow {run['workflow_id']}: last seen "
+                f"{run['last_seen'].isoformat()}; would fail {run['running_steps']} running and "
+                f"cancel {run['pending_steps']} pending step attempts"
+            )
+        return "\n".join(lines)
 
 
 async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
@@ -109,14 +140,28 @@ async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
     return runs
 
 
-async def reap_stuck_runs(lease_seconds: float, batch_size: int = 500) -> ReapReport:
+async def find_stuck_runs(lease_seconds: float) -> list[dict[str, Any]]:
+    """The runs a reap would fail now (see WOULD_REAP); in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    return [dict(row) for row in await connection.fetch(WOULD_REAP, lease_seconds)]
+
+
+async def reap_stuck_runs(
+    lease_seconds: float, batch_size: int = 500, *, dry_run: bool = False
+) -> ReapReport:
     """Fail every run whose lease expired, one transaction per batch; idempotent.
 
     A job of several units of work: call it outside a transaction (each batch
-    commits before the next is claimed).
+    commits before the next is claimed). ``dry_run`` only lists those runs and
+    changes nothing.
     """
     DB.require_no_transaction("reap_stuck_runs")
-    report = ReapReport()
+    report = ReapReport(lease_seconds=lease_seconds, dry_run=dry_run)
+    if dry_run:
+        async with DB.transaction():
+            report.details = await find_stuck_runs(lease_seconds)
+        report.runs = [run["id"] for run in report.details]
+        return report
     while True:
         async with DB.transaction():
             runs = await reap_batch(lease_seconds, batch_size)

@@ -29,9 +29,11 @@ Pruning is not a domain change: it emits no events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, LiteralString
 
+from piccolo.columns.combination import WhereRaw
 from piccolo.query.methods.count import Count
 
 from flowforge import metrics, partitions
@@ -111,6 +113,9 @@ RESTORE_PLAN_CACHE_MODE: Final[LiteralString] = "SELECT set_config('plan_cache_m
 # cost of this statement, whose CTE it sizes low and probes per run (measured
 # for issue 10 on the 1M-run benchmark data set, a day past retention, as a
 # benchmarks/cold.py case; the target is 1.5x).
+# $2: the partitions the dry run would drop first, whose rows it reports apart
+# (the real prune drops them before deleting row by row: counted here too, they
+# were counted twice).
 COUNT_RUNS: Final[LiteralString] = """
 WITH doomed AS (
     SELECT id FROM workflow_runs
@@ -118,27 +123,35 @@ WITH doomed AS (
         AND finished_at < now() - make_interval(secs => $1::float8)
 )
 SELECT (SELECT count(*) FROM doomed) AS runs,
-    (SELECT count(*) FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)) AS step_logs
+    (SELECT count(*) FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)
+        AND tableoid <> ALL($2::text[]::regclass[])) AS step_logs
 """
 
 
 KIND = {"outbox": "outbox_events", "run_step_logs": "step_logs"}
 
 
-def expired_events_count(keep_seconds: float) -> Count:
-    """Counting the published events past retention (``outbox_published_at_idx``)."""
-    return Outbox.count().where(Outbox.published_at < ago(keep_seconds))
+def expired_events_count(keep_seconds: float, dropped: Sequence[str] = ()) -> Count:
+    """Counting the published events past retention (``outbox_published_at_idx``),
+    outside the partitions in `dropped` (see COUNT_RUNS)."""
+    query = Outbox.count().where(Outbox.published_at < ago(keep_seconds))
+    if dropped:
+        query = query.where(WhereRaw("tableoid <> ALL({}::text[]::regclass[])", list(dropped)))
+    return query
 
 
-async def count_expired_events(keep_seconds: float) -> int:
-    """What a dry run would prune from the outbox; in the caller's transaction."""
+async def count_expired_events(keep_seconds: float, dropped: Sequence[str] = ()) -> int:
+    """What a dry run would prune from the outbox row by row, once the partitions
+    in `dropped` are gone; in the caller's transaction."""
     DB.require_transaction()
-    return int(await expired_events_count(keep_seconds))
+    return int(await expired_events_count(keep_seconds, dropped))
 
 
-async def count_expired_runs(keep_seconds: float) -> tuple[int, int]:
-    """``(runs, their step logs)`` a dry run would prune; in the caller's transaction."""
-    row = await DB.require_transaction().connection.fetchrow(COUNT_RUNS, keep_seconds)
+async def count_expired_runs(keep_seconds: float, dropped: Sequence[str] = ()) -> tuple[int, int]:
+    """``(runs, their step logs)`` a dry run would prune row by row, once the
+    partitions in `dropped` are gone; in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(COUNT_RUNS, keep_seconds, list(dropped))
     return int(row["runs"]), int(row["step_logs"])
 
 
@@ -164,8 +177,8 @@ class PruneReport:
     runs: int = 0
     step_logs: int = 0
     dry_run: bool = False
-    # Whole partitions dropped first (their rows are not in the counts above;
-    # a dry run counts them there as well).
+    # Whole partitions dropped first (their rows are not in the counts above,
+    # in a dry run either: it reports what the real prune would).
     partition_report: partitions.MaintenanceReport | None = None
     # Exact rows of the dropped partitions, by table (counted under the drop's lock).
     partition_rows: dict[str, int] = field(default_factory=dict)
@@ -205,6 +218,8 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
     )
     # Counted exactly by the drop itself, under its lock (flowforge.partitions._retire).
     report.partition_rows = dict(report.partition_report.retired_rows)
+    # What a dry run leaves out of its row-by-row counts (a real run dropped them).
+    dropped = report.partition_report.dropped if dry_run else []
     if not dry_run:
         for table, rows in report.partition_rows.items():
             metrics.PRUNED_ROWS.labels(kind=KIND[table]).inc(rows)
@@ -212,7 +227,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
         keep = settings.outbox_retention_days * DAY_SECONDS
         if dry_run:
             async with DB.transaction():
-                report.outbox_events = await count_expired_events(keep)
+                report.outbox_events = await count_expired_events(keep, dropped)
         else:
             while True:
                 async with DB.transaction():
@@ -225,7 +240,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
         keep = settings.run_retention_days * DAY_SECONDS
         if dry_run:
             async with DB.transaction():
-                report.runs, report.step_logs = await count_expired_runs(keep)
+                report.runs, report.step_logs = await count_expired_runs(keep, dropped)
         else:
             while True:
                 async with DB.transaction():

@@ -225,3 +225,92 @@ def test_the_replica_is_a_base_backup_of_the_healthy_primary() -> None:
     mounts = services["db"]["volumes"]
     script = next(m for m in mounts if "docker-entrypoint-initdb.d" in m).split(":")[0]
     assert "host replication all all scram-sha-256" in (REPO_ROOT / script).read_text()
+
+
+# -- client addresses behind a reverse proxy ---------------------------------------
+
+
+def image_env() -> dict[str, str]:
+    """The runtime stage's ENV values (``KEY=value`` pairs; comments left out)."""
+    runtime = dockerfile()[dockerfile().rindex("FROM ") :]
+    lines = [line for line in runtime.splitlines() if not line.strip().startswith("#")]
+    text = "\n".join(lines).replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for block in re.findall(r"^ENV (.+)$", text, flags=re.MULTILINE):
+        env.update(re.findall(r"(\w+)=(\S+)", block))
+    return env
+
+
+def test_forwarded_headers_are_trusted_from_a_setting_with_a_safe_default() -> None:
+    assert "--proxy-headers" in exec_form("CMD")
+    # Only the container itself unless the deployer names the proxy.
+    assert image_env()["FORWARDED_ALLOW_IPS"] == "127.0.0.1"
+    services = compose()["services"]
+    for name in ("app", "app-scaled"):
+        setting = services[name]["environment"]["FORWARDED_ALLOW_IPS"]
+        assert setting == "${FORWARDED_ALLOW_IPS:-127.0.0.1}", name
+    assert "FORWARDED_ALLOW_IPS=" in (REPO_ROOT / ".env.example").read_text()
+
+
+def client_seen(tmp_path: Path, forwarded_allow_ips: str) -> str:
+    """Serve with the Dockerfile's CMD (as .ci/prod_smoke.py does, outside Docker),
+    send a request through a "proxy" at 127.0.0.1 that says the client is
+    203.0.113.7, and return the client address of its access line."""
+    import os
+    import time
+
+    import httpx
+
+    from tests.live import free_port
+    from tests.support import json_log_lines
+
+    port = free_port()
+    log = tmp_path / f"serve-{port}.log"
+    env = {
+        **os.environ,
+        **image_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "UVICORN_HOST": "127.0.0.1",
+        "UVICORN_PORT": str(port),
+        "FORWARDED_ALLOW_IPS": forwarded_allow_ips,
+        "FLOWFORGE_ENV": "test",  # the image's production settings need secrets
+        "LOG_FORMAT": "json",
+    }
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            exec_form("CMD"), env=env, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                response = httpx.get(
+                    f"http://127.0.0.1:{port}/healthz",
+                    headers={"X-Forwarded-For": "203.0.113.7", "X-Request-ID": "proxied-1"},
+                    timeout=2,
+                )
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert response.status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    lines = [
+        line
+        for line in json_log_lines(log.read_text())
+        if line.get("event") == "http.request" and line.get("request_id") == "proxied-1"
+    ]
+    assert len(lines) == 1, log.read_text()
+    return str(lines[0]["client"])
+
+
+def test_a_trusted_proxy_passes_the_client_address_to_the_access_log(tmp_path: Path) -> None:
+    # The image's default trusts a proxy on 127.0.0.1 (the test's client).
+    assert client_seen(tmp_path, image_env()["FORWARDED_ALLOW_IPS"]) == "203.0.113.7"
+    # A proxy network set by the deployer (CIDR); the header of a peer outside it,
+    # here 127.0.0.1, is ignored: a client cannot claim another address.
+    assert client_seen(tmp_path, "10.0.0.0/8") == "127.0.0.1"
+    assert client_seen(tmp_path, "10.0.0.0/8,127.0.0.1") == "203.0.113.7"

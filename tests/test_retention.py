@@ -238,6 +238,41 @@ async def test_reap_fails_runs_whose_lease_expired_with_their_event() -> None:
     assert await rs.count("SELECT count(*) FROM outbox") == 2
 
 
+async def test_a_reap_dry_run_lists_the_stuck_runs_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workflow = await make_workflow()
+    stuck = await make_run(
+        workflow,
+        "running",
+        started_ago=datetime.timedelta(hours=2),
+        step_logs=("completed", "running", "pending", "pending"),
+    )
+    await make_run(
+        workflow,
+        "running",
+        started_ago=datetime.timedelta(hours=3),
+        heartbeat_ago=datetime.timedelta(minutes=2),
+    )
+    tables = ("workflow_runs", "run_step_logs", "outbox")
+    before = {table: await DB.fetch(f"SELECT * FROM {table} ORDER BY 1") for table in tables}
+
+    dry = await reap_stuck_runs(600, dry_run=True)
+    assert dry.runs == [stuck] and dry.batches == 0
+    [detail] = dry.details
+    assert (detail["running_steps"], detail["pending_steps"]) == (1, 2)
+    await cli.reap(dry_run=True)
+    out = capsys.readouterr().out
+    assert out.startswith("would reap: 1 runs (lease 900 s)\n"), out
+    assert f"run {stuck} of workflow {workflow}" in out
+    assert "would fail 1 running and cancel 2 pending step attempts" in out
+    after = {table: await DB.fetch(f"SELECT * FROM {table} ORDER BY 1") for table in tables}
+    assert after == before  # nothing changed, no event written
+
+    real = await reap_stuck_runs(600)  # then does what the dry run said
+    assert real.runs == dry.runs
+
+
 async def test_a_heartbeat_keeps_a_run_alive_and_only_running_runs_beat() -> None:
     workflow = await make_workflow()
     run = await make_run(workflow, "running", started_ago=datetime.timedelta(hours=1))

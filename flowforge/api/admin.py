@@ -14,15 +14,20 @@ Logins are Piccolo users (``piccolo_user``, with ``admin`` set), created by
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
+import pydantic
 from piccolo.apps.user.tables import BaseUser
 from piccolo.table import Table
-from piccolo_admin.endpoints import TableConfig, create_admin
-from piccolo_api.crud.endpoints import OrderBy
-from starlette.types import ASGIApp, Receive, Scope, Send
+from piccolo_admin.endpoints import TableConfig, create_admin, log_error
+from piccolo_api.crud.endpoints import OrderBy, PiccoloCRUD
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowforge.api.errors import send_error
 from flowforge.db.tables import (
@@ -157,6 +162,27 @@ def table_configs() -> list[TableConfig]:
 # descending, `.` through a foreign key); any other parameter's name is a column
 # to filter on, optionally with a `__operator` / `__match` suffix.
 COLUMN_LIST_PARAMETERS = frozenset({"__order", "__visible_fields"})
+# Piccolo Admin's own limit (PiccoloCRUD.max_page_size); it answers 403 above it.
+MAX_PAGE_SIZE = PiccoloCRUD.max_page_size
+# Pages beyond this are refused before the database sees an OFFSET
+# (MAX_PAGE_SIZE x MAX_PAGE stays far inside PostgreSQL's bigint).
+MAX_PAGE = 2**31 - 1
+WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
+# /api/tables/<tablename>/<rest> inside the admin mount.
+TABLE_PATH = re.compile(r"/api/tables/(?P<table>[^/]+)/(?P<rest>.*)")
+
+
+class AdminQueryError(Exception):
+    """An admin request Piccolo Admin would choke on (answered 400, or 403 for a write)."""
+
+    def __init__(
+        self, code: str, message: str, details: dict[str, Any] | None = None, status: int = 400
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
 
 
 def _referenced_columns(name: str, value: str) -> Iterator[str]:
@@ -167,40 +193,140 @@ def _referenced_columns(name: str, value: str) -> Iterator[str]:
         yield from name.split("__", 1)[0].split(".")
 
 
-class SecretColumnGuard:
-    """Refuses admin requests that sort, filter or select on a secret column (400).
+def _whole_number(name: str, value: str, low: int, high: int) -> None:
+    if not WHOLE_NUMBER.fullmatch(value) or not low <= int(value) <= high:
+        raise AdminQueryError(
+            "bad_request",
+            f"{name} must be a whole number from {low} to {high}, not {value!r}.",
+            {"parameter": name},
+        )
 
-    ``secret=True`` keeps a column's values out of the admin's responses, but
-    its CRUD API still orders and filters by it: `?__order=key_hash` leaks the
-    hashes' order and `?key_hash=..&key_hash__match=starts` reads a hash one
-    character at a time. Every request to the admin passes here first.
+
+def _check_column_list(name: str, value: str, table: type[Table]) -> None:
+    """Every item of `__order` / `__visible_fields` is one of `table`'s columns.
+
+    Piccolo's CRUD raises (a 500) on an unknown `__order` column and on any
+    `.` join (the admin allows none). Exact names only: no case folding, no
+    `+` (a `+` in a query string is a space).
+    """
+    columns = [column._meta.name for column in table._meta.columns if not column._meta.secret]
+    for item in value.split(","):
+        column = item[1:] if name == "__order" and item.startswith("-") else item
+        if column not in columns:
+            raise AdminQueryError(
+                "bad_request",
+                f"{name}: {column!r} is not a column of {table._meta.tablename}; "
+                f"the columns are {', '.join(columns)}"
+                + (" (prefix - to sort descending)." if name == "__order" else "."),
+                {"parameter": name, "columns": columns},
+            )
+
+
+class AdminQueryGuard:
+    """Checks every admin request's query before Piccolo Admin sees it (400 if bad).
+
+    * Secret columns: ``secret=True`` keeps a column's values out of the admin's
+      responses, but its CRUD API still orders and filters by it:
+      `?__order=key_hash` leaks the hashes' order and
+      `?key_hash=..&key_hash__match=starts` reads a hash one character at a time.
+    * Input Piccolo's CRUD does not validate and answers with a 500 and a
+      traceback: unknown or joined `__order` columns, repeated or non-numeric
+      `__page` / `__page_size`, negative sizes (a database error), NUL
+      characters (PostgreSQL text cannot hold them); filter values its own
+      filter model refuses are translated to a 400 on the way back.
+    * ``/api/tables/<table>/new/`` (the defaults of a new row, for the create
+      form): the admin is read-only, so there is no form; some defaults (the
+      outbox's ``seq`` sequence) cannot even be rendered.
     """
 
     def __init__(self, app: ASGIApp, tables: Iterable[type[Table]]) -> None:
         self.app = app
+        tables = list(tables)
+        self.tables = {table._meta.tablename: table for table in tables}
         self.secret_columns = frozenset(
             column._meta.name for table in tables for column in table._meta.secret_columns
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
-            for name, value in query:
-                secret = self.secret_columns.intersection(_referenced_columns(name, value))
-                if secret:
-                    await self._refuse(send, sorted(secret))
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            self.check(scope)
+        except AdminQueryError as error:
+            await send_error(send, error.status, error.code, error.message, error.details)
+            return
+        started = False
 
-    @staticmethod
-    async def _refuse(send: Send, columns: list[str]) -> None:
-        await send_error(
-            send,
-            400,
-            "secret_column",
-            f"Secret columns cannot be sorted, filtered or selected: {', '.join(columns)}.",
-            {"columns": columns},
-        )
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except pydantic.ValidationError as error:
+            # Piccolo's CRUD validates filter values with its `<Table>Filters`
+            # model (a value too long for its column, not JSON for a JSONB one)
+            # and lets the error escape: a client's mistake, not a bug. Other
+            # validation errors (responses) stay 500s.
+            if started or not error.title.endswith("Filters"):
+                raise
+            problems = [
+                {
+                    "parameter": ".".join(str(part) for part in item["loc"]),
+                    "message": item["msg"],
+                }
+                for item in error.errors(include_url=False, include_input=False)
+            ]
+            message = "; ".join(f"{p['parameter']}: {p['message'].rstrip('.')}" for p in problems)
+            await send_error(
+                send,
+                400,
+                "bad_request",
+                f"Filter values not valid: {message}.",
+                {"problems": problems},
+            )
+
+    def check(self, scope: Scope) -> None:
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
+        for name, value in query:
+            if "\x00" in name or "\x00" in value:
+                raise AdminQueryError(
+                    "bad_request", "Query parameters cannot contain NUL characters."
+                )
+            secret = sorted(self.secret_columns.intersection(_referenced_columns(name, value)))
+            if secret:
+                raise AdminQueryError(
+                    "secret_column",
+                    f"Secret columns cannot be sorted, filtered or selected: {', '.join(secret)}.",
+                    {"columns": secret},
+                )
+        names = [name for name, _ in query]
+        for name in ("__page", "__page_size"):
+            if names.count(name) > 1:
+                raise AdminQueryError(
+                    "bad_request", f"{name} can be given once.", {"parameter": name}
+                )
+        for name, value in query:
+            if name == "__page_size":
+                _whole_number(name, value, 1, MAX_PAGE_SIZE)
+            elif name == "__page":
+                _whole_number(name, value, 1, MAX_PAGE)
+        path = str(scope["path"])[len(str(scope.get("root_path", ""))) :]
+        match = TABLE_PATH.fullmatch(path)
+        table = self.tables.get(match["table"]) if match else None
+        if match is None or table is None:
+            return  # not a known table's endpoint: Piccolo Admin answers (404)
+        if match["rest"] == "new/":
+            raise AdminQueryError(
+                "read_only",
+                "Piccolo Admin is read-only: rows are created through the API.",
+                status=403,
+            )
+        for name, value in query:
+            if name in COLUMN_LIST_PARAMETERS:
+                _check_column_list(name, value, table)
 
 
 def build_admin() -> Any:
@@ -215,4 +341,28 @@ def build_admin() -> Any:
         production=settings.environment is Environment.PRODUCTION,
         auto_include_related=False,
     )
-    return SecretColumnGuard(admin, [*(config.table_class for config in configs), BaseUser])
+    _reraise_server_errors(admin)
+    return AdminQueryGuard(admin, [*(config.table_class for config in configs), BaseUser])
+
+
+async def _reraise(request: Request, error: Exception) -> Response:
+    raise error
+
+
+def _reraise_server_errors(app: Any) -> None:
+    """Stop Piccolo Admin logging every error as ``Server error`` with a traceback.
+
+    Its apps (the admin and its mounted ``/api`` and ``/public`` apps) log each
+    exception, then re-raise it to FlowForge's handler, which answers expected
+    failures (a database refusing a value: 422) without a traceback and logs
+    real bugs itself with the request id. Their line said ``error`` for a
+    client's mistake, once per nested app.
+    """
+    while not hasattr(app, "routes") and hasattr(app, "app"):
+        app = app.app  # through middleware (the admin's authentication)
+    handlers = getattr(app, "exception_handlers", {})
+    if handlers.get(500) is log_error:
+        handlers[500] = _reraise
+    for route in getattr(app, "routes", []):
+        if isinstance(route, Mount):
+            _reraise_server_errors(route.app)

@@ -6,11 +6,12 @@
   ``A-Za-z0-9._:-``), else a new UUID4 hex; it is returned in the response's
   ``X-Request-ID`` and bound to every log line the request causes (structlog
   contextvars, so also uvicorn's, asyncpg's and piccolo's lines);
-* one ``http.request`` line per request: method, route template, path,
-  status, duration and request id (uvicorn's access log is off);
+* one ``http.request`` line per request: method, route template, path, client
+  address, status, duration and request id (uvicorn's access log is off);
 * ``flowforge_http_requests_total`` and ``flowforge_http_request_duration_seconds``
   by method, **route template** (``/api/v1/runs/{run_id}``, never a raw path:
-  bounded label values) and status. Unmatched paths are ``<unmatched>``.
+  bounded label values) and status; mounted apps' routes too (Piccolo Admin's
+  ``/admin/api/tables/workflow_runs/{row_id}/``). Unmatched paths are ``<unmatched>``.
 
 ``GET /metrics`` reads the outbox's lag and dead letters at scrape time, within
 :data:`OUTBOX_PROBE_TIMEOUT_SECONDS`; a failed or slow probe is reported as
@@ -90,13 +91,30 @@ def route_templates(routes: Sequence[BaseRoute], prefix: str = "") -> dict[int, 
         if endpoint is not None:
             key = id(endpoint)
             endpoints[key] = None if key in endpoints else f"{prefix}{path}"
-        inner = getattr(getattr(route, "app", None), "routes", None)
-        if isinstance(route, Mount) and inner:
+        if isinstance(route, Mount) and (inner := _routes_of(route.app)):
             templates.update(route_templates(inner, f"{prefix}{route.path}"))
     for key, template in endpoints.items():
         if template is not None:
             templates.setdefault(key, template)
     return templates
+
+
+def _routes_of(app: Any) -> Sequence[BaseRoute] | None:
+    """A mounted app's routes, found through the middleware wrapping it.
+
+    Piccolo Admin is mounted behind FlowForge's query guard, and its ``/api``
+    app behind an authentication middleware: each keeps the app it wraps in
+    ``.app``. Without its routes a sub-application's requests are labelled
+    ``<unmatched>``.
+    """
+    for _ in range(8):  # a few layers of middleware at most; never loop forever
+        routes = getattr(app, "routes", None)
+        if routes is not None:
+            return routes  # type: ignore[no-any-return]
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
 
 
 def route_template(scope: Scope, templates: dict[int, str], root_path: str) -> str:
@@ -184,11 +202,15 @@ class RequestObservability:
             counter, histogram = _series(scope["method"], route, status)
             counter.inc()
             histogram.observe(duration)
+            client = scope.get("client")
             access_log.info(
                 "http.request",
                 method=scope["method"],
                 route=route,
                 path=scope["path"],
+                # The peer, or behind a trusted proxy (uvicorn --proxy-headers with
+                # FORWARDED_ALLOW_IPS) the client that X-Forwarded-For names.
+                client=client[0] if client else None,
                 status=status,
                 duration_ms=round(duration * 1000, 2),
             )

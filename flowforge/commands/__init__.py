@@ -10,6 +10,8 @@ arguments, runs domain functions in a transaction, and prints the outcome.
   ``create_admin_login``.
 * :mod:`flowforge.commands.operations`: ``relay``, ``outbox_status``,
   ``outbox_requeue``, ``prune``, ``reap``, ``partitions``.
+* :mod:`flowforge.commands.serve`: ``python -m flowforge.commands.serve`` (``make
+  serve``), uvicorn's command line exiting 0 after a graceful stop.
 
 ``flowforge.db.piccolo_app`` registers them. Importing this package must stay
 cheap: the API process imports it (through the app registry it reads for

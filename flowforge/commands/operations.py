@@ -4,7 +4,7 @@
     piccolo flowforge outbox_status    lag, backlog, dead letters (--json for machines)
     piccolo flowforge outbox_requeue   retry dead letters (--event_id=<uuid> for one)
     piccolo flowforge prune            delete expired history (--dry_run to only count)
-    piccolo flowforge reap             fail runs whose lease expired
+    piccolo flowforge reap             fail runs whose lease expired (--dry_run to only list)
     piccolo flowforge partitions       create time partitions ahead, drop expired ones
 
 Each opens a small pool of its own and closes it on the way out.
@@ -179,13 +179,17 @@ async def prune(dry_run: bool = False) -> None:
     print(report.describe())
 
 
-async def reap() -> None:
-    """Fail runs stuck in `running` past RUN_LEASE_TIMEOUT, with their run.failed events."""
+async def reap(dry_run: bool = False) -> None:
+    """Fail runs stuck in `running` past RUN_LEASE_TIMEOUT, with their run.failed events.
+
+    :param dry_run:
+        Only list the runs that would be failed; change nothing.
+    """
     configure_logging()
     settings = get_settings()
     async with pool("flowforge-reaper", 1):
-        report = await reap_stuck_runs(settings.run_lease_timeout)
-    print(f"reaped: {len(report.runs)} runs (lease {settings.run_lease_timeout:g} s)")
+        report = await reap_stuck_runs(settings.run_lease_timeout, dry_run=dry_run)
+    print(report.describe())
 
 
 async def partitions(dry_run: bool = False, detach: bool = False) -> None:

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import httpx
 import pytest
+from piccolo.apps.user.tables import BaseUser
 
 from flowforge import api_keys, users
 from flowforge.api.app import create_app
@@ -79,6 +80,39 @@ async def other_developer(db: None) -> Caller:
 @pytest.fixture
 async def viewer(db: None) -> Caller:
     return await make_caller("vic@example.com", Role.VIEWER)
+
+
+ADMIN_LOGIN = ("secrets-admin", "secrets-test-password-1")
+
+
+@pytest.fixture
+async def admin_session(client: httpx.AsyncClient, developer: Caller) -> httpx.AsyncClient:
+    """`client` logged in to Piccolo Admin (a session cookie), with one API key in the table."""
+    username, password = ADMIN_LOGIN
+    await DB.fetch("DELETE FROM piccolo_user WHERE username = $1", username)
+    await BaseUser.create_user(
+        username=username,
+        password=password,
+        # Its own email: piccolo_user.email is unique, and other logins (the
+        # browser test's) leave it empty.
+        email=f"{username}@example.com",
+        active=True,
+        admin=True,
+        superuser=True,
+    )
+    await client.get("/admin/")
+    token = client.cookies.get("csrftoken")
+    assert token, "the admin sets a CSRF cookie"
+    login = await client.post(
+        "/admin/public/login/",
+        json={"username": username, "password": password},
+        headers={"X-CSRFToken": token},
+    )
+    assert login.status_code in (200, 303), login.text
+    listed = await client.get("/admin/api/tables/api_keys/?__order=-created_at")
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["rows"]) == 1
+    return client
 
 
 WORKFLOW_BODY: dict[str, Any] = {

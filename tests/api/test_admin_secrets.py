@@ -11,34 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from flowforge.db.engine import DB
 from tests.api.conftest import Caller
-
-USERNAME = "secrets-admin"
-PASSWORD = "secrets-test-password-1"
-
-
-@pytest.fixture
-async def admin_session(client: httpx.AsyncClient, developer: Caller) -> httpx.AsyncClient:
-    from piccolo.apps.user.tables import BaseUser
-
-    await DB.fetch("DELETE FROM piccolo_user WHERE username = $1", USERNAME)
-    await BaseUser.create_user(
-        username=USERNAME, password=PASSWORD, active=True, admin=True, superuser=True
-    )
-    await client.get("/admin/")
-    token = client.cookies.get("csrftoken")
-    assert token, "the admin sets a CSRF cookie"
-    login = await client.post(
-        "/admin/public/login/",
-        json={"username": USERNAME, "password": PASSWORD},
-        headers={"X-CSRFToken": token},
-    )
-    assert login.status_code in (200, 303), login.text
-    listed = await client.get("/admin/api/tables/api_keys/?__order=-created_at")
-    assert listed.status_code == 200, listed.text
-    assert len(listed.json()["rows"]) == 1
-    return client
 
 
 @pytest.mark.parametrize(
