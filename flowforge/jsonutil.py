@@ -119,13 +119,13 @@ _encode = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii
 _encode_sorted = json.JSONEncoder(
     default=_default, separators=(",", ":"), ensure_ascii=False, sort_keys=True
 ).encode
-_encode_string: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_string = json.encoder.encode_basestring  # C, when available (as json.dumps uses)
 
 
 def _encode_exact(value: Any, sort_keys: bool) -> str:
     """What ``_encode`` writes, with Decimals written out in full (the rare path)."""
     if isinstance(value, str):
-        return str(_encode_string(value))
+        return _encode_string(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{value} is not a JSON number")

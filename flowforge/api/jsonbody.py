@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,7 +25,12 @@ class ExactJSONRequest(Request):
     """A request whose JSON body keeps every number exact."""
 
     async def json(self) -> Any:
-        return jsonutil.loads(await self.body())
+        try:
+            return jsonutil.loads(await self.body())
+        except RecursionError:
+            # Valid JSON perhaps, but past Python's recursion limit (FastAPI would
+            # answer "There was an error parsing the body").
+            raise HTTPException(400, "The body is nested too deeply to be read.") from None
 
 
 class ExactJSONRoute(APIRoute):
