@@ -110,7 +110,7 @@ async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
 def malformed_json(error: RequestValidationError) -> JSONResponse | None:
     """A 400 saying where the body stopped being JSON, if that is the error.
 
-    FastAPI reports a body json.loads refused as a validation error of type
+    FastAPI reports a body jsonutil.loads refused as a validation error of type
     ``json_invalid`` at ``("body", <offset>)``, with the parser's message.
     """
     for item in error.errors():

@@ -305,3 +305,20 @@ async def test_the_400_names_what_broke(
         assert error["message"] == "The body is nested too deeply to be read."
     else:
         assert error["message"] == f"The body is not valid JSON: {message}"
+
+
+def test_every_product_route_reads_and_writes_exact_json() -> None:
+    import importlib
+    import pkgutil
+
+    from fastapi.routing import APIRoute
+
+    from flowforge.api import routes
+    from flowforge.api.jsonbody import ExactJSONRoute
+
+    product_routes: list[APIRoute] = []
+    for module in pkgutil.iter_modules(routes.__path__):
+        router = importlib.import_module(f"{routes.__name__}.{module.name}").router
+        product_routes += [route for route in router.routes if isinstance(route, APIRoute)]
+    assert len(product_routes) > 20
+    assert [r.path for r in product_routes if not isinstance(r, ExactJSONRoute)] == []
