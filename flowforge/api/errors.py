@@ -107,8 +107,35 @@ async def handle_unexpected(request: Request, error: Exception) -> JSONResponse:
     )
 
 
+def malformed_json(error: RequestValidationError) -> JSONResponse | None:
+    """A 400 saying where the body stopped being JSON, if that is the error.
+
+    FastAPI reports a body jsonutil.loads refused as a validation error of type
+    ``json_invalid`` at ``("body", <offset>)``, with the parser's message.
+    """
+    for item in error.errors():
+        if item.get("type") != "json_invalid":
+            continue
+        reason = str(item.get("ctx", {}).get("error", "not JSON"))
+        offset = item["loc"][-1] if isinstance(item["loc"][-1], int) else 0
+        document = error.body if isinstance(error.body, str) else ""
+        line = document.count("\n", 0, offset) + 1
+        column = offset - document.rfind("\n", 0, offset)
+        return JSONResponse(
+            error_body(
+                "bad_request",
+                f"The body is not valid JSON: {reason} at line {line} column {column}.",
+                {"line": line, "column": column, "position": offset},
+            ),
+            status_code=400,
+        )
+    return None
+
+
 async def handle_validation(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+    if (response := malformed_json(error)) is not None:
+        return response
     problems = [
         {
             "location": ".".join(str(part) for part in item.get("loc", ())),

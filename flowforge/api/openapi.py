@@ -34,7 +34,11 @@ PRODUCT_PREFIX = "/api/v1/"
 ERRORS: dict[str, tuple[str, dict[str, Any]]] = {
     "400": (
         "The body is not valid JSON",
-        {"code": "bad_request", "message": "There was an error parsing the body", "details": {}},
+        {
+            "code": "bad_request",
+            "message": "The body is not valid JSON: Expecting value at line 1 column 10.",
+            "details": {"line": 1, "column": 10, "position": 9},
+        },
     ),
     "401": (
         "Missing, unknown, revoked or expired API key",

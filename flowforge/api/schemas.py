@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Generic, TypeVar
 
 from annotated_types import GroupedMetadata
@@ -151,7 +152,32 @@ Timestamp = Annotated[
 ]
 
 
-def _check_json(value: Any, depth: int) -> None:
+# PostgreSQL's numeric (JSONB's numbers) holds at most this many digits after the
+# decimal point; the 131,072 before it are more than a document may hold.
+NUMERIC_MAX_SCALE = 16_383
+
+
+def _exact_number_length(value: Decimal) -> int:
+    """The length of a number the decoder kept exact (flowforge.jsonutil), written out in full."""
+    if not value.is_finite():
+        raise ValueError("must not contain NaN or Infinity")
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    if -exponent > NUMERIC_MAX_SCALE:
+        raise ValueError(
+            f"must not contain numbers with more than {NUMERIC_MAX_SCALE} digits "
+            "after the decimal point"
+        )
+    fraction = max(-exponent, 0)
+    return sign + max(len(digits) + exponent, 1) + (fraction + 1 if fraction else 0)
+
+
+def _check_json(value: Any, depth: int) -> int:
+    """Refuse what PostgreSQL cannot store; return how long the exact numbers are.
+
+    Exact numbers (Decimals) count written out in full, as JSONB stores and
+    returns them: `1e60000` is six bytes in a request and 60,001 in a response.
+    """
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, str):
@@ -162,19 +188,27 @@ def _check_json(value: Any, depth: int) -> None:
         except UnicodeEncodeError:
             raise ValueError("must not contain unpaired surrogates") from None
     elif isinstance(value, dict):
+        length = 0
         for key, item in value.items():
             _check_json(key, depth + 1)
-            _check_json(item, depth + 1)
+            length += _check_json(item, depth + 1)
+        return length
     elif isinstance(value, list):
+        length = 0
         for item in value:
-            _check_json(item, depth + 1)
+            length += _check_json(item, depth + 1)
+        return length
     elif isinstance(value, float) and not math.isfinite(value):
+        # The literals NaN, Infinity and -Infinity (Python's json reads them; JSON has none).
         raise ValueError("must not contain NaN or Infinity")
+    elif isinstance(value, Decimal):
+        return _exact_number_length(value)
+    return 0
 
 
 def _check_json_object(value: dict[str, Any]) -> dict[str, Any]:
-    _check_json(value, 0)
-    if len(dumps(value).encode()) > MAX_JSON_BYTES:
+    # The numbers first: they bound the work of encoding the document to measure it.
+    if _check_json(value, 0) > MAX_JSON_BYTES or len(dumps(value).encode()) > MAX_JSON_BYTES:
         raise ValueError(f"must be at most {MAX_JSON_BYTES} bytes as JSON")
     return value
 
@@ -208,7 +242,7 @@ JsonObject = Annotated[
 
 def _json_number(value: Any) -> Any:
     # JSON Schema's integer: 3 and 3.0, never true or "3" (lax int would take both).
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise ValueError("must be an integer")
     return value
 

@@ -20,7 +20,6 @@ at-least-once), ``type``, ``aggregate_type``, ``aggregate_id``,
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any, Protocol, TextIO
 import redis.asyncio
 import redis.exceptions
 
+from flowforge.jsonutil import dumps, loads
 from flowforge.relay.event import OutboxEvent
 from flowforge.settings import PublisherKind, Settings
 
@@ -89,8 +89,9 @@ class LogPublisher:
         lines = []
         for event in events:
             # The payload as an object, not JSON-in-JSON: this is for people.
-            message: dict[str, Any] = {**event.message(), "payload": json.loads(event.payload)}
-            lines.append(json.dumps(message, ensure_ascii=False) + "\n")
+            # Decoded and encoded exactly: its numbers keep every digit JSONB kept.
+            message: dict[str, Any] = {**event.message(), "payload": loads(event.payload)}
+            lines.append(dumps(message) + "\n")
         stream.write("".join(lines))
         stream.flush()
         return [None] * len(events)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flowforge import api_keys
 from flowforge.api.deps import CurrentPrincipal
+from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -25,7 +26,9 @@ from flowforge.db.tables import Scope
 from flowforge.errors import ConflictError
 from flowforge.principal import Principal
 
-router = APIRouter(tags=["api keys"], responses=error_responses(401, 403, 422))
+router = APIRouter(
+    tags=["api keys"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
+)
 
 
 class ApiKeyOut(BaseModel):

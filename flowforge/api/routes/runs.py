@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge import runs
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
+from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -26,7 +27,9 @@ from flowforge.api.schemas import (
 from flowforge.db.tables import RunStatus, Scope, TriggerType
 from flowforge.principal import Principal
 
-router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 422))
+router = APIRouter(
+    tags=["runs"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
+)
 
 LIFECYCLE = (
     "Lifecycle: pending → running → completed | failed | cancelled, and pending → "

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from flowforge import users
 from flowforge.api.deps import CurrentPrincipal
+from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -24,7 +25,9 @@ from flowforge.api.schemas import (
 from flowforge.db.tables import Role, Scope
 from flowforge.principal import Principal
 
-router = APIRouter(tags=["users"], responses=error_responses(401, 403, 422))
+router = APIRouter(
+    tags=["users"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
+)
 
 
 class UserOut(BaseModel):

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from flowforge import workflows
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
+from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     ActionType,
@@ -29,7 +30,9 @@ from flowforge.db.tables import Scope, TriggerType
 from flowforge.errors import ForbiddenError
 from flowforge.principal import Principal
 
-router = APIRouter(tags=["workflows"], responses=error_responses(401, 403, 422))
+router = APIRouter(
+    tags=["workflows"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
+)
 
 MAX_STEPS = 100
 
