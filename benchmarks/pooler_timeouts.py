@@ -1,4 +1,4 @@
-"""What enforcing timeouts per transaction costs behind PgBouncer (decision 8).
+"""What enforcing timeouts per transaction costs behind PgBouncer (docs/decisions/08-transaction-poolers.md).
 
     .venv/bin/python -m benchmarks.pooler_timeouts [--transactions 2000] [--rounds 6]
 

@@ -2,7 +2,7 @@
 
 An event is only ever written inside the caller's transaction, so it commits
 or rolls back together with the change it describes. A relay publishes
-committed events and stamps ``published_at`` (docs/decisions.md, decision 4).
+committed events and stamps ``published_at`` (docs/decisions/04-outbox-relay.md).
 Every write goes through here: :func:`record_event` / :func:`record_events`
 for payloads built in Python (checked against :data:`flowforge.events.CONTRACT`),
 :func:`insert_from` for the hot paths that write a change and its event in

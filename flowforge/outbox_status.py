@@ -6,7 +6,7 @@ held behind a dead letter of their aggregate count, since they are stuck
 too. Every query here goes through a partial index, so the probes stay cheap
 however long the published history is.
 
-Like every data function, these run in the caller's transaction (decision 1):
+Like every data function, these run in the caller's transaction (docs/decisions/01-orm-approach.md):
 ``/readyz``, ``/metrics``, the relay's stats line and the CLI open it.
 """
 

@@ -2,7 +2,7 @@
 
 ``piccolo flowforge partitions`` (and the relay's housekeeping, before each
 prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
-:func:`drop_expired` before its batched DELETEs. Decision 11 in docs/decisions.md.
+:func:`drop_expired` before its batched DELETEs. See docs/decisions/12-time-partitions.md.
 
 * ``outbox``: one partition per UTC day of ``created_at`` (``outbox_pYYYYMMDD``),
   prepared ``PARTITION_DAYS_AHEAD`` days ahead. Retention is 7 days: daily
@@ -16,7 +16,7 @@ prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
   partition is created for a range that has rows in the default partition, they
   are moved into it in the same transaction.
 
-A database converted while it held rows (the online migration, decision 12)
+A database converted while it held rows (the online migration, docs/decisions/12-time-partitions.md)
 also has ``<table>_legacy``: the table as it was, attached FOR VALUES FROM
 (MINVALUE) TO (the migration's cutoff). No partition is created for a period it
 covers; it is retired like any other partition, by the same rule, once its upper

@@ -17,7 +17,7 @@ Their rows are counted exactly under the drop's lock (``flowforge_pruned_rows_to
 the report include them). The batched DELETE below handles the rest (partitions
 that also hold rows still kept, the default partitions, the ``<table>_legacy``
 partition a database converted with rows keeps until all of it has expired, and
-``workflow_runs``, which is not partitioned: decision 12).
+``workflow_runs``, which is not partitioned: docs/decisions/12-time-partitions.md).
 
 Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
 transaction (:func:`prune` opens one per batch; :func:`prune_outbox_batch`

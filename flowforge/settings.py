@@ -42,7 +42,7 @@ class Environment(StrEnum):
 
 
 class PoolerMode(StrEnum):
-    """What sits between FlowForge and PostgreSQL (docs/decisions.md, decision 8)."""
+    """What sits between FlowForge and PostgreSQL (docs/decisions/08-transaction-poolers.md)."""
 
     NONE = "none"  # direct connections (or a session-mode pooler)
     TRANSACTION = "transaction"  # PgBouncer (or alike) in transaction mode
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     )
 
     # Streaming replicas for read-only endpoints (comma-separated URLs; unset:
-    # every read goes to the primary). See docs/decisions.md, decision 9.
+    # every read goes to the primary). See docs/decisions/09-read-replicas.md.
     database_replica_urls: str | None = Field(
         default=None, validation_alias="DATABASE_REPLICA_URLS"
     )
@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=3600, validation_alias="REPLICA_CHECK_INTERVAL"
     )
 
-    # Pool sizing (docs/decisions.md, decision 6): a bounded pool that grows
+    # Pool sizing (docs/decisions/06-connection-pool.md): a bounded pool that grows
     # on demand from min to max and shrinks back when connections sit idle.
     pool_min_size: int = Field(default=2, ge=0, le=1000, validation_alias="DB_POOL_MIN_SIZE")
     pool_max_size: int = Field(default=20, ge=1, le=1000, validation_alias="DB_POOL_MAX_SIZE")
@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         default=None, validation_alias="FLOWFORGE_ADMIN_PASSWORD"
     )
 
-    # --- Outbox relay, reaper and retention (docs/decisions.md, decision 4) ---
+    # --- Outbox relay, reaper and retention (docs/decisions/04-outbox-relay.md) ---
     outbox_publisher: PublisherKind = Field(
         default=PublisherKind.LOG, validation_alias="OUTBOX_PUBLISHER"
     )

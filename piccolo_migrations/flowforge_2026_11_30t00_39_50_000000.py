@@ -1,5 +1,5 @@
 """Time partitions: ``outbox`` by day of ``created_at``, ``run_step_logs`` by month of
-its run's ``created_at`` (issue 11; docs/decisions.md, decision 12). ONLINE: no
+its run's ``created_at`` (issue 11; docs/decisions/12-time-partitions.md). ONLINE: no
 row is copied and no long exclusive lock is taken on a populated database.
 
 Piccolo cannot say ``PARTITION BY``, so this migration is raw SQL with a tested

@@ -162,7 +162,7 @@ def test_the_api_process_imports_neither_the_relay_nor_redis() -> None:
     assert result.stdout.strip() == "[]", result.stdout
 
 
-# One way to reach the connection (docs/decisions.md, 1): a data function runs
+# One way to reach the connection (docs/decisions/01-orm-approach.md): a data function runs
 # in its caller's transaction - builder queries pick it up, raw statements use
 # DB.require_transaction().connection. No autocommit DB.fetch, no connection
 # handed around as an argument, no connection taken from the pool by hand.

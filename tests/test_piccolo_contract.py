@@ -4,7 +4,7 @@
 ``_run_in_new_connection`` (acquire timeout, fail fast while the pool starts),
 and ``SafeTransaction`` reads ``PostgresTransaction._parent``, ``_committed``
 and ``_rolled_back`` and sets ``connection``, ``transaction`` and ``context``
-(docs/decisions.md, 6 and "Piccolo internals"). None of these is public API:
+(docs/decisions/06-connection-pool.md and docs/decisions/13-piccolo-internals.md). None of these is public API:
 a Piccolo release that renames one, or stops routing queries through it,
 would silently bypass the timeout or leak connections. Each test here fails
 on such a release.

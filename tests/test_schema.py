@@ -52,7 +52,7 @@ def key_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-# High-volume tables: keys in insert order (benchmarks/uuid_keys.py, decision 10).
+# High-volume tables: keys in insert order (benchmarks/uuid_keys.py, docs/decisions/10-uuidv7-keys.md).
 TIME_ORDERED_KEYS = {"workflow_runs", "run_step_logs", "outbox"}
 
 

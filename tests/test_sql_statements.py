@@ -93,7 +93,7 @@ def named_statements() -> dict[str, str]:
 def test_the_package_defines_the_expected_raw_statements() -> None:
     statements = named_statements()
     print(f"\n{len(statements)} raw statements")
-    # The hot paths and batch jobs that stay raw SQL (docs/decisions.md, 1).
+    # The hot paths and batch jobs that stay raw SQL (docs/decisions/01-orm-approach.md).
     for expected in (
         "flowforge.runs.TRIGGER_RUN",
         "flowforge.runs.TRANSITION_RUN",

@@ -3,7 +3,7 @@
 Read-only on purpose, for every table: each change in FlowForge must write
 its domain event in the same transaction and respect the run lifecycle, and
 the admin's generic CRUD would do neither (it also writes NULL into omitted
-columns, see ../shared/PICCOLO_NOTES.md). Changes go through the API. Secret
+columns). Changes go through the API. Secret
 columns (``api_keys.key_hash``, admin password hashes) are ``secret=True`` and
 never leave the server.
 

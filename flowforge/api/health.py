@@ -53,7 +53,7 @@ async def healthz() -> dict[str, str]:
 
 
 async def _outbox_details() -> dict[str, Any] | str:
-    """Outbox lag and dead letters; never decides readiness (see docs/decisions.md, 4)."""
+    """Outbox lag and dead letters; never decides readiness (see docs/decisions/04-outbox-relay.md)."""
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), DB.transaction():
             health = await outbox_health()

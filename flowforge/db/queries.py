@@ -1,12 +1,12 @@
 """Small helpers for Piccolo's query builder, used by the domain modules.
 
-The builder is the default way FlowForge queries its Tables (decision 1):
+The builder is the default way FlowForge queries its Tables (docs/decisions/01-orm-approach.md):
 a renamed column is then an AttributeError at import time, not a failing
 statement at run time. Two things it does not say on its own:
 
 * :func:`new_row`: an INSERT that leaves every column it is not given to the
   database (``DEFAULT``): ids (``gen_random_uuid()``) and timestamps (the
-  transaction's ``now()``) stay server-side (decision 3), exactly like a raw
+  transaction's ``now()``) stay server-side (docs/decisions/03-uuid-generation.md), exactly like a raw
   INSERT that omits them.
 * :func:`page_after`: the keyset condition ``(created_at, id) < (cursor)`` as a row
   comparison, which PostgreSQL uses as one index condition on the

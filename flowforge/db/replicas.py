@@ -14,7 +14,7 @@ primary. Never stale for that client.
 
 Poolers: ``DATABASE_REPLICA_POOLER`` (unset: ``DATABASE_POOLER``) says whether
 the replica URLs go through a transaction-mode pooler; their engines then run
-like the primary's behind one (decision 8).
+like the primary's behind one (docs/decisions/08-transaction-poolers.md).
 
 Health: a monitor checks each replica every ``REPLICA_CHECK_INTERVAL``
 seconds (reachable, in recovery, replayed position, lag). A replica that is

@@ -1,4 +1,4 @@
-"""The outbox relay: claims committed events, publishes them, marks them (decision 4).
+"""The outbox relay: claims committed events, publishes them, marks them (docs/decisions/04-outbox-relay.md).
 
 * :mod:`flowforge.relay.relay`: the :class:`~flowforge.relay.relay.Relay` loop.
 * :mod:`flowforge.relay.store`: its SQL (claim, mark, probe).

@@ -25,7 +25,7 @@ Failures:
   the relay backs off and carries on with a fresh connection. Each batch runs
   in its own task, with no transaction inherited, so a connection that died
   inside a transaction cannot stay current for later batches (the Piccolo
-  bug in ../shared/PICCOLO_NOTES.md).
+  bug in docs/decisions/13-piccolo-internals.md).
 
 Waking: a LISTEN connection (:mod:`flowforge.relay.listener`) wakes an idle
 relay as soon as an insert commits; without it (``RELAY_LISTEN=false``, or
