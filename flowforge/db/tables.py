@@ -77,12 +77,6 @@ class RunStatus(StrEnum):
     FAILED = "failed"  # started_at and finished_at set, error recorded
     CANCELLED = "cancelled"  # finished_at set; started_at only if it had started
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_RUN_STATUSES
-
-
-TERMINAL_RUN_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 # The same started_at / finished_at rule for runs and step attempts.
 TIMESTAMPS_MATCH_STATUS = """
