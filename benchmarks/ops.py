@@ -37,16 +37,16 @@ def _configure_flowforge() -> None:
     os.environ["DB_POOL_MIN_SIZE"] = str(POOL_MAX)
     os.environ["DB_POOL_MAX_SIZE"] = str(POOL_MAX)
     os.environ.setdefault("FLOWFORGE_ENV", "test")
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import DB
-    from flowforge.settings import get_settings
 
     get_settings.cache_clear()
     DB.reconfigure()
 
 
 async def _floor_pool() -> asyncpg.Pool:
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import asyncpg_config
-    from flowforge.settings import get_settings
 
     config = asyncpg_config(get_settings())
     return await asyncpg.create_pool(min_size=POOL_MAX, max_size=POOL_MAX, **config)
@@ -212,8 +212,8 @@ class Context:
 
 
 def trigger_run(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
+    from flowforge.domain import runs
 
     async def flowforge(n: int) -> Any:
         async with DB.transaction():
@@ -233,9 +233,9 @@ def trigger_run(ctx: Context) -> tuple[Operation, Operation]:
 
 def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
     """Trigger, start, 5 step attempts, complete: 8 transactions, as 8 API calls would be."""
-    from flowforge import runs
     from flowforge.db.engine import DB
     from flowforge.db.tables import RunStatus
+    from flowforge.domain import runs
 
     steps = ctx.loaded.sizes.steps_per_workflow
 
@@ -290,9 +290,9 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
 
 
 def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
     from flowforge.db.tables import RunStatus
+    from flowforge.domain import runs
 
     busy = ctx.loaded.busy_workflow_ids
 
@@ -312,8 +312,8 @@ def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
 
 
 def get_run_with_logs(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
+    from flowforge.domain import runs
 
     sample = ctx.loaded.sample_run_ids
 
@@ -345,8 +345,8 @@ LOG_FIELDS = (
 
 
 def authenticate_key(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import api_keys
     from flowforge.db.engine import DB
+    from flowforge.domain import api_keys
 
     keys = ctx.keys
 
@@ -431,9 +431,9 @@ SCALE = {
 
 
 async def _create_keys(ctx: Context, count: int) -> None:
-    from flowforge import api_keys
     from flowforge.db.engine import DB
     from flowforge.db.tables import Scope
+    from flowforge.domain import api_keys
 
     async with DB.transaction():
         for user_id in itertools.islice(itertools.cycle(ctx.loaded.user_ids), count):
@@ -445,9 +445,9 @@ async def _create_keys(ctx: Context, count: int) -> None:
 
 async def bench_api_key(loaded: dataset.Loaded) -> str:
     """A read+write API key of the data set's admin, for the HTTP runs."""
-    from flowforge import api_keys
     from flowforge.db.engine import DB
     from flowforge.db.tables import Scope
+    from flowforge.domain import api_keys
 
     _configure_flowforge()
     await DB.start_connection_pool()

@@ -31,8 +31,8 @@ from typing import Any
 import asyncpg
 
 from benchmarks.uuid_keys import server_url
+from flowforge.core.settings import Settings
 from flowforge.db.engine import begin_statement, session_settings
-from flowforge.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

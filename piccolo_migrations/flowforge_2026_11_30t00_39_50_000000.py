@@ -609,7 +609,7 @@ async def _rename_indexes(connection: Any, relation: str, old: str, new: str) ->
 
 async def _name_partition_indexes(connection: Any, table: str) -> None:
     """Name each partition's indexes <partition>_<suffix> after the table's
-    <table>_<suffix> (PostgreSQL names them from the columns): flowforge.errors
+    <table>_<suffix> (PostgreSQL names them from the columns): flowforge.core.errors
     maps a unique violation reported on a partition back to the table's
     constraint, and a plan reads as the index it uses."""
     rows = await connection.fetch(

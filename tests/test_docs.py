@@ -99,7 +99,7 @@ def load_pictures() -> ModuleType:
 
 
 def test_the_run_state_picture_has_every_transition_the_domain_allows() -> None:
-    from flowforge.runs import TRANSITIONS
+    from flowforge.domain.runs import TRANSITIONS
 
     dot = load_pictures().run_states_dot()
     for action, (target, sources) in TRANSITIONS.items():

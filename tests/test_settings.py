@@ -8,8 +8,14 @@ import sys
 
 import pytest
 
+from flowforge.core.settings import (
+    Environment,
+    PublisherKind,
+    Settings,
+    SettingsError,
+    get_settings,
+)
 from flowforge.db.engine import asyncpg_config
-from flowforge.settings import Environment, PublisherKind, Settings, SettingsError, get_settings
 from tests.support import REPO_ROOT
 
 DEFAULTS = {

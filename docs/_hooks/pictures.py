@@ -2,7 +2,7 @@
 
 Nothing here is committed as a picture: the schema diagram comes from the Table
 classes (Piccolo's own ``schema graph`` template), the run state machine from
-``flowforge.runs.TRANSITIONS`` and the reaper, and the benchmark chart from the
+``flowforge.domain.runs.TRANSITIONS`` and the reaper, and the benchmark chart from the
 newest ``make bench`` result in ``benchmarks/results/``. A picture therefore
 cannot drift from what it shows. Graphviz's ``dot`` renders the first two
 (Debian's ``graphviz``; ``make docs`` installs it).
@@ -84,7 +84,7 @@ def schema_dot() -> str:
 def run_states_dot() -> str:
     """The run state machine: every transition the domain allows, and the reaper's."""
     from flowforge.db.tables import RunStatus
-    from flowforge.runs import TRANSITIONS
+    from flowforge.domain.runs import TRANSITIONS
 
     lines = [
         "digraph run_states {",
@@ -97,7 +97,7 @@ def run_states_dot() -> str:
     for action, (target, sources) in TRANSITIONS.items():
         for source in sources:
             lines.append(f'  "{source.value}" -> "{target.value}" [label="{action}"];')
-    # The reaper fails a running run whose heartbeat lease lapsed (flowforge/reaper.py).
+    # The reaper fails a running run whose heartbeat lease lapsed (flowforge/jobs/reaper.py).
     lines.append(
         f'  "{RunStatus.RUNNING.value}" -> "{RunStatus.FAILED.value}" '
         '[label="reaper: lease lapsed", style=dashed];'

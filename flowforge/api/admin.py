@@ -25,6 +25,7 @@ from piccolo_api.crud.endpoints import OrderBy
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowforge.api.errors import send_error
+from flowforge.core.settings import Environment, get_settings
 from flowforge.db.tables import (
     ApiKey,
     Outbox,
@@ -34,7 +35,6 @@ from flowforge.db.tables import (
     WorkflowRun,
     WorkflowStep,
 )
-from flowforge.settings import Environment, get_settings
 
 
 def table_configs() -> list[TableConfig]:

@@ -26,8 +26,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from flowforge.jsonutil import dumps
-from flowforge.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from flowforge.core.json import dumps
+from flowforge.domain.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 MAX_JSON_BYTES = 65_536
 MAX_JSON_DEPTH = 32

@@ -11,7 +11,7 @@ arguments, runs domain functions in a transaction, and prints the outcome.
 * :mod:`flowforge.commands.operations`: ``relay``, ``outbox_status``,
   ``outbox_requeue``, ``prune``, ``reap``, ``partitions``.
 
-``flowforge.db.piccolo_app`` registers them. Importing this package must stay
+``flowforge.piccolo_app`` registers them. Importing this package must stay
 cheap: the API process imports it (through the app registry it reads for
 readiness), so the relay and the Redis client are imported only when the
 ``relay`` command runs (tests/test_layers.py).

@@ -4,7 +4,7 @@
 Piccolo's ``PostgresEngine`` in four deliberate ways:
 
 * Construction touches nothing. The connection target is resolved from
-  :func:`flowforge.settings.get_settings` on first use (``DATABASE_URL``, or the
+  :func:`flowforge.core.settings.get_settings` on first use (``DATABASE_URL``, or the
   embedded server), so importing ``piccolo_conf`` never blocks on the network.
 * Every pool acquire has a timeout (``DB_POOL_ACQUIRE_TIMEOUT``); Piccolo's waits
   forever on a full pool. A timeout is a :class:`PoolTimeoutError` (HTTP 503).
@@ -40,9 +40,9 @@ from typing import Any, LiteralString, cast
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logs import describe_error, get_logger
-from flowforge.settings import PoolerMode, Settings, get_settings
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.core.logs import describe_error, get_logger
+from flowforge.core.settings import PoolerMode, Settings, get_settings
 
 logger = get_logger(__name__)
 

@@ -3,7 +3,7 @@
 The database is the authority on every invariant below: enumerations and
 state rules are CHECK constraints, uniqueness is UNIQUE constraints or indexes,
 and every foreign key states its ON DELETE behaviour with the reason beside it.
-Each constraint has a deliberate name; ``flowforge.errors.CONSTRAINT_MESSAGES``
+Each constraint has a deliberate name; ``flowforge.core.errors.CONSTRAINT_MESSAGES``
 maps those names to messages a user can act on.
 
 Not expressible as Piccolo columns, so created by the raw-SQL migration
@@ -220,7 +220,7 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     started_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
     # Liveness of a running run: whoever executes it refreshes this
-    # (flowforge.runs.heartbeat_run). The reaper fails a run whose
+    # (flowforge.domain.runs.heartbeat_run). The reaper fails a run whose
     # heartbeat (or, before the first one, started_at) is older than
     # RUN_LEASE_TIMEOUT.
     heartbeat_at = Timestamptz(null=True, default=None)
@@ -291,7 +291,7 @@ class Outbox(Audited, Table, tablename="outbox", db=DB):
 
     Partitioned by day of ``created_at`` (primary key (id, created_at)) by the
     raw migration ``piccolo_migrations/flowforge_2026_11_30t00_39_50_000000.py``;
-    ``flowforge.partitions`` keeps the partitions. See docs/decisions/12-time-partitions.md.
+    ``flowforge.jobs.partitions`` keeps the partitions. See docs/decisions/12-time-partitions.md.
     """
 
     id = _time_ordered_id()

@@ -29,8 +29,8 @@ from typing import Any, Protocol, TextIO
 import redis.asyncio
 import redis.exceptions
 
+from flowforge.core.settings import PublisherKind, Settings
 from flowforge.relay.event import OutboxEvent
-from flowforge.settings import PublisherKind, Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,8 @@ from uuid import UUID
 
 from piccolo.query.methods.exists import Exists
 
+from flowforge.db.builder import NOW, compiled
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, compiled
 from flowforge.db.tables import Outbox
 from flowforge.relay.event import OutboxEvent
 

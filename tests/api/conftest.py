@@ -10,10 +10,10 @@ from uuid import UUID
 import httpx
 import pytest
 
-from flowforge import api_keys, users
 from flowforge.api.app import create_app
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
+from flowforge.domain import api_keys, users
 
 
 @dataclass
@@ -45,7 +45,7 @@ async def make_caller(
 
 
 def _all_scopes(role: Role) -> set[Scope]:
-    from flowforge.principal import SCOPES_BY_ROLE
+    from flowforge.domain.principal import SCOPES_BY_ROLE
 
     return set(SCOPES_BY_ROLE[role])
 

@@ -14,7 +14,7 @@ from flowforge.api.examples import SCHEMA_EXAMPLES
 from flowforge.api.routes import api_keys, runs, users, workflows
 from flowforge.api.schemas import ErrorDetail, ErrorResponse, JsonObject, Page
 from flowforge.db.tables import Role, RunStatus, Scope, TriggerType
-from flowforge.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
+from flowforge.domain.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 
 MODELS: dict[str, Any] = {
     "Page_UserOut_": Page[users.UserOut],

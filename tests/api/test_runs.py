@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from flowforge import events as contract
 from flowforge.db.engine import DB
+from flowforge.outbox import events as contract
 from tests.api.conftest import Caller, count, create_workflow, events, trigger
 
 
@@ -276,8 +276,8 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
     client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
 ) -> None:
     """The domain function itself: two open transactions race; the loser waits, then loses."""
-    from flowforge import runs
-    from flowforge.errors import InvalidTransitionError
+    from flowforge.core.errors import InvalidTransitionError
+    from flowforge.domain import runs
 
     run = await trigger(client, developer, workflow["id"])
     run_id = run["id"]
@@ -624,7 +624,7 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
     attempt that append commits must be closed too, not left running forever."""
     from uuid import UUID
 
-    from flowforge import runs
+    from flowforge.domain import runs
 
     run_id = UUID((await running_run(client, developer, workflow))["id"])
     appended, release = asyncio.Event(), asyncio.Event()

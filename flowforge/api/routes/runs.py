@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flowforge import runs
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
@@ -24,7 +23,8 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
-from flowforge.principal import Principal
+from flowforge.domain import runs
+from flowforge.domain.principal import Principal
 
 router = APIRouter(tags=["runs"], responses=error_responses(401, 403, 422))
 

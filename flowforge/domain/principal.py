@@ -17,8 +17,8 @@ import datetime
 from dataclasses import dataclass
 from uuid import UUID
 
+from flowforge.core.errors import ForbiddenError
 from flowforge.db.tables import Role, Scope
-from flowforge.errors import ForbiddenError
 
 # The widest scopes each role may hold; a key never grants more than its role.
 SCOPES_BY_ROLE: dict[Role, frozenset[Scope]] = {

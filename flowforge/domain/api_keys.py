@@ -28,20 +28,20 @@ from uuid import UUID
 from piccolo.custom_types import Combinable
 from piccolo.query.base import Query
 
-from flowforge import events
-from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, Param, compiled, new_row, page_after
-from flowforge.db.tables import ApiKey, Role, Scope, User
-from flowforge.errors import (
+from flowforge.core.errors import (
     ConflictError,
     ForbiddenError,
     InvalidFieldError,
     NotFoundError,
     UnauthorizedError,
 )
-from flowforge.outbox import record_event
-from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
-from flowforge.principal import SCOPES_BY_ROLE, Principal
+from flowforge.db.builder import NOW, Param, compiled, new_row, page_after
+from flowforge.db.engine import DB
+from flowforge.db.tables import ApiKey, Role, Scope, User
+from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.principal import SCOPES_BY_ROLE, Principal
+from flowforge.outbox import events
+from flowforge.outbox.writer import record_event
 
 KEY_PATTERN: Final = re.compile(r"ff_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 LAST_USED_GRANULARITY_SECONDS: Final = 60

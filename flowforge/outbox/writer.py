@@ -4,9 +4,9 @@ An event is only ever written inside the caller's transaction, so it commits
 or rolls back together with the change it describes. A relay publishes
 committed events and stamps ``published_at`` (docs/decisions/04-outbox-relay.md).
 Every write goes through here: :func:`record_event` / :func:`record_events`
-for payloads built in Python (checked against :data:`flowforge.events.CONTRACT`),
+for payloads built in Python (checked against :data:`flowforge.outbox.events.CONTRACT`),
 :func:`insert_from` for the hot paths that write a change and its event in
-one SQL statement (payloads from :mod:`flowforge.events`' SQL builders).
+one SQL statement (payloads from :mod:`flowforge.outbox.events`' SQL builders).
 
 Ordering contract: events of one aggregate are published in the order they
 were inserted (``outbox.seq``). Record an aggregate's event *after* the
@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from flowforge.core.json import dumps
 from flowforge.db.engine import DB
-from flowforge.events import check_payload
-from flowforge.jsonutil import dumps
+from flowforge.outbox.events import check_payload
 
 INSERT_EVENT: Final[LiteralString] = """
 INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
@@ -93,7 +93,7 @@ def insert_from(
     """``INSERT INTO outbox ... SELECT ... FROM <source>``: one event per source row.
 
     For data-modifying CTEs that write a change and its event in one
-    statement; `payload` comes from :mod:`flowforge.events`' SQL builders,
+    statement; `payload` comes from :mod:`flowforge.outbox.events`' SQL builders,
     `event_type` is a SQL expression (a quoted literal or a parameter).
     """
     return f"""INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)

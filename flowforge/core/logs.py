@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from flowforge.errors import CONNECTION_ERRORS
+from flowforge.core.errors import CONNECTION_ERRORS
 
 LOG_FORMATS = ("json", "console")
 
@@ -165,7 +165,7 @@ def configure_logging(log_format: str | None = None, level: int | str | None = N
     (``http.request``, with the route template and the request id).
     """
     if log_format is None or level is None:
-        from flowforge.settings import get_settings
+        from flowforge.core.settings import get_settings
 
         settings = get_settings()
         log_format = log_format or settings.effective_log_format

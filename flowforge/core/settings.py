@@ -19,7 +19,8 @@ from zxcvbn import zxcvbn
 
 # The source tree when FlowForge runs from a checkout (editable install, or the
 # checkout on sys.path); None when it is installed from a wheel (site-packages).
-_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+# flowforge/core/settings.py -> the folder that holds the flowforge package.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 CHECKOUT: Path | None = (
     _PACKAGE_PARENT if (_PACKAGE_PARENT / "piccolo_migrations").is_dir() else None
 )
@@ -56,7 +57,7 @@ class PublisherKind(StrEnum):
 
 
 class LogFormat(StrEnum):
-    """How log lines look (flowforge/logs.py)."""
+    """How log lines look (flowforge/core/logs.py)."""
 
     JSON = "json"  # one JSON object per line: for log shippers
     CONSOLE = "console"  # readable key=value lines: for people
@@ -215,7 +216,7 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535, validation_alias="RELAY_METRICS_PORT"
     )
 
-    # --- Logs (flowforge/logs.py) ---
+    # --- Logs (flowforge/core/logs.py) ---
     # Unset: json in production, console otherwise.
     log_format: LogFormat | None = Field(default=None, validation_alias="LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -17,8 +17,8 @@ from typing import Any, Final, LiteralString
 
 from piccolo.query.methods.select import Select
 
+from flowforge.db.builder import compiled
 from flowforge.db.engine import DB
-from flowforge.db.queries import compiled
 from flowforge.db.tables import Outbox
 
 HEALTH: Final[LiteralString] = """

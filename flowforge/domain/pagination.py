@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
-from flowforge.errors import InvalidCursorError
+from flowforge.core.errors import InvalidCursorError
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200

@@ -10,7 +10,7 @@ Deletes, oldest first and in batches:
   CASCADE, found through the ``run_step_logs`` (run_id, ...) unique index),
   using ``workflow_runs_terminal_finished_at_idx``.
 
-Whole time partitions go first (``flowforge.partitions.drop_expired``): a
+Whole time partitions go first (``flowforge.jobs.partitions.drop_expired``): a
 partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
 dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
 Their rows are counted exactly under the drop's lock (``flowforge_pruned_rows_total`` and
@@ -34,14 +34,15 @@ from typing import Final, LiteralString
 
 from piccolo.query.methods.count import Count
 
-from flowforge import metrics, partitions
+from flowforge.core import metrics
+from flowforge.core.logs import get_logger
+from flowforge.core.settings import Settings
+from flowforge.db.builder import ago
 from flowforge.db.engine import DB
-from flowforge.db.queries import ago
 from flowforge.db.tables import Outbox
-from flowforge.logs import get_logger
-from flowforge.settings import Settings
+from flowforge.jobs import partitions
 
-logger = get_logger("flowforge.retention")
+logger = get_logger("flowforge.jobs.retention")
 
 DAY_SECONDS = 86400.0
 
@@ -203,7 +204,7 @@ async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
         outbox_retention_days=settings.outbox_retention_days,
         run_retention_days=settings.run_retention_days,
     )
-    # Counted exactly by the drop itself, under its lock (flowforge.partitions._retire).
+    # Counted exactly by the drop itself, under its lock (flowforge.jobs.partitions._retire).
     report.partition_rows = dict(report.partition_report.retired_rows)
     if not dry_run:
         for table, rows in report.partition_rows.items():

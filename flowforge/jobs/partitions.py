@@ -28,7 +28,7 @@ qualifies for pruning is dropped: for the outbox, no event unpublished or
 dead-lettered and the newest ``published_at`` older than the retention; for step
 logs, every run created in its month that has step logs is finished (completed,
 failed, cancelled) before the run retention. Everything else is left to the
-batched DELETE in ``flowforge.retention``. The check runs under a SHARE lock on
+batched DELETE in ``flowforge.jobs.retention``. The check runs under a SHARE lock on
 the partition, so no row can be written into it between the check and the drop.
 
 DDL takes short ACCESS EXCLUSIVE locks on the parent table; every statement here
@@ -50,13 +50,13 @@ from typing import Final, Literal, LiteralString
 
 import asyncpg
 
+from flowforge.core.errors import PARTITION_NAME
+from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
-from flowforge.errors import PARTITION_NAME
-from flowforge.logs import get_logger
 
 __all__ = ["PARTITION_NAME", "SPECS", "drop_expired", "ensure", "maintain"]
 
-logger = get_logger("flowforge.partitions")
+logger = get_logger("flowforge.jobs.partitions")
 
 PARTITION_DAYS_AHEAD: Final = 7
 PARTITION_MONTHS_AHEAD: Final = 2
@@ -235,7 +235,7 @@ async def partitions(spec: Spec) -> list[Partition]:
 async def name_indexes_like_parent(partition: str) -> None:
     """Name a partition's indexes ``<partition>_<suffix>`` after the table's
     ``<table>_<suffix>`` (PostgreSQL names them from the columns), so
-    ``flowforge.errors`` maps a unique violation reported on the partition to
+    ``flowforge.core.errors`` maps a unique violation reported on the partition to
     the table constraint's message, and a plan reads as the index it uses."""
     connection = DB.require_transaction().connection
     for row in await connection.fetch(PARTITION_INDEXES, partition):

@@ -13,14 +13,14 @@ from piccolo.custom_types import Combinable
 from piccolo.query.methods.select import Select
 from piccolo.querystring import QueryString
 
-from flowforge import events
+from flowforge.core.errors import NotFoundError
+from flowforge.core.json import dumps, loads
+from flowforge.db.builder import NOW, Param, column_list, compiled, new_row, page_after
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, Param, column_list, compiled, new_row, page_after
 from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
-from flowforge.errors import NotFoundError
-from flowforge.jsonutil import dumps, loads
-from flowforge.outbox import record_event
-from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.outbox import events
+from flowforge.outbox.writer import record_event
 
 WORKFLOW_COLUMNS: tuple[Column, ...] = (
     Workflow.id,

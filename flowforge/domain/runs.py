@@ -29,19 +29,20 @@ from uuid import UUID
 from piccolo.query.base import Query
 from piccolo.query.proxy import Proxy
 
-from flowforge import events, outbox
-from flowforge.db.engine import DB
-from flowforge.db.queries import Param, column_list, compiled
-from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
-from flowforge.errors import (
+from flowforge.core.errors import (
     IdempotencyConflictError,
     InvalidTransitionError,
     NotFoundError,
     WorkflowInactiveError,
 )
-from flowforge.jsonutil import dumps, loads
-from flowforge.pagination import DEFAULT_LIMIT, decode_cursor, page
-from flowforge.workflows import visible_workflow
+from flowforge.core.json import dumps, loads
+from flowforge.db.builder import Param, column_list, compiled
+from flowforge.db.engine import DB
+from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
+from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.workflows import visible_workflow
+from flowforge.outbox import events
+from flowforge.outbox import writer as outbox
 
 # Error-path and idempotency reads use the query builder on these columns.
 RUN_TABLE_COLUMNS: Final = (
@@ -423,7 +424,7 @@ async def list_runs(
 # -- step attempts -----------------------------------------------------------------------
 
 # Lock the run (serialising attempt numbering for it), check it is running, and
-# renew its lease: a logged attempt is a heartbeat (flowforge/reaper.py fails
+# renew its lease: a logged attempt is a heartbeat (flowforge/jobs/reaper.py fails
 # running runs whose heartbeat_at is older than RUN_LEASE_TIMEOUT).
 LOCK_RUNNING_RUN: Final[LiteralString] = """
 UPDATE workflow_runs r SET heartbeat_at = clock_timestamp()

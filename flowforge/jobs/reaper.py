@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
-from flowforge import events, metrics
+from flowforge.core import metrics
+from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
-from flowforge.logs import get_logger
-from flowforge.outbox import record_events
+from flowforge.outbox import events
+from flowforge.outbox.writer import record_events
 
-logger = get_logger("flowforge.reaper")
+logger = get_logger("flowforge.jobs.reaper")
 
 # The lease expression must match the index expression exactly to use it.
 # REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner

@@ -5,7 +5,7 @@ The one source of truth for event names and payload keys. Every event row has
 ``payload`` that a consumer can act on without reading the database; the
 event's own ``id`` (outbox.id) is the de-duplication key. :data:`CONTRACT`
 names every event type with its aggregate and exact payload keys;
-:mod:`flowforge.outbox` refuses a payload built in Python that does not match
+:mod:`flowforge.outbox.writer` refuses a payload built in Python that does not match
 it, run payloads are built here for Python (:func:`run_payload`) and for SQL
 (:func:`run_payload_sql`, :func:`step_logged_payload_sql`) from the same key
 lists, and tests/test_event_contract.py compares every event type's payload,

@@ -190,10 +190,10 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-# A time partition's name (flowforge/partitions.py): <table>_pYYYYMM[DD] or
-# <table>_default. Here because the engine imports this module: flowforge.partitions
+# A time partition's name (flowforge/jobs/partitions.py): <table>_pYYYYMM[DD] or
+# <table>_default. Here because the engine imports this module: flowforge.jobs.partitions
 # takes it from here. PostgreSQL reports a unique violation under the partition's own
-# index, which flowforge.partitions names <partition>_<suffix> after the table's
+# index, which flowforge.jobs.partitions names <partition>_<suffix> after the table's
 # <table>_<suffix>.
 PARTITION_NAME = re.compile(r"^(?P<table>[a-z_]+?)_(?:p\d{6}|p\d{8}|default|legacy)$")
 
