@@ -3,6 +3,7 @@
 #   make test   set up and run the whole suite with coverage (>= 80% of flowforge/)
 #   make lint   ruff + mypy + hadolint, check mode only
 #   make bench  benchmarks against the raw-asyncpg floor (benchmarks/README.md)
+#   make docs   the reference site from docs/ (strict), into site/
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,9 +19,11 @@ DEV := $(VENV)/.installed-dev
 CHROMIUM := /usr/bin/chromium
 # Tests run the app behind a real PgBouncer (transaction mode) they start themselves.
 PGBOUNCER := /usr/sbin/pgbouncer
+# The docs site draws its diagrams with Graphviz (docs/_hooks/pictures.py).
+GRAPHVIZ := /usr/bin/dot
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-runtime migrate seed run serve relay test test-pgbouncer lint bench bench-relay db-status db-stop clean
+.PHONY: setup setup-runtime migrate seed run serve relay test test-pgbouncer lint bench bench-relay docs docs-serve db-status db-stop clean
 
 $(RUNTIME): pyproject.toml setup.py requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -46,6 +49,11 @@ $(CHROMIUM):
 $(PGBOUNCER):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer \
 	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer; }
+
+# graphviz depends on no PostgreSQL package: safe under a running cluster.
+$(GRAPHVIZ):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphviz \
+	  || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphviz; }
 
 # Every app's migrations under an advisory lock: concurrent runs apply each once.
 migrate: setup-runtime
@@ -87,6 +95,13 @@ lint: setup
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
+# NO_MKDOCS_2_WARNING: mkdocs-material's end-of-life banner is not a build warning.
+docs: setup $(GRAPHVIZ)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: setup $(GRAPHVIZ)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
 db-status: setup-runtime
 	$(BIN)/python -m flowforge.db.embedded status
 
@@ -94,4 +109,4 @@ db-stop: setup-runtime
 	$(BIN)/python -m flowforge.db.embedded stop
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov
+	rm -rf $(VENV) site docs/generated build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov

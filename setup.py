@@ -2,7 +2,7 @@
 
 The top-level `piccolo_migrations/` folder ships inside the wheel as the
 package `flowforge.migrations`, so an installed FlowForge carries its
-migrations (flowforge/db/piccolo_app.py finds them in a checkout and in an
+migrations (flowforge/piccolo_app.py finds them in a checkout and in an
 install). pyproject.toml cannot combine package discovery with that mapping.
 """
 

@@ -108,8 +108,8 @@ async def _previous_get_workflow(connection: Any, workflow_id: uuid.UUID) -> dic
 
 
 def get_workflow(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import workflows
     from flowforge.db.engine import DB
+    from flowforge.domain import workflows
 
     async def builder(n: int) -> Any:
         async with DB.transaction():
@@ -123,8 +123,8 @@ def get_workflow(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def list_workflows_page(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import workflows
     from flowforge.db.engine import DB
+    from flowforge.domain import workflows
 
     owners = ctx.loaded.user_ids
 
@@ -143,8 +143,8 @@ def list_workflows_page(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def list_users_page(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import users
     from flowforge.db.engine import DB
+    from flowforge.domain import users
 
     async def builder(n: int) -> Any:
         async with DB.transaction():
@@ -159,8 +159,8 @@ def list_users_page(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def get_user(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import users
     from flowforge.db.engine import DB
+    from flowforge.domain import users
 
     ids = ctx.loaded.user_ids
 
@@ -176,8 +176,8 @@ def get_user(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def list_api_keys_page(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import api_keys
     from flowforge.db.engine import DB
+    from flowforge.domain import api_keys
 
     ids = ctx.loaded.user_ids
 
@@ -197,9 +197,10 @@ def list_api_keys_page(ctx: Any) -> tuple[Operation, Operation]:
 
 def rename_workflow(ctx: Any) -> tuple[Operation, Operation]:
     """update_workflow with a new name: lock, update, event, read back."""
-    from flowforge import events, workflows
     from flowforge.db.engine import DB
-    from flowforge.outbox import record_event
+    from flowforge.domain import workflows
+    from flowforge.outbox import events
+    from flowforge.outbox.writer import record_event
 
     async def builder(n: int) -> Any:
         async with DB.transaction():
@@ -231,10 +232,11 @@ def rename_workflow(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def create_user(ctx: Any) -> tuple[Operation, Operation]:
-    from flowforge import events, users
     from flowforge.db.engine import DB
     from flowforge.db.tables import Role
-    from flowforge.outbox import record_event
+    from flowforge.domain import users
+    from flowforge.outbox import events
+    from flowforge.outbox.writer import record_event
 
     tag = uuid.uuid4().hex[:8]
     numbers = itertools.count()  # n restarts every round; emails must not
@@ -265,8 +267,8 @@ def create_user(ctx: Any) -> tuple[Operation, Operation]:
 
 def run_status_lookup(ctx: Any) -> tuple[Operation, Operation]:
     """The error-path read behind a refused transition (404 vs 409 and its status)."""
-    from flowforge import runs
     from flowforge.db.engine import DB
+    from flowforge.domain import runs
 
     sample = ctx.loaded.sample_run_ids
     owners = ctx.loaded.user_ids
@@ -302,8 +304,8 @@ def readiness_migrations(ctx: Any) -> tuple[Operation, Operation]:
 
 def dead_letters(ctx: Any) -> tuple[Operation, Operation]:
     """The dead-letter list of `outbox_status` (20 oldest)."""
-    from flowforge import outbox_status
     from flowforge.db.engine import DB
+    from flowforge.outbox import status as outbox_status
 
     async def builder(n: int) -> Any:
         async with DB.transaction():
@@ -346,8 +348,8 @@ def _a_day_past_retention() -> float:
 
 def count_expired_events(ctx: Any) -> tuple[Operation, Operation]:
     """`prune --dry_run`'s outbox count."""
-    from flowforge import retention
     from flowforge.db.engine import DB
+    from flowforge.jobs import retention
 
     keep = _a_day_past_retention()
 

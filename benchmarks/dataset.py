@@ -54,8 +54,8 @@ def server_url() -> str:
     if url:
         return urlunsplit(urlsplit(url)._replace(path="/postgres"))
     sys.path.insert(0, str(REPO_ROOT))
+    from flowforge.core.settings import Settings
     from flowforge.db import embedded
-    from flowforge.settings import Settings
 
     return embedded.database_url(Settings().data_dir, "postgres")
 

@@ -29,7 +29,6 @@ from benchmarks.harness import Operation, compare
 POOL_MAX = 20
 CONCURRENCIES = (1, 32)
 LIFECYCLE_ATTEMPTS = 5
-BULK_ROWS = 2_000
 
 
 def _configure_flowforge() -> None:
@@ -38,16 +37,16 @@ def _configure_flowforge() -> None:
     os.environ["DB_POOL_MIN_SIZE"] = str(POOL_MAX)
     os.environ["DB_POOL_MAX_SIZE"] = str(POOL_MAX)
     os.environ.setdefault("FLOWFORGE_ENV", "test")
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import DB
-    from flowforge.settings import get_settings
 
     get_settings.cache_clear()
     DB.reconfigure()
 
 
 async def _floor_pool() -> asyncpg.Pool:
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import asyncpg_config
-    from flowforge.settings import get_settings
 
     config = asyncpg_config(get_settings())
     return await asyncpg.create_pool(min_size=POOL_MAX, max_size=POOL_MAX, **config)
@@ -213,8 +212,8 @@ class Context:
 
 
 def trigger_run(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
+    from flowforge.domain import runs
 
     async def flowforge(n: int) -> Any:
         async with DB.transaction():
@@ -234,9 +233,9 @@ def trigger_run(ctx: Context) -> tuple[Operation, Operation]:
 
 def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
     """Trigger, start, 5 step attempts, complete: 8 transactions, as 8 API calls would be."""
-    from flowforge import runs
     from flowforge.db.engine import DB
     from flowforge.db.tables import RunStatus
+    from flowforge.domain import runs
 
     steps = ctx.loaded.sizes.steps_per_workflow
 
@@ -291,9 +290,9 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
 
 
 def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
     from flowforge.db.tables import RunStatus
+    from flowforge.domain import runs
 
     busy = ctx.loaded.busy_workflow_ids
 
@@ -313,8 +312,8 @@ def list_runs_page(ctx: Context) -> tuple[Operation, Operation]:
 
 
 def get_run_with_logs(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import runs
     from flowforge.db.engine import DB
+    from flowforge.domain import runs
 
     sample = ctx.loaded.sample_run_ids
 
@@ -346,8 +345,8 @@ LOG_FIELDS = (
 
 
 def authenticate_key(ctx: Context) -> tuple[Operation, Operation]:
-    from flowforge import api_keys
     from flowforge.db.engine import DB
+    from flowforge.domain import api_keys
 
     keys = ctx.keys
 
@@ -401,42 +400,6 @@ def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
     return flowforge, floor
 
 
-def bulk_seed(ctx: Context) -> tuple[Operation, Operation]:
-    """COPY 2,000 outbox rows (dicts) in one transaction; throughput in rows/s."""
-    from flowforge import bulk
-    from flowforge.db.engine import DB
-    from flowforge.db.tables import Outbox
-
-    aggregate = uuid.uuid4()
-
-    def rows(n: int) -> list[dict[str, Any]]:
-        return [
-            {"aggregate_type": "bench", "aggregate_id": aggregate, "event_type": "bulk",
-             "payload": {"n": n, "i": i}, "published_at": dataset.NOW}
-            for i in range(BULK_ROWS)
-        ]  # fmt: skip
-
-    columns = ["aggregate_type", "aggregate_id", "event_type", "payload", "published_at"]
-
-    async def flowforge(n: int) -> Any:
-        data = rows(n)
-        async with DB.transaction():
-            return await bulk.copy_rows(Outbox, data)
-
-    async def floor(n: int) -> Any:
-        data = rows(n)
-        records = [
-            (r["aggregate_type"], r["aggregate_id"], r["event_type"], json.dumps(r["payload"]),
-             r["published_at"])
-            for r in data
-        ]  # fmt: skip
-        async with ctx.pool.acquire() as connection, connection.transaction():
-            await connection.copy_records_to_table("outbox", records=records, columns=columns)
-            return len(records)
-
-    return flowforge, floor
-
-
 OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "trigger_run": trigger_run,
     "run_lifecycle": run_lifecycle,
@@ -444,7 +407,6 @@ OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "get_run_with_logs": get_run_with_logs,
     "authenticate_key": authenticate_key,
     "drain_outbox": drain_outbox,
-    "bulk_seed": bulk_seed,
     # Cold paths on the query builder vs their previous raw SQL (benchmarks/cold.py).
     **COLD_OPERATIONS,
 }
@@ -457,14 +419,11 @@ def target(name: str) -> float:
     return COLD_TARGET if name in COLD_OPERATIONS else HOT_TARGET
 
 
-# Operations where concurrency 32 is meaningful (all but the bulk load).
-UNITS = {"drain_outbox": "events/s", "bulk_seed": "rows/s", "run_lifecycle": "lifecycles/s"}
-ITEMS = {"drain_outbox": DRAIN_BATCH, "bulk_seed": BULK_ROWS}
-SINGLE_CONCURRENCY = {"bulk_seed"}
+UNITS = {"drain_outbox": "events/s", "run_lifecycle": "lifecycles/s"}
+ITEMS = {"drain_outbox": DRAIN_BATCH}
 # Fewer repetitions for the heavy operations, so a round takes seconds, not minutes.
 SCALE = {
     "run_lifecycle": 0.25,
-    "bulk_seed": 0.05,
     "drain_outbox": 0.25,
     # A day of expired history counted per operation (~1/90 of the data set).
     "cold:count_expired_events": 0.25,
@@ -472,9 +431,9 @@ SCALE = {
 
 
 async def _create_keys(ctx: Context, count: int) -> None:
-    from flowforge import api_keys
     from flowforge.db.engine import DB
     from flowforge.db.tables import Scope
+    from flowforge.domain import api_keys
 
     async with DB.transaction():
         for user_id in itertools.islice(itertools.cycle(ctx.loaded.user_ids), count):
@@ -486,9 +445,9 @@ async def _create_keys(ctx: Context, count: int) -> None:
 
 async def bench_api_key(loaded: dataset.Loaded) -> str:
     """A read+write API key of the data set's admin, for the HTTP runs."""
-    from flowforge import api_keys
     from flowforge.db.engine import DB
     from flowforge.db.tables import Scope
+    from flowforge.domain import api_keys
 
     _configure_flowforge()
     await DB.start_connection_pool()
@@ -542,8 +501,6 @@ async def run_all(
             flowforge, floor = build(ctx)
             count = max(10, int(operations * SCALE.get(name, 1.0)))
             for concurrency in CONCURRENCIES:
-                if concurrency > 1 and name in SINGLE_CONCURRENCY:
-                    continue
                 if name == "drain_outbox":
                     await _fill_outbox(ctx, DRAIN_BATCH * (count * (rounds + 1) * 2 + 50))
                 comparison = await compare(

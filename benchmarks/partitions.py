@@ -10,7 +10,7 @@ today's batched DELETE, on the 1M-run data set.
    left ``running`` past the reaper's lease were failed at the time (finished 5
    minutes after they started): a stuck run does not live for 90 days.
 2. ``delete``: a copy of the base (``CREATE DATABASE ... TEMPLATE``), pruned by
-   today's batched DELETE (``flowforge.retention`` on the unpartitioned tables).
+   today's batched DELETE (``flowforge.jobs.retention`` on the unpartitioned tables).
 3. ``partition``: another copy. The ``run_created_at`` column is added (the
    migration before), then the partitioning migration runs forwards, backwards
    and forwards again (``piccolo migrations ...``), each while a writer keeps
@@ -22,7 +22,7 @@ today's batched DELETE, on the 1M-run data set.
    into partitions of their own periods (``spread_legacy``: the layout a
    database has once the data set's 90 days were written after the migration;
    a copy the benchmark makes, not something production does), vacuumed and
-   analysed like the base, and pruned by ``flowforge.retention.prune`` (whole
+   analysed like the base, and pruned by ``flowforge.jobs.retention.prune`` (whole
    partitions dropped, batched DELETE for the rest).
 
 For each prune: seconds, WAL written (``pg_current_wal_lsn()`` difference, the

@@ -1,4 +1,4 @@
-"""What enforcing timeouts per transaction costs behind PgBouncer (decision 8).
+"""What enforcing timeouts per transaction costs behind PgBouncer (docs/decisions/08-transaction-poolers.md).
 
     .venv/bin/python -m benchmarks.pooler_timeouts [--transactions 2000] [--rounds 6]
 
@@ -31,8 +31,8 @@ from typing import Any
 import asyncpg
 
 from benchmarks.uuid_keys import server_url
+from flowforge.core.settings import Settings
 from flowforge.db.engine import begin_statement, session_settings
-from flowforge.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

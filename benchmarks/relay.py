@@ -52,8 +52,8 @@ def server_url() -> str:
     url = os.environ.get("DATABASE_URL")
     if url:
         return urlunsplit(urlsplit(url)._replace(path="/postgres"))
+    from flowforge.core.settings import Settings
     from flowforge.db import embedded
-    from flowforge.settings import Settings
 
     return embedded.database_url(Settings().data_dir, "postgres")
 

@@ -9,10 +9,16 @@ embedded server when DATABASE_URL is unset), so a bad configuration stops the
 CLI with a readable message and exit status 2 instead of a traceback.
 """
 
+from piccolo.conf.apps import AppRegistry
+
 from flowforge.commands.piccolo_cli import adapt_piccolo_cli
+from flowforge.core.logs import configure_logging
 from flowforge.db.engine import DB, check_configuration
-from flowforge.db.registry import APP_REGISTRY
-from flowforge.logs import configure_logging
+from flowforge.db.migrations import PICCOLO_APPS
+
+# FlowForge's app, and Piccolo's own apps for Piccolo Admin (their migrations run
+# with FlowForge's: `piccolo flowforge migrate`).
+APP_REGISTRY = AppRegistry(apps=["flowforge.piccolo_app", *PICCOLO_APPS])
 
 check_configuration()
 configure_logging()  # every command logs like the API (LOG_FORMAT)

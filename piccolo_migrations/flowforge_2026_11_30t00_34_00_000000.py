@@ -1,4 +1,4 @@
-"""``uuidv7()`` on servers older than PostgreSQL 18 (issue 11, decision 10).
+"""``uuidv7()`` on servers older than PostgreSQL 18 (issue 11, docs/decisions/10-uuidv7-keys.md).
 
 PostgreSQL 18 has ``uuidv7()`` built in (pg_catalog); on 15-17 this creates
 ``public.uuidv7()``, a SQL function with the same RFC 9562 layout (48 bits of

@@ -3,7 +3,7 @@
 Only the column default changes (``ALTER COLUMN ... SET DEFAULT``: a catalog
 update, no table rewrite, a brief lock); existing rows keep their UUIDv4
 keys, which mix freely with the new ones. Backwards restores
-``gen_random_uuid()``. Why: benchmarks/uuid_keys.py, docs/decisions.md (10).
+``gen_random_uuid()``. Why: benchmarks/uuid_keys.py, docs/decisions/10-uuidv7-keys.md.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager

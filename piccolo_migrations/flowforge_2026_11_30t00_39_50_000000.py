@@ -1,5 +1,5 @@
 """Time partitions: ``outbox`` by day of ``created_at``, ``run_step_logs`` by month of
-its run's ``created_at`` (issue 11; docs/decisions.md, decision 12). ONLINE: no
+its run's ``created_at`` (issue 11; docs/decisions/12-time-partitions.md). ONLINE: no
 row is copied and no long exclusive lock is taken on a populated database.
 
 Piccolo cannot say ``PARTITION BY``, so this migration is raw SQL with a tested
@@ -609,7 +609,7 @@ async def _rename_indexes(connection: Any, relation: str, old: str, new: str) ->
 
 async def _name_partition_indexes(connection: Any, table: str) -> None:
     """Name each partition's indexes <partition>_<suffix> after the table's
-    <table>_<suffix> (PostgreSQL names them from the columns): flowforge.errors
+    <table>_<suffix> (PostgreSQL names them from the columns): flowforge.core.errors
     maps a unique violation reported on a partition back to the table's
     constraint, and a plan reads as the index it uses."""
     rows = await connection.fetch(

@@ -3,7 +3,7 @@
 ``api_keys_granted_by_key_id_idx`` on ``api_keys (granted_by_key_id)``, partial
 (``WHERE granted_by_key_id IS NOT NULL``: keys issued by the CLI or the seed
 grant nothing to look up by). It serves each step of the recursive CTE in
-``flowforge.api_keys.REVOKE_GRANTED`` and the ON DELETE CASCADE of the column's
+``flowforge.domain.api_keys.REVOKE_GRANTED`` and the ON DELETE CASCADE of the column's
 foreign key. Hand-written because Piccolo cannot express a partial index, and
 built ``CONCURRENTLY`` (no lock that blocks writers), which cannot run inside a
 transaction: ``wrap_in_transaction=False``. The DROP ... IF EXISTS first lets a

@@ -51,8 +51,8 @@ async def database_url() -> AsyncIterator[str]:
     name = support.database_name("main")
     url = await support.create_database(name, template=template)
 
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import DB
-    from flowforge.settings import get_settings
     from tests.pgbouncer import pgbouncer, via
 
     async with contextlib.AsyncExitStack() as stack:

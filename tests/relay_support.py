@@ -12,6 +12,7 @@ from typing import Any
 
 import redis.asyncio
 
+from flowforge.core.settings import PublisherKind, Settings, get_settings
 from flowforge.db.engine import DB
 from flowforge.relay.publishers import (
     OutboxEvent,
@@ -20,7 +21,6 @@ from flowforge.relay.publishers import (
     RedisStreamPublisher,
 )
 from flowforge.relay.relay import Relay
-from flowforge.settings import PublisherKind, Settings, get_settings
 
 REDIS_URL = os.environ.get("FLOWFORGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

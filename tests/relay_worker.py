@@ -13,11 +13,11 @@ import asyncio
 from collections.abc import Sequence
 
 from flowforge.commands.operations import pool
+from flowforge.core.logs import configure_logging
+from flowforge.core.settings import get_settings
 from flowforge.db.engine import check_configuration
-from flowforge.logs import configure_logging
 from flowforge.relay.publishers import OutboxEvent, Publisher, PublishOutcome, create_publisher
 from flowforge.relay.relay import Relay
-from flowforge.settings import get_settings
 
 
 class HangsMidBatch:

@@ -36,8 +36,8 @@ def server_url() -> str:
     """A URL on the server the tests use, for its maintenance database."""
     if USER_DATABASE_URL:
         return with_database(USER_DATABASE_URL, "postgres")
+    from flowforge.core.settings import Settings
     from flowforge.db import embedded
-    from flowforge.settings import Settings
 
     return embedded.database_url(Settings().data_dir, "postgres")
 
@@ -102,8 +102,8 @@ APP_TABLES = [
 @contextlib.asynccontextmanager
 async def global_engine_on(url: str, **env: str) -> AsyncIterator[None]:
     """Point the process's engine (flowforge.db.engine.DB) at `url` (and set `env`), then restore."""
+    from flowforge.core.settings import get_settings
     from flowforge.db.engine import DB
-    from flowforge.settings import get_settings
 
     changed = {"DATABASE_URL": url, **env}
     previous = {name: os.environ.get(name) for name in changed}
@@ -162,9 +162,9 @@ async def run_unhurried(*statements: str) -> None:
 
 def as_table(relation: str | None, index: str | None) -> tuple[str | None, str | None]:
     """A time partition (issue 11) and its index in a plan, as the partitioned
-    table and the table's index (flowforge.partitions names a partition's
+    table and the table's index (flowforge.jobs.partitions names a partition's
     indexes <partition>_<suffix> after the table's <table>_<suffix>)."""
-    from flowforge.partitions import PARTITION_NAME
+    from flowforge.jobs.partitions import PARTITION_NAME
 
     if index is not None:
         found = PARTITION_INDEX.match(index)
@@ -182,7 +182,7 @@ def empty_partition_scan(node: dict[str, Any]) -> bool:
     page to read, so its run cost is nil (total cost = start-up cost).
     Partitions prepared ahead are empty, and a plan over a partitioned table
     lists them all unless the partition key prunes them."""
-    from flowforge.partitions import PARTITION_NAME
+    from flowforge.jobs.partitions import PARTITION_NAME
 
     return (
         node.get("Node Type") == "Seq Scan"
@@ -194,7 +194,7 @@ def empty_partition_scan(node: dict[str, Any]) -> bool:
 async def partition_history() -> None:
     """Move rows of past days and months out of the default partitions into
     partitions of their own, as the relay's housekeeping does."""
-    from flowforge import partitions
+    from flowforge.jobs import partitions
 
     await partitions.ensure(partitions.MaintenanceReport())
 
@@ -202,7 +202,7 @@ async def partition_history() -> None:
 async def drop_empty_past_partitions() -> None:
     """After a test emptied the tables: drop the past partitions, so that later
     TRUNCATEs stay quick."""
-    from flowforge import partitions
+    from flowforge.jobs import partitions
 
     await partitions.drop_expired(
         partitions.MaintenanceReport(), outbox_retention_days=1, run_retention_days=1

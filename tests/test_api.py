@@ -12,9 +12,9 @@ from fastapi import FastAPI
 
 from flowforge.api.app import create_app
 from flowforge.api.deps import Transaction
+from flowforge.core.errors import NotFoundError
 from flowforge.db.engine import DB
 from flowforge.db.readiness import expected_migrations
-from flowforge.errors import NotFoundError
 from tests import support
 
 

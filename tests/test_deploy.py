@@ -157,7 +157,7 @@ def test_the_default_stack_is_unchanged_by_the_scale_profile() -> None:
 
 
 def test_the_scaled_app_goes_through_pgbouncer_and_reads_from_the_replica() -> None:
-    from flowforge.settings import PoolerMode, Settings
+    from flowforge.core.settings import PoolerMode, Settings
 
     services = compose()["services"]
     env = services["app-scaled"]["environment"]

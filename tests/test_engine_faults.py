@@ -23,9 +23,9 @@ from piccolo.table import Table
 from flowforge.api.app import create_app
 from flowforge.api.deps import Transaction
 from flowforge.api.errors import status_for
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError, translate_db_error
+from flowforge.core.settings import Settings, get_settings
 from flowforge.db.engine import DB, FlowForgeEngine, PoolTimeoutError
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError, translate_db_error
-from flowforge.settings import Settings, get_settings
 from tests import support
 from tests.tcp_proxy import TcpProxy
 

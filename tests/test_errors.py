@@ -8,8 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowforge.db.engine import DB
-from flowforge.errors import (
+from flowforge.core.errors import (
     CONSTRAINT_MESSAGES,
     AppError,
     ConflictError,
@@ -19,6 +18,7 @@ from flowforge.errors import (
     translate_db_error,
     translated_db_errors,
 )
+from flowforge.db.engine import DB
 from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")

@@ -1,10 +1,10 @@
-"""Every event type's payload, however it is built, matches flowforge.events.CONTRACT.
+"""Every event type's payload, however it is built, matches flowforge.outbox.events.CONTRACT.
 
 The domain operations run for real (payloads built in Python by the domain, in
 SQL by the run statements, and by the seed and the reaper); then every outbox
 row is compared with the contract: its aggregate type and exactly its payload
 keys. Run events built in SQL must also carry the same values
-:func:`flowforge.events.run_payload` gives for the run's row after the change.
+:func:`flowforge.outbox.events.run_payload` gives for the run's row after the change.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from uuid import UUID
 
 import pytest
 
-from flowforge import api_keys, events, outbox, reaper, runs, users, workflows
 from flowforge.commands import seed
 from flowforge.db.engine import DB
 from flowforge.db.tables import Outbox, Role, RunStatus, Scope, WorkflowRun
+from flowforge.domain import api_keys, runs, users, workflows
+from flowforge.jobs import reaper
+from flowforge.outbox import events
+from flowforge.outbox import writer as outbox
 
 pytestmark = pytest.mark.usefixtures("db")
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from flowforge import api_keys, runs, workflows
 from flowforge.db.engine import DB
 from flowforge.db.tables import RunStatus
+from flowforge.domain import api_keys, runs, workflows
 from tests import support
 
 # Volumes: the brief's floor for the big tables, and the shape around them.

@@ -1,4 +1,4 @@
-"""flowforge.jsonutil: every JSON number decoded and encoded exactly, the common case on C."""
+"""flowforge.core.json: every JSON number decoded and encoded exactly, the common case on C."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from flowforge.jsonutil import ExactNumber, dumps, loads, unmark_numbers
+from flowforge.core.json import ExactNumber, dumps, loads, unmark_numbers
 
 
 @pytest.mark.parametrize(

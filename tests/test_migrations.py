@@ -20,7 +20,7 @@ from piccolo.conf.apps import AppConfig
 from piccolo.constraints import Check
 
 from flowforge.db import tables
-from flowforge.db.piccolo_app import APP_CONFIG
+from flowforge.piccolo_app import APP_CONFIG
 from tests import support
 
 RAW_MIGRATION_ID = "2026-11-25T13:24:39:823524"
@@ -474,7 +474,7 @@ async def constraints_hold(url: str) -> None:
     """On the legacy partition and on a new one: one log per run + step + attempt
     (reported as the table's constraint), the composite foreign key (a log must
     carry its run's created_at; deleting the run deletes its logs), the CHECKs."""
-    from flowforge.errors import parent_constraint
+    from flowforge.core.errors import parent_constraint
 
     connection = await asyncpg.connect(url)
     try:

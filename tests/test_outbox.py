@@ -7,11 +7,11 @@ import uuid
 import asyncpg
 import pytest
 
+from flowforge.core.errors import ConflictError, NotFoundError, translated_db_errors
+from flowforge.core.json import loads
 from flowforge.db.engine import DB
-from flowforge.errors import ConflictError, NotFoundError, translated_db_errors
-from flowforge.jsonutil import loads
-from flowforge.outbox import record_event
-from flowforge.workflows import StepSpec, WorkflowSpec, create_workflow, delete_workflow
+from flowforge.domain.workflows import StepSpec, WorkflowSpec, create_workflow, delete_workflow
+from flowforge.outbox.writer import record_event
 
 pytestmark = pytest.mark.usefixtures("db")
 

@@ -16,11 +16,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowforge import partitions
+from flowforge.core.errors import ConflictError, translated_db_errors
+from flowforge.core.settings import get_settings
 from flowforge.db.engine import DB
-from flowforge.errors import ConflictError, translated_db_errors
-from flowforge.retention import prune
-from flowforge.settings import get_settings
+from flowforge.jobs import partitions
+from flowforge.jobs.retention import prune
 from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -499,7 +499,7 @@ async def test_the_legacy_step_log_partition_goes_once_its_runs_expired() -> Non
 
 
 def test_a_violation_on_the_legacy_partition_reads_as_the_table_constraint() -> None:
-    from flowforge.errors import parent_constraint
+    from flowforge.core.errors import parent_constraint
 
     assert (
         parent_constraint("run_step_logs_legacy_run_step_attempt_key", "run_step_logs_legacy")

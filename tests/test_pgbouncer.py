@@ -17,9 +17,9 @@ import asyncpg
 import httpx
 import pytest
 
+from flowforge.core.settings import PoolerMode, Settings
 from flowforge.db.engine import FlowForgeEngine, asyncpg_config
 from flowforge.relay.listener import CHANNEL, OutboxListener, listen_database_url
-from flowforge.settings import PoolerMode, Settings
 from tests.conftest import Bouncer
 
 

@@ -4,7 +4,7 @@
 ``_run_in_new_connection`` (acquire timeout, fail fast while the pool starts),
 and ``SafeTransaction`` reads ``PostgresTransaction._parent``, ``_committed``
 and ``_rolled_back`` and sets ``connection``, ``transaction`` and ``context``
-(docs/decisions.md, 6 and "Piccolo internals"); ``queries.limited`` replaces
+(docs/decisions/06-connection-pool.md and docs/decisions/13-piccolo-internals.md); ``queries.limited`` replaces
 a Select's ``limit_delegate._limit`` so that LIMIT is a bind parameter (decision
 1). None of these is public API:
 a Piccolo release that renames one, or stops routing queries through it,
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
+from flowforge.db.builder import Param, compiled, limited
 from flowforge.db.engine import DB, FlowForgeEngine, SafeTransaction
-from flowforge.db.queries import Param, compiled, limited
 from flowforge.db.tables import User
 
 pytestmark = pytest.mark.usefixtures("db")

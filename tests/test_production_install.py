@@ -104,10 +104,10 @@ def test_the_app_and_cli_import_nothing_from_extras_or_dev_tools(
 ) -> None:
     probe = (
         "import json, sys, flowforge.main, flowforge.piccolo_conf\n"
-        "from flowforge.db.piccolo_app import migrations_folder\n"
-        "from flowforge.settings import Settings\n"
+        "from flowforge.db.migrations import flowforge_folder\n"
+        "from flowforge.core.settings import Settings\n"
         f"print(json.dumps({{'loaded': [m for m in {NEVER_IMPORTED!r} if m in sys.modules],"
-        " 'migrations': str(migrations_folder()), 'data_dir': str(Settings().data_dir),"
+        " 'migrations': str(flowforge_folder()), 'data_dir': str(Settings().data_dir),"
         " 'package': flowforge.main.__file__}))\n"
     )
     result = production.run(

@@ -15,8 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from flowforge.core.settings import PublisherKind
 from flowforge.db.engine import DB
-from flowforge.outbox_status import outbox_health, outbox_status, requeue_dead_letters
+from flowforge.outbox.status import outbox_health, outbox_status, requeue_dead_letters
 from flowforge.relay import store
 from flowforge.relay.publishers import (
     BrokerUnavailableError,
@@ -25,7 +26,6 @@ from flowforge.relay.publishers import (
     create_publisher,
 )
 from flowforge.relay.relay import Relay
-from flowforge.settings import PublisherKind
 from tests import relay_support as rs
 from tests import support
 

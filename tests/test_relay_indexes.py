@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from flowforge import outbox_status as status
 from flowforge.db.engine import DB
-from flowforge.reaper import REAP
+from flowforge.jobs.reaper import REAP
+from flowforge.jobs.retention import PRUNE_OUTBOX, PRUNE_RUNS, expired_events_count
+from flowforge.outbox import status
 from flowforge.relay import store
-from flowforge.retention import PRUNE_OUTBOX, PRUNE_RUNS, expired_events_count
 from tests import support
 
 BIG_TABLES = {"outbox", "workflow_runs", "run_step_logs"}

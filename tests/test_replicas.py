@@ -29,9 +29,9 @@ import asyncpg
 import httpx
 import pytest
 
+from flowforge.core.settings import PoolerMode
 from flowforge.db import replicas
 from flowforge.db.engine import DB
-from flowforge.settings import PoolerMode
 from tests import support
 from tests.pgbouncer import RunningBouncer, running_pgbouncer, via
 from tests.replica_cluster import Cluster, primary_and_replica, start_replica
@@ -43,7 +43,7 @@ TOKEN = replicas.CONSISTENCY_HEADER
 def test_replica_urls_are_validated() -> None:
     from pydantic import ValidationError
 
-    from flowforge.settings import Settings
+    from flowforge.core.settings import Settings
 
     settings = Settings(database_replica_urls="postgresql://a/db, postgresql://b/db")
     assert settings.replica_urls == ["postgresql://a/db", "postgresql://b/db"]
@@ -53,7 +53,7 @@ def test_replica_urls_are_validated() -> None:
 
 
 def test_the_replica_pooler_defaults_to_the_primarys() -> None:
-    from flowforge.settings import Settings
+    from flowforge.core.settings import Settings
 
     urls = "postgresql://replica/db"
     pooled = Settings(database_replica_urls=urls, database_pooler=PoolerMode.TRANSACTION)

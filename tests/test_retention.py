@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from flowforge import partitions
-from flowforge import runs as run_operations
 from flowforge.commands import operations as cli
+from flowforge.core.errors import InvalidTransitionError, NotFoundError
+from flowforge.core.json import loads
 from flowforge.db.engine import DB
-from flowforge.errors import InvalidTransitionError, NotFoundError
-from flowforge.events import run_payload
-from flowforge.jsonutil import loads
-from flowforge.reaper import reap_stuck_runs
-from flowforge.retention import prune
+from flowforge.domain import runs as run_operations
+from flowforge.jobs import partitions
+from flowforge.jobs.reaper import reap_stuck_runs
+from flowforge.jobs.retention import prune
+from flowforge.outbox.events import run_payload
 from tests import relay_support as rs
 from tests import support
 
@@ -396,7 +396,7 @@ async def test_batch_jobs_refuse_to_run_inside_a_transaction(db: None) -> None:
 
 
 async def test_a_run_prune_batch_leaves_the_callers_plan_cache_mode_alone(db: None) -> None:
-    from flowforge.retention import prune_runs_batch
+    from flowforge.jobs.retention import prune_runs_batch
 
     async with DB.transaction():
         before = (await DB.fetch("SELECT current_setting('plan_cache_mode') AS m"))[0]["m"]

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 
 from flowforge.commands import seed
+from flowforge.core.settings import get_settings
 from flowforge.db.engine import DB
-from flowforge.outbox_status import outbox_health
-from flowforge.reaper import reap_stuck_runs
-from flowforge.retention import prune
-from flowforge.settings import get_settings
+from flowforge.jobs.reaper import reap_stuck_runs
+from flowforge.jobs.retention import prune
+from flowforge.outbox.status import outbox_health
 from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from flowforge.db.engine import asyncpg_config
-from flowforge.settings import (
+from flowforge.core.settings import (
     Environment,
     PublisherKind,
     Settings,
@@ -17,6 +16,7 @@ from flowforge.settings import (
     get_settings,
     weak_password_problem,
 )
+from flowforge.db.engine import asyncpg_config
 from tests.support import REPO_ROOT
 
 DEFAULTS = {

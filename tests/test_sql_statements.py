@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowforge import runs, workflows
+from flowforge.domain import runs, workflows
 from tests.support import REPO_ROOT
 
 STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\s+\S")
@@ -33,13 +33,13 @@ NOT_ASYNCPG = {
 }
 # SQL text built inside a function, and the enumeration that prepares every variant.
 BUILDERS = {
-    ("flowforge.runs", "_list_runs_sql"): lambda: [
+    ("flowforge.domain.runs", "_list_runs_sql"): lambda: [
         runs._list_runs_sql(*flags) for flags in itertools.product((False, True), repeat=3)
     ],
 }
 # Functions that build fragments of the statements above (each statement that
 # embeds one is prepared): the outbox INSERT of a data-modifying CTE.
-FRAGMENT_BUILDERS = {("flowforge.outbox", "insert_from")}
+FRAGMENT_BUILDERS = {("flowforge.outbox.writer", "insert_from")}
 # Raw fragments embedded in builder queries, prepared in a minimal statement.
 FRAGMENTS = [
     f"SELECT {workflows.STEP_COUNT}, {workflows.STEPS_OF_WORKFLOW} FROM workflows",
@@ -93,17 +93,17 @@ def named_statements() -> dict[str, str]:
 def test_the_package_defines_the_expected_raw_statements() -> None:
     statements = named_statements()
     print(f"\n{len(statements)} raw statements")
-    # The hot paths and batch jobs that stay raw SQL (docs/decisions.md, 1).
+    # The hot paths and batch jobs that stay raw SQL (docs/decisions/01-orm-approach.md).
     for expected in (
-        "flowforge.runs.TRIGGER_RUN",
-        "flowforge.runs.TRANSITION_RUN",
-        "flowforge.runs.GET_RUN",
-        "flowforge.api_keys.AUTHENTICATE",
-        "flowforge.api_keys.REVOKE_GRANTED",
+        "flowforge.domain.runs.TRIGGER_RUN",
+        "flowforge.domain.runs.TRANSITION_RUN",
+        "flowforge.domain.runs.GET_RUN",
+        "flowforge.domain.api_keys.AUTHENTICATE",
+        "flowforge.domain.api_keys.REVOKE_GRANTED",
         "flowforge.relay.store.CLAIM_HEADS",
-        "flowforge.reaper.REAP",
-        "flowforge.retention.PRUNE_RUNS",
-        "flowforge.outbox.INSERT_EVENTS",
+        "flowforge.jobs.reaper.REAP",
+        "flowforge.jobs.retention.PRUNE_RUNS",
+        "flowforge.outbox.writer.INSERT_EVENTS",
     ):
         assert expected in statements
 
@@ -209,8 +209,8 @@ async def test_a_renamed_column_fails_the_statements_that_use_it(
     finally:
         await transaction.rollback()
     assert {
-        "flowforge.runs.TRANSITION_RUN",
-        "flowforge.runs.GET_RUN",
-        "flowforge.reaper.REAP",
+        "flowforge.domain.runs.TRANSITION_RUN",
+        "flowforge.domain.runs.GET_RUN",
+        "flowforge.jobs.reaper.REAP",
     } <= set(failures)
     assert all(isinstance(error, asyncpg.UndefinedColumnError) for error in failures.values())

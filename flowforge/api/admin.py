@@ -3,7 +3,7 @@
 Read-only on purpose, for every table: each change in FlowForge must write
 its domain event in the same transaction and respect the run lifecycle, and
 the admin's generic CRUD would do neither (it also writes NULL into omitted
-columns, see ../shared/PICCOLO_NOTES.md). Changes go through the API. Secret
+columns). Changes go through the API. Secret
 columns (``api_keys.key_hash``, admin password hashes) are ``secret=True`` and
 never leave the server.
 
@@ -30,6 +30,7 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowforge.api.errors import send_error
+from flowforge.core.settings import Environment, get_settings
 from flowforge.db.tables import (
     ApiKey,
     Outbox,
@@ -39,7 +40,6 @@ from flowforge.db.tables import (
     WorkflowRun,
     WorkflowStep,
 )
-from flowforge.settings import Environment, get_settings
 
 
 def table_configs() -> list[TableConfig]:

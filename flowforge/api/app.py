@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from flowforge import metrics
 from flowforge.api import health, observability, routes
 from flowforge.api.admin import build_admin
 from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
 from flowforge.api.openapi import install_openapi, operation_id
+from flowforge.core import metrics
+from flowforge.core.logs import configure_logging
 from flowforge.db import replicas
 from flowforge.db.engine import DB, check_configuration
-from flowforge.logs import configure_logging
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ Every error response has the same shape::
     {"error": {"code": "conflict", "message": "...", "details": {...}}}
 
 Domain errors map by class; driver errors that escaped a transaction are
-translated first (flowforge.errors.translate_db_error); anything else is a 500
+translated first (flowforge.core.errors.translate_db_error); anything else is a 500
 with a generic message. Raw database text and tracebacks never reach a client.
 """
 
@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Send
 
-from flowforge.errors import (
+from flowforge.core.errors import (
     CONNECTION_ERRORS,
     AppError,
     ConflictError,

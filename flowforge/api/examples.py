@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-ADMIN_ID = "0b9f7c52-5a43-4f0e-9a55-3b1f2c6d7e81"
 USER_ID = "4e2d8a90-1c7b-4f3e-8d6a-9b0c1e2f3a4b"
 KEY_ID = "7a1c3e5f-2b4d-4a6c-8e0f-1a2b3c4d5e6f"
 WORKFLOW_ID = "c3f1e2d4-5b6a-4c7d-9e8f-0a1b2c3d4e5f"

@@ -9,11 +9,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from flowforge.core.logs import describe_error, get_logger
 from flowforge.db import replicas
 from flowforge.db.engine import DB
 from flowforge.db.readiness import NotReadyError, check_database
-from flowforge.logs import describe_error, get_logger
-from flowforge.outbox_status import outbox_health
+from flowforge.outbox.status import outbox_health
 
 logger = get_logger(__name__)
 
@@ -53,7 +53,7 @@ async def healthz() -> dict[str, str]:
 
 
 async def _outbox_details() -> dict[str, Any] | str:
-    """Outbox lag and dead letters; never decides readiness (see docs/decisions.md, 4)."""
+    """Outbox lag and dead letters; never decides readiness (see docs/decisions/04-outbox-relay.md)."""
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), DB.transaction():
             health = await outbox_health()

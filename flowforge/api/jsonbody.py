@@ -3,8 +3,8 @@
 Starlette parses a request body with ``json.loads`` (floats: 12345678901234567890.5
 would become 12345678901234567000) and Pydantic writes a Decimal as a string. The
 product routes use :class:`ExactJSONRoute` instead: the body is read by
-:func:`flowforge.jsonutil.loads`, and the exact numbers of a response (marked
-strings, see :class:`flowforge.jsonutil.ExactNumber`) are written as numbers.
+:func:`flowforge.core.json.loads`, and the exact numbers of a response (marked
+strings, see :class:`flowforge.core.json.ExactNumber`) are written as numbers.
 A body that is not JSON is a 400 (``flowforge.api.errors``).
 """
 
@@ -18,7 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flowforge import jsonutil
+from flowforge.core import json as jsonutil
 
 
 class ExactJSONRequest(Request):

@@ -38,18 +38,18 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowforge import metrics
-from flowforge.db.engine import DB
-from flowforge.logs import (
+from flowforge.core import metrics
+from flowforge.core.logs import (
     bound_request_context,
     describe_error,
     get_logger,
     reset_request_context,
 )
-from flowforge.outbox_status import outbox_health
+from flowforge.db.engine import DB
+from flowforge.outbox.status import outbox_health
 
 access_log = get_logger("flowforge.access")
-logger = get_logger("flowforge.metrics")
+logger = get_logger("flowforge.core.metrics")
 
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")

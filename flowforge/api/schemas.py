@@ -27,8 +27,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from flowforge.jsonutil import dumps
-from flowforge.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
+from flowforge.core.json import dumps
+from flowforge.domain.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 
 MAX_JSON_BYTES = 65_536
 MAX_JSON_DEPTH = 32
@@ -158,7 +158,7 @@ NUMERIC_MAX_SCALE = 16_383
 
 
 def _exact_number_length(value: Decimal) -> int:
-    """The length of a number the decoder kept exact (flowforge.jsonutil), written out in full."""
+    """The length of a number the decoder kept exact (flowforge.core.json), written out in full."""
     if not value.is_finite():
         raise ValueError("must not contain NaN or Infinity")
     sign, digits, exponent = value.as_tuple()

@@ -13,7 +13,7 @@ arguments, runs domain functions in a transaction, and prints the outcome.
 * :mod:`flowforge.commands.serve`: ``python -m flowforge.commands.serve`` (``make
   serve``), uvicorn's command line exiting 0 after a graceful stop.
 
-``flowforge.db.piccolo_app`` registers them. Importing this package must stay
+``flowforge.piccolo_app`` registers them. Importing this package must stay
 cheap: the API process imports it (through the app registry it reads for
 readiness), so the relay and the Redis client are imported only when the
 ``relay`` command runs (tests/test_layers.py).

@@ -24,13 +24,13 @@ from piccolo.apps.user.tables import BaseUser
 from piccolo.query.functions.string import Lower
 from piccolo.querystring import QueryString
 
-from flowforge import api_keys, users
 from flowforge.commands.cliargs import program
+from flowforge.core.errors import AppError, translated_db_errors
+from flowforge.core.settings import get_settings
 from flowforge.db.engine import DB
 from flowforge.db.tables import ApiKey, Role, Scope, User
-from flowforge.errors import AppError, translated_db_errors
-from flowforge.principal import SCOPES_BY_ROLE
-from flowforge.settings import get_settings
+from flowforge.domain import api_keys, users
+from flowforge.domain.principal import SCOPES_BY_ROLE
 
 BOOTSTRAP_EMAIL = "admin@flowforge.local"
 BOOTSTRAP_KEY_NAME = "bootstrap"

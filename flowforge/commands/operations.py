@@ -23,15 +23,15 @@ from typing import Any
 
 import prometheus_client
 
-from flowforge import metrics
+from flowforge.core import metrics
+from flowforge.core.logs import configure_logging, get_logger
+from flowforge.core.settings import Environment, PublisherKind, get_settings
 from flowforge.db.engine import DB
-from flowforge.logs import configure_logging, get_logger
-from flowforge.outbox_status import outbox_status as read_outbox_status
-from flowforge.outbox_status import requeue_dead_letters
-from flowforge.partitions import maintain as maintain_partitions
-from flowforge.reaper import reap_stuck_runs
-from flowforge.retention import prune as prune_history
-from flowforge.settings import Environment, PublisherKind, get_settings
+from flowforge.jobs.partitions import maintain as maintain_partitions
+from flowforge.jobs.reaper import reap_stuck_runs
+from flowforge.jobs.retention import prune as prune_history
+from flowforge.outbox.status import outbox_status as read_outbox_status
+from flowforge.outbox.status import requeue_dead_letters
 
 logger = get_logger("flowforge.relay")
 

@@ -30,10 +30,10 @@ from uuid import UUID
 from piccolo.query.functions.string import Lower
 from piccolo.querystring import QueryString
 
-from flowforge import runs, users, workflows
+from flowforge.core.errors import WorkflowInactiveError
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, RunStatus, TriggerType, User, Workflow
-from flowforge.errors import WorkflowInactiveError
+from flowforge.domain import runs, users, workflows
 
 USERS = [
     ("admin@flowforge.local", "Ada Admin", Role.ADMIN),

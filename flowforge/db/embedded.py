@@ -204,7 +204,7 @@ def status(data_dir: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from flowforge.settings import get_settings
+    from flowforge.core.settings import get_settings
 
     data_dir = get_settings().data_dir
     command = argv[0] if argv else "status"

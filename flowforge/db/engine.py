@@ -4,7 +4,7 @@
 Piccolo's ``PostgresEngine`` in four deliberate ways:
 
 * Construction touches nothing. The connection target is resolved from
-  :func:`flowforge.settings.get_settings` on first use (``DATABASE_URL``, or the
+  :func:`flowforge.core.settings.get_settings` on first use (``DATABASE_URL``, or the
   embedded server), so importing ``piccolo_conf`` never blocks on the network.
 * Every pool acquire has a timeout (``DB_POOL_ACQUIRE_TIMEOUT``); Piccolo's waits
   forever on a full pool. A timeout is a :class:`PoolTimeoutError` (HTTP 503).
@@ -12,14 +12,14 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   current-transaction context, even when BEGIN, COMMIT or ROLLBACK fails.
   Piccolo's ``PostgresTransaction.__aexit__`` has no ``finally``: a failed COMMIT
   leaks the pooled connection, and a failed ROLLBACK leaves the task's later
-  queries pointed at a dead connection (see ../shared/PICCOLO_NOTES.md).
+  queries pointed at a dead connection (docs/decisions/13-piccolo-internals.md).
 * Pool start never fails for a reason that can heal (server down, database
   not created yet, credentials not set yet): the app stays up, ``/readyz``
   reports 503 with the reason (:attr:`FlowForgeEngine.start_problem`), every
   query fails fast with :class:`DatabaseUnavailableError`, and the pool starts
   as soon as the database is usable.
 
-Reaching the connection (docs/decisions.md, decision 1): every data function
+Reaching the connection (docs/decisions/01-orm-approach.md): every data function
 runs in its caller's transaction. Builder queries find it through
 ``current_transaction``; compiled queries and raw statements use
 ``DB.require_transaction().connection``. Whoever calls opens it with
@@ -40,9 +40,9 @@ from typing import Any, LiteralString, cast
 import asyncpg
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logs import describe_error, get_logger
-from flowforge.settings import PoolerMode, Settings, get_settings
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.core.logs import describe_error, get_logger
+from flowforge.core.settings import PoolerMode, Settings, get_settings
 
 logger = get_logger(__name__)
 
@@ -507,7 +507,7 @@ class FlowForgeEngine(PostgresEngine):
         """Run raw SQL on the current transaction's connection, or a pooled one.
 
         For tests, benchmarks and ad-hoc scripts: FlowForge's own code reaches
-        the connection through ``require_transaction()`` only (decision 1).
+        the connection through ``require_transaction()`` only (docs/decisions/01-orm-approach.md).
         """
         current = self.current_transaction.get()
         if current is not None:

@@ -10,10 +10,10 @@ from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.columns import Varchar
 from piccolo.table import Table
 
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.db.builder import compiled
 from flowforge.db.engine import DB
-from flowforge.db.queries import compiled
-from flowforge.db.registry import APP_REGISTRY
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.db.migrations import migration_folders
 
 
 class NotReadyError(Exception):
@@ -25,9 +25,9 @@ def expected_migrations() -> frozenset[tuple[str, str]]:
     """(app, migration id) for every migration file of every registered app."""
     manager = BaseMigrationManager()
     expected: set[tuple[str, str]] = set()
-    for app_config in APP_REGISTRY.app_configs.values():
-        modules = manager.get_migration_modules(app_config.resolved_migrations_folder_path)
-        expected.update((app_config.app_name, migration_id) for migration_id in modules)
+    for app_name, folder in migration_folders().items():
+        modules = manager.get_migration_modules(str(folder))
+        expected.update((app_name, migration_id) for migration_id in modules)
     return frozenset(expected)
 
 

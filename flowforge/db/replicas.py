@@ -14,7 +14,7 @@ primary. Never stale for that client.
 
 Poolers: ``DATABASE_REPLICA_POOLER`` (unset: ``DATABASE_POOLER``) says whether
 the replica URLs go through a transaction-mode pooler; their engines then run
-like the primary's behind one (decision 8).
+like the primary's behind one (docs/decisions/08-transaction-poolers.md).
 
 Health: a monitor checks each replica every ``REPLICA_CHECK_INTERVAL``
 seconds (reachable, in recovery, replayed position, lag). A replica that is
@@ -29,13 +29,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, LiteralString
+from typing import Any, Final, Generic, LiteralString, TypeVar
 
-from flowforge.db.engine import DB, FlowForgeEngine
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logs import get_logger
-from flowforge.settings import Settings
+import asyncpg
+
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError, translated_db_errors
+from flowforge.core.logs import get_logger
+from flowforge.core.settings import Settings
+from flowforge.db.engine import DB, FlowForgeEngine, SafeTransaction
 
 logger = get_logger(__name__)
 
@@ -85,6 +88,14 @@ UNREACHABLE: tuple[type[Exception], ...] = (
 )
 
 
+# A replica's connection failing, or a query cancelled by a conflict with
+# recovery (40001 on a standby): the read is retried on the primary.
+REPLICA_FAILURES: tuple[type[Exception], ...] = (
+    *CONNECTION_ERRORS,
+    asyncpg.exceptions.SerializationError,
+)
+
+
 class ReplicaLostError(Exception):
     """A replica's connection failed during a read: retry the request on the primary.
 
@@ -125,6 +136,12 @@ class Replica:
             logger.warning("replica.down", replica=self.name, problem=problem)
         self.healthy = False
         self.problem = problem
+
+    def lost(self, error: BaseException, how: str = "connection lost") -> ReplicaLostError:
+        """A read on this replica failed: mark it down, count it, and say so."""
+        self.mark_down(f"{how} ({type(error).__name__})")
+        self.failures += 1
+        return ReplicaLostError(self.name)
 
 
 class ReplicaSet:
@@ -256,6 +273,106 @@ async def commit_position() -> str | None:
         logger.warning("replica.token_failed", error=type(error).__name__)
         return None
     return str(rows[0]["lsn"])
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Read(Generic[T]):
+    """What :func:`read_transaction` yields: the result of the work that had to
+    run on the primary first, and where the read itself is served ("primary" or
+    a replica's name; None when no replica is configured)."""
+
+    first: T
+    served_by: str | None
+
+
+async def _begin_on_replica(replica: Replica, token: int | None) -> SafeTransaction | None:
+    """The read's transaction on `replica`, or None when its server has not
+    replayed past `token` yet (the read then goes to the primary).
+
+    Starting is bounded by ``DB_CONNECT_TIMEOUT``: behind PgBouncer a replica
+    that just died makes a BEGIN wait in the pooler's queue (for its
+    ``query_wait_timeout``) instead of failing, and that read belongs on the
+    primary. A failure raises ReplicaLostError: the GET is replayed on the primary.
+    """
+    transaction = DB.transaction(source=replica.engine)
+    try:
+        async with asyncio.timeout(replica.engine.settings.connect_timeout):
+            await transaction.__aenter__()
+    except UNREACHABLE as error:
+        # Down since its last check: this read goes to the primary instead.
+        raise replica.lost(error, "unreachable") from error
+    if token is None:
+        return transaction
+    try:
+        caught_up = await replayed_past(token)
+    except BaseException as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        if isinstance(error, REPLICA_FAILURES):
+            raise replica.lost(error) from error
+        raise
+    if caught_up:
+        return transaction
+    replica.behind_token += 1
+    # Ended once, outside the try above: a failed end has already given the
+    # connection back, and this read goes to the primary either way.
+    try:
+        await transaction.__aexit__(None, None, None)
+    except REPLICA_FAILURES as error:
+        replica.lost(error)
+    return None
+
+
+@contextlib.asynccontextmanager
+async def read_transaction(
+    token: int | None,
+    primary_first: Callable[[], Awaitable[T]],
+    *,
+    primary_only: bool = False,
+) -> AsyncIterator[Read[T]]:
+    """One read-only transaction: on a usable replica that has replayed past
+    `token` (checked in the read's own transaction), else on the primary.
+
+    `primary_first` runs on the primary before the read (key authentication: it
+    writes ``last_used_at``, and a revoked key must stop working at once, not
+    after a replica's lag). When the read is served by the primary it shares
+    that transaction: one connection, one BEGIN/COMMIT. Driver errors leave as
+    domain errors; a replica that fails mid-read raises ReplicaLostError
+    (:class:`ReplicaRouting` replays the GET on the primary).
+    """
+    replica = None if primary_only else REPLICAS.choose()
+    async with translated_db_errors():
+        if replica is None:
+            async with DB.transaction():
+                first = await primary_first()
+                if REPLICAS:
+                    REPLICAS.primary_reads += 1
+                yield Read(first, "primary" if REPLICAS else None)
+            return
+        async with DB.transaction():
+            first = await primary_first()
+        transaction = await _begin_on_replica(replica, token)
+    if transaction is None:
+        async with translated_db_errors(), DB.transaction():
+            REPLICAS.primary_reads += 1
+            yield Read(first, "primary")
+        return
+    try:
+        async with translated_db_errors(REPLICA_FAILURES):
+            yield Read(first, replica.name)
+    except REPLICA_FAILURES as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        raise replica.lost(error) from error
+    except BaseException as error:
+        await transaction.__aexit__(type(error), error, error.__traceback__)
+        raise
+    try:
+        await transaction.__aexit__(None, None, None)  # COMMIT of a read-only transaction
+    except REPLICA_FAILURES as error:
+        raise replica.lost(error) from error
+    replica.reads += 1
 
 
 class ReplicaRouting:

@@ -3,8 +3,7 @@
 ``UUID7()`` as a column default is ``DEFAULT uuidv7()``: built in on
 PostgreSQL 18, and on older servers the SQL function migration
 ``flowforge_2026_11_30t00_34_00_000000`` installs. Measured against random
-UUIDv4 keys at 5M rows (benchmarks/uuid_keys.py, docs/decisions.md decision
-10): faster inserts, half the WAL, a smaller primary-key index.
+UUIDv4 keys at 5M rows (benchmarks/uuid_keys.py, docs/decisions/10-uuidv7-keys.md): faster inserts, half the WAL, a smaller primary-key index.
 
 Piccolo's own ``UUID7`` default generates in Python with ``uuid.uuid7``
 (Python >= 3.14); this one keeps the database expression and generates the

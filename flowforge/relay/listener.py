@@ -22,9 +22,9 @@ from typing import Any
 
 import asyncpg
 
+from flowforge.core.logs import describe_error, get_logger
+from flowforge.core.settings import PoolerMode, Settings
 from flowforge.db.engine import asyncpg_config, database_url
-from flowforge.logs import describe_error, get_logger
-from flowforge.settings import PoolerMode, Settings
 
 logger = get_logger("flowforge.relay")
 

@@ -28,9 +28,9 @@ from typing import Any, Protocol, TextIO
 import redis.asyncio
 import redis.exceptions
 
-from flowforge.jsonutil import dumps, loads
+from flowforge.core.json import dumps, loads
+from flowforge.core.settings import PublisherKind, Settings
 from flowforge.relay.event import OutboxEvent
-from flowforge.settings import PublisherKind, Settings
 
 
 @dataclass(frozen=True, slots=True)

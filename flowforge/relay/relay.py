@@ -25,7 +25,7 @@ Failures:
   the relay backs off and carries on with a fresh connection. Each batch runs
   in its own task, with no transaction inherited, so a connection that died
   inside a transaction cannot stay current for later batches (the Piccolo
-  bug in ../shared/PICCOLO_NOTES.md).
+  bug in docs/decisions/13-piccolo-internals.md).
 
 Waking: a LISTEN connection (:mod:`flowforge.relay.listener`) wakes an idle
 relay as soon as an insert commits; without it (``RELAY_LISTEN=false``, or
@@ -50,19 +50,19 @@ from uuid import UUID
 
 import asyncpg
 
-from flowforge import metrics
+from flowforge.core import metrics
+from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
+from flowforge.core.logs import describe_error, get_logger
+from flowforge.core.settings import Settings
 from flowforge.db.engine import DB
-from flowforge.errors import CONNECTION_ERRORS, DatabaseUnavailableError
-from flowforge.logs import describe_error, get_logger
-from flowforge.outbox_status import outbox_health
-from flowforge.partitions import MaintenanceReport
-from flowforge.partitions import ensure as ensure_partitions
-from flowforge.reaper import reap_stuck_runs
+from flowforge.jobs.partitions import MaintenanceReport
+from flowforge.jobs.partitions import ensure as ensure_partitions
+from flowforge.jobs.reaper import reap_stuck_runs
+from flowforge.jobs.retention import prune
+from flowforge.outbox.status import outbox_health
 from flowforge.relay import store
 from flowforge.relay.listener import OutboxListener, listen_database_url
 from flowforge.relay.publishers import BrokerUnavailableError, Publisher
-from flowforge.retention import prune
-from flowforge.settings import Settings
 
 logger = get_logger("flowforge.relay")
 

@@ -15,7 +15,7 @@ There is no high-water mark: every query looks at all unpublished rows through
 partial indexes, so an event whose transaction commits late (with a lower seq
 than events already published) is simply claimed on the next pass.
 
-Each function runs in the caller's transaction (decision 1): the relay opens
+Each function runs in the caller's transaction (docs/decisions/01-orm-approach.md): the relay opens
 one per batch, so claim, publish and mark commit together or not at all.
 """
 
@@ -27,8 +27,8 @@ from uuid import UUID
 
 from piccolo.query.methods.exists import Exists
 
+from flowforge.db.builder import NOW, compiled
 from flowforge.db.engine import DB
-from flowforge.db.queries import NOW, compiled
 from flowforge.db.tables import Outbox
 from flowforge.relay.event import OutboxEvent
 

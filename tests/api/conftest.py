@@ -11,10 +11,10 @@ import httpx
 import pytest
 from piccolo.apps.user.tables import BaseUser
 
-from flowforge import api_keys, users
 from flowforge.api.app import create_app
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
+from flowforge.domain import api_keys, users
 
 
 @dataclass
@@ -46,7 +46,7 @@ async def make_caller(
 
 
 def _all_scopes(role: Role) -> set[Scope]:
-    from flowforge.principal import SCOPES_BY_ROLE
+    from flowforge.domain.principal import SCOPES_BY_ROLE
 
     return set(SCOPES_BY_ROLE[role])
 

@@ -7,9 +7,9 @@ import datetime
 import httpx
 import pytest
 
-from flowforge.api_keys import hash_key
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
+from flowforge.domain.api_keys import hash_key
 from tests.api.conftest import Caller, create_workflow, make_caller, trigger
 
 

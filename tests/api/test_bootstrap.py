@@ -266,7 +266,7 @@ COMMANDS = [
 
 
 def test_every_command_has_a_help_that_says_what_it_does(database_url: str) -> None:
-    from flowforge.db.piccolo_app import APP_CONFIG
+    from flowforge.piccolo_app import APP_CONFIG
 
     registered = sorted(command.callable.__name__ for command in APP_CONFIG.commands)
     assert registered == sorted(COMMANDS)

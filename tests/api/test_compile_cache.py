@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from flowforge import runs
-from flowforge.db import queries
+from flowforge.db import builder as queries
 from flowforge.db.engine import DB
-from flowforge.pagination import encode_cursor
+from flowforge.domain import runs
+from flowforge.domain.pagination import encode_cursor
 from tests.api.conftest import Caller, create_workflow, trigger
 
 

@@ -58,7 +58,7 @@ MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGAT
 @pytest.fixture
 async def world(db: None) -> dict[str, Any]:
     """Existing objects for generated requests to hit: users, keys, a workflow, runs, attempts."""
-    from flowforge import api_keys, runs, workflows
+    from flowforge.domain import api_keys, runs, workflows
 
     admin = await make_caller("fuzz-admin@example.com", Role.ADMIN)
     developer = await make_caller("fuzz-dev@example.com", Role.DEVELOPER)

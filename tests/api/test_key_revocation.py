@@ -14,10 +14,10 @@ from uuid import UUID
 
 import httpx
 
-from flowforge import api_keys
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
-from flowforge.principal import Principal
+from flowforge.domain import api_keys
+from flowforge.domain.principal import Principal
 from tests.api.conftest import Caller, events, make_caller
 
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from flowforge.api.app import create_app
+from flowforge.core.logs import formatter, get_logger
 from flowforge.db.engine import DB
-from flowforge.logs import formatter, get_logger
 from tests.api.conftest import Caller, create_workflow
 from tests.live import live_server
 from tests.metrics_support import parse

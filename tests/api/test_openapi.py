@@ -16,7 +16,7 @@ from flowforge.api.examples import SCHEMA_EXAMPLES
 from flowforge.api.routes import api_keys, runs, users, workflows
 from flowforge.api.schemas import ErrorDetail, ErrorResponse, JsonObject, Page
 from flowforge.db.tables import Role, RunStatus, Scope, TriggerType
-from flowforge.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
+from flowforge.domain.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from tests.api.conftest import Caller, create_workflow
 
 MODELS: dict[str, Any] = {

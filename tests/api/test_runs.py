@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
-from flowforge import events as contract
 from flowforge.db.engine import DB
+from flowforge.outbox import events as contract
 from tests import support
 from tests.api.conftest import Caller, count, create_workflow, events, trigger
 
@@ -279,8 +279,8 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
     client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], database_url: str
 ) -> None:
     """The domain function itself: two open transactions race; the loser waits, then loses."""
-    from flowforge import runs
-    from flowforge.errors import InvalidTransitionError
+    from flowforge.core.errors import InvalidTransitionError
+    from flowforge.domain import runs
 
     run = await trigger(client, developer, workflow["id"])
     run_id = run["id"]
@@ -631,7 +631,7 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
     attempt that append commits must be closed too, not left running forever."""
     from uuid import UUID
 
-    from flowforge import runs
+    from flowforge.domain import runs
 
     run_id = UUID((await running_run(client, developer, workflow))["id"])
     appended, release = asyncio.Event(), asyncio.Event()
@@ -693,7 +693,7 @@ async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
     holds the lock it must succeed and close that attempt (it answered 409
     run_step_logs_timestamps_match_status: the attempt was closed at the end's
     transaction start, before the attempt had started)."""
-    from flowforge import runs
+    from flowforge.domain import runs
 
     body, status = ENDINGS[action]
     run_id = (await running_run(client, developer, workflow))["id"]
@@ -738,7 +738,7 @@ async def test_a_run_ends_after_a_start_that_began_later(
     """The same race on the run itself: a cancel's transaction begins, a start
     that began later commits first, then the cancel ends the now running run (it
     answered 409 workflow_runs_timestamps_match_status: finished before it started)."""
-    from flowforge import api_keys, runs
+    from flowforge.domain import api_keys, runs
 
     run_id = (await trigger(client, developer, workflow["id"]))["id"]
     holder = await asyncpg.connect(database_url, statement_cache_size=0)
@@ -778,7 +778,7 @@ async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
 ) -> None:
     """The opposite race: an append (or finish, heartbeat) that waits for the lock
     of a run being completed is refused with a 409 naming the new state, not a 500."""
-    from flowforge import runs
+    from flowforge.domain import runs
 
     run_id = (await running_run(client, developer, workflow))["id"]
     attempt = (
@@ -823,7 +823,8 @@ async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
     """The reaper path does not share the race: it claims with SKIP LOCKED, so it
     never waits for an append (nor closes an attempt that began after it), and an
     append queued behind a reaped run is a clean 409."""
-    from flowforge import reaper, runs
+    from flowforge.domain import runs
+    from flowforge.jobs import reaper
 
     run_id = (await running_run(client, developer, workflow))["id"]
     holder = await asyncpg.connect(database_url, statement_cache_size=0)

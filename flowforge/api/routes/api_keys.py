@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
-from flowforge import api_keys
 from flowforge.api.deps import CurrentPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
@@ -22,9 +21,10 @@ from flowforge.api.schemas import (
     Timestamp,
     error_responses,
 )
+from flowforge.core.errors import ConflictError
 from flowforge.db.tables import Scope
-from flowforge.errors import ConflictError
-from flowforge.principal import Principal
+from flowforge.domain import api_keys
+from flowforge.domain.principal import Principal
 
 router = APIRouter(
     tags=["api keys"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Header, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flowforge import runs
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
@@ -25,7 +24,8 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
-from flowforge.principal import Principal
+from flowforge.domain import runs
+from flowforge.domain.principal import Principal
 
 router = APIRouter(
     tags=["runs"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from flowforge import users
 from flowforge.api.deps import CurrentPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
@@ -23,7 +22,8 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import Role, Scope
-from flowforge.principal import Principal
+from flowforge.domain import users
+from flowforge.domain.principal import Principal
 
 router = APIRouter(
     tags=["users"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from flowforge import workflows
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
@@ -26,9 +25,10 @@ from flowforge.api.schemas import (
     WorkflowName,
     error_responses,
 )
+from flowforge.core.errors import ForbiddenError
 from flowforge.db.tables import Scope, TriggerType
-from flowforge.errors import ForbiddenError
-from flowforge.principal import Principal
+from flowforge.domain import workflows
+from flowforge.domain.principal import Principal
 
 router = APIRouter(
     tags=["workflows"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute

@@ -1,0 +1,1 @@
+"""Foundation: settings, errors, logs, metrics, JSON. Imports nothing else of FlowForge."""

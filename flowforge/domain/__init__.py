@@ -1,0 +1,1 @@
+"""Domain operations, one module per aggregate: typed records in, typed records out, never commit."""

@@ -1,0 +1,265 @@
+"""Retention: history that does not grow forever (`piccolo flowforge prune`).
+
+Deletes, oldest first and in batches:
+
+* published outbox events older than ``OUTBOX_RETENTION_DAYS`` (by
+  ``published_at``; unpublished and dead-lettered events are never pruned),
+  using ``outbox_published_at_idx``;
+* finished runs (completed, failed, cancelled) older than
+  ``RUN_RETENTION_DAYS`` (by ``finished_at``), with their step logs (ON DELETE
+  CASCADE, found through the ``run_step_logs`` (run_id, ...) unique index),
+  using ``workflow_runs_terminal_finished_at_idx``.
+
+Whole time partitions go first (``flowforge.jobs.partitions.drop_expired``): a
+partition of ``outbox`` or ``run_step_logs`` whose every row has expired is
+dropped - no row-by-row DELETE, no WAL per row, no bloat left for vacuum.
+Their rows are counted exactly under the drop's lock (``flowforge_pruned_rows_total`` and
+the report include them). The batched DELETE below handles the rest (partitions
+that also hold rows still kept, the default partitions, the ``<table>_legacy``
+partition a database converted with rows keeps until all of it has expired, and
+``workflow_runs``, which is not partitioned: docs/decisions/12-time-partitions.md).
+
+Each batch is one short statement (``PRUNE_BATCH_SIZE`` rows) in its own
+transaction (:func:`prune` opens one per batch; :func:`prune_outbox_batch`
+and :func:`prune_runs_batch` run in the caller's); rows another session has
+locked are skipped (SKIP LOCKED) and left for the next run, so pruning never waits on the API or the relay and
+never holds locks for long. A retention of 0 keeps that history forever.
+Pruning is not a domain change: it emits no events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final, LiteralString
+
+from piccolo.columns.combination import WhereRaw
+from piccolo.query.methods.count import Count
+
+from flowforge.core import metrics
+from flowforge.core.logs import get_logger
+from flowforge.core.settings import Settings
+from flowforge.db.builder import ago
+from flowforge.db.engine import DB
+from flowforge.db.tables import Outbox
+from flowforge.jobs import partitions
+
+logger = get_logger("flowforge.jobs.retention")
+
+DAY_SECONDS = 86400.0
+
+OLD_PUBLISHED_EVENTS: Final[LiteralString] = """
+SELECT id FROM outbox
+WHERE published_at < now() - make_interval(secs => $1::float8)
+ORDER BY published_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# "id = ANY(ARRAY(...))" rather than a join: the planner cannot know the CTE's
+# size and may hash-join it against a sequential scan of the whole table.
+PRUNE_OUTBOX: Final[LiteralString] = f"""
+WITH doomed AS ({OLD_PUBLISHED_EVENTS}),
+deleted AS (
+    DELETE FROM outbox WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""  # noqa: S608 - composed from constants; values are bind parameters
+
+OLD_FINISHED_RUNS: Final[LiteralString] = """
+SELECT id, created_at FROM workflow_runs
+WHERE status IN ('completed', 'failed', 'cancelled')
+    AND finished_at < now() - make_interval(secs => $1::float8)
+ORDER BY finished_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+# The step logs go by ON DELETE CASCADE. They are counted with the batch's
+# run_created_at range too: run_step_logs is partitioned by it, and without it
+# the count probes every partition's index (with it, only the batch's months).
+PRUNE_RUNS: Final[LiteralString] = f"""
+WITH doomed AS ({OLD_FINISHED_RUNS}),
+logs AS (
+    SELECT count(*) AS n FROM run_step_logs
+    WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
+        AND run_created_at >= (SELECT min(created_at) FROM doomed)
+        AND run_created_at <= (SELECT max(created_at) FROM doomed)
+),
+deleted AS (
+    DELETE FROM workflow_runs WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted) AS runs, (SELECT n FROM logs) AS step_logs
+"""  # noqa: S608 - composed from constants; values are bind parameters
+
+# For the run batches' transaction. The cascade runs one statement per deleted
+# run, "DELETE FROM run_step_logs WHERE $1 = run_id AND $2 = run_created_at",
+# through a cached plan. On a partitioned table the plan cache finds a custom
+# plan cheaper than the generic one and re-plans that statement for every run
+# (measured with auto_explain: 0.01 ms to run, the rest planning; 60-150 ms of
+# trigger time per 1,000 runs against 7-15 ms before partitioning). A generic
+# plan prunes the partitions at execution time instead.
+# Set for the batch's statement only (its cascade fires before it returns), then
+# the caller's value is restored: local to the transaction either way, so
+# nothing outlives it (safe behind a transaction pooler).
+GENERIC_PLANS: Final[LiteralString] = (
+    "SELECT current_setting('plan_cache_mode') AS previous, "
+    "set_config('plan_cache_mode', 'force_generic_plan', true)"
+)
+RESTORE_PLAN_CACHE_MODE: Final[LiteralString] = "SELECT set_config('plan_cache_mode', $1, true)"
+
+# The dry run's count of expired runs and their step logs stays raw SQL: on the
+# builder (two counts, the step logs through an IN subquery) the planner
+# hash-joins a scan of the step logs, 2.3x (alone) to 5.7x (32 concurrent) the
+# cost of this statement, whose CTE it sizes low and probes per run (measured
+# for issue 10 on the 1M-run benchmark data set, a day past retention, as a
+# benchmarks/cold.py case; the target is 1.5x).
+# $2: the partitions the dry run would drop first, whose rows it reports apart
+# (the real prune drops them before deleting row by row: counted here too, they
+# were counted twice).
+COUNT_RUNS: Final[LiteralString] = """
+WITH doomed AS (
+    SELECT id FROM workflow_runs
+    WHERE status IN ('completed', 'failed', 'cancelled')
+        AND finished_at < now() - make_interval(secs => $1::float8)
+)
+SELECT (SELECT count(*) FROM doomed) AS runs,
+    (SELECT count(*) FROM run_step_logs WHERE run_id IN (SELECT id FROM doomed)
+        AND tableoid <> ALL($2::text[]::regclass[])) AS step_logs
+"""
+
+
+KIND = {"outbox": "outbox_events", "run_step_logs": "step_logs"}
+
+
+def expired_events_count(keep_seconds: float, dropped: Sequence[str] = ()) -> Count:
+    """Counting the published events past retention (``outbox_published_at_idx``),
+    outside the partitions in `dropped` (see COUNT_RUNS)."""
+    query = Outbox.count().where(Outbox.published_at < ago(keep_seconds))
+    if dropped:
+        query = query.where(WhereRaw("tableoid <> ALL({}::text[]::regclass[])", list(dropped)))
+    return query
+
+
+async def count_expired_events(keep_seconds: float, dropped: Sequence[str] = ()) -> int:
+    """What a dry run would prune from the outbox row by row, once the partitions
+    in `dropped` are gone; in the caller's transaction."""
+    DB.require_transaction()
+    return int(await expired_events_count(keep_seconds, dropped))
+
+
+async def count_expired_runs(keep_seconds: float, dropped: Sequence[str] = ()) -> tuple[int, int]:
+    """``(runs, their step logs)`` a dry run would prune row by row, once the
+    partitions in `dropped` are gone; in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(COUNT_RUNS, keep_seconds, list(dropped))
+    return int(row["runs"]), int(row["step_logs"])
+
+
+async def prune_outbox_batch(keep_seconds: float, batch_size: int) -> int:
+    """Delete up to `batch_size` expired published events; in the caller's transaction."""
+    connection = DB.require_transaction().connection
+    return int(await connection.fetchval(PRUNE_OUTBOX, keep_seconds, batch_size))
+
+
+async def prune_runs_batch(keep_seconds: float, batch_size: int) -> tuple[int, int]:
+    """Delete up to `batch_size` expired finished runs (their step logs cascade);
+    ``(runs, step logs)``. In the caller's transaction."""
+    connection = DB.require_transaction().connection
+    previous = await connection.fetchval(GENERIC_PLANS)  # see GENERIC_PLANS
+    row = await connection.fetchrow(PRUNE_RUNS, keep_seconds, batch_size)
+    await connection.execute(RESTORE_PLAN_CACHE_MODE, previous)
+    return int(row["runs"]), int(row["step_logs"])
+
+
+@dataclass
+class PruneReport:
+    outbox_events: int = 0
+    runs: int = 0
+    step_logs: int = 0
+    dry_run: bool = False
+    # Whole partitions dropped first (their rows are not in the counts above,
+    # in a dry run either: it reports what the real prune would).
+    partition_report: partitions.MaintenanceReport | None = None
+    # Exact rows of the dropped partitions, by table (counted under the drop's lock).
+    partition_rows: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        verb = "would prune" if self.dry_run else "pruned"
+        text = (
+            f"{verb}: {self.outbox_events} published outbox events, "
+            f"{self.runs} finished runs with {self.step_logs} step logs"
+        )
+        dropped = self.partition_report.dropped if self.partition_report else []
+        if dropped:
+            rows = self.partition_rows
+            text += (
+                f"; {'would drop' if self.dry_run else 'dropped'} {len(dropped)} expired "
+                f"partitions ({rows.get('outbox', 0)} events, "
+                f"{rows.get('run_step_logs', 0)} step logs): {', '.join(dropped)}"
+            )
+        if self.partition_report and self.partition_report.skipped:
+            text += f"; busy, left for next time: {', '.join(self.partition_report.skipped)}"
+        return text
+
+
+async def prune(settings: Settings, *, dry_run: bool = False) -> PruneReport:
+    """Delete expired history per the retention settings; idempotent.
+
+    A job of several units of work: call it outside a transaction (each batch
+    commits before the next).
+    """
+    DB.require_no_transaction("prune")
+    report = PruneReport(dry_run=dry_run)
+    batch = settings.prune_batch_size
+    report.partition_report = await partitions.drop_expired(
+        partitions.MaintenanceReport(dry_run=dry_run),
+        outbox_retention_days=settings.outbox_retention_days,
+        run_retention_days=settings.run_retention_days,
+    )
+    # Counted exactly by the drop itself, under its lock (flowforge.jobs.partitions._retire).
+    report.partition_rows = dict(report.partition_report.retired_rows)
+    # What a dry run leaves out of its row-by-row counts (a real run dropped them).
+    dropped = report.partition_report.dropped if dry_run else []
+    if not dry_run:
+        for table, rows in report.partition_rows.items():
+            metrics.PRUNED_ROWS.labels(kind=KIND[table]).inc(rows)
+    if settings.outbox_retention_days > 0:
+        keep = settings.outbox_retention_days * DAY_SECONDS
+        if dry_run:
+            async with DB.transaction():
+                report.outbox_events = await count_expired_events(keep, dropped)
+        else:
+            while True:
+                async with DB.transaction():
+                    deleted = await prune_outbox_batch(keep, batch)
+                report.outbox_events += deleted
+                metrics.PRUNED_ROWS.labels(kind="outbox_events").inc(deleted)
+                if deleted < batch:
+                    break
+    if settings.run_retention_days > 0:
+        keep = settings.run_retention_days * DAY_SECONDS
+        if dry_run:
+            async with DB.transaction():
+                report.runs, report.step_logs = await count_expired_runs(keep, dropped)
+        else:
+            while True:
+                async with DB.transaction():
+                    runs, step_logs = await prune_runs_batch(keep, batch)
+                report.runs += runs
+                report.step_logs += step_logs
+                metrics.PRUNED_ROWS.labels(kind="runs").inc(runs)
+                metrics.PRUNED_ROWS.labels(kind="step_logs").inc(step_logs)
+                if runs < batch:
+                    break
+    logger.info(
+        "retention.pruned",
+        dry_run=dry_run,
+        outbox_events=report.outbox_events,
+        runs=report.runs,
+        step_logs=report.step_logs,
+        partitions_dropped=len(report.partition_report.dropped),
+        partition_events=report.partition_rows.get("outbox", 0),
+        partition_step_logs=report.partition_rows.get("run_step_logs", 0),
+    )
+    return report

@@ -1,0 +1,1 @@
+"""The transactional outbox: its one writer, the event contract, its status."""
