@@ -88,6 +88,13 @@ def piccolo(*args: str, database_url: str, check: bool = True) -> subprocess.Com
     return result
 
 
+def flowforge_migration_count() -> int:
+    """How many migrations FlowForge's app has (the files in piccolo_migrations/)."""
+    return sum(
+        1 for path in (REPO_ROOT / "piccolo_migrations").glob("*.py") if path.stem != "__init__"
+    )
+
+
 APP_TABLES = [
     "users",
     "api_keys",
