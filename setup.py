@@ -11,4 +11,6 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["flowforge", "flowforge.*"]), "flowforge.migrations"],
     package_dir={"flowforge.migrations": "piccolo_migrations"},
+    # PEP 561: code that imports FlowForge type-checks against its records.
+    package_data={"flowforge": ["py.typed"]},
 )

@@ -130,6 +130,31 @@ def test_the_app_and_cli_import_nothing_from_extras_or_dev_tools(
     assert found["data_dir"] == str(production.cwd / ".flowforge")
 
 
+def test_code_importing_flowforge_gets_its_types(
+    production: ProductionInstall, tmp_path: Path
+) -> None:
+    """The wheel is typed (PEP 561): mypy, run against the installed package,
+    sees a domain record's keys, and refuses one it does not have."""
+    code = tmp_path / "uses_flowforge.py"
+    code.write_text(
+        "from uuid import UUID\n"
+        "from flowforge.domain import runs\n"
+        "async def status(run_id: UUID) -> str:\n"
+        "    run = await runs.get_run(run_id)\n"
+        "    return run['statuss']\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+            "--python-executable", str(production.bin / "python"), str(code),
+        ],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert '"RunWithLogs" has no key "statuss"' in result.stdout, result.stdout
+    assert "missing library stubs or py.typed marker" not in result.stdout
+
+
 @pytest.mark.parametrize(
     "command",
     [

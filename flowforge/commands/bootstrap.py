@@ -18,7 +18,6 @@ import datetime
 import os
 import secrets
 import sys
-from typing import Any
 
 from piccolo.apps.user.tables import BaseUser
 from piccolo.query.functions.string import Lower
@@ -31,6 +30,7 @@ from flowforge.db.engine import DB
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.domain import api_keys, users
 from flowforge.domain.principal import SCOPES_BY_ROLE
+from flowforge.domain.records import ApiKeyRecord
 
 BOOTSTRAP_EMAIL = "admin@flowforge.local"
 BOOTSTRAP_KEY_NAME = "bootstrap"
@@ -57,7 +57,7 @@ def api_url() -> str:
     return f"http://{host}:{port}"
 
 
-def describe_key(email: str, key: dict[str, Any], full_key: str) -> str:
+def describe_key(email: str, key: ApiKeyRecord, full_key: str) -> str:
     scopes = ",".join(key["scopes"])
     return (
         f"API key for {email} (scopes {scopes}) - shown only now, store it:\n"
@@ -68,7 +68,7 @@ def describe_key(email: str, key: dict[str, Any], full_key: str) -> str:
 
 async def issue_key_for_email(
     email: str, name: str, scopes: list[Scope], expires_at: datetime.datetime | None = None
-) -> tuple[dict[str, Any], str]:
+) -> tuple[ApiKeyRecord, str]:
     """Issue a key to the user with `email` (in the current transaction)."""
     DB.require_transaction()
     user = await (

@@ -25,9 +25,9 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, cast
 from uuid import UUID
 
 from piccolo.custom_types import Combinable
@@ -45,6 +45,7 @@ from flowforge.db.engine import DB
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.principal import SCOPES_BY_ROLE, Principal
+from flowforge.domain.records import ApiKeyRecord
 from flowforge.outbox import events
 from flowforge.outbox import writer as outbox
 
@@ -145,8 +146,8 @@ async def authenticate(key: str | PresentedKey) -> Principal:
 # -- manage -------------------------------------------------------------------------------
 
 
-def _key(row: Any) -> dict[str, Any]:
-    key = dict(row)
+def _key(row: Mapping[str, Any]) -> ApiKeyRecord:
+    key = cast(ApiKeyRecord, dict(row))
     key["scopes"] = list(key["scopes"])
     return key
 
@@ -158,7 +159,7 @@ async def create_api_key(
     scopes: Iterable[Scope],
     expires_at: datetime.datetime | None = None,
     granted_by: Principal | None = None,
-) -> tuple[dict[str, Any], str]:
+) -> tuple[ApiKeyRecord, str]:
     """Issue a key for a user; returns (stored key, full key). The full key exists only here.
 
     The scopes must be within what the user's role allows and, when a key
@@ -247,7 +248,7 @@ async def _hold_granting_key(key_id: UUID) -> None:
 
 async def list_api_keys(
     *, user_id: UUID | None = None, limit: int = DEFAULT_LIMIT, cursor: str | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[ApiKeyRecord], str | None]:
     """A page of keys (one user's, or everyone's), newest first. Never the hash."""
     position = decode_cursor(cursor)
 
@@ -313,7 +314,7 @@ SELECT EXISTS (SELECT FROM tree WHERE id = $2) AS revokes_caller,
 
 async def revoke_api_key(
     key_id: UUID, *, user_id: UUID | None = None, acting_key_id: UUID | None = None
-) -> dict[str, Any]:
+) -> ApiKeyRecord:
     """Revoke a key (one of `user_id`'s, or any) and every key it granted, transitively.
 
     The keys it granted are revoked whoever they belong to: they exist only by
@@ -342,4 +343,6 @@ async def revoke_api_key(
         if not row["revoked"]:
             break
     revoked = await ApiKey.select(*KEY_COLUMNS).where(ApiKey.id == key_id).first().run()
+    if revoked is None:  # deleted with its user since it was found
+        raise NotFoundError("API key not found.", api_key_id=str(key_id))
     return _key(revoked)

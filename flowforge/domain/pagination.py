@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TypeVar, cast
 from uuid import UUID
 
 from flowforge.core.errors import InvalidCursorError
@@ -28,6 +28,8 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MICROSECOND = datetime.timedelta(microseconds=1)
 
 Position = tuple[datetime.datetime, UUID]
+# A record of a paged list: keyed by created_at and id.
+R = TypeVar("R", bound=Mapping[str, object])
 
 
 def encode_cursor(created_at: datetime.datetime, item_id: UUID) -> str:
@@ -44,10 +46,12 @@ def decode_cursor(cursor: str | None) -> Position | None:
     return _EPOCH + int(micros) * _MICROSECOND, UUID(hex=id_hex)
 
 
-def page(rows: Sequence[Mapping[str, Any]], limit: int) -> tuple[list[Any], str | None]:
+def page(rows: Sequence[R], limit: int) -> tuple[list[R], str | None]:
     """Split `limit + 1` fetched rows into the page and the next page's cursor."""
     items = list(rows[:limit])
     if len(rows) > limit:
         last = items[-1]
-        return items, encode_cursor(last["created_at"], last["id"])
+        return items, encode_cursor(
+            cast(datetime.datetime, last["created_at"]), cast(UUID, last["id"])
+        )
     return items, None

@@ -23,7 +23,7 @@ wins and the other gets :class:`InvalidTransitionError` naming the state it foun
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, LiteralString
+from typing import Any, Final, LiteralString, cast
 from uuid import UUID
 
 from piccolo.query.base import Query
@@ -40,6 +40,7 @@ from flowforge.db.builder import Param, column_list, compiled
 from flowforge.db.engine import DB
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.records import RunRecord, RunWithLogs, StepLogRecord
 from flowforge.domain.workflows import visible_workflow
 from flowforge.outbox import events
 from flowforge.outbox import writer as outbox
@@ -83,20 +84,23 @@ LOG_FIELDS: Final = tuple(column._meta.db_column_name for column in LOG_TABLE_CO
 RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 
-def _run(row: Mapping[str, Any]) -> dict[str, Any]:
+def _run(row: Mapping[str, Any], *, drop: tuple[str, ...] = ()) -> RunRecord:
+    """A run row as its record: JSONB decoded, the statement's other columns (`drop`) left out."""
     run = dict(row)
+    for key in drop:
+        del run[key]
     run["inputs"] = loads(run["inputs"])
     if run["outputs"] is not None:
         run["outputs"] = loads(run["outputs"])
-    return run
+    return cast(RunRecord, run)
 
 
-def _log(values: Mapping[str, Any]) -> dict[str, Any]:
+def _log(values: Mapping[str, Any]) -> StepLogRecord:
     log = dict(values)
     for key in ("input", "output"):
         if log[key] is not None:
             log[key] = loads(log[key])
-    return log
+    return cast(StepLogRecord, log)
 
 
 # -- trigger ----------------------------------------------------------------------------
@@ -148,7 +152,7 @@ async def trigger_run(
     triggered_by: UUID | None = None,
     idempotency_key: str | None = None,
     owner_id: UUID | None = None,
-) -> tuple[dict[str, Any], bool]:
+) -> tuple[RunRecord, bool]:
     """Create a pending run and its ``run.created`` event; returns (run, created).
 
     With an ``idempotency_key`` already used for this workflow, returns the
@@ -166,6 +170,7 @@ async def trigger_run(
         idempotency_key,
         owner_id,
     )
+    extra: tuple[str, ...]  # the statement's columns that are not the run's
     if row is None:
         state = (
             await Workflow.select(Workflow.is_active)
@@ -187,14 +192,13 @@ async def trigger_run(
                 "A request with this Idempotency-Key is in progress; retry shortly.",
                 idempotency_key=idempotency_key,
             )
-        created = False
+        created, extra = False, ("same_request",)
     else:
-        created = bool(row["created"])
-    run = _run(row)
-    run.pop("created", None)
+        created, extra = bool(row["created"]), ("created", "same_request")
     # PostgreSQL compares the inputs as the JSONB it stores: numbers it
     # normalises (1e16, -0.0, 1.0) match their stored form; true is not 1.
-    same_request = bool(run.pop("same_request"))
+    same_request = bool(row["same_request"])
+    run = _run(row, drop=extra)
     if not created and not same_request:
         raise IdempotencyConflictError(
             "This Idempotency-Key was already used for this workflow with different inputs.",
@@ -298,7 +302,7 @@ async def transition_run(
     error: str | None = None,
     outputs: Mapping[str, Any] | None = None,
     owner_id: UUID | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """Apply `action` (start, complete, fail, cancel) to a run and write its event.
 
     ``error`` is required to fail a run (it is the run's error) and optional
@@ -350,17 +354,14 @@ WHERE r.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
 """  # noqa: S608
 
 
-async def get_run(run_id: UUID, *, owner_id: UUID | None = None) -> dict[str, Any]:
+async def get_run(run_id: UUID, *, owner_id: UUID | None = None) -> RunWithLogs:
     """A run with its step attempts (by step position, then attempt)."""
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(GET_RUN, run_id, owner_id)
     if row is None:
         raise NotFoundError("Run not found.", run_id=str(run_id))
-    run = _run(row)
-    run["step_logs"] = [
-        _log(dict(zip(LOG_FIELDS, values, strict=True))) for values in row["step_logs"]
-    ]
-    return run
+    logs = [_log(dict(zip(LOG_FIELDS, values, strict=True))) for values in row["step_logs"]]
+    return {**_run(row, drop=("step_logs",)), "step_logs": logs}
 
 
 # Bind parameter placeholders as literals, so composed SQL stays a LiteralString.
@@ -414,7 +415,7 @@ async def list_runs(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
     owner_id: UUID | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[RunRecord], str | None]:
     """A page of a workflow's runs, newest first; returns (runs, next cursor or None)."""
     position = decode_cursor(cursor)
     sql = _list_runs_sql(status is not None, position is not None, owner_id is not None)
@@ -429,9 +430,7 @@ async def list_runs(
     rows = await connection.fetch(sql, *args)
     if not rows:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    runs = [_run(row) for row in rows if row["id"] is not None]
-    for run in runs:
-        del run["visible_workflow_id"]
+    runs = [_run(row, drop=("visible_workflow_id",)) for row in rows if row["id"] is not None]
     return page(runs, limit)
 
 
@@ -539,7 +538,7 @@ async def append_step_log(
     error: str | None = None,
     started_at: Any = None,
     owner_id: UUID | None = None,
-) -> dict[str, Any]:
+) -> StepLogRecord:
     """Log the next attempt of the step at `step_position` of a running run.
 
     The attempt number is the step's last attempt + 1, assigned under the
@@ -580,7 +579,7 @@ async def finish_step_log(
     output: Mapping[str, Any] | None = None,
     error: str | None = None,
     owner_id: UUID | None = None,
-) -> dict[str, Any]:
+) -> StepLogRecord:
     """Finish a running attempt as completed or failed (the run must be running)."""
     if status not in FINISHED_ATTEMPT_STATUSES:
         raise ValueError(f"an attempt cannot finish as {status}")

@@ -8,7 +8,7 @@ key of an inactive user is refused.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from piccolo.query.base import Query
@@ -19,6 +19,7 @@ from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, User
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.records import UserRecord
 from flowforge.outbox import events
 from flowforge.outbox.writer import record_event
 
@@ -33,14 +34,15 @@ USER_COLUMNS = (
 )
 
 
-async def create_user(email: str, display_name: str, role: Role) -> dict[str, Any]:
+async def create_user(email: str, display_name: str, role: Role) -> UserRecord:
     """Insert a user and its ``user.created`` event. A taken email is a ConflictError."""
     DB.require_transaction()
-    user: dict[str, Any] = (
+    rows = (
         await User.insert(new_row(User, email=email, display_name=display_name, role=role.value))
         .returning(*USER_COLUMNS)
         .run()
-    )[0]
+    )
+    user = cast(UserRecord, rows[0])
     await record_event(
         events.USER,
         user["id"],
@@ -50,7 +52,7 @@ async def create_user(email: str, display_name: str, role: Role) -> dict[str, An
     return user
 
 
-async def get_user(user_id: UUID, *, for_update: bool = False) -> dict[str, Any]:
+async def get_user(user_id: UUID, *, for_update: bool = False) -> UserRecord:
     def build() -> Query[Any, Any] | Proxy[Any, Any]:
         query = User.select(*USER_COLUMNS).where(User.id == Param("user_id")).first()
         return query.lock_rows("UPDATE") if for_update else query
@@ -58,12 +60,12 @@ async def get_user(user_id: UUID, *, for_update: bool = False) -> dict[str, Any]
     row = await compiled(("users.get_user", for_update), build).first(user_id=user_id)
     if row is None:
         raise NotFoundError("User not found.", user_id=str(user_id))
-    return row
+    return cast(UserRecord, row)
 
 
 async def list_users(
     *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[UserRecord], str | None]:
     """A page of users, newest first."""
     position = decode_cursor(cursor)
 
@@ -78,7 +80,8 @@ async def list_users(
 
     query = compiled(("users.list_users", position is not None), build)
     created_at, after_id = position if position is not None else (None, None)
-    return page(await query.fetch(limit=limit + 1, created_at=created_at, id=after_id), limit)
+    rows = await query.fetch(limit=limit + 1, created_at=created_at, id=after_id)
+    return page(cast(list[UserRecord], rows), limit)
 
 
 async def update_user(
@@ -88,7 +91,7 @@ async def update_user(
     role: Role | None = None,
     is_active: bool | None = None,
     acting_user_id: UUID | None = None,
-) -> dict[str, Any]:
+) -> UserRecord:
     """Change a user's display name, role or active flag, with its event.
 
     ``user.deactivated`` / ``user.activated`` when the active flag changes,
@@ -114,12 +117,13 @@ async def update_user(
     if not changes:
         return before
     columns = {"display_name": User.display_name, "role": User.role, "is_active": User.is_active}
-    user: dict[str, Any] = (
+    rows = (
         await User.update({columns[name]: value for name, value in changes.items()})
         .where(User.id == user_id)
         .returning(*USER_COLUMNS)
         .run()
-    )[0]
+    )
+    user = cast(UserRecord, rows[0])
     if "is_active" in changes:
         event_type = "user.activated" if changes["is_active"] else "user.deactivated"
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, LiteralString
+from typing import Any, LiteralString, cast
 from uuid import UUID
 
 from piccolo.columns import Column
@@ -27,6 +27,12 @@ from flowforge.db.builder import (
 from flowforge.db.engine import DB
 from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
+from flowforge.domain.records import (
+    StepRecord,
+    WorkflowRecord,
+    WorkflowSummary,
+    WorkflowWithSteps,
+)
 from flowforge.outbox import events
 from flowforge.outbox.writer import record_event
 
@@ -99,7 +105,7 @@ class WorkflowSpec:
 JSON_COLUMNS = ("trigger_config", "config", "retry_policy")
 
 
-def _record(row: Any) -> dict[str, Any]:
+def _record(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row as a dict, with its JSONB columns decoded (asyncpg returns them as text)."""
     record = dict(row)
     for key in JSON_COLUMNS:
@@ -108,7 +114,19 @@ def _record(row: Any) -> dict[str, Any]:
     return record
 
 
-async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
+def _workflow(row: Mapping[str, Any]) -> WorkflowRecord:
+    return cast(WorkflowRecord, _record(row))
+
+
+def _step(row: Mapping[str, Any]) -> StepRecord:
+    return cast(StepRecord, _record(row))
+
+
+def _with_steps(workflow: WorkflowRecord, steps: list[StepRecord]) -> WorkflowWithSteps:
+    return {**workflow, "steps": steps}
+
+
+async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
     """Insert a workflow with its steps and its `workflow.created` event, atomically."""
     connection = DB.require_transaction().connection
     row = new_row(
@@ -119,8 +137,8 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
         trigger_type=spec.trigger_type.value,
         trigger_config=dumps(spec.trigger_config),
     )
-    workflow = _record((await Workflow.insert(row).returning(*WORKFLOW_COLUMNS).run())[0])
-    steps: list[dict[str, Any]] = []
+    workflow = _workflow((await Workflow.insert(row).returning(*WORKFLOW_COLUMNS).run())[0])
+    steps: list[StepRecord] = []
     if spec.steps:
         rows = await connection.fetch(
             INSERT_STEPS,
@@ -131,7 +149,7 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
             [dumps(step.config) for step in spec.steps],
             [dumps(step.retry_policy) for step in spec.steps],
         )
-        steps = sorted((_record(row) for row in rows), key=lambda step: step["position"])
+        steps = sorted((_step(row) for row in rows), key=lambda step: step["position"])
     await record_event(
         events.WORKFLOW,
         workflow["id"],
@@ -144,8 +162,7 @@ async def create_workflow(spec: WorkflowSpec) -> dict[str, Any]:
             "step_count": len(steps),
         },
     )
-    workflow["steps"] = steps
-    return workflow
+    return _with_steps(workflow, steps)
 
 
 async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> None:
@@ -186,7 +203,7 @@ def visible_workflow(workflow_id: UUID | Param, owner_id: UUID | Param | None) -
     return condition
 
 
-async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> dict[str, Any]:
+async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> WorkflowWithSteps:
     """A workflow with its steps ordered by position; NotFoundError if not visible."""
     row = await compiled(
         ("workflows.get_workflow", owner_id is not None),
@@ -198,11 +215,8 @@ async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> di
     ).first(workflow_id=workflow_id, owner_id=owner_id)
     if row is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    workflow = _record(row)
-    workflow["steps"] = [
-        _record(dict(zip(STEP_FIELDS, values, strict=True))) for values in row["steps"]
-    ]
-    return workflow
+    steps = [_step(dict(zip(STEP_FIELDS, values, strict=True))) for values in row.pop("steps")]
+    return _with_steps(_workflow(row), steps)
 
 
 async def list_workflows(
@@ -211,7 +225,7 @@ async def list_workflows(
     is_active: bool | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[WorkflowSummary], str | None]:
     """A page of workflows (one owner's, or all), newest first, with their step counts."""
     position = decode_cursor(cursor)
     query = compiled(
@@ -231,7 +245,7 @@ async def list_workflows(
         created_at=created_at,
         id=after_id,
     )
-    return page([_record(row) for row in rows], limit)
+    return page([cast(WorkflowSummary, _record(row)) for row in rows], limit)
 
 
 def list_workflows_query(
@@ -274,7 +288,7 @@ UPDATABLE_COLUMNS: dict[str, Column] = {
 
 async def update_workflow(
     workflow_id: UUID, changes: Mapping[str, Any], *, owner_id: UUID | None = None
-) -> dict[str, Any]:
+) -> WorkflowWithSteps:
     """Change some of name, description, trigger_type, trigger_config, is_active.
 
     Writes ``workflow.deactivated`` when the workflow stops being active,
@@ -295,7 +309,7 @@ async def update_workflow(
     ).first(workflow_id=workflow_id, owner_id=owner_id)
     if current is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    before = _record(current)
+    before = _record(current)  # compared column by column (keys from `changes`)
     changed = {
         column: value
         for column, value in changes.items()
@@ -335,7 +349,7 @@ async def update_workflow(
 
 async def replace_steps(
     workflow_id: UUID, steps: Sequence[StepSpec], *, owner_id: UUID | None = None
-) -> dict[str, Any]:
+) -> WorkflowWithSteps:
     """Replace a workflow's whole step list atomically; writes ``workflow.steps_replaced``.
 
     Past step logs keep their snapshot (step_position, step_name); their

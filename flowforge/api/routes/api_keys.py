@@ -119,7 +119,7 @@ async def create_api_key(body: ApiKeyCreate, principal: CurrentPrincipal) -> Api
         expires_at=body.expires_at,
         granted_by=principal,
     )
-    return ApiKeyCreated.model_validate({**key, "key": full_key})
+    return ApiKeyCreated(**key, key=full_key)
 
 
 @router.get("/api-keys", summary="List API keys, newest first")
@@ -134,7 +134,7 @@ async def list_api_keys(
     owner = _managed_user(principal, user_id, Scope.READ)
     items, next_cursor = await api_keys.list_api_keys(user_id=owner, limit=limit, cursor=cursor)
     return Page[ApiKeyOut](
-        items=[ApiKeyOut.model_validate(item) for item in items], next_cursor=next_cursor
+        items=[ApiKeyOut(**item) for item in items], next_cursor=next_cursor
     )
 
 
@@ -160,4 +160,4 @@ async def revoke_api_key(api_key_id: UUID, principal: CurrentPrincipal) -> ApiKe
         principal.require(Scope.WRITE)
         owner = principal.user_id
     key = await api_keys.revoke_api_key(api_key_id, user_id=owner, acting_key_id=principal.key_id)
-    return ApiKeyOut.model_validate(key)
+    return ApiKeyOut(**key)

@@ -219,7 +219,7 @@ async def trigger_run(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return RunTriggered.model_validate({**run, "replayed": not created})
+    return RunTriggered(**run, replayed=not created)
 
 
 @router.get(
@@ -241,7 +241,7 @@ async def list_runs(
         workflow_id, status=status, limit=limit, cursor=cursor, owner_id=principal.owner_filter
     )
     return Page[RunOut](
-        items=[RunOut.model_validate(item) for item in items], next_cursor=next_cursor
+        items=[RunOut(**item) for item in items], next_cursor=next_cursor
     )
 
 
@@ -250,13 +250,13 @@ async def list_runs(
 )
 async def get_run(run_id: UUID, principal: ReadPrincipal) -> RunDetail:
     principal.require(Scope.READ)
-    return RunDetail.model_validate(await runs.get_run(run_id, owner_id=principal.owner_filter))
+    return RunDetail(**await runs.get_run(run_id, owner_id=principal.owner_filter))
 
 
 async def _transition(principal: Principal, run_id: UUID, action: str, **kwargs: Any) -> RunOut:
     principal.require(Scope.WRITE)
     run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
-    return RunOut.model_validate(run)
+    return RunOut(**run)
 
 
 TRANSITION_RESPONSES = error_responses(404, 409)
@@ -333,7 +333,7 @@ async def append_step_log(
         started_at=body.started_at,
         owner_id=principal.owner_filter,
     )
-    return StepLogOut.model_validate(log)
+    return StepLogOut(**log)
 
 
 @router.post(
@@ -372,4 +372,4 @@ async def finish_step_log(
         error=body.error,
         owner_id=principal.owner_filter,
     )
-    return StepLogOut.model_validate(log)
+    return StepLogOut(**log)

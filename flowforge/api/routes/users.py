@@ -61,7 +61,7 @@ class UserUpdate(RequestModel):
 @router.get("/me", summary="Who am I: the key's user, scopes and effective scopes")
 async def me(principal: CurrentPrincipal) -> MeOut:
     return MeOut(
-        user=UserOut.model_validate(await users.get_user(principal.user_id)),
+        user=UserOut(**await users.get_user(principal.user_id)),
         api_key_id=principal.key_id,
         scopes=sorted(principal.scopes),
         effective_scopes=sorted(principal.effective_scopes),
@@ -79,7 +79,7 @@ async def create_user(body: UserCreate, principal: CurrentPrincipal) -> UserOut:
     with `POST /api/v1/api-keys` and `user_id`."""
     principal.require_admin()
     user = await users.create_user(body.email, body.display_name, body.role)
-    return UserOut.model_validate(user)
+    return UserOut(**user)
 
 
 @router.get("/users", summary="List users, newest first")
@@ -91,20 +91,20 @@ async def list_users(
     principal.require_admin()
     items, next_cursor = await users.list_users(limit=limit, cursor=cursor)
     return Page[UserOut](
-        items=[UserOut.model_validate(item) for item in items], next_cursor=next_cursor
+        items=[UserOut(**item) for item in items], next_cursor=next_cursor
     )
 
 
 @router.get("/users/{user_id}", summary="Get a user", responses=error_responses(404))
 async def get_user(user_id: UUID, principal: CurrentPrincipal) -> UserOut:
     principal.require_admin()
-    return UserOut.model_validate(await users.get_user(user_id))
+    return UserOut(**await users.get_user(user_id))
 
 
 async def _update(user_id: UUID, principal: Principal, **changes: Any) -> UserOut:
     principal.require_admin()
     user = await users.update_user(user_id, acting_user_id=principal.user_id, **changes)
-    return UserOut.model_validate(user)
+    return UserOut(**user)
 
 
 @router.patch(

@@ -29,6 +29,7 @@ from flowforge.core.errors import ForbiddenError
 from flowforge.db.tables import Scope, TriggerType
 from flowforge.domain import workflows
 from flowforge.domain.principal import Principal
+from flowforge.domain.records import WorkflowWithSteps
 
 router = APIRouter(
     tags=["workflows"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
@@ -147,8 +148,8 @@ class WorkflowOut(WorkflowSummary):
     steps: list[StepOut] = Field(description="Ordered by position.")
 
 
-def _out(workflow: dict[str, Any]) -> WorkflowOut:
-    return WorkflowOut.model_validate({**workflow, "step_count": len(workflow["steps"])})
+def _out(workflow: WorkflowWithSteps) -> WorkflowOut:
+    return WorkflowOut(**workflow, step_count=len(workflow["steps"]))
 
 
 def _owner_for_create(principal: Principal, owner_id: UUID | None) -> UUID:
@@ -201,7 +202,7 @@ async def list_workflows(
         owner_id=owner, is_active=is_active, limit=limit, cursor=cursor
     )
     return Page[WorkflowSummary](
-        items=[WorkflowSummary.model_validate(item) for item in items], next_cursor=next_cursor
+        items=[WorkflowSummary(**item) for item in items], next_cursor=next_cursor
     )
 
 
