@@ -32,7 +32,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UVICORN_PORT=8000 \
     # Whose X-Forwarded-For / X-Forwarded-Proto --proxy-headers believes: only
     # this container itself by default. Behind a reverse proxy in another
-    # container or host, set it to the proxy's address or network (README,
+    # container or host, set it to the proxy's address or network (docs/deploying.md,
     # "Behind a reverse proxy"); never * while clients can reach the app directly.
     FORWARDED_ALLOW_IPS=127.0.0.1
 

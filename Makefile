@@ -71,7 +71,7 @@ serve: setup-runtime
 
 run: seed serve
 
-# The outbox relay (OUTBOX_PUBLISHER=redis to publish to Redis; see README).
+# The outbox relay (OUTBOX_PUBLISHER=redis to publish to Redis; docs/outbox-relay.md).
 relay: migrate
 	$(BIN)/flowforge relay
 

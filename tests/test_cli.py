@@ -1,4 +1,4 @@
-"""The command line as scripts and the README use it: `flowforge ...` and `piccolo ...`.
+"""The command line as scripts and the docs use it: `flowforge ...` and `piccolo ...`.
 
 Real processes of the installed entry points (`.venv/bin/flowforge`,
 `.venv/bin/piccolo`), never an in-process call.

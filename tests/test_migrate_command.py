@@ -27,7 +27,7 @@ async def fresh_database() -> AsyncIterator[str]:
 
 
 def start_migrate(database_url: str) -> subprocess.Popen[str]:
-    """The command exactly as the README and the compose file spell it."""
+    """The command exactly as docs/migrations.md and the compose file spell it."""
     return subprocess.Popen(
         [sys.executable, "-m", "piccolo.main", "flowforge", "migrate"],
         cwd=support.REPO_ROOT,
@@ -65,7 +65,7 @@ async def test_concurrent_runs_apply_every_migration_exactly_once(fresh_database
 
 
 def start_plain_forwards(database_url: str) -> subprocess.Popen[str]:
-    """Piccolo's own command as the README spells it: `.venv/bin/piccolo migrations forwards all`."""
+    """Piccolo's own command as docs/migrations.md spells it: `piccolo migrations forwards all`."""
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "piccolo"), "migrations", "forwards", "all"],
         cwd=support.REPO_ROOT,

@@ -129,7 +129,7 @@ async def test_create_api_key_command_rejects_bad_input_with_one_line_and_exit_2
 
 
 def readme_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI exactly as the README writes it: `.venv/bin/piccolo ...` from the repository."""
+    """The CLI exactly as the docs write it: `.venv/bin/piccolo ...` from the repository."""
     executable = Path(sys.executable).parent / "piccolo"
     assert executable.exists(), executable
     return subprocess.run(
@@ -205,18 +205,19 @@ async def test_create_user_rejects_bad_input_with_one_line_and_exit_2(
     assert after == before
 
 
-README_COMMAND = re.compile(r"^\.venv/bin/piccolo (flowforge create_api_key .*)$", re.MULTILINE)
+DOCS_COMMAND = re.compile(r"^\.venv/bin/piccolo (flowforge create_api_key .*)$", re.MULTILINE)
 
 
-async def test_create_api_key_as_the_readme_writes_it(
+async def test_create_api_key_as_the_docs_write_it(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
     piccolo("flowforge", "seed", database_url=database_url)
-    [readme_command] = README_COMMAND.findall((support.REPO_ROOT / "README.md").read_text())
-    assert readme_command == (
+    getting_started = support.REPO_ROOT / "docs" / "getting-started.md"
+    [docs_command] = DOCS_COMMAND.findall(getting_started.read_text())
+    assert docs_command == (
         "flowforge create_api_key --email admin@flowforge.local --scopes read,write,admin"
     )
-    result = readme_cli(*readme_command.split(), database_url=database_url)
+    result = readme_cli(*docs_command.split(), database_url=database_url)
     assert result.returncode == 0, result.stdout + result.stderr
     [key] = set(KEY.findall(result.stdout))
     me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {key}"})

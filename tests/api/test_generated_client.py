@@ -1,7 +1,7 @@
 """A client generated from /openapi.json drives a run's whole life (issue 15).
 
 openapi-python-client (the most used Python generator) is run as a user would,
-with the README's command, against the app's live /openapi.json under real
+with the docs' command, against the app's live /openapi.json under real
 uvicorn; any warning (a model or operation it could not generate) fails the
 test. The generated package is then imported and used over real HTTP: create a
 workflow with steps, trigger with inputs (and replay), start, append and finish
@@ -32,14 +32,14 @@ PACKAGE = "flow_forge_client"
 
 
 def readme_command() -> list[str]:
-    """The generate command of the README's "A generated Python client"."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    """The generate command of docs/api.md's "A generated Python client"."""
+    readme = (REPO_ROOT / "docs" / "api.md").read_text()
     [line] = re.findall(r"^openapi-python-client generate .*$", readme, flags=re.MULTILINE)
     return shlex.split(line)
 
 
 def generate(base_url: str, into: Path) -> Path:
-    """Run the README's command against `base_url` in `into`; the generated project."""
+    """Run the docs' command against `base_url` in `into`; the generated project."""
     bin_dir = Path(sys.executable).parent
     command = [
         str(bin_dir / "openapi-python-client"),
