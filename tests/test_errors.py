@@ -99,6 +99,11 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         f"'{HASH}')",
         ("missing",),
     ),
+    "api_keys_granted_by_key_id_fkey": (
+        "INSERT INTO api_keys (user_id, name, prefix, key_hash, granted_by_key_id) "
+        f"VALUES ($1, 'k', 'ff_g', '{HASH}', $2)",
+        ("user", "missing"),
+    ),
     "api_keys_scopes_valid": (
         "INSERT INTO api_keys (user_id, name, prefix, key_hash, scopes) VALUES ($1, 'k', 'ff_z', "
         f"'{HASH}', ARRAY['root'])",

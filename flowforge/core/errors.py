@@ -109,6 +109,7 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     # api_keys
     "api_keys_prefix_key": "This API key prefix is already in use.",
     "api_keys_user_id_fkey": "The API key's user does not exist.",
+    "api_keys_granted_by_key_id_fkey": "The API key that grants this one does not exist.",
     "api_keys_scopes_valid": "Scopes must be a non-empty subset of: read, write, admin.",
     "api_keys_key_hash_format": "The API key hash must be a SHA-256 hex digest.",
     "api_keys_name_not_blank": "API key name must not be blank.",

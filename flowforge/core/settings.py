@@ -1,6 +1,6 @@
 """Typed, validated settings, read once from the environment (and `.env`).
 
-Every setting is documented in the README with its default. Bad values fail at
+Every setting is documented in docs/settings.md with its default (a test checks it). Bad values fail at
 start-up with one readable message (:func:`load_settings`), never later.
 """
 
