@@ -12,7 +12,7 @@ compares them with the server's functions.
 from __future__ import annotations
 
 import re
-from typing import Final, LiteralString, cast
+from typing import Final, LiteralString
 
 from piccolo.columns import Column
 
@@ -43,19 +43,21 @@ KEYWORDS: Final = frozenset(
 )
 
 
-def quote_ident(name: str) -> LiteralString:
+def quote_ident(name: str) -> str:
     """`name` as an SQL identifier: as is when PostgreSQL would read it back
     unchanged, else double-quoted (embedded quotes doubled)."""
     if _PLAIN.fullmatch(name) and name not in KEYWORDS:
-        return cast(LiteralString, name)
-    return cast(LiteralString, '"' + name.replace('"', '""') + '"')
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
-def quote_literal(text: str) -> LiteralString:
-    """`text` as an SQL string literal (standard_conforming_strings: quotes doubled)."""
+def quote_literal(text: str) -> str:
+    """`text` as an SQL string literal: quotes doubled, and with a backslash the
+    ``E'...'`` form (as PostgreSQL's ``quote_literal()``), right whatever
+    ``standard_conforming_strings`` is."""
     if "\\" in text:
-        return cast(LiteralString, "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'")
-    return cast(LiteralString, "'" + text.replace("'", "''") + "'")
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + text.replace("'", "''") + "'"
 
 
 def column_list(*columns: Column, alias: LiteralString = "") -> LiteralString:
@@ -64,6 +66,8 @@ def column_list(*columns: Column, alias: LiteralString = "") -> LiteralString:
     Identifiers from the Table classes, never client text: a column renamed
     in ``tables.py`` renames it here, and tests/test_sql_statements.py
     prepares every statement built with it against the migrated schema.
+    Typed ``LiteralString`` though the names are read from the Tables: they
+    are the code's own, like a literal.
     """
     prefix: LiteralString = f"{alias}." if alias else ""
     return ", ".join(f"{prefix}{quote_ident(column._meta.db_column_name)}" for column in columns)
