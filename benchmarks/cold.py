@@ -197,9 +197,9 @@ def list_api_keys_page(ctx: Any) -> tuple[Operation, Operation]:
 
 def rename_workflow(ctx: Any) -> tuple[Operation, Operation]:
     """update_workflow with a new name: lock, update, event, read back."""
+    from flowforge.core import events
     from flowforge.db.engine import DB
     from flowforge.domain import workflows
-    from flowforge.outbox import events
     from flowforge.outbox.writer import record_event
 
     async def builder(n: int) -> Any:
@@ -232,10 +232,10 @@ def rename_workflow(ctx: Any) -> tuple[Operation, Operation]:
 
 
 def create_user(ctx: Any) -> tuple[Operation, Operation]:
+    from flowforge.core import events
     from flowforge.db.engine import DB
     from flowforge.db.tables import Role
     from flowforge.domain import users
-    from flowforge.outbox import events
     from flowforge.outbox.writer import record_event
 
     tag = uuid.uuid4().hex[:8]

@@ -32,7 +32,8 @@ import asyncpg
 
 from benchmarks.uuid_keys import server_url
 from flowforge.core.settings import Settings
-from flowforge.db.engine import begin_statement, session_settings
+from flowforge.db.engine import session_settings
+from flowforge.db.sql.session import begin_statement
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

@@ -1,10 +1,10 @@
-"""Every event type's payload, however it is built, matches flowforge.outbox.events.CONTRACT.
+"""Every event type's payload, however it is built, matches flowforge.core.events.CONTRACT.
 
 The domain operations run for real (payloads built in Python by the domain, in
 SQL by the run statements, and by the seed and the reaper); then every outbox
 row is compared with the contract: its aggregate type and exactly its payload
 keys. Run events built in SQL must also carry the same values
-:func:`flowforge.outbox.events.run_payload` gives for the run's row after the change.
+:func:`flowforge.core.events.run_payload` gives for the run's row after the change.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from uuid import UUID
 import pytest
 
 from flowforge.commands import seed
+from flowforge.core import events
 from flowforge.db.engine import DB
+from flowforge.db.sql import runs as run_sql
 from flowforge.db.tables import Outbox, Role, RunStatus, Scope, WorkflowRun
 from flowforge.domain import api_keys, runs, users, workflows
 from flowforge.jobs import reaper
-from flowforge.outbox import events
 from flowforge.outbox import writer as outbox
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -53,7 +54,7 @@ def normalise(payload: dict[str, Any]) -> dict[str, Any]:
 
 async def run_row(run_id: UUID) -> dict[str, Any]:
     row: dict[str, Any] = (
-        await WorkflowRun.select(*runs.RUN_TABLE_COLUMNS)
+        await WorkflowRun.select(*run_sql.RUN_TABLE_COLUMNS)
         .where(WorkflowRun.id == run_id)
         .output(load_json=True)
         .first()

@@ -28,8 +28,10 @@ from typing import Any
 import pytest
 
 from flowforge.db.engine import DB
+from flowforge.db.sql import api_keys as api_key_sql
+from flowforge.db.sql import runs as run_sql
 from flowforge.db.tables import RunStatus
-from flowforge.domain import api_keys, runs, workflows
+from flowforge.domain import workflows
 from tests import support
 
 # Volumes: the brief's floor for the big tables, and the shape around them.
@@ -536,7 +538,7 @@ def list_runs(
         args.append(status.value)
     if cursor is not None:
         args.extend(cursor)
-    return runs._list_runs_sql(status is not None, cursor is not None, False), args
+    return run_sql.list_runs_sql(status is not None, cursor is not None, False), args
 
 
 def runs_read_through(index: str | frozenset[str]) -> dict[str, str | frozenset[str]]:
@@ -605,7 +607,7 @@ async def test_runs_of_one_workflow_in_a_rare_status(
 
 
 async def test_a_run_with_its_step_logs(dataset: Dataset) -> None:
-    plan = await explain(runs.GET_RUN, dataset.run_id, None)
+    plan = await explain(run_sql.GET_RUN, dataset.run_id, None)
     assert_reads(
         plan,
         {
@@ -619,12 +621,12 @@ async def test_a_run_with_its_step_logs(dataset: Dataset) -> None:
     )
     # The plan lists every step-log partition; run, it reads only the run's own
     # (pruned at execution by run_created_at = r.created_at).
-    rows = await DB.fetch(f"EXPLAIN (ANALYZE, FORMAT JSON) {runs.GET_RUN}", dataset.run_id, None)
+    rows = await DB.fetch(f"EXPLAIN (ANALYZE, FORMAT JSON) {run_sql.GET_RUN}", dataset.run_id, None)
     document = rows[0][0]
     document = json.loads(document) if isinstance(document, str) else document
     executed = {
         raw["Relation Name"]
-        for raw in Plan(runs.GET_RUN, document[0]["Plan"]).raw_nodes()
+        for raw in Plan(run_sql.GET_RUN, document[0]["Plan"]).raw_nodes()
         if raw.get("Relation Name", "").startswith("run_step_logs_")
         and raw.get("Actual Loops", 0) > 0
     }
@@ -635,7 +637,7 @@ async def test_revoking_a_key_finds_the_keys_it_granted_through_their_index(
     dataset: Dataset,
 ) -> None:
     # EXPLAIN without ANALYZE plans the data-modifying CTE without running it.
-    plan = await explain(api_keys.REVOKE_GRANTED, dataset.granting_key_id, None)
+    plan = await explain(api_key_sql.REVOKE_GRANTED, dataset.granting_key_id, None)
     assert_reads(
         plan,
         {
@@ -649,7 +651,7 @@ async def test_revoking_a_key_finds_the_keys_it_granted_through_their_index(
 
 async def test_authenticating_a_key(dataset: Dataset) -> None:
     # EXPLAIN without ANALYZE plans the data-modifying CTE without running it.
-    plan = await explain(api_keys.AUTHENTICATE, dataset.api_key_prefix, "0" * 64)
+    plan = await explain(api_key_sql.AUTHENTICATE, dataset.api_key_prefix, "0" * 64)
     # The data set has 100 users (3 pages): reading them whole is the planner's
     # right call; the keys must be found through the prefix index.
     assert_reads(

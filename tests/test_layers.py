@@ -4,10 +4,11 @@ Read from the source (every ``import``, also inside functions), so a new
 import that points the wrong way fails here rather than in a review. From the
 bottom up:
 
-* ``core/``: settings, errors, logs, metrics, JSON - import nothing else of ours.
+* ``core/``: settings, errors, logs, metrics, JSON, the event contract - import
+  nothing else of ours.
 * ``db/``: the engine, the Tables, replicas, readiness, builder helpers, the
-  embedded server.
-* ``outbox/``: the outbox's one writer, the event contract, its status.
+  embedded server, and ``db/sql/``: every raw statement (the SQL home).
+* ``outbox/``: the outbox's one writer, its status.
 * ``domain/``: one module per aggregate (users, API keys, workflows, runs), who
   is calling (principal), keyset pages.
 * ``jobs/``: batch jobs that commit per batch: reaper, retention, partitions.

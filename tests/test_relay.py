@@ -17,6 +17,7 @@ import pytest
 
 from flowforge.core.settings import PublisherKind
 from flowforge.db.engine import DB
+from flowforge.db.sql import relay as relay_sql
 from flowforge.outbox.status import outbox_health, outbox_status, requeue_dead_letters
 from flowforge.relay import store
 from flowforge.relay.publishers import (
@@ -531,12 +532,12 @@ async def test_claiming_stays_index_driven_when_statistics_say_nothing_waits() -
             stack.extend(node.get("Plans", []))  # type: ignore[arg-type]
         return found
 
-    heads_plan = await _plan(store.CLAIM_HEADS, 500)
+    heads_plan = await _plan(relay_sql.CLAIM_HEADS, 500)
     heads = await DB.fetch(
         "SELECT aggregate_type, aggregate_id, seq FROM outbox ORDER BY seq LIMIT 100"
     )
     followers_plan = await _plan(
-        store.CLAIM_FOLLOWERS,
+        relay_sql.CLAIM_FOLLOWERS,
         [row["aggregate_type"] for row in heads],
         [row["aggregate_id"] for row in heads],
         [row["seq"] for row in heads],
@@ -555,7 +556,7 @@ async def test_claiming_stays_index_driven_when_statistics_say_nothing_waits() -
     # (the anti-join read the whole backlog per candidate: ~500 x 10,000).
     async with DB.transaction() as transaction:
         document = await transaction.connection.fetchval(
-            f"EXPLAIN (ANALYZE, FORMAT JSON) {store.CLAIM_HEADS}", 500
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {relay_sql.CLAIM_HEADS}", 500
         )
     read = rows_read(json.loads(document)[0]["Plan"], "outbox")
     assert read <= 20 * 500, f"the claim read {read} outbox rows for 500 heads"

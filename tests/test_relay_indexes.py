@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 
 from flowforge.db.engine import DB
-from flowforge.jobs.reaper import REAP
-from flowforge.jobs.retention import PRUNE_OUTBOX, PRUNE_RUNS, expired_events_count
+from flowforge.db.sql import outbox as outbox_sql
+from flowforge.db.sql import relay as relay_sql
+from flowforge.db.sql.reaper import REAP
+from flowforge.db.sql.retention import PRUNE_OUTBOX, PRUNE_RUNS
+from flowforge.jobs.retention import expired_events_count
 from flowforge.outbox import status
 from flowforge.relay import store
 from tests import support
@@ -154,7 +157,7 @@ async def test_volume_is_realistic() -> None:
 
 
 async def test_claiming_heads_walks_the_claim_index_in_seq_order() -> None:
-    tree = await plan(store.CLAIM_HEADS, 500)
+    tree = await plan(relay_sql.CLAIM_HEADS, 500)
     assert_uses(tree, "outbox_claim_idx", "outbox_aggregate_unpublished_idx")
 
 
@@ -164,7 +167,7 @@ async def test_claiming_followers_uses_the_per_aggregate_index() -> None:
         "AND dead_lettered_at IS NULL ORDER BY seq LIMIT 100"
     )
     tree = await plan(
-        store.CLAIM_FOLLOWERS,
+        relay_sql.CLAIM_FOLLOWERS,
         [row["aggregate_type"] for row in heads],
         [row["aggregate_id"] for row in heads],
         [row["seq"] for row in heads],
@@ -180,8 +183,8 @@ async def test_marking_uses_the_primary_key() -> None:
     # partition is read sequentially.
     marked = {"outbox_pkey", "outbox_aggregate_unpublished_idx", "outbox_claim_idx"}
     for tree in (
-        await plan(store.MARK_PUBLISHED, some),
-        await plan(store.MARK_FAILED, some[:10], ["x"] * 10, 1.0, 600.0, 10),
+        await plan(relay_sql.MARK_PUBLISHED, some),
+        await plan(relay_sql.MARK_FAILED, some[:10], ["x"] * 10, 1.0, 600.0, 10),
     ):
         assert_uses(tree)
         assert {node["Index Name"] for node in nodes(tree) if "Index Name" in node} & marked
@@ -190,7 +193,7 @@ async def test_marking_uses_the_primary_key() -> None:
 async def test_the_idle_probe_and_readyz_details_are_index_probes() -> None:
     sql, args = store.due_events_exist().querystrings[0].compile_string("postgres")
     assert_uses(await plan(sql, *args), "outbox_claim_idx")
-    assert_uses(await plan(status.HEALTH), "outbox_claim_idx", "outbox_dead_lettered_idx")
+    assert_uses(await plan(outbox_sql.HEALTH), "outbox_claim_idx", "outbox_dead_lettered_idx")
     sql, args = status.dead_letters_query(20).querystrings[0].compile_string("postgres")
     assert_uses(await plan(sql, *args), "outbox_dead_lettered_idx")
 

@@ -12,13 +12,13 @@ import pytest
 
 from flowforge.commands import operations as cli
 from flowforge.core.errors import InvalidTransitionError, NotFoundError
+from flowforge.core.events import run_payload
 from flowforge.core.json import loads
 from flowforge.db.engine import DB
 from flowforge.domain import runs as run_operations
 from flowforge.jobs import partitions
 from flowforge.jobs.reaper import reap_stuck_runs
 from flowforge.jobs.retention import prune
-from flowforge.outbox.events import run_payload
 from tests import relay_support as rs
 from tests import support
 

@@ -1,51 +1,73 @@
-"""Every raw SQL statement FlowForge defines is prepared against the migrated schema.
+"""Every raw SQL statement FlowForge sends lives in the SQL home and is checked by PostgreSQL.
 
+The SQL home is ``flowforge/db/sql/`` (docs/decisions/01-orm-approach.md).
 asyncpg's ``prepare`` makes PostgreSQL parse, resolve and type-check a
 statement without running it: a column renamed in ``tables.py`` (with its
-migration) fails here, not at run time. Raw SQL lives only in named places:
-module-level constants (``NAME = "SELECT ..."``, or a dict of them), or the
-statement builders listed in ``BUILDERS``, and a test keeps it that way.
-Everything else goes through Piccolo's query builder.
+migration) fails here, not at run time. DDL cannot be prepared, so each DDL
+template is rendered with real identifiers and run, in the order partition
+maintenance runs them, in a transaction that is rolled back: PostgreSQL then
+resolves every table, partition and index it names.
+
+Outside the SQL home no code holds SQL text or builds it by string
+formatting; everything else goes through Piccolo's query builder. Inside it,
+a statement is a module-level constant typed ``LiteralString`` (or a dict of
+them), or is built by a function from such constants.
 """
 
 from __future__ import annotations
 
 import ast
+import datetime
 import importlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from flowforge.domain import runs, workflows
+from flowforge.db.sql import embedded, keyset, partitions, quote, runs, session, workflows
+from flowforge.jobs.partitions import SPECS, partition_name, period_start
 from tests.support import REPO_ROOT
 
-STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\s+\S")
+SQL_HOME = "flowforge.db.sql"
 
-# Modules whose SQL-looking text is not sent through asyncpg, and why.
-NOT_ASYNCPG = {
-    # psql over the embedded server's socket while it starts; the database name
-    # is checked against an identifier pattern first.
-    "flowforge.db.embedded",
-}
+# A statement asyncpg can prepare.
+STATEMENT = re.compile(r"^\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\s+\S")
+# DDL, session and transaction control: run, not prepared.
+DDL = re.compile(
+    r"^\s*(?:(?:CREATE|ALTER|DROP|ATTACH|DETACH|LOCK|SET|RESET|VACUUM|ANALYZE|TRUNCATE|REINDEX"
+    r"|CLUSTER|GRANT|REVOKE|COMMENT|LISTEN|UNLISTEN|NOTIFY|DISCARD|COPY|EXPLAIN|REFRESH|CALL"
+    r"|DO|SAVEPOINT|RELEASE)\s+\S|(?:BEGIN|COMMIT|ROLLBACK|START TRANSACTION)\s*(?:;|$))"
+)
+# SQL words in an f-string's text: string formatting that builds SQL.
+SQL_WORD = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|FROM|WHERE|JOIN|RETURNING|VALUES|INTO|CREATE|ALTER|DROP"
+    r"|ATTACH|DETACH|PARTITION|LOCK|SET LOCAL|VACUUM|ANALYZE|TRUNCATE|GRANT|REVOKE|ORDER BY"
+    r"|GROUP BY|LIMIT|BEGIN|COMMIT|ROLLBACK|DATABASE)\b"
+)
+# A template's placeholder, filled by the function next to it (identifiers
+# through quote_ident, literals through quote_literal).
+PLACEHOLDER = re.compile(r"(?<!\{)\{[a-z_]+\}(?!\})")
+
 # SQL text built inside a function, and the enumeration that prepares every variant.
-BUILDERS = {
-    ("flowforge.domain.runs", "_list_runs_sql"): lambda: [
-        runs._list_runs_sql(*flags) for flags in itertools.product((False, True), repeat=3)
+BUILDERS: dict[tuple[str, str], Callable[[], list[str]]] = {
+    ("flowforge.db.sql.runs", "list_runs_sql"): lambda: [
+        runs.list_runs_sql(*flags) for flags in itertools.product((False, True), repeat=3)
     ],
 }
-# Functions that build fragments of the statements above (each statement that
-# embeds one is prepared): the outbox INSERT of a data-modifying CTE.
-FRAGMENT_BUILDERS = {("flowforge.outbox.writer", "insert_from")}
 # Raw fragments embedded in builder queries, prepared in a minimal statement.
 FRAGMENTS = [
     f"SELECT {workflows.STEP_COUNT}, {workflows.STEPS_OF_WORKFLOW} FROM workflows",
+    "SELECT 1 FROM workflows WHERE "
+    + keyset.newer_first_after("workflows").format("now()", "gen_random_uuid()"),
 ]
-# Inline SQL that is not a statement of the schema: the listener's liveness ping.
-INLINE_ALLOWED = {("flowforge.relay.listener", "SELECT 1")}
+# Templates that cannot run in a transaction block, and the test that runs them.
+NOT_IN_A_TRANSACTION = {
+    "flowforge.db.sql.embedded.CREATE_DATABASE": "tests/test_embedded.py",
+}
 
 
 def module_names() -> list[str]:
@@ -58,6 +80,10 @@ def module_names() -> list[str]:
     return names
 
 
+def in_sql_home(module_name: str) -> bool:
+    return module_name == SQL_HOME or module_name.startswith(SQL_HOME + ".")
+
+
 def _strings(value: Any) -> Iterator[str]:
     if isinstance(value, str):
         yield value
@@ -66,22 +92,60 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def named_statements() -> dict[str, str]:
-    """``module.NAME`` -> statement, for every module-level SQL constant and builder."""
+def is_sql(text: str) -> bool:
+    return bool(STATEMENT.match(text) or DDL.match(text))
+
+
+def module_path(module_name: str) -> Path:
+    path = REPO_ROOT / (module_name.replace(".", "/") + ".py")
+    return path if path.exists() else REPO_ROOT / module_name.replace(".", "/") / "__init__.py"
+
+
+def defined_names(module_name: str) -> set[str]:
+    """The names a module assigns at its top level (not the ones it imports)."""
+    names = set()
+    for node in ast.parse(module_path(module_name).read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        if isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        names.update(target.id for target in targets if isinstance(target, ast.Name))
+    return names
+
+
+def named_sql() -> dict[str, str]:
+    """``module.NAME`` -> SQL text, for every module-level SQL constant of the package."""
     found: dict[str, str] = {}
     for module_name in module_names():
-        if module_name in NOT_ASYNCPG:
-            continue
         module = importlib.import_module(module_name)
+        defined = defined_names(module_name)
         for name, value in vars(module).items():
-            if not name.isupper() or name.startswith("_"):
+            if not name.isupper() or name.startswith("_") or name not in defined:
                 continue  # _NAME: a fragment, prepared inside the statements that embed it
             for index, text in enumerate(_strings(value)):
-                if STATEMENT.match(text):
+                if is_sql(text):
                     key = f"{module_name}.{name}" + (
                         f"[{index}]" if isinstance(value, dict) else ""
                     )
                     found[key] = text
+    return found
+
+
+def templates() -> dict[str, str]:
+    """DDL and statement templates: rendered by their functions, then run or prepared."""
+    return {
+        key: text
+        for key, text in named_sql().items()
+        if DDL.match(text) or PLACEHOLDER.search(text)
+    }
+
+
+def named_statements() -> dict[str, str]:
+    """Every statement asyncpg prepares: constants, builders' variants, fragments."""
+    found = {
+        key: text
+        for key, text in named_sql().items()
+        if STATEMENT.match(text) and not PLACEHOLDER.search(text)
+    }
     for (module_name, function), variants in BUILDERS.items():
         for index, text in enumerate(variants()):
             found[f"{module_name}.{function}[{index}]"] = text
@@ -92,27 +156,47 @@ def named_statements() -> dict[str, str]:
 
 def test_the_package_defines_the_expected_raw_statements() -> None:
     statements = named_statements()
-    print(f"\n{len(statements)} raw statements")
+    ddl = templates()
+    outside = [key for key in [*statements, *ddl] if not key.startswith(SQL_HOME + ".")]
+    print(
+        f"\n{len(statements)} raw statements and {len(ddl)} DDL/statement templates "
+        f"in {SQL_HOME}; {len([k for k in outside if not k.startswith('fragment')])} outside"
+    )
     # The hot paths and batch jobs that stay raw SQL (docs/decisions/01-orm-approach.md).
     for expected in (
-        "flowforge.domain.runs.TRIGGER_RUN",
-        "flowforge.domain.runs.TRANSITION_RUN",
-        "flowforge.domain.runs.GET_RUN",
-        "flowforge.domain.api_keys.AUTHENTICATE",
-        "flowforge.domain.api_keys.REVOKE_GRANTED",
-        "flowforge.relay.store.CLAIM_HEADS",
-        "flowforge.jobs.reaper.REAP",
-        "flowforge.jobs.retention.PRUNE_RUNS",
-        "flowforge.outbox.writer.INSERT_EVENTS",
+        "flowforge.db.sql.runs.TRIGGER_RUN",
+        "flowforge.db.sql.runs.TRANSITION_RUN",
+        "flowforge.db.sql.runs.GET_RUN",
+        "flowforge.db.sql.api_keys.AUTHENTICATE",
+        "flowforge.db.sql.api_keys.REVOKE_GRANTED",
+        "flowforge.db.sql.relay.CLAIM_HEADS",
+        "flowforge.db.sql.reaper.REAP",
+        "flowforge.db.sql.retention.PRUNE_RUNS",
+        "flowforge.db.sql.outbox.INSERT_EVENTS",
     ):
         assert expected in statements
+    for expected in (
+        "flowforge.db.sql.partitions.CREATE_PARTITION",
+        "flowforge.db.sql.partitions.DROP_PARTITION",
+        "flowforge.db.sql.session.SET_LOCAL",
+    ):
+        assert expected in ddl
+
+
+def test_every_raw_statement_lives_in_the_sql_home() -> None:
+    outside = [
+        key
+        for key in [*named_statements(), *templates()]
+        if not key.startswith("fragment") and not key.startswith(SQL_HOME + ".")
+    ]
+    assert not outside, "raw SQL outside flowforge/db/sql/:\n" + "\n".join(outside)
 
 
 def test_every_raw_statement_is_typed_as_a_literal_string() -> None:
     # LiteralString (PEP 675): a type checker that enforces it (pyright) refuses
     # any SQL text composed from a non-literal str; mypy records it.
     untyped = []
-    for key in named_statements():
+    for key in [*named_statements(), *templates()]:
         if key.startswith("fragment") or ("[" in key and key.split("[")[0].endswith("_sql")):
             continue
         module_name, name = key.split("[")[0].rsplit(".", 1)
@@ -120,52 +204,61 @@ def test_every_raw_statement_is_typed_as_a_literal_string() -> None:
         if "LiteralString" not in str(annotation):
             untyped.append(f"{key}: {annotation}")
     assert not untyped, "\n".join(untyped)
-    assert "LiteralString" in str(runs._list_runs_sql.__annotations__["return"])
+    assert "LiteralString" in str(runs.list_runs_sql.__annotations__["return"])
 
 
-def _inline_sql(module_name: str, tree: ast.Module) -> Iterator[tuple[int, str]]:
-    """SQL text that is not a module-level constant (nor in a listed builder)."""
-    top_level_values: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None:
-            top_level_values.update(id(child) for child in ast.walk(node.value))
-    builders = {
-        function for module, function in [*BUILDERS, *FRAGMENT_BUILDERS] if module == module_name
-    }
-    skipped: set[int] = set()
+def _sql_outside_the_home(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    """SQL text (a constant anywhere, or an f-string with SQL words) in a module outside
+    the SQL home. Docstrings are prose."""
+    docstrings: set[int] = set()
+    parts_of_fstrings: set[int] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in builders:
-            skipped.update(id(child) for child in ast.walk(node))
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            skipped.add(id(node.value))  # docstrings
+            docstrings.add(id(node.value))
         if isinstance(node, ast.JoinedStr):
-            skipped.update(id(child) for child in node.values)  # judged as a whole
+            parts_of_fstrings.update(id(child) for child in node.values)  # judged as a whole
     for node in ast.walk(tree):
-        if id(node) in top_level_values or id(node) in skipped:
+        if id(node) in docstrings or id(node) in parts_of_fstrings:
             continue
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value
-        elif isinstance(node, ast.JoinedStr) and isinstance(node.values[0], ast.Constant):
-            text = str(node.values[0].value)
-        else:
-            continue
-        if STATEMENT.match(text) and (module_name, text) not in INLINE_ALLOWED:
-            yield node.lineno, text
+            if is_sql(node.value):
+                yield node.lineno, node.value
+        elif isinstance(node, ast.JoinedStr):
+            text = "".join(
+                str(part.value) if isinstance(part, ast.Constant) else "{}" for part in node.values
+            )
+            if is_sql(text) or SQL_WORD.search(text):
+                yield node.lineno, text
 
 
-def test_raw_sql_lives_only_in_named_constants() -> None:
-    inline = []
+def test_no_sql_outside_the_sql_home() -> None:
+    offenders = []
     for module_name in module_names():
-        if module_name in NOT_ASYNCPG:
+        if in_sql_home(module_name):
             continue
-        path = REPO_ROOT / (module_name.replace(".", "/") + ".py")
-        if not path.exists():
-            path = REPO_ROOT / module_name.replace(".", "/") / "__init__.py"
-        tree = ast.parse(path.read_text())
-        inline.extend(
-            f"{module_name}:{line} {text[:60]!r}" for line, text in _inline_sql(module_name, tree)
+        tree = ast.parse(module_path(module_name).read_text())
+        offenders.extend(
+            f"{module_name}:{line} {text[:60]!r}" for line, text in _sql_outside_the_home(tree)
         )
-    assert not inline, "SQL outside a named module-level constant:\n" + "\n".join(inline)
+    assert not offenders, "SQL outside flowforge/db/sql/ (move it there):\n" + "\n".join(offenders)
+
+
+def test_the_sql_check_sees_the_old_ways() -> None:
+    # What issue 16 found outside the SQL home, as code: each is caught.
+    old = ast.parse(
+        "NOW = 'SELECT now()'\n"
+        "async def create(connection, name, table, bounds):\n"
+        "    await connection.execute(f'CREATE TABLE {name} PARTITION OF {table} {bounds}')\n"
+        "    await connection.execute(f'SET LOCAL lock_timeout = {2000}')\n"
+        "    await connection.execute('SET LOCAL statement_timeout = 0')\n"
+        '    await connection.execute(f\'ALTER INDEX "{name}" RENAME TO "{table}"\')\n'
+        "    await connection.fetchval('SELECT 1')\n"
+        "def columns(alias):\n"
+        "    return f', {alias}.payload::text AS payload, {alias}.x <= now() AS due'\n"
+        "def where(name):\n"
+        "    return f'SELECT 1 FROM pg_database WHERE datname = {name}'\n"
+    )
+    assert len(list(_sql_outside_the_home(old))) == 7
 
 
 @pytest.fixture
@@ -209,8 +302,106 @@ async def test_a_renamed_column_fails_the_statements_that_use_it(
     finally:
         await transaction.rollback()
     assert {
-        "flowforge.domain.runs.TRANSITION_RUN",
-        "flowforge.domain.runs.GET_RUN",
-        "flowforge.jobs.reaper.REAP",
+        "flowforge.db.sql.runs.TRANSITION_RUN",
+        "flowforge.db.sql.runs.GET_RUN",
+        "flowforge.db.sql.reaper.REAP",
     } <= set(failures)
     assert all(isinstance(error, asyncpg.UndefinedColumnError) for error in failures.values())
+
+
+# A period no test writes into: its partitions can be made and dropped freely.
+FAR_AHEAD = datetime.datetime(2999, 1, 1, tzinfo=datetime.UTC)
+
+
+async def run_every_template(connection: asyncpg.Connection) -> list[str]:
+    """Each template rendered with real identifiers and run (DDL, in a transaction rolled
+    back) or prepared; returns the statements, for the coverage check."""
+    ran: list[str] = []
+
+    async def run(statement: str) -> None:
+        ran.append(statement)
+        await connection.execute(statement)
+
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        # A unit of partition maintenance, as jobs.partitions runs it.
+        await run(partitions.UTC)
+        await run(partitions.NO_STATEMENT_TIMEOUT)
+        await run(partitions.lock_timeout(2000))
+        for spec in SPECS:
+            start = period_start(FAR_AHEAD, spec.period)
+            name = partition_name(spec, start)
+            default = f"{spec.table}_default"
+            # Created with rows waiting in the default partition: out, create, back in.
+            await run(partitions.detach_partition(spec.table, default))
+            await run(
+                partitions.create_partition(
+                    spec.table, name, start, period_start(start, spec.period, 1)
+                )
+            )
+            await run(partitions.attach_default_partition(spec.table, default))
+            indexes = await connection.fetch(partitions.PARTITION_INDEXES, name)
+            for number, row in enumerate(indexes):
+                await run(partitions.rename_index(row["child"], f"{name}_probe_{number}"))
+            # Retired: locked, then detached or dropped.
+            await run(partitions.lock_partition(name))
+            await run(partitions.detach_partition(spec.table, name))
+            await run(partitions.drop_partition(name))
+    finally:
+        await transaction.rollback()
+    # A transaction behind a pooler: BEGIN with its settings (a custom one
+    # too, with a quote in its value), and the ends.
+    await run(session.begin_statement({"statement_timeout": "30000", "flowforge.probe": "it's"}))
+    await run(session.ROLLBACK)
+    await run(session.BEGIN)
+    await run(session.COMMIT)
+    # The embedded server's probe (a statement: prepared).
+    exists = embedded.database_exists("postgres")
+    ran.append(exists)
+    await connection.prepare(exists)
+    return ran
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template.replace("{{", "\0").replace("}}", "\1"))
+    pattern = re.sub(r"\\\{[a-z_]+\\\}", ".+?", pattern)
+    return re.compile(pattern.replace("\0", r"\{").replace("\1", r"\}"))
+
+
+async def test_every_ddl_template_runs_against_the_migrated_schema(
+    connection: asyncpg.Connection,
+) -> None:
+    ran = [
+        part for statement in await run_every_template(connection) for part in statement.split("; ")
+    ]
+    not_run = [
+        key
+        for key, template in templates().items()
+        if key not in NOT_IN_A_TRANSACTION
+        and not any(template_pattern(template).fullmatch(statement) for statement in ran)
+    ]
+    assert not not_run, "templates not rendered and run here (add them):\n" + "\n".join(not_run)
+
+
+async def test_ddl_is_resolved_not_only_parsed(connection: asyncpg.Connection) -> None:
+    # A partition that does not exist fails: PostgreSQL resolved the name.
+    async with connection.transaction():
+        with pytest.raises(asyncpg.UndefinedTableError):
+            await connection.execute(partitions.lock_partition("outbox_p29990101"))
+
+
+async def test_quoting_agrees_with_postgresql(connection: asyncpg.Connection) -> None:
+    reserved = [
+        row["word"]
+        for row in await connection.fetch("SELECT word FROM pg_get_keywords() WHERE catcode <> 'U'")
+    ]
+    # Every keyword the server reserves is quoted (the list also covers newer servers').
+    assert not [word for word in reserved if quote.quote_ident(word) == word]
+    names = ["outbox", "run_step_logs_p202601", "Outbox", "a b", 'x"y', "1st", "_x$", "name"]
+    for name in names:
+        assert quote.quote_ident(name) == await connection.fetchval("SELECT quote_ident($1)", name)
+    for text in ["it's", "a\\b", "2026-01-01T00:00:00+00:00", ""]:
+        assert quote.quote_literal(text) == await connection.fetchval(
+            "SELECT quote_literal($1::text)", text
+        )

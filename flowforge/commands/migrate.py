@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from typing import Final, LiteralString, TextIO, cast
+from typing import TextIO, cast
 
 import asyncpg
 from piccolo.apps.migrations.commands.base import BaseMigrationManager
@@ -32,13 +32,11 @@ from piccolo.apps.migrations.tables import Migration
 from piccolo.utils.printing import print_heading
 
 from flowforge.db.engine import DB, HEALABLE_START_ERRORS, describe_start_error
+from flowforge.db.sql.migrate import TRY_LOCK, UNLOCK_ALL
 
 # pg_advisory_lock key of the migration run: b"FlowForg" as a big-endian bigint.
 MIGRATION_LOCK_KEY = 0x466C6F77466F7267
 
-
-TRY_LOCK: Final[LiteralString] = "SELECT pg_try_advisory_lock($1)"
-UNLOCK_ALL: Final[LiteralString] = "SELECT pg_advisory_unlock_all()"
 
 # How often a waiting runner tries the lock again.
 LOCK_POLL_SECONDS = 0.5

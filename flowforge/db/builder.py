@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, LiteralString, TypeVar
 from uuid import UUID
 
-from piccolo.columns import JSON, JSONB, Column
+from piccolo.columns import JSON, JSONB
 from piccolo.columns.combination import WhereRaw
 from piccolo.query.base import Query
 from piccolo.query.methods.select import Select
@@ -37,6 +37,7 @@ from piccolo.table import Table
 
 from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
+from flowforge.db.sql.keyset import newer_first_after
 
 logger = get_logger("flowforge.db.builder")
 
@@ -76,24 +77,7 @@ def page_after(
 ) -> WhereRaw:
     """``(created_at, id) < (position)`` on `table`: the next page, newest first."""
     created_at, row_id = position
-    name = table._meta.tablename
-    return WhereRaw(
-        f'("{name}"."created_at", "{name}"."id") < ({{}}, {{}})',  # constant table name
-        created_at,
-        row_id,
-    )
-
-
-def column_list(*columns: Column, alias: LiteralString = "") -> LiteralString:
-    """``a, b, c`` (or ``x.a, x.b``) for raw SQL, from Table columns.
-
-    The one place where text that is not a literal becomes SQL: identifiers
-    from the Table classes, never client text. A column renamed in
-    ``tables.py`` renames it here, and tests/test_sql_statements.py prepares
-    every statement built with it against the migrated schema.
-    """
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(f"{prefix}{column._meta.db_column_name}" for column in columns)
+    return WhereRaw(newer_first_after(table._meta.tablename), created_at, row_id)
 
 
 # -- builder queries compiled once ---------------------------------------------------------

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from flowforge.db.sql import embedded as statements
+
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "flowforge"
@@ -158,11 +160,9 @@ def database_url(data_dir: Path, database: str = DATABASE_NAME) -> str:
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", database):
         raise ValueError(f"invalid database name: {database!r}")
     server = start(data_dir)
-    # `database` matched the identifier pattern above: safe to interpolate.
-    query = f"SELECT 1 FROM pg_database WHERE datname = '{database}'"  # noqa: S608
-    exists = _psql(server, "postgres", query)
+    exists = _psql(server, "postgres", statements.database_exists(database))
     if exists != "1":
-        _psql(server, "postgres", f'CREATE DATABASE "{database}"')
+        _psql(server, "postgres", statements.create_database(database))
     uri: str = server.get_uri(database)
     return uri
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import sys
 from typing import Any, LiteralString, cast
 
@@ -43,6 +42,7 @@ from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.core.logs import describe_error, get_logger
 from flowforge.core.settings import PoolerMode, Settings, get_settings
+from flowforge.db.sql.session import COMMIT, ROLLBACK, begin_statement
 
 logger = get_logger(__name__)
 
@@ -86,7 +86,6 @@ def database_url(settings: Settings) -> str:
 # Startup parameters PgBouncer accepts and tracks; any other setting must be
 # applied per transaction behind a transaction pooler.
 STARTUP_PARAMETERS = frozenset({"application_name", "client_encoding", "DateStyle", "TimeZone"})
-_SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_.]*$")
 
 
 def session_settings(settings: Settings) -> dict[str, str]:
@@ -132,17 +131,6 @@ def statement_cache_size(settings: Settings, pooler: PoolerMode) -> int:
     return 0 if pooler is PoolerMode.TRANSACTION else 100
 
 
-def begin_statement(local_settings: dict[str, str]) -> str:
-    """``BEGIN`` followed by ``SET LOCAL`` of each setting: one round trip (simple query)."""
-    parts = ["BEGIN"]
-    for name, value in local_settings.items():
-        if not _SETTING_NAME.match(name):
-            raise ValueError(f"not a setting name: {name!r}")
-        quoted = value.replace("'", "''")
-        parts.append(f"SET LOCAL {name} = '{quoted}'")
-    return "; ".join(parts)
-
-
 class SafeTransaction(PostgresTransaction):
     """A Piccolo transaction that always gives its connection back.
 
@@ -182,11 +170,11 @@ class SafeTransaction(PostgresTransaction):
         await self.connection.execute(self.source.begin_statement)
 
     async def commit(self) -> None:
-        await self.connection.execute("COMMIT")
+        await self.connection.execute(COMMIT)
         self._committed = True
 
     async def rollback(self) -> None:
-        await self.connection.execute("ROLLBACK")
+        await self.connection.execute(ROLLBACK)
         self._rolled_back = True
 
     async def __aexit__(self, exception_type: Any, exception: Any, traceback: Any) -> bool:
@@ -498,9 +486,9 @@ class FlowForgeEngine(PostgresEngine):
             # The server aborted the transaction; anything else (a dropped
             # connection, a cancellation) is cleaned up by release/terminate.
             with contextlib.suppress(Exception):
-                await connection.execute("ROLLBACK")
+                await connection.execute(ROLLBACK)
             raise
-        await connection.execute("COMMIT")
+        await connection.execute(COMMIT)
         return results
 
     async def fetch(self, sql: LiteralString, *args: Any) -> list[Any]:

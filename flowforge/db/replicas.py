@@ -31,7 +31,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, LiteralString, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 
@@ -39,30 +39,12 @@ from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError, t
 from flowforge.core.logs import get_logger
 from flowforge.core.settings import Settings
 from flowforge.db.engine import DB, FlowForgeEngine, SafeTransaction
+from flowforge.db.sql.replicas import REPLAYED_PAST, REPLICA_STATE, WAL_INSERT_POSITION
 
 logger = get_logger(__name__)
 
 CONSISTENCY_HEADER = "X-FlowForge-Consistency"
 SERVED_BY_HEADER = "X-FlowForge-Served-By"
-
-REPLICA_STATE: Final[LiteralString] = """
-SELECT pg_is_in_recovery() AS standby,
-       pg_last_wal_replay_lsn()::text AS replayed,
-       CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())
-       END AS lag_seconds
-"""
-# Run inside a token read's replica transaction, before its queries: has the
-# server that serves this transaction replayed past the token? Asked there, not
-# taken from the monitor, because behind a transaction pooler (or a DSN listing
-# several hosts) the monitor's connection may reach another server than the
-# read's; inside the transaction it is the read's own server, and a standby's
-# replay position only grows.
-REPLAYED_PAST: Final[LiteralString] = (
-    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false) AS replayed"
-)
-# The primary's current WAL insert position: the consistency token.
-WAL_INSERT_POSITION: Final[LiteralString] = "SELECT pg_current_wal_insert_lsn()::text AS lsn"
 
 
 def parse_lsn(text: str) -> int:

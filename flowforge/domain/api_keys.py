@@ -12,7 +12,7 @@ transitively, in the same transaction: a leaked key's grants are leaked too,
 and a key never outlives the key that granted it (nor expires after it).
 
 ``last_used_at`` is a coarse "recently used" signal, not an access log: it is
-written at most once per :data:`LAST_USED_GRANULARITY_SECONDS` per key, by the
+written at most once per ``LAST_USED_GRANULARITY_SECONDS`` (:mod:`flowforge.db.sql.api_keys`) per key, by the
 authentication query itself, and skipped (``SKIP LOCKED``) when another request
 is writing it, so authentication never waits on a lock and a busy key does not
 turn every request into a write.
@@ -27,12 +27,13 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, LiteralString, cast
+from typing import Any, Final, cast
 from uuid import UUID
 
 from piccolo.custom_types import Combinable
 from piccolo.query.base import Query
 
+from flowforge.core import events
 from flowforge.core.errors import (
     ConflictError,
     ForbiddenError,
@@ -42,15 +43,17 @@ from flowforge.core.errors import (
 )
 from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
+from flowforge.db.sql.api_keys import (
+    AUTHENTICATE,
+    REVOKE_GRANTED,
+)
 from flowforge.db.tables import ApiKey, Role, Scope, User
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.principal import SCOPES_BY_ROLE, Principal
 from flowforge.domain.records import ApiKeyRecord
-from flowforge.outbox import events
 from flowforge.outbox import writer as outbox
 
 KEY_PATTERN: Final = re.compile(r"ff_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
-LAST_USED_GRANULARITY_SECONDS: Final = 60
 # Compared against when the prefix is unknown, so both failures take as long.
 _DUMMY_HASH: Final = hashlib.sha256(b"flowforge-no-such-key").hexdigest()
 
@@ -80,28 +83,6 @@ def generate_key() -> tuple[str, str]:
 
 
 # -- authenticate -------------------------------------------------------------------------
-
-# One round trip: the key and its user by prefix, plus the throttled, never
-# blocking last_used_at write (only for a key that is valid right now).
-AUTHENTICATE: Final[LiteralString] = f"""
-WITH touched AS (
-    UPDATE api_keys SET last_used_at = now()
-    WHERE id = (
-        SELECT id FROM api_keys
-        WHERE prefix = $1 AND key_hash = $2 AND revoked_at IS NULL
-          AND (expires_at IS NULL OR expires_at > now())
-          AND (last_used_at IS NULL
-               OR last_used_at < now() - make_interval(secs => {LAST_USED_GRANULARITY_SECONDS}))
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id
-)
-SELECT k.id, k.user_id, k.key_hash, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
-    k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
-    u.role, u.is_active
-FROM api_keys k JOIN users u ON u.id = k.user_id
-WHERE k.prefix = $1
-"""  # noqa: S608 - a constant number, no client text
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,47 +250,6 @@ async def list_api_keys(
         user_id=user_id, limit=limit + 1, created_at=created_at, id=after_id
     )
     return page([_key(row) for row in rows], limit)
-
-
-# Revoke a key and every key it granted, transitively, with one api_key.revoked
-# event per key revoked now. Already-revoked keys keep their revoked_at (and are
-# still walked through: a key granted by one of them is revoked). Nothing is
-# revoked when the key making the request ($2) is in the tree: revoking it by
-# way of one of its granters would lock the client out (revokes_caller). Keys
-# are locked in id order, so two revocations of overlapping trees cannot
-# deadlock; one that waited re-checks revoked_at and skips a key revoked
-# meanwhile. UNION (not UNION ALL) ends the walk even on a cycle made by hand.
-# "= ANY (ARRAY(...))" rather than "IN (SELECT ...)": probes of the primary key
-# (tests/test_explain.py; IN was planned as a hash join over a scan of every key).
-_REVOKED_EVENT: Final[LiteralString] = outbox.insert_from(
-    "revoked r",
-    aggregate_type=events.API_KEY,
-    aggregate_id="r.id",
-    event_type="'api_key.revoked'",
-    payload=events.api_key_revoked_payload_sql("r", "$1"),
-)
-REVOKE_GRANTED: Final[LiteralString] = f"""
-WITH RECURSIVE tree AS (
-    SELECT id FROM api_keys WHERE id = $1
-    UNION
-    SELECT k.id FROM api_keys k JOIN tree t ON k.granted_by_key_id = t.id
-), locked AS (
-    SELECT id FROM api_keys
-    WHERE id = ANY (ARRAY(SELECT id FROM tree)) AND revoked_at IS NULL
-      AND NOT EXISTS (SELECT FROM tree WHERE id = $2)
-    ORDER BY id
-    FOR NO KEY UPDATE
-), revoked AS (
-    UPDATE api_keys k SET revoked_at = now()
-    FROM locked
-    WHERE k.id = locked.id
-    RETURNING k.id, k.user_id, k.prefix
-), events AS (
-    {_REVOKED_EVENT}
-)
-SELECT EXISTS (SELECT FROM tree WHERE id = $2) AS revokes_caller,
-    (SELECT count(*) FROM revoked) AS revoked
-"""  # noqa: S608 - literal fragments; values are bind parameters
 
 
 async def revoke_api_key(

@@ -14,13 +14,13 @@ from uuid import UUID
 from piccolo.query.base import Query
 from piccolo.query.proxy import Proxy
 
+from flowforge.core import events
 from flowforge.core.errors import ConflictError, NotFoundError
 from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, User
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import UserRecord
-from flowforge.outbox import events
 from flowforge.outbox.writer import record_event
 
 USER_COLUMNS = (

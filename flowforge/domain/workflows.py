@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, LiteralString, cast
+from typing import Any, cast
 from uuid import UUID
 
 from piccolo.columns import Column
@@ -13,18 +13,19 @@ from piccolo.custom_types import Combinable
 from piccolo.query.methods.select import Select
 from piccolo.querystring import QueryString
 
+from flowforge.core import events
 from flowforge.core.errors import NotFoundError
 from flowforge.core.json import dumps, loads
 from flowforge.db.builder import (
     NOW,
     Param,
-    column_list,
     compiled,
     limited,
     new_row,
     page_after,
 )
 from flowforge.db.engine import DB
+from flowforge.db.sql.workflows import INSERT_STEPS, STEP_COUNT, STEP_FIELDS, STEPS_OF_WORKFLOW
 from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import (
@@ -33,7 +34,6 @@ from flowforge.domain.records import (
     WorkflowSummary,
     WorkflowWithSteps,
 )
-from flowforge.outbox import events
 from flowforge.outbox.writer import record_event
 
 WORKFLOW_COLUMNS: tuple[Column, ...] = (
@@ -46,40 +46,6 @@ WORKFLOW_COLUMNS: tuple[Column, ...] = (
     Workflow.is_active,
     Workflow.created_at,
     Workflow.updated_at,
-)
-STEP_COLUMNS: tuple[Column, ...] = (
-    WorkflowStep.id,
-    WorkflowStep.workflow_id,
-    WorkflowStep.position,
-    WorkflowStep.name,
-    WorkflowStep.action_type,
-    WorkflowStep.config,
-    WorkflowStep.retry_policy,
-    WorkflowStep.created_at,
-    WorkflowStep.updated_at,
-)
-STEP_FIELDS = tuple(column._meta.db_column_name for column in STEP_COLUMNS)
-# The step column list for the raw SQL below, from the Table (a renamed column
-# changes it, and tests/test_sql_statements.py prepares the result).
-STEP_COLUMN_LIST = column_list(*STEP_COLUMNS)
-
-# All steps in one round trip: one array per column, unnested into rows. (The
-# builder's multi-row insert sends one parameter per value.)
-INSERT_STEPS: LiteralString = f"""
-    INSERT INTO workflow_steps (workflow_id, position, name, action_type, config, retry_policy)
-    SELECT $1, s.position, s.name, s.action_type, s.config::jsonb, s.retry_policy::jsonb
-    FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS s(position, name, action_type, config, retry_policy)
-    RETURNING {STEP_COLUMN_LIST}
-"""  # noqa: S608 - column names from the Table; every value is a bind parameter
-
-# Columns computed in the workflow's own SELECT (one round trip): its steps in
-# order as an array of rows, and its step count.
-STEPS_OF_WORKFLOW: LiteralString = f"""ARRAY(
-    SELECT ROW({STEP_COLUMN_LIST}) FROM workflow_steps s
-    WHERE s.workflow_id = "workflows"."id" ORDER BY s.position)"""  # noqa: S608
-STEP_COUNT: LiteralString = (
-    '(SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = "workflows"."id")'
 )
 
 

@@ -37,7 +37,8 @@ cannot be locked in time is skipped and reported, and the next run tries again.
 
 The statements that read or move rows are constants per table (they name the
 table and reach one partition through its key range); only DDL names a
-partition, and partition names are made here from dates.
+partition, and partition names are made here from dates. The statements and
+the DDL templates are in :mod:`flowforge.db.sql.partitions`.
 """
 
 from __future__ import annotations
@@ -46,13 +47,25 @@ import contextlib
 import datetime
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Final, Literal, LiteralString
+from typing import Final, Literal
 
 import asyncpg
 
 from flowforge.core.errors import PARTITION_NAME
 from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
+from flowforge.db.sql import partitions as sql
+from flowforge.db.sql.partitions import (
+    ALL_EXPIRED,
+    DEFAULT_ROWS,
+    DEFAULT_ROWS_IN_RANGE,
+    EXACT_ROWS,
+    MOVE_FROM_DEFAULT,
+    NOW,
+    PARTITION_INDEXES,
+    PARTITIONS,
+    STRAY_PERIODS,
+)
 
 __all__ = ["PARTITION_NAME", "SPECS", "drop_expired", "ensure", "maintain"]
 
@@ -107,109 +120,6 @@ class Partition:
         return (self.lower is None or self.lower <= start) and start < self.upper
 
 
-NOW: Final[LiteralString] = "SELECT now()"
-
-# A table's partitions with their bounds. pg_get_expr is given the parent, so
-# listing takes no lock on a partition (a busy one must not stall the listing).
-PARTITIONS: Final[LiteralString] = """
-SELECT c.relname AS name,
-    (regexp_match(pg_get_expr(c.relpartbound, i.inhparent),
-                  'FROM \\(''([^'']+)''\\) TO'))[1]::timestamptz AS lower,
-    (regexp_match(pg_get_expr(c.relpartbound, i.inhparent),
-                  'TO \\(''([^'']+)''\\)'))[1]::timestamptz AS upper
-FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-WHERE i.inhparent = $1::regclass
-ORDER BY lower NULLS LAST
-"""
-
-# A partition's indexes and the table indexes they belong to.
-PARTITION_INDEXES: Final[LiteralString] = """
-SELECT child.relname AS child, parent.relname AS parent, tbl.relname AS tbl
-FROM pg_index cx
-JOIN pg_class child ON child.oid = cx.indexrelid
-JOIN pg_inherits i ON i.inhrelid = child.oid
-JOIN pg_class parent ON parent.oid = i.inhparent
-JOIN pg_index px ON px.indexrelid = parent.oid
-JOIN pg_class tbl ON tbl.oid = px.indrelid
-WHERE cx.indrelid = $1::regclass
-"""
-
-# The exact rows of the partition holding [$1, $2), read through the table (partition
-# pruning scans only that partition); $1 is NULL for the legacy partition (MINVALUE).
-EXACT_ROWS: Final[dict[str, LiteralString]] = {
-    "outbox": (
-        "SELECT count(*) FROM outbox "
-        "WHERE created_at >= coalesce($1::timestamptz, '-infinity') AND created_at < $2"
-    ),
-    "run_step_logs": (
-        "SELECT count(*) FROM run_step_logs "
-        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
-    ),
-}
-
-# Per table: the periods whose rows wait in the default partition, how many
-# there are, and moving one period's rows out of it into the table (with the
-# default partition detached, the table routes them to the new partition).
-STRAY_PERIODS: Final[dict[str, LiteralString]] = {
-    "outbox": "SELECT DISTINCT date_trunc('day', created_at) FROM outbox_default",
-    "run_step_logs": (
-        "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_step_logs_default"
-    ),
-}
-DEFAULT_ROWS: Final[dict[str, LiteralString]] = {
-    "outbox": "SELECT count(*) FROM outbox_default",
-    "run_step_logs": "SELECT count(*) FROM run_step_logs_default",
-}
-DEFAULT_ROWS_IN_RANGE: Final[dict[str, LiteralString]] = {
-    "outbox": "SELECT count(*) FROM outbox_default WHERE created_at >= $1 AND created_at < $2",
-    "run_step_logs": (
-        "SELECT count(*) FROM run_step_logs_default "
-        "WHERE run_created_at >= $1 AND run_created_at < $2"
-    ),
-}
-MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
-    "outbox": """
-        WITH moved AS (
-            DELETE FROM outbox_default WHERE created_at >= $1 AND created_at < $2 RETURNING *
-        )
-        INSERT INTO outbox SELECT * FROM moved
-    """,
-    "run_step_logs": """
-        WITH moved AS (
-            DELETE FROM run_step_logs_default
-            WHERE run_created_at >= $1 AND run_created_at < $2 RETURNING *
-        )
-        INSERT INTO run_step_logs SELECT * FROM moved
-    """,
-}
-
-# Every row of the partition holding [$2, $3) may be pruned (see the module docstring);
-# $2 is NULL for the legacy partition (from MINVALUE).
-ALL_EXPIRED: Final[dict[str, LiteralString]] = {
-    "outbox": """
-        SELECT NOT EXISTS (
-                SELECT 1 FROM outbox
-                WHERE created_at >= coalesce($2::timestamptz, '-infinity') AND created_at < $3
-                    AND published_at IS NULL
-            )
-            AND coalesce((
-                SELECT max(published_at) FROM outbox
-                WHERE created_at >= coalesce($2::timestamptz, '-infinity') AND created_at < $3
-            ), '-infinity') < $1
-    """,
-    "run_step_logs": """
-        SELECT NOT EXISTS (
-            SELECT 1 FROM workflow_runs r
-            WHERE r.created_at >= coalesce($2::timestamptz, '-infinity') AND r.created_at < $3
-                AND NOT (r.status IN ('completed', 'failed', 'cancelled')
-                         AND r.finished_at < $1)
-                AND EXISTS (SELECT 1 FROM run_step_logs l
-                            WHERE l.run_id = r.id AND l.run_created_at = r.created_at)
-        )
-    """,
-}
-
-
 @contextlib.asynccontextmanager
 async def _unit() -> AsyncIterator[None]:
     """One unit of work, in a transaction of its own: DDL with a lock timeout,
@@ -218,9 +128,9 @@ async def _unit() -> AsyncIterator[None]:
     pooler). The functions below run in it (the caller's transaction)."""
     async with DB.transaction() as transaction:
         connection = transaction.connection
-        await connection.execute("SET LOCAL TimeZone = 'UTC'")
-        await connection.execute("SET LOCAL statement_timeout = 0")
-        await connection.execute(f"SET LOCAL lock_timeout = {PARTITION_LOCK_TIMEOUT_MS}")
+        await connection.execute(sql.UTC)
+        await connection.execute(sql.NO_STATEMENT_TIMEOUT)
+        await connection.execute(sql.lock_timeout(PARTITION_LOCK_TIMEOUT_MS))
         yield
 
 
@@ -241,7 +151,7 @@ async def name_indexes_like_parent(partition: str) -> None:
     for row in await connection.fetch(PARTITION_INDEXES, partition):
         wanted = f"{partition}_{row['parent'].removeprefix(row['tbl'] + '_')}"
         if row["child"] != wanted:
-            await connection.execute(f'ALTER INDEX "{row["child"]}" RENAME TO "{wanted}"')
+            await connection.execute(sql.rename_index(row["child"], wanted))
 
 
 async def create_partition(spec: Spec, start: datetime.datetime) -> str:
@@ -251,19 +161,18 @@ async def create_partition(spec: Spec, start: datetime.datetime) -> str:
     name = partition_name(spec, start)
     end = period_start(start, spec.period, 1)
     default = f"{spec.table}_default"
-    bounds = f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
     connection = DB.require_transaction().connection
     stray = int(await connection.fetchval(DEFAULT_ROWS_IN_RANGE[spec.table], start, end))
     if not stray:
-        await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
+        await connection.execute(sql.create_partition(spec.table, name, start, end))
     else:
         # PostgreSQL refuses a partition for a range the default one holds
         # rows of: take the default partition out, create the partition,
         # send the rows back through the table, put the default one back.
-        await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {default}")
-        await connection.execute(f"CREATE TABLE {name} PARTITION OF {spec.table} {bounds}")
+        await connection.execute(sql.detach_partition(spec.table, default))
+        await connection.execute(sql.create_partition(spec.table, name, start, end))
         await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
-        await connection.execute(f"ALTER TABLE {spec.table} ATTACH PARTITION {default} DEFAULT")
+        await connection.execute(sql.attach_default_partition(spec.table, default))
         logger.warning("partitions.moved_from_default", partition=name, rows=stray)
     await name_indexes_like_parent(name)
     return name
@@ -377,7 +286,7 @@ async def _retire(
     """Drop (or detach) `partition` if every row has expired; in the caller's transaction."""
     connection = DB.require_transaction().connection
     # No row can be written into it between the check and the drop.
-    await connection.execute(f"LOCK TABLE {partition.name} IN SHARE MODE")
+    await connection.execute(sql.lock_partition(partition.name))
     expired = await connection.fetchval(
         ALL_EXPIRED[spec.table], cutoff, partition.lower, partition.upper
     )
@@ -391,10 +300,10 @@ async def _retire(
     if report.dry_run:
         report.dropped.append(partition.name)
     elif detach:
-        await connection.execute(f"ALTER TABLE {spec.table} DETACH PARTITION {partition.name}")
+        await connection.execute(sql.detach_partition(spec.table, partition.name))
         report.detached.append(partition.name)
     else:
-        await connection.execute(f"DROP TABLE {partition.name}")
+        await connection.execute(sql.drop_partition(partition.name))
         report.dropped.append(partition.name)
 
 

@@ -18,77 +18,17 @@ Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, LiteralString
+from typing import Any
 from uuid import UUID
 
-from flowforge.core import metrics
+from flowforge.core import events, metrics
 from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
-from flowforge.outbox import events
+from flowforge.db.sql.reaper import CANCEL_PENDING_STEPS, FAIL_STEP_ATTEMPTS, REAP, WOULD_REAP
 from flowforge.outbox.writer import record_events
 
 logger = get_logger("flowforge.jobs.reaper")
 
-# The lease expression must match the index expression exactly to use it.
-# An end is stamped with clock_timestamp(), as runs.TRANSITION_RUN's (see there):
-# the reaper never waits for a run's lock (SKIP LOCKED), and every attempt of a
-# run it claims started before the run's last sign of life, so the reading
-# follows every started_at it closes and the timestamps CHECKs keep meaning it.
-# REAP updates "id = ANY(ARRAY(...))" rather than joining the CTE: the planner
-# cannot size the CTE and may hash-join it against a scan of every run.
-FIND_STUCK: Final[LiteralString] = """
-SELECT id FROM workflow_runs
-WHERE status = 'running'
-    AND COALESCE(heartbeat_at, started_at) < now() - make_interval(secs => $1::float8)
-ORDER BY COALESCE(heartbeat_at, started_at)
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-
-REAP: Final[LiteralString] = f"""
-WITH stuck AS ({FIND_STUCK})
-UPDATE workflow_runs AS r
-SET status = 'failed',
-    finished_at = clock_timestamp(),
-    error = format(
-        'Reaped: no heartbeat since %s (lease %s s); the executor is presumed dead.',
-        to_char(COALESCE(r.heartbeat_at, r.started_at) AT TIME ZONE 'UTC',
-                'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-        $1::float8
-    )
-WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
-RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
-"""  # noqa: S608 - composed from constants; values are bind parameters
-
-# The two step-log updates stay raw: one array parameter for the whole batch
-# (up to 500 runs). The builder's is_in binds a parameter per run, a new
-# statement per batch size, and Piccolo itself warns above 100 values.
-FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
-UPDATE run_step_logs
-SET status = 'failed', finished_at = clock_timestamp(), error = $2
-WHERE run_id = ANY($1::uuid[]) AND status = 'running'
-"""
-
-CANCEL_PENDING_STEPS: Final[LiteralString] = """
-UPDATE run_step_logs
-SET status = 'cancelled', finished_at = clock_timestamp()
-WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
-"""
-
-# What a dry run reports: every run the reaper would fail now, with what it
-# would do to its step attempts. No lock: a run an executor is finishing right
-# now is listed, and the real reap would skip it (SKIP LOCKED) or see it done.
-WOULD_REAP: Final[LiteralString] = """
-SELECT r.id, r.workflow_id, COALESCE(r.heartbeat_at, r.started_at) AS last_seen,
-    (SELECT count(*) FROM run_step_logs s
-        WHERE s.run_id = r.id AND s.status = 'running') AS running_steps,
-    (SELECT count(*) FROM run_step_logs s
-        WHERE s.run_id = r.id AND s.status = 'pending') AS pending_steps
-FROM workflow_runs AS r
-WHERE r.status = 'running'
-    AND COALESCE(r.heartbeat_at, r.started_at) < now() - make_interval(secs => $1::float8)
-ORDER BY COALESCE(r.heartbeat_at, r.started_at)
-"""
 
 STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
 

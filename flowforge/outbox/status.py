@@ -13,44 +13,14 @@ Like every data function, these run in the caller's transaction (docs/decisions/
 from __future__ import annotations
 
 import datetime
-from typing import Any, Final, LiteralString
+from typing import Any
 
 from piccolo.query.methods.select import Select
 
 from flowforge.db.builder import Param, compiled, limited
 from flowforge.db.engine import DB
+from flowforge.db.sql.outbox import HEALTH, REQUEUE, STATUS
 from flowforge.db.tables import Outbox
-
-HEALTH: Final[LiteralString] = """
-SELECT
-    GREATEST(0, COALESCE(EXTRACT(EPOCH FROM now() - (
-        SELECT created_at FROM outbox
-        WHERE published_at IS NULL AND dead_lettered_at IS NULL
-        ORDER BY seq LIMIT 1
-    )), 0))::float8 AS lag_seconds,
-    (SELECT count(*) FROM outbox WHERE dead_lettered_at IS NOT NULL) AS dead_lettered
-"""
-
-STATUS: Final[LiteralString] = """
-SELECT
-    (SELECT count(*) FROM outbox
-        WHERE published_at IS NULL AND dead_lettered_at IS NULL) AS unpublished,
-    (SELECT count(*) FROM outbox
-        WHERE published_at IS NULL AND dead_lettered_at IS NULL AND attempts > 0) AS retrying,
-    (SELECT count(*) FROM outbox AS dead
-        JOIN outbox AS o
-            ON o.aggregate_type = dead.aggregate_type
-            AND o.aggregate_id = dead.aggregate_id
-            AND o.published_at IS NULL
-            AND o.dead_lettered_at IS NULL
-            AND o.seq > dead.seq
-        WHERE dead.dead_lettered_at IS NOT NULL) AS held,
-    (SELECT count(*) FROM outbox WHERE published_at IS NOT NULL) AS published,
-    (SELECT min(published_at) FROM outbox WHERE published_at IS NOT NULL) AS oldest_published_at,
-    (SELECT created_at FROM outbox
-        WHERE published_at IS NULL AND dead_lettered_at IS NULL
-        ORDER BY seq LIMIT 1) AS oldest_unpublished_at
-"""
 
 # The start of each dead letter's last error shown by the status.
 LAST_ERROR_SHOWN_CHARS = 300
@@ -122,17 +92,6 @@ async def outbox_status(dead_letter_limit: int = 20) -> dict[str, Any]:
             for item in dead
         ],
     }
-
-
-REQUEUE: Final[LiteralString] = """
-WITH requeued AS (
-    UPDATE outbox
-    SET dead_lettered_at = NULL, attempts = 0, next_attempt_at = now()
-    WHERE dead_lettered_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1::uuid[]))
-    RETURNING id
-)
-SELECT id, pg_notify('flowforge_outbox', '') FROM requeued
-"""
 
 
 async def requeue_dead_letters(event_ids: list[Any] | None = None) -> int:

@@ -4,9 +4,10 @@ An event is only ever written inside the caller's transaction, so it commits
 or rolls back together with the change it describes. A relay publishes
 committed events and stamps ``published_at`` (docs/decisions/04-outbox-relay.md).
 Every write goes through here: :func:`record_event` / :func:`record_events`
-for payloads built in Python (checked against :data:`flowforge.outbox.events.CONTRACT`),
-:func:`insert_from` for the hot paths that write a change and its event in
-one SQL statement (payloads from :mod:`flowforge.outbox.events`' SQL builders).
+for payloads built in Python (checked against :data:`flowforge.core.events.CONTRACT`),
+and, for the hot paths that write a change and its event in one SQL
+statement, :func:`flowforge.db.sql.outbox.insert_from` with the payloads
+built in SQL next to it (the statements live in the SQL home, ``flowforge/db/sql/``).
 
 Ordering contract: events of one aggregate are published in the order they
 were inserted (``outbox.seq``). Record an aggregate's event *after* the
@@ -18,18 +19,13 @@ order is commit order.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, LiteralString
+from typing import Any
 from uuid import UUID
 
+from flowforge.core.events import check_payload
 from flowforge.core.json import dumps
 from flowforge.db.engine import DB
-from flowforge.outbox.events import check_payload
-
-INSERT_EVENT: Final[LiteralString] = """
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-VALUES ($1, $2, $3, $4::jsonb)
-RETURNING id
-"""
+from flowforge.db.sql.outbox import INSERT_EVENT, INSERT_EVENTS
 
 
 async def record_event(
@@ -47,18 +43,6 @@ async def record_event(
         INSERT_EVENT, aggregate_type, aggregate_id, event_type, dumps(payload)
     )
     return event_id
-
-
-# Many events in one round trip. WITH ORDINALITY + ORDER BY keeps the given
-# order, so each row's seq (its publish order) follows the list.
-INSERT_EVENTS: Final[LiteralString] = """
-INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-SELECT e.aggregate_type, e.aggregate_id, e.event_type, e.payload::jsonb
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[])
-    WITH ORDINALITY AS e(aggregate_type, aggregate_id, event_type, payload, n)
-ORDER BY e.n
-RETURNING id
-"""
 
 
 async def record_events(
@@ -80,22 +64,3 @@ async def record_events(
         [dumps(event[3]) for event in events],
     )
     return [row["id"] for row in rows]
-
-
-def insert_from(
-    source: LiteralString,
-    *,
-    aggregate_type: LiteralString,
-    aggregate_id: LiteralString,
-    event_type: LiteralString,
-    payload: LiteralString,
-) -> LiteralString:
-    """``INSERT INTO outbox ... SELECT ... FROM <source>``: one event per source row.
-
-    For data-modifying CTEs that write a change and its event in one
-    statement; `payload` comes from :mod:`flowforge.outbox.events`' SQL builders,
-    `event_type` is a SQL expression (a quoted literal or a parameter).
-    """
-    return f"""INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
-    SELECT '{aggregate_type}', {aggregate_id}, {event_type}, {payload}
-    FROM {source}"""  # noqa: S608 - literal fragments; values are bind parameters

@@ -25,6 +25,7 @@ import asyncpg
 from flowforge.core.logs import describe_error, get_logger
 from flowforge.core.settings import PoolerMode, Settings
 from flowforge.db.engine import asyncpg_config, database_url
+from flowforge.db.sql.relay import PING
 
 logger = get_logger("flowforge.relay")
 
@@ -121,7 +122,7 @@ class OutboxListener:
                 return
             try:
                 await asyncio.wait_for(
-                    self.connection.fetchval("SELECT 1"), self._settings.connect_timeout
+                    self.connection.fetchval(PING), self._settings.connect_timeout
                 )
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 return

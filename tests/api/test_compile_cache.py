@@ -19,7 +19,7 @@ import pytest
 
 from flowforge.db import builder as queries
 from flowforge.db.engine import DB
-from flowforge.domain import runs
+from flowforge.db.sql import runs as run_sql
 from flowforge.domain.pagination import encode_cursor
 from tests.api.conftest import Caller, create_workflow, trigger
 
@@ -104,7 +104,7 @@ async def test_paging_with_any_cursor_limit_or_filter_adds_no_compiled_query(
     # The first pass compiles every shape: with and without a cursor, each filter.
     await sweep(client, admin, developer, workflow_id, run["id"], [None, *some_cursors(1)], [50])
     shapes = queries.compiled_shapes()
-    run_shapes = len(runs._LIST_RUNS_CACHE)
+    run_shapes = len(run_sql._LIST_RUNS_CACHE)
 
     await sweep(
         client, admin, developer, workflow_id, run["id"], some_cursors(10), [1, 3, 199, 200]
@@ -120,7 +120,7 @@ async def test_paging_with_any_cursor_limit_or_filter_adds_no_compiled_query(
             assert len(await page_through(client, caller, path, limit)) >= 2
 
     assert queries.compiled_shapes() == shapes
-    assert len(runs._LIST_RUNS_CACHE) == run_shapes
+    assert len(run_sql._LIST_RUNS_CACHE) == run_shapes
     assert shapes <= queries.MAX_COMPILED // 4  # the cap is far from what FlowForge needs
 
 

@@ -11,8 +11,10 @@ import asyncpg
 import httpx
 import pytest
 
+from flowforge.core import events as contract
 from flowforge.db.engine import DB
-from flowforge.outbox import events as contract
+from flowforge.db.sql import api_keys as api_key_sql
+from flowforge.db.sql import runs as run_sql
 from tests import support
 from tests.api.conftest import Caller, count, create_workflow, events, trigger
 
@@ -304,7 +306,7 @@ async def test_concurrent_transitions_in_raw_transactions_one_wins(
 
     racing = asyncio.gather(first(), second())
     # The server's lock state, not a guess of time: the second waits for the first.
-    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+    await support.wait_for_lock_waiter(database_url, run_sql.TRANSITION_RUN[:60])
     release.set()
     results = await asyncio.wait_for(racing, 30)
     # cancel is legal from running too, so the second wins *after* the first:
@@ -651,7 +653,7 @@ async def test_an_attempt_committed_while_the_run_ends_is_closed_with_it(
     await appended.wait()
     # The transition's statement waits for the lock (the server's lock state,
     # not a guess of time) before the append commits.
-    await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+    await support.wait_for_lock_waiter(database_url, run_sql.TRANSITION_RUN[:60])
     release.set()
     _, completed = await asyncio.wait_for(asyncio.gather(appending, completing), 10)
     assert completed["status"] == "completed"
@@ -693,7 +695,6 @@ async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
     holds the lock it must succeed and close that attempt (it answered 409
     run_step_logs_timestamps_match_status: the attempt was closed at the end's
     transaction start, before the attempt had started)."""
-    from flowforge.domain import runs
 
     body, status = ENDINGS[action]
     run_id = (await running_run(client, developer, workflow))["id"]
@@ -708,11 +709,11 @@ async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
             ending = asyncio.create_task(
                 post(client, developer, f"/api/v1/runs/{run_id}/{action}", **body)
             )
-            await support.wait_for_lock_waiter(database_url, runs.TRANSITION_RUN[:60])
+            await support.wait_for_lock_waiter(database_url, run_sql.TRANSITION_RUN[:60])
             appending = asyncio.create_task(
                 post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
             )
-            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+            await support.wait_for_lock_waiter(database_url, run_sql.APPEND_STEP_LOG[:60])
         ended, appended = await asyncio.wait_for(asyncio.gather(ending, appending), 30)
     finally:
         await holder.close()
@@ -738,7 +739,7 @@ async def test_a_run_ends_after_a_start_that_began_later(
     """The same race on the run itself: a cancel's transaction begins, a start
     that began later commits first, then the cancel ends the now running run (it
     answered 409 workflow_runs_timestamps_match_status: finished before it started)."""
-    from flowforge.domain import api_keys, runs
+    from flowforge.domain import runs
 
     run_id = (await trigger(client, developer, workflow["id"]))["id"]
     holder = await asyncpg.connect(database_url, statement_cache_size=0)
@@ -749,7 +750,7 @@ async def test_a_run_ends_after_a_start_that_began_later(
             cancelling = asyncio.create_task(
                 post(client, developer, f"/api/v1/runs/{run_id}/cancel")
             )
-            await support.wait_for_lock_waiter(database_url, api_keys.AUTHENTICATE[:60])
+            await support.wait_for_lock_waiter(database_url, api_key_sql.AUTHENTICATE[:60])
             async with DB.transaction():  # an executor's start: no key, no wait
                 await runs.transition_run(run_id, "start")
         cancelled = await asyncio.wait_for(cancelling, 30)
@@ -778,7 +779,6 @@ async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
 ) -> None:
     """The opposite race: an append (or finish, heartbeat) that waits for the lock
     of a run being completed is refused with a 409 naming the new state, not a 500."""
-    from flowforge.domain import runs
 
     run_id = (await running_run(client, developer, workflow))["id"]
     attempt = (
@@ -798,9 +798,9 @@ async def test_a_run_ended_while_an_attempt_waits_refuses_it_cleanly(
             # The end holds the run's row lock and waits to close the attempts.
             await holder.execute("LOCK TABLE run_step_logs IN SHARE MODE")
             ending = asyncio.create_task(post(client, developer, f"/api/v1/runs/{run_id}/complete"))
-            await support.wait_for_lock_waiter(database_url, runs.CLOSE_ATTEMPTS[:60])
+            await support.wait_for_lock_waiter(database_url, run_sql.CLOSE_ATTEMPTS[:60])
             late = asyncio.create_task(post(client, developer, path, **body))
-            await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+            await support.wait_for_lock_waiter(database_url, run_sql.LOCK_RUNNING_RUN[:60])
         ended, refused = await asyncio.wait_for(asyncio.gather(ending, late), 30)
     finally:
         await holder.close()
@@ -823,7 +823,6 @@ async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
     """The reaper path does not share the race: it claims with SKIP LOCKED, so it
     never waits for an append (nor closes an attempt that began after it), and an
     append queued behind a reaped run is a clean 409."""
-    from flowforge.domain import runs
     from flowforge.jobs import reaper
 
     run_id = (await running_run(client, developer, workflow))["id"]
@@ -834,7 +833,7 @@ async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
             appending = asyncio.create_task(
                 post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=0)
             )
-            await support.wait_for_lock_waiter(database_url, runs.APPEND_STEP_LOG[:60])
+            await support.wait_for_lock_waiter(database_url, run_sql.APPEND_STEP_LOG[:60])
             # Even with no lease at all, the run whose lock the append holds is
             # skipped, not waited for (a claim would wait on the outbox: timeout).
             skipped = await asyncio.wait_for(reaper.reap_stuck_runs(0.0), 10)
@@ -858,7 +857,7 @@ async def test_the_reaper_passes_over_a_run_whose_attempt_is_being_appended(
     late = asyncio.create_task(
         post(client, developer, f"/api/v1/runs/{run_id}/step-logs", step_position=1)
     )
-    await support.wait_for_lock_waiter(database_url, runs.LOCK_RUNNING_RUN[:60])
+    await support.wait_for_lock_waiter(database_url, run_sql.LOCK_RUNNING_RUN[:60])
     release.set()
     reaped, refused = await asyncio.wait_for(asyncio.gather(reaping, late), 30)
     assert [str(run["id"]) for run in reaped] == [run_id]

@@ -6,10 +6,15 @@ The one source of truth for event names and payload keys. Every event row has
 event's own ``id`` (outbox.id) is the de-duplication key. :data:`CONTRACT`
 names every event type with its aggregate and exact payload keys;
 :mod:`flowforge.outbox.writer` refuses a payload built in Python that does not match
-it, run payloads are built here for Python (:func:`run_payload`) and for SQL
-(:func:`run_payload_sql`, :func:`step_logged_payload_sql`) from the same key
-lists, and tests/test_event_contract.py compares every event type's payload,
-however it was built, with the contract.
+it, run payloads are built here for Python (:func:`run_payload`) and in
+:mod:`flowforge.db.sql.outbox` for SQL (``run_payload_sql``,
+``step_logged_payload_sql``) from the same key lists, and
+tests/test_event_contract.py compares every event type's payload, however it
+was built, with the contract.
+
+Pure data and checks, importing nothing of ours: it sits in ``core/`` so that
+every layer that writes or reads events can use it, the SQL home
+(``flowforge/db/sql/``, below the outbox) included.
 
 * ``user``          user.created, user.updated, user.deactivated, user.activated
 * ``api_key``       api_key.created (with the key that granted it, if any),
@@ -189,76 +194,3 @@ def run_payload(run: Mapping[str, Any], previous_status: str | None) -> dict[str
         extra = RUN_CHANGED_KEYS[len(RUN_KEYS) :]
     payload.update({key: run.get(key) for key in extra})
     return payload
-
-
-# -- the same payloads, built in SQL (one round trip with the change) -------------------
-
-
-def iso(expression: LiteralString) -> LiteralString:
-    """SQL for a timestamptz as the ISO 8601 text Python's ``isoformat()`` gives (UTC).
-
-    Keeps SQL-built payloads identical in form to Python-built ones whatever
-    the session's TimeZone is.
-    """
-    return f"to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')"
-
-
-def _jsonb_object(
-    values: dict[str, LiteralString], keys: tuple[LiteralString, ...]
-) -> LiteralString:
-    if set(values) != set(keys):
-        raise ValueError(f"SQL payload keys {sorted(values)} differ from {sorted(keys)}")
-    pairs: list[LiteralString] = [f"'{key}', {values[key]}" for key in keys]
-    return f"jsonb_build_object({', '.join(pairs)})"
-
-
-def run_payload_sql(
-    alias: LiteralString, previous_status: LiteralString, event_type: str
-) -> LiteralString:
-    """``jsonb_build_object(...)`` of `event_type`'s payload from the run row `alias`."""
-    values: dict[str, LiteralString] = {
-        "run_id": f"{alias}.id",
-        "workflow_id": f"{alias}.workflow_id",
-        "status": f"{alias}.status",
-        "previous_status": previous_status,
-        "error": f"{alias}.error",
-        "started_at": iso(f"{alias}.started_at"),
-        "finished_at": iso(f"{alias}.finished_at"),
-        "trigger_type": f"{alias}.trigger_type",
-        "triggered_by_user_id": f"{alias}.triggered_by_user_id",
-        "inputs": f"{alias}.inputs",
-        "idempotency_key": f"{alias}.idempotency_key",
-        "outputs": f"{alias}.outputs",
-    }
-    keys = CONTRACT[event_type].keys
-    return _jsonb_object({key: values[key] for key in keys}, keys)
-
-
-def step_logged_payload_sql(alias: LiteralString, workflow_id: LiteralString) -> LiteralString:
-    """``jsonb_build_object(...)`` of run.step_logged from the step-log row `alias`."""
-    values: dict[str, LiteralString] = {
-        "run_id": f"{alias}.run_id",
-        "workflow_id": workflow_id,
-        "step_log_id": f"{alias}.id",
-        "step_id": f"{alias}.step_id",
-        "step_position": f"{alias}.step_position",
-        "step_name": f"{alias}.step_name",
-        "attempt": f"{alias}.attempt",
-        "status": f"{alias}.status",
-        "error": f"{alias}.error",
-        "started_at": iso(f"{alias}.started_at"),
-        "finished_at": iso(f"{alias}.finished_at"),
-    }
-    return _jsonb_object(values, STEP_LOGGED_KEYS)
-
-
-def api_key_revoked_payload_sql(alias: LiteralString, named: LiteralString) -> LiteralString:
-    """``jsonb_build_object(...)`` of api_key.revoked from the key row `alias`;
-    `named` is the key the revocation named (SQL)."""
-    values: dict[str, LiteralString] = {
-        "api_key_id": f"{alias}.id",
-        "user_id": f"{alias}.user_id",
-        "prefix": f"{alias}.prefix",
-        "cascaded_from": f"CASE WHEN {alias}.id = {named} THEN NULL ELSE {named} END",
-    }
-    return _jsonb_object(values, API_KEY_REVOKED_KEYS)
