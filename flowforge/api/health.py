@@ -13,7 +13,7 @@ from flowforge.core.logs import describe_error, get_logger
 from flowforge.db import replicas
 from flowforge.db.engine import DB
 from flowforge.db.readiness import NotReadyError, check_database
-from flowforge.outbox.status import outbox_health
+from flowforge.outbox import status
 
 logger = get_logger(__name__)
 
@@ -52,11 +52,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-async def _outbox_details() -> dict[str, Any] | str:
+async def _outbox_details() -> status.OutboxHealth | str:
     """Outbox lag and dead letters; never decides readiness (see docs/decisions/04-outbox-relay.md)."""
     try:
         async with asyncio.timeout(READINESS_TIMEOUT_SECONDS), DB.transaction():
-            health = await outbox_health()
+            health = await status.outbox_health()
         return health
     except Exception as error:  # details only: a failure here must not fail the probe
         logger.warning("readyz.outbox_probe_failed", error=describe_error(error))

@@ -46,7 +46,7 @@ from flowforge.core.logs import (
     reset_request_context,
 )
 from flowforge.db.engine import DB
-from flowforge.outbox.status import outbox_health
+from flowforge.outbox.status import OutboxHealth, outbox_health
 
 access_log = get_logger("flowforge.access")
 logger = get_logger("flowforge.core.metrics")
@@ -221,7 +221,7 @@ class OutboxCollector(Collector):
     """The outbox figures read by the last scrape (set just before rendering)."""
 
     def __init__(self) -> None:
-        self.health: dict[str, Any] | None = None
+        self.health: OutboxHealth | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         health = self.health
@@ -250,7 +250,7 @@ REGISTRY.register(OUTBOX)
 router = APIRouter()
 
 
-async def _probe_outbox() -> dict[str, Any] | None:
+async def _probe_outbox() -> OutboxHealth | None:
     try:
         async with asyncio.timeout(OUTBOX_PROBE_TIMEOUT_SECONDS), DB.transaction():
             health = await outbox_health()

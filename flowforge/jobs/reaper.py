@@ -17,8 +17,9 @@ Uses ``workflow_runs_running_lease_idx`` (running runs by last sign of life).
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 from uuid import UUID
 
 from flowforge.core import events, metrics
@@ -33,6 +34,16 @@ logger = get_logger("flowforge.jobs.reaper")
 STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
 
 
+class StuckRun(TypedDict):
+    """A run a reap would fail now (``reap --dry_run``)."""
+
+    id: UUID
+    workflow_id: UUID
+    last_seen: datetime.datetime  # its heartbeat, else its start
+    running_steps: int  # step attempts the reap would fail
+    pending_steps: int  # step attempts the reap would cancel
+
+
 @dataclass
 class ReapReport:
     runs: list[UUID] = field(default_factory=list)
@@ -41,7 +52,7 @@ class ReapReport:
     dry_run: bool = False
     # Dry run only: each run's last sign of life and its step attempts that
     # would be failed (running) and cancelled (pending).
-    details: list[dict[str, Any]] = field(default_factory=list)
+    details: list[StuckRun] = field(default_factory=list)
 
     def describe(self) -> str:
         verb = "would reap" if self.dry_run else "reaped"
@@ -81,10 +92,11 @@ async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
     return runs
 
 
-async def find_stuck_runs(lease_seconds: float) -> list[dict[str, Any]]:
+async def find_stuck_runs(lease_seconds: float) -> list[StuckRun]:
     """The runs a reap would fail now (see WOULD_REAP); in the caller's transaction."""
     connection = DB.require_transaction().connection
-    return [dict(row) for row in await connection.fetch(WOULD_REAP, lease_seconds)]
+    rows = await connection.fetch(WOULD_REAP, lease_seconds)
+    return [cast(StuckRun, dict(row)) for row in rows]
 
 
 async def reap_stuck_runs(

@@ -13,7 +13,8 @@ Like every data function, these run in the caller's transaction (docs/decisions/
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
+from uuid import UUID
 
 from piccolo.query.methods.select import Select
 
@@ -24,6 +25,43 @@ from flowforge.db.tables import Outbox
 
 # The start of each dead letter's last error shown by the status.
 LAST_ERROR_SHOWN_CHARS = 300
+
+
+class DeadLetter(TypedDict):
+    id: UUID
+    aggregate_type: str
+    aggregate_id: UUID
+    event_type: str
+    attempts: int
+    dead_lettered_at: datetime.datetime
+    last_error: str | None  # its start (LAST_ERROR_SHOWN_CHARS)
+
+
+class OutboxHealth(TypedDict):
+    lag_seconds: float  # age of the oldest event waiting to be published; 0 when drained
+    dead_lettered: int
+
+
+class DeadLetterOut(TypedDict):
+    """A dead letter as JSON-ready data (ids and times as text)."""
+
+    id: str
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    attempts: int
+    dead_lettered_at: str | None
+    last_error: str | None
+
+
+class OutboxStatus(OutboxHealth):
+    unpublished: int
+    retrying: int
+    held_behind_dead_letters: int
+    published: int
+    oldest_unpublished_at: str | None
+    oldest_published_at: str | None
+    dead_letters: list[DeadLetterOut]
 
 
 def dead_letters_query(limit: int | Param) -> Select[Outbox]:
@@ -44,7 +82,7 @@ def dead_letters_query(limit: int | Param) -> Select[Outbox]:
     )
 
 
-async def dead_letters(limit: int) -> list[dict[str, Any]]:
+async def dead_letters(limit: int) -> list[DeadLetter]:
     """Up to `limit` dead letters, oldest first, each error cut to its start."""
     # Compiled once: building the query cost 1.8x the statement itself at 32
     # concurrent (benchmarks/cold.py).
@@ -53,10 +91,10 @@ async def dead_letters(limit: int) -> list[dict[str, Any]]:
     for row in rows:
         if row["last_error"] is not None:
             row["last_error"] = row["last_error"][:LAST_ERROR_SHOWN_CHARS]
-    return rows
+    return cast(list[DeadLetter], rows)
 
 
-async def outbox_health() -> dict[str, Any]:
+async def outbox_health() -> OutboxHealth:
     """``{"lag_seconds": float, "dead_lettered": int}``: two index probes."""
     row = await DB.require_transaction().connection.fetchrow(HEALTH)
     return {"lag_seconds": round(row["lag_seconds"], 3), "dead_lettered": row["dead_lettered"]}
@@ -66,7 +104,7 @@ def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-async def outbox_status(dead_letter_limit: int = 20) -> dict[str, Any]:
+async def outbox_status(dead_letter_limit: int = 20) -> OutboxStatus:
     """Everything an operator asks first, as JSON-ready data."""
     health = await outbox_health()
     row = await DB.require_transaction().connection.fetchrow(STATUS)
