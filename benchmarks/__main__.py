@@ -21,8 +21,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Rounds per comparison: enough that two runs on an idle machine agree within
 # +/-0.1 on every ratio (measured: benchmarks/README.md, "Rounds"); --quick
 # only shows that everything runs.
-DEFAULT_ROUNDS = 7
+DEFAULT_ROUNDS = 9
 QUICK_ROUNDS = 3
+DEFAULT_ROUND_SECONDS = 0.5
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--operations", type=int, help="operations per round (default 400; quick 150)"
+    )
+    parser.add_argument(
+        "--round-seconds",
+        type=float,
+        help="each side of a round lasts at least this long (default 0.5; quick 0: "
+        "--operations calls)",
     )
     parser.add_argument(
         "--http-seconds", type=float, help="HTTP load duration (default 20; quick 5)"
@@ -90,6 +97,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.round_seconds is not None and args.round_seconds < 0:
+        parser.error("--round-seconds must not be negative")
     if args.http_seconds is not None and args.http_seconds <= 0:
         parser.error("--http-seconds must be positive")
     if args.compare is not None:
@@ -126,6 +135,10 @@ async def main(argv: list[str]) -> int:
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     operations = args.operations or (150 if args.quick else 400)
     http_seconds = args.http_seconds or (5.0 if args.quick else 20.0)
+    if args.round_seconds is not None:
+        round_seconds = args.round_seconds
+    else:
+        round_seconds = 0.0 if args.quick else DEFAULT_ROUND_SECONDS
     smoke = args.quick
     # The multi-worker HTTP run is part of every run with the HTTP runs (and of
     # any run given --workers); its pools are sized now, before anything else
@@ -158,7 +171,9 @@ async def main(argv: list[str]) -> int:
             print(f"through PgBouncer (transaction mode) on 127.0.0.1:{port}", flush=True)
         summaries: list[dict[str, Any]] = []
         if not args.skip_ops:
-            summaries = await ops.run_all(loaded, rounds=rounds, operations=operations, only=only)
+            summaries = await ops.run_all(
+                loaded, rounds=rounds, operations=operations, only=only, round_seconds=round_seconds
+            )
             print()
             print(format_table(summaries, smoke=smoke))
 
@@ -185,6 +200,7 @@ async def main(argv: list[str]) -> int:
         "load": {"rows": loaded.rows_loaded, "seconds": loaded.load_seconds},
         "rounds": rounds,
         "operations_per_round": operations,
+        "round_seconds": round_seconds,
         "comparisons": summaries,
         "http": http_results,
         "worst_cost_ratio": worst,

@@ -8,9 +8,11 @@ measured themselves. A ratio is *worse* when every round of the new run cost
 more than every round of the old one: the new run's lowest per-round ratio lies
 above the old run's highest. If nothing changed, the rounds of both runs are
 exchangeable and that happens by chance with probability 1 / C(n_old + n_new,
-n_new) (1 in 3,432 for 7 rounds each, 1 in 20 for 3 each: smoke runs make a
-weak guard), so a flag means a change, not a noisy neighbour. *Better* is the
-mirror image; anything else is within the spread.
+n_new): 1 in 48,620 for 9 rounds each (the default), 1 in 20 for 3 each. A
+ratio is judged only when that chance is at most MAX_CHANCE, so that a full run
+of ~40 ratios raises a false flag less than once in 20 runs; smoke runs (3
+rounds) are listed, not judged. *Better* is the mirror image; anything else is
+within the spread.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MAX_CHANCE = 1 / 1000  # 7 rounds each and more (1 / 3,432); 6 each is 1 / 924
 
 
 class BadResult(ValueError):
@@ -51,7 +55,8 @@ class Verdict:
     old: tuple[float, float, float]  # ratio, lowest round, highest round
     new: tuple[float, float, float]
     rounds: tuple[int, int]
-    judgement: str  # "worse", "better", "same" (within the spread), "no spread"
+    # "worse", "better", "same" (within the spread), "no spread", "too few rounds"
+    judgement: str
 
     @property
     def chance(self) -> float:
@@ -81,7 +86,9 @@ def judge(old: dict[str, Any], new: dict[str, Any]) -> list[Verdict]:
             point_now = (float(row["cost_ratio"]),) * 3
             verdicts.append(Verdict(*key, was or point_was, now or point_now, rounds, "no spread"))
             continue
-        if now[1] > was[2]:
+        if 1 / math.comb(sum(rounds), rounds[1]) > MAX_CHANCE:
+            judgement = "too few rounds"
+        elif now[1] > was[2]:
             judgement = "worse"
         elif now[2] < was[1]:
             judgement = "better"
@@ -108,6 +115,8 @@ def format_verdicts(verdicts: list[Verdict], old_name: str, new_name: str) -> st
             "better": "better (every round below the old spread)",
             "same": "within the spread",
             "no spread": "not judged (a side has no per-round spread)",
+            "too few rounds": f"not judged (rounds {verdict.rounds[0]} vs {verdict.rounds[1]}: "
+            f"chance 1/{math.comb(sum(verdict.rounds), verdict.rounds[1])})",
         }[verdict.judgement]
         lines.append(
             f"{verdict.operation:<34} {verdict.concurrency:>4} "
@@ -115,7 +124,7 @@ def format_verdicts(verdicts: list[Verdict], old_name: str, new_name: str) -> st
             f"{f'{now[0]:.2f} [{now[1]:.2f}-{now[2]:.2f}]':>17} "
             f"{now[0] - was[0]:>+7.2f}  {label}"
         )
-    judged = [verdict for verdict in verdicts if verdict.judgement != "no spread"]
+    judged = [v for v in verdicts if v.judgement not in ("no spread", "too few rounds")]
     if judged:
         chance = max(verdict.chance for verdict in judged)
         lines.append(
@@ -124,7 +133,10 @@ def format_verdicts(verdicts: list[Verdict], old_name: str, new_name: str) -> st
             f"{judged[0].rounds[1]})"
         )
     else:
-        lines.append("no ratio present in both results with a spread: nothing judged")
+        lines.append(
+            "nothing judged: no ratio in both results with a spread and enough rounds "
+            f"(chance <= 1/{round(1 / MAX_CHANCE)}, e.g. 7 rounds each)"
+        )
     return "\n".join(lines)
 
 
@@ -135,7 +147,7 @@ def warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         if old.get(field) != new.get(field):
             found.append(f"{field} differ: {old.get(field)} vs {new.get(field)}")
     if old.get("smoke") or new.get("smoke"):
-        found.append("a smoke run (--quick) is compared: few rounds, a weak guard")
+        found.append("a smoke run (--quick) is compared: too few rounds to judge its ratios")
     return found
 
 

@@ -57,6 +57,16 @@ async def run_round(operation: Operation, concurrency: int, operations: int) -> 
     return RoundResult(operations, time.perf_counter() - started, latencies)
 
 
+def robust_sd(values: list[float]) -> float:
+    """The spread of `values` as a standard deviation, from their median absolute
+    deviation (x 1.4826: the sd of normal data). Like the median it reports, one
+    round disturbed by a neighbour does not swamp it, as it would stdev."""
+    if len(values) < 2:
+        return float("nan")
+    middle = statistics.median(values)
+    return 1.4826 * statistics.median(abs(value - middle) for value in values)
+
+
 @dataclass
 class Comparison:
     name: str
@@ -103,7 +113,7 @@ class Comparison:
             "cost_ratio": ratio,
             "ratio_spread": [min(per_round), max(per_round)] if per_round else [ratio, ratio],
             "ratio_rounds": per_round,
-            "ratio_sd": statistics.stdev(per_round) if len(per_round) > 1 else float("nan"),
+            "ratio_sd": robust_sd(per_round),
             "rounds": len(self.flowforge),
             "errors": self.errors,
         }
@@ -120,16 +130,22 @@ async def compare(
     warmup: int = 20,
     unit: str = "ops/s",
     per_operation_items: int = 1,
+    round_seconds: float = 0.0,
 ) -> Comparison:
     """Interleave FlowForge and floor rounds (A B B A A B ...) and collect them.
 
     The order alternates each round (ABBA) so neither side always runs on a
     warmer cache or a quieter neighbour. `per_operation_items` scales
-    throughput for batch operations (e.g. rows per COPY call).
+    throughput for batch operations (e.g. rows per COPY call). With
+    `round_seconds`, a round makes more than `operations` calls if that is what
+    it takes (at the warm-up's pace) to last that long: a round of a tenth of a
+    second measures the neighbours' scheduling more than the operation.
     """
     comparison = Comparison(name, concurrency, unit)
-    await run_round(flowforge, min(concurrency, warmup), warmup)
-    await run_round(floor, min(concurrency, warmup), warmup)
+    paces = [await run_round(side, min(concurrency, warmup), warmup) for side in (flowforge, floor)]
+    if round_seconds:
+        fastest = max(pace.throughput for pace in paces)
+        operations = max(operations, math.ceil(fastest * round_seconds))
     for index in range(rounds):
         order = [("flowforge", flowforge), ("floor", floor)]
         if index % 2:
@@ -189,7 +205,7 @@ def format_table(summaries: list[dict[str, Any]], *, smoke: bool = False) -> str
     rounds = sorted({row["rounds"] for row in summaries})
     lines.append(
         f"ratio: FlowForge cost / floor cost, median of {'/'.join(map(str, rounds))} paired "
-        "rounds [lowest-highest round]; sd: standard deviation of the per-round ratios"
+        "rounds [lowest-highest round]; sd: their robust standard deviation (1.4826 x MAD)"
     )
     noisy = [row for row in summaries if math.isfinite(row.get("ratio_sd", float("nan")))]
     if noisy:

@@ -154,7 +154,9 @@ async def load(
         nonlocal peak_rss
         while time.perf_counter() < deadline:
             with contextlib.suppress(psutil.Error):
-                peak_rss = max(peak_rss, process.memory_info().rss)
+                # The app's processes: with --workers, uvicorn's workers are its children.
+                family = [process, *process.children(recursive=True)]
+                peak_rss = max(peak_rss, sum(member.memory_info().rss for member in family))
             await asyncio.sleep(0.05)
 
     started = time.perf_counter()

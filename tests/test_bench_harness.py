@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import compare as guard
-from benchmarks.harness import compare, format_table, percentile, rounds_needed
+from benchmarks.harness import compare, format_table, percentile, robust_sd, rounds_needed
 from tests.support import REPO_ROOT, database_name, drop_database, server_url
 
 
@@ -55,6 +55,23 @@ def test_every_printed_ratio_carries_its_spread() -> None:
     assert "SMOKE RUN" not in format_table([row])
 
 
+def test_one_disturbed_round_does_not_swamp_the_noise_estimate() -> None:
+    steady = [1.10, 1.12, 1.08, 1.11, 1.09, 1.10, 1.13]
+    assert robust_sd([*steady, 5.5]) < 0.05
+    assert robust_sd([1.0]) != robust_sd([1.0])  # NaN from one round
+
+
+async def test_the_multi_worker_pools_fit_the_servers_max_connections() -> None:
+    from benchmarks import http
+
+    budget = await http.pool_budget(4, None)
+    assert budget.max_connections >= 4  # read from the server
+    assert 1 <= budget.pool_max <= http.POOL_CAP
+    assert budget.workers * budget.pool_max <= budget.free < budget.max_connections
+    with pytest.raises(ValueError, match="do not fit"):
+        await http.pool_budget(4, budget.max_connections)
+
+
 def test_rounds_needed_grows_with_the_noise() -> None:
     assert rounds_needed(0.0) == 1
     assert rounds_needed(0.02) <= 3 < rounds_needed(0.05) < rounds_needed(0.1)
@@ -79,17 +96,17 @@ def result(*rows: dict[str, object], smoke: bool = False) -> dict[str, object]:
     return {"smoke": smoke, "through": "direct", "sizes": {"runs": 1}, "comparisons": list(rows)}
 
 
-BEFORE = [1.05, 1.08, 1.10, 1.12, 1.15]  # ratio 1.10 [1.05-1.15]
+BEFORE = [1.05, 1.08, 1.09, 1.10, 1.11, 1.12, 1.15]  # ratio 1.10 [1.05-1.15], 7 rounds
 
 
 def test_a_ratio_worse_beyond_both_spreads_fails_the_guard(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = result(bench_row("list_runs_page", 32, BEFORE))
-    new = result(bench_row("list_runs_page", 32, [1.18, 1.20, 1.22, 1.25, 1.30]))
+    new = result(bench_row("list_runs_page", 32, [1.18, 1.19, 1.20, 1.22, 1.25, 1.28, 1.30]))
     (verdict,) = guard.judge(old, new)
     assert verdict.judgement == "worse"
-    assert verdict.chance == 1 / 252  # C(10, 5): all five new rounds above all five old
+    assert verdict.chance == 1 / 3432  # C(14, 7): all seven new rounds above all seven old
     paths = write(tmp_path, old, new)
     assert guard.main(paths) == 1
     assert "WORSE" in capsys.readouterr().out
@@ -97,8 +114,8 @@ def test_a_ratio_worse_beyond_both_spreads_fails_the_guard(
 
 def test_a_ratio_worse_within_the_spread_passes_the_guard(tmp_path: Path) -> None:
     old = result(bench_row("list_runs_page", 32, BEFORE))
-    # Median up 0.06, but the new lowest round (1.14) is inside the old spread.
-    new = result(bench_row("list_runs_page", 32, [1.14, 1.15, 1.16, 1.20, 1.24]))
+    # Median up 0.08, but the new lowest round (1.14) is inside the old spread.
+    new = result(bench_row("list_runs_page", 32, [1.14, 1.16, 1.17, 1.18, 1.20, 1.22, 1.24]))
     (verdict,) = guard.judge(old, new)
     assert verdict.judgement == "same"
     assert guard.main(write(tmp_path, old, new)) == 0
@@ -110,12 +127,18 @@ def test_the_guard_judges_only_what_both_results_measured() -> None:
         {"operation": "trigger_run", "concurrency": 32, "cost_ratio": 1.0},  # before spreads
     )
     new = result(
-        bench_row("trigger_run", 1, [0.90, 0.92, 0.95]),  # better: all below 1.05
+        bench_row("trigger_run", 1, [0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97]),  # better
         bench_row("trigger_run", 32, [3.0, 3.1, 3.2]),
         bench_row("trigger_run", 128, [3.0, 3.1, 3.2]),  # new: nothing to compare with
     )
     verdicts = {(v.operation, v.concurrency): v.judgement for v in guard.judge(old, new)}
     assert verdicts == {("trigger_run", 1): "better", ("trigger_run", 32): "no spread"}
+    # Smoke runs: 3 rounds each would be all worse by chance once in 20 ratios.
+    smoke = guard.judge(
+        result(bench_row("trigger_run", 1, [1.0, 1.0, 1.0])),
+        result(bench_row("trigger_run", 1, [3.0, 3.1, 3.2])),
+    )
+    assert [v.judgement for v in smoke] == ["too few rounds"]
     assert guard.regressions(guard.judge(old, new)) == []
     assert any("smoke" in w for w in guard.warnings(old, result(smoke=True)))
 
