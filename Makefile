@@ -92,6 +92,9 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+# Ratios with their spread across rounds, the HTTP runs (one worker and several);
+# exits 1 on any error, and with BENCH_ARGS="--compare benchmarks/results/X.json"
+# on any ratio worse than X's beyond both runs' spread. --quick: a smoke run.
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -153,7 +154,9 @@ async def load(
         nonlocal peak_rss
         while time.perf_counter() < deadline:
             with contextlib.suppress(psutil.Error):
-                peak_rss = max(peak_rss, process.memory_info().rss)
+                # The app's processes: with --workers, uvicorn's workers are its children.
+                family = [process, *process.children(recursive=True)]
+                peak_rss = max(peak_rss, sum(member.memory_info().rss for member in family))
             await asyncio.sleep(0.05)
 
     started = time.perf_counter()
@@ -176,11 +179,86 @@ async def load(
     }
 
 
+# The multi-worker run of a default `make bench`: several workers (one per core,
+# at least 4, at most 8), more clients than all their pools' connections.
+DEFAULT_CLIENTS = 200
+POOL_CAP = 20  # the app's default DB_POOL_MAX_SIZE: no worker gets more
+# Connections left for everything else on the server (relays, psql, monitoring,
+# other databases' users), as docs/scaling.md's sizing rule keeps a reserve.
+RESERVE = 10
+
+
+def default_workers() -> int:
+    return min(8, max(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class PoolBudget:
+    """How many connections each worker's pool may open, and why."""
+
+    max_connections: int
+    superuser_reserved: int
+    in_use: int
+    reserve: int
+    workers: int
+    pool_max: int
+    through: str
+
+    @property
+    def free(self) -> int:
+        return self.max_connections - self.superuser_reserved - self.in_use - self.reserve
+
+    def describe(self) -> str:
+        if self.through == "pgbouncer":
+            return (
+                f"{self.workers} workers x pool {self.pool_max} behind PgBouncer (its "
+                "max_client_conn 2000; the server sees PgBouncer's own pool)"
+            )
+        return (
+            f"{self.workers} workers x pool {self.pool_max} = {self.workers * self.pool_max} <= "
+            f"{self.free} free (max_connections {self.max_connections} - "
+            f"{self.superuser_reserved} superuser-reserved - {self.in_use} in use - "
+            f"{self.reserve} reserve)"
+        )
+
+
+async def pool_budget(workers: int, pool_max: int | None) -> PoolBudget:
+    """Each worker's pool size so that all the workers' pools fit the server's
+    max_connections, read from the server itself: the connections it has free
+    (max_connections - superuser_reserved_connections - those open now - RESERVE)
+    shared out evenly, at most POOL_CAP each. An explicit `pool_max` is checked
+    against the same budget. Raises ValueError when it cannot fit."""
+    import asyncpg
+
+    connection = await asyncpg.connect(dataset.server_url())
+    try:
+        max_connections = int(await connection.fetchval("SHOW max_connections"))
+        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
+        in_use = int(
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            )
+        )
+    finally:
+        await connection.close()
+    through = "pgbouncer" if os.environ.get("BENCH_APP_DATABASE_URL") else "direct"
+    free = max_connections - reserved - in_use - RESERVE
+    # Behind PgBouncer the app's connections go to the pooler, which holds its
+    # own small pool to the server (tests/pgbouncer.py): the app side only has
+    # to fit its max_client_conn (2000), so every worker keeps the default pool.
+    limit = 2000 if through == "pgbouncer" else free
+    size = pool_max or min(POOL_CAP, limit // workers)
+    budget = PoolBudget(max_connections, reserved, in_use, RESERVE, workers, max(size, 1), through)
+    if size < 1 or workers * size > limit:
+        raise ValueError(f"the pools do not fit: {budget.describe()}".replace(" <= ", " > "))
+    return budget
+
+
 async def many_workers(
-    loaded: dataset.Loaded, *, workers: int, clients: int, pool_max: int, seconds: float
+    loaded: dataset.Loaded, *, budget: PoolBudget, clients: int, seconds: float
 ) -> dict[str, Any]:
-    """`workers` uvicorn processes (each its own pool of `pool_max`), `clients`
-    keep-alive clients on a read/write mix: 3 run-list pages per trigger."""
+    """`budget.workers` uvicorn processes (each its own pool of `budget.pool_max`),
+    `clients` keep-alive clients on a read/write mix: 3 run-list pages per trigger."""
     from benchmarks import ops
 
     key = await ops.bench_api_key(loaded)
@@ -198,14 +276,18 @@ async def many_workers(
         return await connection.request("GET", path, headers)
 
     async with uvicorn_app(
-        workers,
+        budget.workers,
         DB_POOL_MIN_SIZE="1",
-        DB_POOL_MAX_SIZE=str(pool_max),
+        DB_POOL_MAX_SIZE=str(budget.pool_max),
         DB_POOL_ACQUIRE_TIMEOUT="30",
     ) as (base, process):
         result = await load(base, mixed, concurrency=clients, seconds=seconds, process=process)
-    result.update(workers=workers, pool_max=pool_max)
-    return {f"{workers}_workers_{clients}_clients": result}
+    result.update(
+        workers=budget.workers,
+        pool_max=budget.pool_max,
+        pool_budget=asdict(budget) | {"free": budget.free, "rule": budget.describe()},
+    )
+    return {f"{budget.workers}_workers_{clients}_clients": result}
 
 
 async def run_all(loaded: dataset.Loaded, *, seconds: float) -> dict[str, Any]:
@@ -235,6 +317,8 @@ async def run_all(loaded: dataset.Loaded, *, seconds: float) -> dict[str, Any]:
             base, trigger, concurrency=32, seconds=seconds, process=process
         )
         results["idle_rss_mb"] = idle_rss
+        for name in ("list_runs_page", "trigger_run"):
+            results[name].update(workers=1, pool_max=20)
     # The pool under pressure: more clients than connections; every request
     # must still succeed, waiting a bounded time for a connection.
     async with uvicorn_app(
@@ -242,19 +326,26 @@ async def run_all(loaded: dataset.Loaded, *, seconds: float) -> dict[str, Any]:
     ) as (base, process):
         results["pool_50_clients_10_connections"] = await load(
             base, list_page, concurrency=50, seconds=seconds, process=process
-        )
+        ) | {"workers": 1, "pool_max": 10}
     return results
 
 
 def format_results(results: dict[str, Any]) -> str:
-    header = f"{'HTTP run':<32} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'peak RSS':>9}"
+    header = (
+        f"{'HTTP run':<32} {'conc':>4} {'workers x pool':>14} {'req/s':>8} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'errors':>7} {'peak RSS':>9}"
+    )
     lines = [header, "-" * len(header)]
     for name, row in results.items():
         if not isinstance(row, dict):
             continue
+        pool = f"{row['workers']} x {row['pool_max']}" if "pool_max" in row else "?"
         lines.append(
-            f"{name:<32} {row['concurrency']:>4} {row['requests_per_second']:>8.0f} "
+            f"{name:<32} {row['concurrency']:>4} {pool:>14} {row['requests_per_second']:>8.0f} "
             f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['errors']:>7} "
             f"{row['peak_rss_mb']:>7.0f}MB"
         )
+    for row in results.values():
+        if isinstance(row, dict) and "pool_budget" in row:
+            lines.append(f"pools: {row['pool_budget']['rule']}")
     return "\n".join(lines)

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.harness import compare, format_table, percentile
+import pytest
+
+from benchmarks import compare as guard
+from benchmarks.harness import compare, format_table, percentile, robust_sd, rounds_needed
 from tests.support import REPO_ROOT, database_name, drop_database, server_url
 
 
@@ -38,7 +41,124 @@ async def test_compare_interleaves_both_sides_and_counts_every_call() -> None:
     assert summary["floor"]["operations"] == 30
     assert calls.count("ours") == calls.count("floor") == 32  # 30 + 2 warm-up
     assert summary["cost_ratio"] > 0
+    assert len(summary["ratio_rounds"]) == 3
+    low, high = summary["ratio_spread"]
+    assert low <= summary["cost_ratio"] <= high
     assert "noop" in format_table([summary])
+
+
+def test_every_printed_ratio_carries_its_spread() -> None:
+    row = bench_row("trigger_run", 32, [1.10, 1.02, 1.31])
+    table = format_table([row], smoke=True)
+    assert "1.10 [1.02-1.31]" in table  # the median and the lowest-highest round
+    assert "SMOKE RUN" in table
+    assert "SMOKE RUN" not in format_table([row])
+
+
+def test_one_disturbed_round_does_not_swamp_the_noise_estimate() -> None:
+    steady = [1.10, 1.12, 1.08, 1.11, 1.09, 1.10, 1.13]
+    assert robust_sd([*steady, 5.5]) < 0.05
+    assert robust_sd([1.0]) != robust_sd([1.0])  # NaN from one round
+
+
+async def test_the_multi_worker_pools_fit_the_servers_max_connections() -> None:
+    from benchmarks import http
+
+    budget = await http.pool_budget(4, None)
+    assert budget.max_connections >= 4  # read from the server
+    assert 1 <= budget.pool_max <= http.POOL_CAP
+    assert budget.workers * budget.pool_max <= budget.free < budget.max_connections
+    with pytest.raises(ValueError, match="do not fit"):
+        await http.pool_budget(4, budget.max_connections)
+
+
+def test_rounds_needed_grows_with_the_noise() -> None:
+    assert rounds_needed(0.0) == 1
+    assert rounds_needed(0.02) <= 3 < rounds_needed(0.05) < rounds_needed(0.1)
+
+
+# -- the regression guard (benchmarks/compare.py), on synthetic results ----------------
+
+
+def bench_row(operation: str, concurrency: int, ratios: list[float]) -> dict[str, object]:
+    """A comparison as `make bench` writes it, from its per-round ratios."""
+    ordered = sorted(ratios)
+    side = {"throughput": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "operations": 100.0}
+    return {
+        "operation": operation, "concurrency": concurrency, "unit": "ops/s",
+        "flowforge": side, "floor": side, "cost_ratio": ordered[len(ordered) // 2],
+        "ratio_spread": [ordered[0], ordered[-1]], "ratio_rounds": ratios,
+        "ratio_sd": 0.0, "rounds": len(ratios), "errors": 0,
+    }  # fmt: skip
+
+
+def result(*rows: dict[str, object], smoke: bool = False) -> dict[str, object]:
+    return {"smoke": smoke, "through": "direct", "sizes": {"runs": 1}, "comparisons": list(rows)}
+
+
+BEFORE = [1.05, 1.08, 1.09, 1.10, 1.11, 1.12, 1.15]  # ratio 1.10 [1.05-1.15], 7 rounds
+
+
+def test_a_ratio_worse_beyond_both_spreads_fails_the_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = result(bench_row("list_runs_page", 32, BEFORE))
+    new = result(bench_row("list_runs_page", 32, [1.18, 1.19, 1.20, 1.22, 1.25, 1.28, 1.30]))
+    (verdict,) = guard.judge(old, new)
+    assert verdict.judgement == "worse"
+    assert verdict.chance == 1 / 3432  # C(14, 7): all seven new rounds above all seven old
+    paths = write(tmp_path, old, new)
+    assert guard.main(paths) == 1
+    assert "WORSE" in capsys.readouterr().out
+
+
+def test_a_ratio_worse_within_the_spread_passes_the_guard(tmp_path: Path) -> None:
+    old = result(bench_row("list_runs_page", 32, BEFORE))
+    # Median up 0.08, but the new lowest round (1.14) is inside the old spread.
+    new = result(bench_row("list_runs_page", 32, [1.14, 1.16, 1.17, 1.18, 1.20, 1.22, 1.24]))
+    (verdict,) = guard.judge(old, new)
+    assert verdict.judgement == "same"
+    assert guard.main(write(tmp_path, old, new)) == 0
+
+
+def test_the_guard_judges_only_what_both_results_measured() -> None:
+    old = result(
+        bench_row("trigger_run", 1, BEFORE),
+        {"operation": "trigger_run", "concurrency": 32, "cost_ratio": 1.0},  # before spreads
+    )
+    new = result(
+        bench_row("trigger_run", 1, [0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97]),  # better
+        bench_row("trigger_run", 32, [3.0, 3.1, 3.2]),
+        bench_row("trigger_run", 128, [3.0, 3.1, 3.2]),  # new: nothing to compare with
+    )
+    verdicts = {(v.operation, v.concurrency): v.judgement for v in guard.judge(old, new)}
+    assert verdicts == {("trigger_run", 1): "better", ("trigger_run", 32): "no spread"}
+    # Smoke runs: 3 rounds each would be all worse by chance once in 20 ratios.
+    smoke = guard.judge(
+        result(bench_row("trigger_run", 1, [1.0, 1.0, 1.0])),
+        result(bench_row("trigger_run", 1, [3.0, 3.1, 3.2])),
+    )
+    assert [v.judgement for v in smoke] == ["too few rounds"]
+    assert guard.regressions(guard.judge(old, new)) == []
+    assert any("smoke" in w for w in guard.warnings(old, result(smoke=True)))
+
+
+def test_a_file_that_is_not_a_result_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--compare", str(tmp_path / "junk.json")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not a `make bench` result" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def write(tmp_path: Path, old: dict[str, object], new: dict[str, object]) -> list[str]:
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, report in zip(paths, (old, new), strict=True):
+        path.write_text(json.dumps(report))
+    return [str(path) for path in paths]
 
 
 def test_bad_arguments_are_a_clear_error() -> None:
