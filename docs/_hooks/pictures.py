@@ -131,7 +131,7 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
         (f"{c['operation']} c={c['concurrency']}", float(c["cost_ratio"]))
         for c in result["comparisons"]
     ]
-    label_width, bar_width, row_height, top = 230, 420, 20, 40
+    label_width, bar_width, row_height, top = 230, 420, 20, 48
     scale = bar_width / max(2.0, max(ratio for _, ratio in rows) * 1.1)
     height = top + row_height * len(rows) + 30
     parts = [
@@ -139,6 +139,11 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
         f"({html.escape(result['_file'])}, {result.get('through', '')}, "
         f"{result.get('rounds', '?')} rounds)</text>",
     ]
+    if result.get("smoke") or "quick" in result["_file"]:
+        parts.append(
+            '<text x="10" y="34" fill="#d9534f">A smoke run (--quick): few rounds on a small '
+            "data set; it shows the benchmark works, its ratios are not a verdict.</text>"
+        )
     for index, (label, ratio) in enumerate(rows):
         y = top + index * row_height
         colour = "#4c89c8" if ratio <= target else "#d9534f"
