@@ -1,7 +1,7 @@
 """The one database engine: lazily configured, pooled, with transactions that never leak.
 
 ``piccolo_conf.DB`` is an instance of :class:`FlowForgeEngine`. It differs from
-Piccolo's ``PostgresEngine`` in four deliberate ways:
+Piccolo's ``PostgresEngine`` in five deliberate ways:
 
 * Construction touches nothing. The connection target is resolved from
   :func:`flowforge.core.settings.get_settings` on first use (``DATABASE_URL``, or the
@@ -18,6 +18,10 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   reports 503 with the reason (:attr:`FlowForgeEngine.start_problem`), every
   query fails fast with :class:`DatabaseUnavailableError`, and the pool starts
   as soon as the database is usable.
+* A connection given back to the pool is reset (asyncpg's
+  ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round
+  trip per request) only if it ran a statement that can leave session state
+  (:class:`PooledConnection`, docs/decisions/06-connection-pool.md).
 
 Reaching the connection (docs/decisions/01-orm-approach.md): every data function
 runs in its caller's transaction. Builder queries find it through
@@ -207,7 +211,7 @@ class PooledConnection(asyncpg.Connection):
     def get_reset_query(self) -> str:
         return super().get_reset_query() if self.carries_state else ""
 
-    async def reset(self, *, timeout: float | None = None) -> None:
+    async def reset(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - asyncpg's signature
         await super().reset(timeout=timeout)
         self.carries_state = False
 

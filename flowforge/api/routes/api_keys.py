@@ -133,9 +133,7 @@ async def list_api_keys(
 ) -> Page[ApiKeyOut]:
     owner = _managed_user(principal, user_id, Scope.READ)
     items, next_cursor = await api_keys.list_api_keys(user_id=owner, limit=limit, cursor=cursor)
-    return Page[ApiKeyOut](
-        items=[ApiKeyOut(**item) for item in items], next_cursor=next_cursor
-    )
+    return Page[ApiKeyOut](items=[ApiKeyOut(**item) for item in items], next_cursor=next_cursor)
 
 
 @router.post(

@@ -240,9 +240,7 @@ async def list_runs(
     items, next_cursor = await runs.list_runs(
         workflow_id, status=status, limit=limit, cursor=cursor, owner_id=principal.owner_filter
     )
-    return Page[RunOut](
-        items=[RunOut(**item) for item in items], next_cursor=next_cursor
-    )
+    return Page[RunOut](items=[RunOut(**item) for item in items], next_cursor=next_cursor)
 
 
 @router.get(

@@ -90,9 +90,7 @@ async def list_users(
 ) -> Page[UserOut]:
     principal.require_admin()
     items, next_cursor = await users.list_users(limit=limit, cursor=cursor)
-    return Page[UserOut](
-        items=[UserOut(**item) for item in items], next_cursor=next_cursor
-    )
+    return Page[UserOut](items=[UserOut(**item) for item in items], next_cursor=next_cursor)
 
 
 @router.get("/users/{user_id}", summary="Get a user", responses=error_responses(404))
