@@ -131,6 +131,8 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
         (f"{c['operation']} c={c['concurrency']}", float(c["cost_ratio"]))
         for c in result["comparisons"]
     ]
+    # The lowest and highest round's ratio, where the result has them (a whisker).
+    spreads = [c.get("ratio_spread") for c in result["comparisons"]]
     label_width, bar_width, row_height, top = 230, 420, 20, 48
     scale = bar_width / max(2.0, max(ratio for _, ratio in rows) * 1.1)
     height = top + row_height * len(rows) + 30
@@ -157,6 +159,14 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
         parts.append(
             f'<text x="{label_width + ratio * scale + 4:.1f}" y="{y + 13}">{ratio:.2f}</text>'
         )
+        spread = spreads[index]
+        if spread:
+            low, high = (label_width + float(value) * scale for value in spread)
+            mid = y + row_height / 2 - 1
+            parts.append(
+                f'<line x1="{low:.1f}" y1="{mid:.1f}" x2="{high:.1f}" y2="{mid:.1f}" '
+                'stroke="#222" stroke-width="1.5"/>'
+            )
     for mark, style in ((1.0, "#888"), (target, "#d9534f")):
         x = label_width + mark * scale
         parts.append(

@@ -1,7 +1,7 @@
 """The one database engine: lazily configured, pooled, with transactions that never leak.
 
 ``piccolo_conf.DB`` is an instance of :class:`FlowForgeEngine`. It differs from
-Piccolo's ``PostgresEngine`` in four deliberate ways:
+Piccolo's ``PostgresEngine`` in five deliberate ways:
 
 * Construction touches nothing. The connection target is resolved from
   :func:`flowforge.core.settings.get_settings` on first use (``DATABASE_URL``, or the
@@ -18,6 +18,10 @@ Piccolo's ``PostgresEngine`` in four deliberate ways:
   reports 503 with the reason (:attr:`FlowForgeEngine.start_problem`), every
   query fails fast with :class:`DatabaseUnavailableError`, and the pool starts
   as soon as the database is usable.
+* A connection given back to the pool is reset (asyncpg's
+  ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, one more round
+  trip per request) only if it ran a statement that can leave session state
+  (:class:`PooledConnection`, docs/decisions/06-connection-pool.md).
 
 Reaching the connection (docs/decisions/01-orm-approach.md): every data function
 runs in its caller's transaction. Builder queries find it through
@@ -33,7 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import sys
+from collections.abc import Callable
 from typing import Any, LiteralString, cast
 
 import asyncpg
@@ -129,6 +136,73 @@ def statement_cache_size(settings: Settings, pooler: PoolerMode) -> int:
     if settings.statement_cache_size is not None:
         return settings.statement_cache_size
     return 0 if pooler is PoolerMode.TRANSACTION else 100
+
+
+# Statements that can leave state in the session, past their transaction: what
+# asyncpg's reset query (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+# RESET ALL`) undoes - session advisory locks, SQL cursors (WITH HOLD), LISTEN,
+# session settings (a SET that is not SET LOCAL, set_config). Matched loosely:
+# a false positive costs one reset on release, never correctness.
+_SESSION_STATE = re.compile(
+    r"""
+    \b(?:LISTEN|DECLARE|pg_(?:try_)?advisory_lock(?:_shared)?|set_config)\b
+    | (?:^|;)(?:\s+|--[^\n]*|/\*.*?\*/)*SET\b(?!\s+LOCAL\b)  # SET at a statement's start
+    """,
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def may_leave_session_state(query: str) -> bool:
+    """True if `query` may leave state in the session (docs/decisions/06-connection-pool.md)."""
+    return _SESSION_STATE.search(query) is not None
+
+
+def _noting_session_state(name: str) -> Callable[..., Any]:
+    """Connection method `name`, marking the connection when its statement may leave state."""
+    method = getattr(asyncpg.Connection, name)
+
+    @functools.wraps(method)
+    def noted(self: PooledConnection, query: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.carries_state and may_leave_session_state(query):
+            self.carries_state = True
+        return method(self, query, *args, **kwargs)
+
+    return noted
+
+
+class PooledConnection(asyncpg.Connection):
+    """A pooled connection that is reset on release only if it can carry session state.
+
+    asyncpg's pool resets every connection it gets back with one more round
+    trip (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`). The
+    engine's transactions leave nothing behind (``SET LOCAL`` ends with the
+    transaction), so a connection is reset only after it ran a statement that
+    may leave session state (:func:`may_leave_session_state`). An open
+    transaction is rolled back on release either way: asyncpg checks the
+    connection's transaction status before the reset query, without a round
+    trip. State the reset query never undid (temporary tables, PREPARE) is
+    out of scope, as before.
+    """
+
+    # Set by any statement that may leave session state; cleared by reset().
+    carries_state = False
+
+    execute = _noting_session_state("execute")
+    executemany = _noting_session_state("executemany")
+    fetch = _noting_session_state("fetch")
+    fetchrow = _noting_session_state("fetchrow")
+    fetchval = _noting_session_state("fetchval")
+    fetchmany = _noting_session_state("fetchmany")
+    prepare = _noting_session_state("prepare")
+    cursor = _noting_session_state("cursor")
+
+    def get_reset_query(self) -> str:
+        return super().get_reset_query() if self.carries_state else ""
+
+    async def reset(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - asyncpg's signature
+        await super().reset(timeout=timeout)
+        self.carries_state = False
 
 
 class SafeTransaction(PostgresTransaction):
@@ -308,6 +382,8 @@ class FlowForgeEngine(PostgresEngine):
             "min_size": settings.pool_min_size,
             "max_size": settings.pool_max_size,
             "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
+            # Reset on release only where a connection can carry state.
+            "connection_class": PooledConnection,
             **kwargs,
         }
         if self.behind_pooler:
