@@ -53,7 +53,7 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def presented_key(
+async def presented_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> PresentedKey:
     """The bearer key, checked for form only: no database connection is taken.
@@ -61,7 +61,10 @@ def presented_key(
     A request without a well-formed key is a 401 before it waits for the pool, so
     an exhausted pool or a database outage cannot delay or change that answer.
     The product router runs this before any of a route's own dependencies
-    (flowforge/api/routes/__init__.py), the transaction included.
+    (flowforge/api/routes/__init__.py), the transaction included. ``async``
+    although it awaits nothing: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a hop per request that, on a loaded machine, made even these
+    401s wait for a worker thread (tests/api/test_probing_defects.py).
     """
     if credentials is None:
         raise UnauthorizedError()
