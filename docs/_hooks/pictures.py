@@ -134,7 +134,8 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
     # The lowest and highest round's ratio, where the result has them (a whisker).
     spreads = [c.get("ratio_spread") for c in result["comparisons"]]
     label_width, bar_width, row_height, top = 230, 420, 20, 48
-    scale = bar_width / max(2.0, max(ratio for _, ratio in rows) * 1.1)
+    highest = max([ratio for _, ratio in rows] + [float(s[1]) for s in spreads if s])
+    scale = bar_width / max(2.0, highest * 1.05)
     height = top + row_height * len(rows) + 30
     parts = [
         f'<text x="10" y="18" font-weight="bold">Cost ratio FlowForge / raw-asyncpg floor '
@@ -156,8 +157,9 @@ def bench_chart(result: dict[str, Any] | None, *, target: float = 1.25) -> str:
             f'<rect x="{label_width}" y="{y + 2}" width="{ratio * scale:.1f}" '
             f'height="{row_height - 5}" fill="{colour}"/>'
         )
+        right = max(ratio, float(spreads[index][1]) if spreads[index] else ratio)
         parts.append(
-            f'<text x="{label_width + ratio * scale + 4:.1f}" y="{y + 13}">{ratio:.2f}</text>'
+            f'<text x="{label_width + right * scale + 4:.1f}" y="{y + 13}">{ratio:.2f}</text>'
         )
         spread = spreads[index]
         if spread:
