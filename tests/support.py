@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,27 @@ def piccolo(*args: str, database_url: str, check: bool = True) -> subprocess.Com
             f"{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(purpose: str) -> AsyncIterator[str]:
+    """An empty database of this checkout's, dropped afterwards; yields its URL."""
+    name = database_name(purpose)
+    url = await create_database(name)
+    try:
+        yield url
+    finally:
+        await drop_database(name)
+
+
+async def applied_migrations(url: str) -> Counter[tuple[str, str]]:
+    """(app, migration id) -> how many times Piccolo recorded it, in the database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        rows = await connection.fetch("SELECT app_name, name FROM migration")
+    finally:
+        await connection.close()
+    return Counter((row["app_name"], row["name"]) for row in rows)
 
 
 def flowforge_migration_count() -> int:

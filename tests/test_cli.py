@@ -13,7 +13,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from flowforge.db.readiness import expected_migrations
@@ -39,19 +38,8 @@ def run(
 
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
-    name = support.database_name("cli_empty")
-    url = await support.create_database(name)
-    yield url
-    await support.drop_database(name)
-
-
-async def applied(url: str) -> set[tuple[str, str]]:
-    connection = await asyncpg.connect(url)
-    try:
-        rows = await connection.fetch("SELECT app_name, name FROM migration")
-    finally:
-        await connection.close()
-    return {(row["app_name"], row["name"]) for row in rows}
+    async with support.scratch_database("cli_empty") as url:
+        yield url
 
 
 async def test_flowforge_migrates_from_a_directory_without_piccolo_conf(
@@ -61,7 +49,7 @@ async def test_flowforge_migrates_from_a_directory_without_piccolo_conf(
     # would print "Unrecognised command" and exit 0.
     result = run("flowforge", "migrate", cwd=tmp_path, database_url=empty_database)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert await applied(empty_database) == expected_migrations()
+    assert set(await support.applied_migrations(empty_database)) == expected_migrations()
     again = run("flowforge", "migrate", cwd=tmp_path, database_url=empty_database)
     assert again.returncode == 0
     count = support.flowforge_migration_count()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from flowforge.db.readiness import expected_migrations
@@ -20,10 +18,8 @@ RUNNERS = 4
 
 @pytest.fixture
 async def fresh_database() -> AsyncIterator[str]:
-    name = support.database_name("migrate_lock")
-    url = await support.create_database(name)
-    yield url
-    await support.drop_database(name)
+    async with support.scratch_database("migrate_lock") as url:
+        yield url
 
 
 def start_migrate(database_url: str) -> subprocess.Popen[str]:
@@ -46,12 +42,7 @@ async def test_concurrent_runs_apply_every_migration_exactly_once(fresh_database
         assert "Traceback" not in stderr
 
     expected = expected_migrations()
-    connection = await asyncpg.connect(fresh_database)
-    try:
-        rows = await connection.fetch("SELECT app_name, name FROM migration")
-    finally:
-        await connection.close()
-    applied = Counter((row["app_name"], row["name"]) for row in rows)
+    applied = await support.applied_migrations(fresh_database)
     assert set(applied) == expected
     assert max(applied.values()) == 1  # recorded once each...
     outputs = "".join(stdout for _, stdout, _ in results)
@@ -89,12 +80,7 @@ async def test_concurrent_plain_forwards_apply_every_migration_exactly_once(
         assert "failed" not in (stdout + stderr).lower(), stdout + stderr
 
     expected = expected_migrations()
-    connection = await asyncpg.connect(fresh_database)
-    try:
-        rows = await connection.fetch("SELECT app_name, name FROM migration")
-    finally:
-        await connection.close()
-    applied = Counter((row["app_name"], row["name"]) for row in rows)
+    applied = await support.applied_migrations(fresh_database)
     assert set(applied) == expected
     assert max(applied.values()) == 1
     outputs = "".join(stdout for _, stdout, _ in results)

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from flowforge.db.readiness import expected_migrations
@@ -177,15 +176,7 @@ def test_the_cli_migrates_a_real_database_from_any_directory(
         assert f"0 of {count} migrations already complete" in result.stdout  # true counts
         assert "migrations haven't been run" not in result.stderr  # Piccolo's warning
 
-        async def applied() -> set[tuple[str, str]]:
-            connection = await asyncpg.connect(url)
-            try:
-                rows = await connection.fetch("SELECT app_name, name FROM migration")
-            finally:
-                await connection.close()
-            return {(row["app_name"], row["name"]) for row in rows}
-
-        assert asyncio.run(applied()) == expected_migrations()
+        assert set(asyncio.run(support.applied_migrations(url))) == expected_migrations()
     finally:
         asyncio.run(support.drop_database(name))
 
