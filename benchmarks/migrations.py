@@ -46,28 +46,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime
 import hashlib
 import json
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from benchmarks import dataset
-from benchmarks.harness import percentile
 
 REPO_ROOT = dataset.REPO_ROOT
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -115,22 +108,25 @@ def resolve(ids: list[str], given: str) -> str:
     return matches[0]
 
 
+def git(*args: str) -> str:
+    """A git command in this checkout; its output (exits with git's message on failure)."""
+    executable = shutil.which("git")
+    if executable is None:
+        raise SystemExit("git is not installed")
+    result = subprocess.run(
+        [executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
 def ids_at(ref: str) -> set[str]:
     """The migration IDs a git revision has."""
-    listing = subprocess.run(
-        ["git", "ls-tree", "--name-only", ref, "piccolo_migrations/"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if listing.returncode != 0:
-        raise SystemExit(f"git ls-tree {ref}: {listing.stderr.strip()}")
     found = set()
-    for name in listing.stdout.split():
+    for name in git("ls-tree", "--name-only", ref, "piccolo_migrations/").split():
         if name.endswith(".py"):
-            text = subprocess.run(
-                ["git", "show", f"{ref}:{name}"], cwd=REPO_ROOT, capture_output=True, text=True,
-                check=True,
-            ).stdout  # fmt: skip
-            match = ID_LINE.search(text)
+            match = ID_LINE.search(git("show", f"{ref}:{name}"))
             if match:
                 found.add(match[1])
     return found
@@ -302,7 +298,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs (default 1,000,000)")
     parser.add_argument(
-        "--app-ref", metavar="GIT_REF", help="serve the app from this git revision (default: HEAD's files as checked out)"
+        "--app-ref",
+        metavar="GIT_REF",
+        help="serve the app from this git revision (default: HEAD's files as checked out)",
     )
     parser.add_argument("--writers", type=int, default=2, help="writing clients (default 2)")
     parser.add_argument("--readers", type=int, default=2, help="reading clients (default 2)")
