@@ -19,8 +19,9 @@
    with ``--writers`` keep-alive clients each doing a run's lifecycle (trigger,
    start, two step attempts, complete) and ``--readers`` clients reading (GET a run
    with its step logs, GET a page of a workflow's runs). ``--app-ref`` serves the
-   app from another git revision (``git archive``; the release that runs while
-   the migration does, when the current code needs the new schema).
+   app from another git revision (``git archive``): the release that serves while
+   the migrations run (the current code may need the new schema). With
+   ``--since REF`` it defaults to REF; otherwise to this checkout's files.
 4. **Forwards**, one migration at a time, through the real CLI
    (``piccolo migrations forwards flowforge --migration_id=ID``, which takes the
    migration lock like ``flowforge migrate``), then **backwards** one at a time
@@ -940,7 +941,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--app-ref",
         metavar="GIT_REF",
-        help="serve the app from this git revision (default: HEAD's files as checked out)",
+        help="serve the app from this git revision (default: --since's revision, else "
+        "this checkout's files)",
     )
     parser.add_argument("--writers", type=int, default=2, help="writing clients (default 2)")
     parser.add_argument("--readers", type=int, default=2, help="reading clients (default 2)")
@@ -972,6 +974,8 @@ async def main(argv: list[str]) -> int:
     if args.base_only:
         print(f"base ready: {base} (schema {span.before})")
         return 0
+    if args.since and not args.app_ref:
+        args.app_ref = args.since  # the release before the new migrations serves meanwhile
     report = await measure(args, span, base)
     RESULTS.mkdir(exist_ok=True)
     out = args.out or RESULTS / f"migrations-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
