@@ -714,7 +714,7 @@ def compare_rows(base: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
         for column, (count, digest) in before["columns"].items():
             if count == 0 or column not in after["columns"]:
                 continue
-            if after["columns"][column] != (count, digest):
+            if tuple(after["columns"][column]) != (count, digest):
                 if column == "updated_at":
                     restamped.append(table)
                 else:
