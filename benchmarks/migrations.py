@@ -563,28 +563,42 @@ WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'p')
 
 class LockWatch:
     """Samples pg_locks / pg_stat_activity: per step, the longest ACCESS EXCLUSIVE
-    hold on a table that existed before it, and the longest lock wait."""
+    hold on a table that existed before it, and the longest lock wait. A hold or
+    wait is a run of consecutive samples that saw it (a session that locks the same
+    table twice, in two transactions, makes two holds)."""
 
     def __init__(self, database: str) -> None:
         self.database = database
-        self.holds: dict[tuple[int, str], list[float]] = {}
-        self.waits: dict[tuple[int, Any], list[Any]] = {}
+        # key -> [first seen, last seen] of the current run of samples; longest so far.
+        self.open: dict[Any, list[float]] = {}
+        self.longest: dict[str, tuple[float, str]] = {}
         self.tables: list[int] = []
         self.running = True
+
+    def _sample(self, kind: str, seen: dict[Any, str], now: float) -> None:
+        for key, label in seen.items():
+            span = self.open.setdefault((kind, key), [now, now])
+            span[1] = now
+            if span[1] - span[0] > self.longest.get(kind, (0.0, ""))[0]:
+                self.longest[kind] = (span[1] - span[0], label)
+        for key in [k for k in self.open if k[0] == kind and k[1] not in seen]:
+            del self.open[key]  # not seen this time: that hold or wait ended
 
     async def watch(self) -> None:
         connection = await asyncpg.connect(url_for(self.database))
         try:
             while self.running:
                 now = time.monotonic()
-                for row in await connection.fetch(HELD, self.tables):
-                    span = self.holds.setdefault((row["pid"], row["relation"]), [now, now])
-                    span[1] = now
-                for row in await connection.fetch(WAITING):
-                    entry = self.waits.setdefault(
-                        (row["pid"], row["query_start"]), [now, now, row["app"], row["query"]]
-                    )
-                    entry[1] = now
+                held = {
+                    (row["pid"], row["relation"]): row["relation"]
+                    for row in await connection.fetch(HELD, self.tables)
+                }
+                waiting = {
+                    (row["pid"], row["query_start"]): f"{row['app']}: {row['query']}"
+                    for row in await connection.fetch(WAITING)
+                }
+                self._sample("hold", held, now)
+                self._sample("wait", waiting, now)
                 await asyncio.sleep(SAMPLE_SECONDS)
         finally:
             await connection.close()
@@ -595,17 +609,17 @@ class LockWatch:
             self.tables = list(await connection.fetchval(TABLES_NOW) or [])
         finally:
             await connection.close()
-        self.holds.clear()
-        self.waits.clear()
+        self.open.clear()
+        self.longest.clear()
 
     def result(self) -> dict[str, Any]:
-        hold = max(self.holds.items(), key=lambda item: item[1][1] - item[1][0], default=None)
-        wait = max(self.waits.values(), key=lambda entry: entry[1] - entry[0], default=None)
+        hold = self.longest.get("hold")
+        wait = self.longest.get("wait")
         return {
-            "longest_exclusive_seconds": round(hold[1][1] - hold[1][0], 3) if hold else 0.0,
-            "longest_exclusive_on": hold[0][1] if hold else None,
-            "longest_lock_wait_seconds": round(wait[1] - wait[0], 3) if wait else 0.0,
-            "longest_lock_wait_by": f"{wait[2]}: {wait[3]}" if wait else None,
+            "longest_exclusive_seconds": round(hold[0], 3) if hold else 0.0,
+            "longest_exclusive_on": hold[1] if hold else None,
+            "longest_lock_wait_seconds": round(wait[0], 3) if wait else 0.0,
+            "longest_lock_wait_by": wait[1] if wait else None,
         }
 
 
