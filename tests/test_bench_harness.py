@@ -306,3 +306,16 @@ def test_the_migration_benchmark_refuses_a_bad_range() -> None:
     assert result.returncode != 0
     assert "matches 0 migrations" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_lock_hold_is_a_run_of_consecutive_samples() -> None:
+    """One migration session that locks a table in two steps, minutes apart, held
+    it twice briefly, not for minutes (the first 1M run reported 127 s so)."""
+    from benchmarks.migrations import LockWatch
+
+    watch = LockWatch("unused")
+    for now, seen in ((0.0, True), (0.1, True), (0.15, False), (60.0, True), (60.05, True)):
+        watch._sample("hold", {(7, "workflow_runs"): "workflow_runs"} if seen else {}, now)
+    result = watch.result()
+    assert result["longest_exclusive_seconds"] == 0.1
+    assert result["longest_exclusive_on"] == "workflow_runs"
