@@ -2,7 +2,7 @@
 
     python -m benchmarks.migrations (--from ID | --last N | --since GIT_REF) [--to ID]
         [--runs N] [--load-at ID] [--app-ref GIT_REF] [--writers N] [--readers N]
-        [--fresh] [--base-only] [--out PATH]
+        [--settle S] [--max-stall S] [--no-backwards] [--fresh] [--base-only] [--out PATH]
 
 1. **Base.** A database migrated to the schema just *before* the first migration
    under test and loaded with the benchmark data set (benchmarks/dataset.py; 1M
@@ -33,10 +33,12 @@
    ``pg_stat_activity`` every ``SAMPLE_SECONDS``: a hold shorter than that may be
    missed), and for the requests started during the step: count, errors (with
    the first messages), longest (the stall) and p99 latency.
-5. **Rows.** After the backwards and after the final forwards: every row of the
-   base (count and checksum of each key table over the columns it had in the
-   base and still has, rows created before the load) is still there unchanged,
-   and every run and step log the writers were told was created exists.
+5. **Rows.** After each phase: the base rows of each key table (those created
+   before the load) are counted and fingerprinted per column (non-NULL count and
+   a checksum of the values) against the base database: none lost, none changed
+   in a column that had values in the base (a column NULL in every base row may
+   be filled: a backfill; ``updated_at`` restamped is listed apart); and every
+   run, completion and step log the writers were answered for exists.
 
 Targets (issue 17): no request longer than ``--max-stall`` (1 s), zero errors,
 every row kept. The table prints; the JSON goes to benchmarks/results/
