@@ -3,6 +3,7 @@
 #   make test   set up and run the whole suite with coverage (>= 80% of flowforge/)
 #   make lint   ruff + mypy + hadolint, check mode only
 #   make bench  benchmarks against the raw-asyncpg floor (benchmarks/README.md)
+#   make bench-migrations  migrations under load (BENCH_ARGS="--since main")
 #   make docs   the reference site from docs/ (strict), into site/
 
 PYTHON ?= python3
@@ -23,7 +24,7 @@ PGBOUNCER := /usr/sbin/pgbouncer
 GRAPHVIZ := /usr/bin/dot
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-runtime migrate seed run serve relay test test-pgbouncer lint bench bench-relay docs docs-serve db-status db-stop clean
+.PHONY: setup setup-runtime migrate seed run serve relay test test-pgbouncer lint bench bench-relay bench-migrations docs docs-serve db-status db-stop clean
 
 $(RUNTIME): pyproject.toml setup.py requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "FlowForge needs Python >= 3.11 (set PYTHON=...)")'
@@ -97,6 +98,11 @@ lint: setup
 # on any ratio worse than X's beyond both runs' spread. --quick: a smoke run.
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Migrations under HTTP load on the 1M-run data set, forwards, backwards, forwards
+# (benchmarks/README.md); e.g. BENCH_ARGS="--since main". Exits 1 on a missed target.
+bench-migrations: setup
+	$(BIN)/python -m benchmarks.migrations $(BENCH_ARGS)
 
 # NO_MKDOCS_2_WARNING: mkdocs-material's end-of-life banner is not a build warning.
 docs: setup $(GRAPHVIZ)

@@ -116,6 +116,8 @@ from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.columns.column_types import Timestamptz
 from piccolo.engine import engine_finder
 
+from flowforge.db.online import MigrationDataError
+
 ID = "2026-11-30T00:39:50:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "time partitions: outbox by day, run_step_logs by month of the run (online)"
@@ -253,6 +255,22 @@ FROM workflow_runs r
 WHERE r.id = l.run_id AND l.ctid = ANY(ARRAY(
     SELECT ctid FROM run_step_logs WHERE run_created_at IS NULL LIMIT $1
 ))
+"""
+
+
+# Rows that stop a VALIDATE, named in the error (flowforge.db.online.MigrationDataError).
+SHOWN_ROWS = 10
+OUT_OF_RANGE = {
+    "outbox": "SELECT id, created_at FROM outbox "
+    "WHERE created_at IS NULL OR created_at >= $2 ORDER BY id LIMIT $1",
+    "run_step_logs": "SELECT id, run_id, run_created_at FROM run_step_logs "
+    "WHERE run_created_at IS NULL OR run_created_at >= $2 ORDER BY id LIMIT $1",
+}
+KEY_NOT_THE_RUNS = """
+SELECT l.id, l.run_id, l.run_created_at, r.created_at AS run_created
+FROM run_step_logs l LEFT JOIN workflow_runs r ON r.id = l.run_id
+WHERE l.run_created_at IS DISTINCT FROM r.created_at
+ORDER BY l.id LIMIT $1
 """
 
 
@@ -572,7 +590,17 @@ async def _prepare(connection: Any, table: Table) -> datetime.datetime:
         await _backfill_rest(connection)
     await _ensure_margin(connection, table, cutoff)
     started = time.perf_counter()
-    await connection.execute(f"ALTER TABLE {table.name} VALIDATE CONSTRAINT {table.range_check}")
+    await _validate(
+        connection,
+        table.name,
+        table.range_check,
+        OUT_OF_RANGE[table.name],
+        cutoff,
+        "rows whose partition key is missing or not before the legacy partition's bound "
+        f"{cutoff.isoformat()}",
+        "Fix or delete them (a key in the future: a clock or a writer was wrong), then "
+        "run the migration again; or step back the migration before it.",
+    )
     _report(f"{table.name}: validate the range check", started)
     for name, columns in table.keys:
         await _ensure_margin(connection, table, cutoff)
@@ -586,9 +614,41 @@ async def _prepare(connection: Any, table: Table) -> datetime.datetime:
                 lambda: _add_new_fk(connection),
             )
         started = time.perf_counter()
-        await connection.execute(f"ALTER TABLE run_step_logs VALIDATE CONSTRAINT {NEW_FK}")
+        await _validate(
+            connection,
+            "run_step_logs",
+            NEW_FK,
+            KEY_NOT_THE_RUNS,
+            None,
+            "step logs whose run_created_at is not their run's created_at",
+            "Set it from the run (UPDATE run_step_logs l SET run_created_at = r.created_at "
+            "FROM workflow_runs r WHERE r.id = l.run_id AND l.run_created_at <> r.created_at), "
+            "then run the migration again; or step back the migration before it.",
+        )
         _report("run_step_logs: validate the composite foreign key", started)
     return cutoff
+
+
+async def _validate(
+    connection: Any,
+    table: str,
+    constraint: str,
+    offenders: str,
+    cutoff: datetime.datetime | None,
+    what: str,
+    advice: str,
+) -> None:
+    """VALIDATE a constraint; rows that break it stop the migration with their
+    keys named (at most SHOWN_ROWS). Everything done so far stays: forwards
+    again after the rows are fixed, or backwards, each carries on from here."""
+    try:
+        await connection.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {constraint}")
+    except (asyncpg.CheckViolationError, asyncpg.ForeignKeyViolationError) as error:
+        args = (SHOWN_ROWS,) if cutoff is None else (SHOWN_ROWS, cutoff)
+        rows = await connection.fetch(offenders, *args)
+        raise MigrationDataError(
+            f"{table}: validate {constraint}", f"{what}: {error}", rows, advice
+        ) from None
 
 
 async def _rename_indexes(connection: Any, relation: str, old: str, new: str) -> None:
@@ -862,11 +922,57 @@ async def run_forwards() -> None:
         await connection.close()
 
 
+async def _drop_leftovers(connection: Any, table: Table) -> None:
+    """What a forwards that stopped before this table's swap (bad data, a killed
+    process) left on the plain table: the range CHECK, the composite foreign
+    key, the unique indexes built for the partitioned keys (valid or INVALID).
+    Each looked up first: nothing to drop, no lock taken."""
+    if await _relkind(connection, table.name) != "r":
+        return
+    if await _constraint(connection, table.name, table.range_check) is not None:
+        await _short(
+            connection,
+            f"{table.name}: drop the range check",
+            lambda: connection.execute(
+                f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {table.range_check}"
+            ),
+        )
+    if table is STEP_LOGS and await _constraint(connection, table.name, NEW_FK) is not None:
+
+        async def drop_new_fk() -> None:
+            await _lock(connection, STEP_LOGS)
+            await connection.execute(
+                f"ALTER TABLE run_step_logs DROP CONSTRAINT IF EXISTS {NEW_FK}"
+            )
+
+        await _short(connection, "run_step_logs: drop the composite foreign key", drop_new_fk)
+    for index, _ in table.keys:
+        if await _index_of(connection, index, table.name):
+            started = time.perf_counter()
+            await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index}")
+            _report(f"drop index {index}", started)
+
+
+async def _index_of(connection: Any, index: str, table: str) -> bool:
+    return bool(
+        await connection.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_index "
+            "WHERE indexrelid = to_regclass($1) AND indrelid = to_regclass($2))",
+            index,
+            table,
+        )
+    )
+
+
 async def run_backwards() -> None:
+    """This migration stepped back; also what a forwards that stopped part-way
+    left (the migration before this one calls it when it is stepped back: a
+    failed forwards is not recorded, so Piccolo never runs this one's backwards)."""
     connection = await _connect()
     try:
         for table in TABLES:
             await _backwards_table(connection, table)
+            await _drop_leftovers(connection, table)
         # Left by a forwards that did not reach the swap.
         await _short(connection, "drop the fill trigger", lambda: _drop_fill_trigger(connection))
         if await _constraint(connection, "workflow_runs", "workflow_runs_id_created_at_key"):
@@ -877,6 +983,13 @@ async def run_backwards() -> None:
                     "ALTER TABLE workflow_runs DROP CONSTRAINT workflow_runs_id_created_at_key"
                 ),
             )
+        if await _index_of(connection, "workflow_runs_id_created_at_key", "workflow_runs"):
+            # Built, not yet a constraint (forwards stopped in between).
+            started = time.perf_counter()
+            await connection.execute(
+                "DROP INDEX CONCURRENTLY IF EXISTS workflow_runs_id_created_at_key"
+            )
+            _report("drop index workflow_runs_id_created_at_key", started)
         found = await _constraint(connection, "run_step_logs", "run_step_logs_run_id_fkey")
         if found is not None and not found["convalidated"]:
             started = time.perf_counter()

@@ -220,3 +220,102 @@ def test_the_retention_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["delete"]["runs"] and report["partition"]
+
+
+# The release before migration 2026-12-07T15:58:32 (api_keys.granted_by_key_id):
+# the code that serves while that migration and the next one run.
+BEFORE_GRANTED_BY = "a38e0a4^"
+
+
+def test_the_migration_benchmark_runs_a_range_under_load_and_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    """`python -m benchmarks.migrations` on a 2k-run base: the granted-by migrations
+    forwards, backwards and forwards again through the CLI while the app (the
+    release before them, under uvicorn) is loaded over HTTP; a real run."""
+    if subprocess.run(
+        ["git", "cat-file", "-e", f"{BEFORE_GRANTED_BY}^{{commit}}"],
+        cwd=REPO_ROOT, capture_output=True, check=False,
+    ).returncode:  # fmt: skip
+        pytest.skip("the checkout has no git history to serve the earlier release from")
+    prefix = database_name("bench_migrations")
+    out = tmp_path / "migrations.json"
+    env = {**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": prefix}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.migrations", "--runs", "2000", "--fresh",
+             "--from", "2026-12-07T15:58:32", "--to", "2026-12-07T15:58:40",
+             "--app-ref", BEFORE_GRANTED_BY, "--settle", "1", "--out", str(out)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+    finally:
+        for suffix in ("base", "run"):
+            asyncio.run(drop_database(f"{prefix}_{suffix}"))
+    report = json.loads(out.read_text())
+    steps = [(step["phase"], step["migration"]) for step in report["steps"]]
+    assert steps == [
+        ("forwards", "2026-12-07T15:58:32:404747"),
+        ("forwards", "2026-12-07T15:58:40:000000"),
+        ("backwards", "2026-12-07T15:58:40:000000"),
+        ("backwards", "2026-12-07T15:58:32:404747"),
+        ("forwards again", "2026-12-07T15:58:32:404747"),
+        ("forwards again", "2026-12-07T15:58:40:000000"),
+    ], result.stdout[-3000:]
+    assert all(step["ok"] and step["load"]["requests"] > 0 for step in report["steps"])
+    assert report["load"]["errors"] == 0, report["first_errors"]
+    for phase, check in report["rows"].items():
+        assert check["base"]["kept"], (phase, check)
+        assert check["writers"]["kept"], (phase, check)
+        assert check["writers"]["runs"] > 0
+    assert report["base_rows"]["workflow_runs"] == 2000
+    # The timing target is the 1M run's verdict; here only that it is judged.
+    assert "longest_request_ms" in report["verdict"]
+    assert "verdict:" in result.stdout
+
+
+def test_the_migration_benchmark_tells_lost_and_changed_rows_from_a_backfill() -> None:
+    from benchmarks.migrations import compare_rows
+
+    base = {
+        "runs": {"rows": 3, "columns": {"id": (3, "1"), "status": (3, "2"), "new": (0, "0"),
+                                        "updated_at": (3, "4")}},
+        "logs": {"rows": 2, "columns": {"id": (2, "5")}},
+    }  # fmt: skip
+    same = {
+        "runs": {"rows": 3, "columns": {"id": (3, "1"), "status": (3, "2"), "new": (3, "9"),
+                                        "updated_at": (3, "4"), "added": (3, "7")}},
+        "logs": {"rows": 2, "columns": {"id": (2, "5")}},
+    }  # fmt: skip
+    assert compare_rows(base, same)["kept"]  # a column NULL in the base may be filled
+    changed = json.loads(json.dumps(same))
+    changed["runs"]["columns"]["status"] = [3, "3"]
+    changed["runs"]["columns"]["updated_at"] = [3, "8"]
+    changed["logs"]["rows"] = 1
+    verdict = compare_rows(base, changed)
+    assert not verdict["kept"]
+    assert verdict["lost"] == {"logs": 1}
+    assert verdict["changed_columns"] == {"runs": ["status"]}
+    assert verdict["updated_at_restamped"] == ["runs"]
+
+
+def test_the_migration_benchmark_refuses_a_bad_range() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.migrations", "--from", "2099-01-01"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "matches 0 migrations" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_lock_hold_is_a_run_of_consecutive_samples() -> None:
+    """One migration session that locks a table in two steps, minutes apart, held
+    it twice briefly, not for minutes (the first 1M run reported 127 s so)."""
+    from benchmarks.migrations import LockWatch
+
+    watch = LockWatch("unused")
+    for now, seen in ((0.0, True), (0.1, True), (0.15, False), (60.0, True), (60.05, True)):
+        watch._sample("hold", {(7, "workflow_runs"): "workflow_runs"} if seen else {}, now)
+    result = watch.result()
+    assert result["longest_exclusive_seconds"] == 0.1
+    assert result["longest_exclusive_on"] == "workflow_runs"

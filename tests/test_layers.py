@@ -59,6 +59,9 @@ MAY_PRINT_OR_EXIT = {
     "flowforge.db.engine",
     # `python -m flowforge.db.embedded status|stop` (make db-status / db-stop).
     "flowforge.db.embedded",
+    # A raw migration's progress lines, printed on the migrate command's output
+    # (benchmarks/migrations.py reads them per migration step).
+    "flowforge.db.online",
 }
 
 
@@ -172,6 +175,9 @@ OWN_CONNECTIONS = {
     "flowforge.relay.listener",
     # The migration lock is a session advisory lock, held while Piccolo migrates.
     "flowforge.commands.migrate",
+    # A raw migration's session, outside Piccolo's transaction: CONCURRENTLY
+    # builds and one transaction per backfill batch cannot run inside one.
+    "flowforge.db.online",
 }
 
 

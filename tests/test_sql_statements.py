@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from flowforge.db.sql import embedded, keyset, partitions, quote, runs, session, workflows
+from flowforge.db.sql import embedded, keyset, online, partitions, quote, runs, session, workflows
 from flowforge.jobs.partitions import SPECS, partition_name, period_start
 from tests.support import REPO_ROOT
 
@@ -67,6 +67,7 @@ FRAGMENTS = [
 # Templates that cannot run in a transaction block, and the test that runs them.
 NOT_IN_A_TRANSACTION = {
     "flowforge.db.sql.embedded.CREATE_DATABASE": "tests/test_embedded.py",
+    "flowforge.db.sql.online.DROP_INDEX_CONCURRENTLY": "tests/test_online_migrations.py",
 }
 
 
@@ -348,6 +349,8 @@ async def run_every_template(connection: asyncpg.Connection) -> list[str]:
             await run(partitions.lock_partition(name))
             await run(partitions.detach_partition(spec.table, name))
             await run(partitions.drop_partition(name))
+        # An online migration's VALIDATE (flowforge.db.online).
+        await run(online.validate_constraint("users", "users_email_format"))
     finally:
         await transaction.rollback()
     # A transaction behind a pooler: BEGIN with its settings (a custom one
