@@ -68,7 +68,7 @@ BEGIN
     RETURN NULL;
 END
 $$
-""",
+""",  # noqa: S608 - a constant expression
     f"""
 CREATE OR REPLACE FUNCTION flowforge_run_history_of_attempt() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -81,7 +81,7 @@ BEGIN
     RETURN NULL;
 END
 $$
-""",
+""",  # noqa: S608 - a constant expression
     # Append-only. A DELETE passes only once the run is gone: the foreign key's
     # ON DELETE CASCADE (run retention's batched DELETE) deletes the run first.
     """
@@ -155,7 +155,7 @@ async def _in_short_transactions(work: Any) -> None:
                     await connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                     await work(connection)
                 return
-            except Exception as error:  # noqa: BLE001 - only the lock timeout is retried
+            except Exception as error:
                 if getattr(error, "sqlstate", None) != "55P03" or attempt == ATTEMPTS:
                     raise
                 print(f"[run_history] lock not granted in time; attempt {attempt + 1}", flush=True)
@@ -225,9 +225,7 @@ async def _forwards(connection: Any) -> None:
                 bounds = f"FOR VALUES FROM ({lower}) TO ('{row['upper']}')"
             await connection.execute(f'CREATE TABLE "{name}" PARTITION OF run_history {bounds}')
         await _name_partition_indexes(connection)
-        await connection.execute(
-            "INSERT INTO run_history SELECT * FROM run_history_plain"  # noqa: S608
-        )
+        await connection.execute("INSERT INTO run_history SELECT * FROM run_history_plain")
         await connection.execute("DROP TABLE run_history_plain")
     for statement in DROP_TRIGGERS:
         await connection.execute(statement)
@@ -250,9 +248,7 @@ async def _backwards(connection: Any) -> None:
     await connection.execute(
         "ALTER TABLE run_history ADD CONSTRAINT run_history_pkey PRIMARY KEY (id)"
     )
-    await connection.execute(
-        "INSERT INTO run_history SELECT * FROM run_history_partitioned"  # noqa: S608
-    )
+    await connection.execute("INSERT INTO run_history SELECT * FROM run_history_partitioned")
     await connection.execute("DROP TABLE run_history_partitioned")
     # As the previous migration made it (Piccolo's ForeignKey).
     await connection.execute(

@@ -1,4 +1,4 @@
-"""Time partitions of ``outbox`` and ``run_step_logs``: prepare ahead, retire when expired.
+"""Time partitions of ``outbox``, ``run_step_logs`` and ``run_history``: prepare ahead, retire when expired.
 
 ``piccolo flowforge partitions`` (and the relay's housekeeping, before each
 prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
@@ -11,6 +11,8 @@ prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
   (``run_step_logs_pYYYYMM``), prepared ``PARTITION_MONTHS_AHEAD`` months ahead.
   Runs are kept 90 days; a month is a few partitions live, and a run's step
   logs never straddle two partitions.
+* ``run_history``: the same months as ``run_step_logs`` (``run_history_pYYYYMM``),
+  retired by the same rule: a run's history is pruned with the run.
 * Each also has a DEFAULT partition: a row outside the prepared range (a clock
   far ahead, an imported old row) is stored there, never refused or lost. When a
   partition is created for a range that has rows in the default partition, they
@@ -26,8 +28,8 @@ batched DELETE prunes its rows).
 Dropping a partition is all or nothing, so only a partition whose *every* row
 qualifies for pruning is dropped: for the outbox, no event unpublished or
 dead-lettered and the newest ``published_at`` older than the retention; for step
-logs, every run created in its month that has step logs is finished (completed,
-failed, cancelled) before the run retention. Everything else is left to the
+logs (and history), every run created in its month that has step logs (history)
+is finished (completed, failed, cancelled) before the run retention. Everything else is left to the
 batched DELETE in ``flowforge.jobs.retention``. The check runs under a SHARE lock on
 the partition, so no row can be written into it between the check and the drop.
 
@@ -87,7 +89,10 @@ class Spec:
 
 OUTBOX: Final = Spec("outbox", "created_at", "day")
 STEP_LOGS: Final = Spec("run_step_logs", "run_created_at", "month")
-SPECS: Final = (OUTBOX, STEP_LOGS)
+# Partitioned like the step logs (by the run's month), retired by the same rule:
+# a run's history goes with it.
+HISTORY: Final = Spec("run_history", "run_created_at", "month")
+SPECS: Final = (OUTBOX, STEP_LOGS, HISTORY)
 
 
 def period_start(moment: datetime.datetime, period: Period, add: int = 0) -> datetime.datetime:
@@ -250,7 +255,11 @@ async def drop_expired(
 
     A retention of 0 keeps that history forever: nothing is dropped.
     """
-    for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
+    for spec, days in (
+        (OUTBOX, outbox_retention_days),
+        (STEP_LOGS, run_retention_days),
+        (HISTORY, run_retention_days),
+    ):
         if days <= 0:
             continue
         async with _unit():

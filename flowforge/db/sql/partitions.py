@@ -55,6 +55,10 @@ EXACT_ROWS: Final[dict[str, LiteralString]] = {
         "SELECT count(*) FROM run_step_logs "
         "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
     ),
+    "run_history": (
+        "SELECT count(*) FROM run_history "
+        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
+    ),
 }
 
 # Per table: the periods whose rows wait in the default partition, how many
@@ -65,17 +69,23 @@ STRAY_PERIODS: Final[dict[str, LiteralString]] = {
     "run_step_logs": (
         "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_step_logs_default"
     ),
+    "run_history": "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_history_default",
 }
 
 DEFAULT_ROWS: Final[dict[str, LiteralString]] = {
     "outbox": "SELECT count(*) FROM outbox_default",
     "run_step_logs": "SELECT count(*) FROM run_step_logs_default",
+    "run_history": "SELECT count(*) FROM run_history_default",
 }
 
 DEFAULT_ROWS_IN_RANGE: Final[dict[str, LiteralString]] = {
     "outbox": "SELECT count(*) FROM outbox_default WHERE created_at >= $1 AND created_at < $2",
     "run_step_logs": (
         "SELECT count(*) FROM run_step_logs_default "
+        "WHERE run_created_at >= $1 AND run_created_at < $2"
+    ),
+    "run_history": (
+        "SELECT count(*) FROM run_history_default "
         "WHERE run_created_at >= $1 AND run_created_at < $2"
     ),
 }
@@ -93,6 +103,13 @@ MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
             WHERE run_created_at >= $1 AND run_created_at < $2 RETURNING *
         )
         INSERT INTO run_step_logs SELECT * FROM moved
+    """,
+    "run_history": """
+        WITH moved AS (
+            DELETE FROM run_history_default
+            WHERE run_created_at >= $1 AND run_created_at < $2 RETURNING *
+        )
+        INSERT INTO run_history SELECT * FROM moved
     """,
 }
 
@@ -118,6 +135,17 @@ ALL_EXPIRED: Final[dict[str, LiteralString]] = {
                          AND r.finished_at < $1)
                 AND EXISTS (SELECT 1 FROM run_step_logs l
                             WHERE l.run_id = r.id AND l.run_created_at = r.created_at)
+        )
+    """,
+    # The same rule for a run's history, which is pruned with its run.
+    "run_history": """
+        SELECT NOT EXISTS (
+            SELECT 1 FROM workflow_runs r
+            WHERE r.created_at >= coalesce($2::timestamptz, '-infinity') AND r.created_at < $3
+                AND NOT (r.status IN ('completed', 'failed', 'cancelled')
+                         AND r.finished_at < $1)
+                AND EXISTS (SELECT 1 FROM run_history h
+                            WHERE h.run_id = r.id AND h.run_created_at = r.created_at)
         )
     """,
 }
