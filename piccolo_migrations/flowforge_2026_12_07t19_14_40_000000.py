@@ -94,7 +94,7 @@ BEGIN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'run history is append-only: % of a history row refused', TG_OP
-        USING ERRCODE = 'restrict_violation',
+        USING ERRCODE = 'restrict_violation', CONSTRAINT = 'run_history_append_only',
               HINT = 'History rows leave with their run (delete the run, or let retention prune it).';
 END
 $$
