@@ -171,6 +171,10 @@ def test_the_package_defines_the_expected_raw_statements() -> None:
         "flowforge.db.sql.api_keys.REVOKE_GRANTED",
         "flowforge.db.sql.relay.CLAIM_HEADS",
         "flowforge.db.sql.reaper.REAP",
+        "flowforge.db.sql.reaper.CLOSE_STEP_ATTEMPTS",
+        "flowforge.db.sql.runs.CLOSE_ATTEMPTS",
+        "flowforge.db.sql.history.SET_ACTOR",
+        "flowforge.db.sql.history.RUN_HISTORY_PAGE",
         "flowforge.db.sql.retention.PRUNE_RUNS",
         "flowforge.db.sql.outbox.INSERT_EVENTS",
     ):
