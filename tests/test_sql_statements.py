@@ -344,6 +344,9 @@ async def run_every_template(connection: asyncpg.Connection) -> list[str]:
                     spec.table, name, start, period_start(start, spec.period, 1)
                 )
             )
+            if spec.table in partitions.HISTORY_TRIGGER_OFF:
+                await run(partitions.HISTORY_TRIGGER_OFF[spec.table])
+                await run(partitions.HISTORY_TRIGGER_ON[spec.table])
             await run(partitions.attach_default_partition(spec.table, default))
             indexes = await connection.fetch(partitions.PARTITION_INDEXES, name)
             for number, row in enumerate(indexes):

@@ -176,7 +176,12 @@ async def create_partition(spec: Spec, start: datetime.datetime) -> str:
         # send the rows back through the table, put the default one back.
         await connection.execute(sql.detach_partition(spec.table, default))
         await connection.execute(sql.create_partition(spec.table, name, start, end))
+        quiet = spec.table in sql.HISTORY_TRIGGER_OFF
+        if quiet:
+            await connection.execute(sql.HISTORY_TRIGGER_OFF[spec.table])
         await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
+        if quiet:
+            await connection.execute(sql.HISTORY_TRIGGER_ON[spec.table])
         await connection.execute(sql.attach_default_partition(spec.table, default))
         logger.warning("partitions.moved_from_default", partition=name, rows=stray)
     await name_indexes_like_parent(name)

@@ -113,6 +113,16 @@ MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
     """,
 }
 
+# Around MOVE_FROM_DEFAULT (in the same transaction, so no other session ever
+# sees it off): a step log moved out of the default partition is re-inserted,
+# and its run_history trigger would record a creation that did not happen.
+HISTORY_TRIGGER_OFF: Final[dict[str, LiteralString]] = {
+    "run_step_logs": "ALTER TABLE run_step_logs DISABLE TRIGGER run_step_logs_history_created",
+}
+HISTORY_TRIGGER_ON: Final[dict[str, LiteralString]] = {
+    "run_step_logs": "ALTER TABLE run_step_logs ENABLE TRIGGER run_step_logs_history_created",
+}
+
 # Every row of the partition holding [$2, $3) may be pruned (see the module docstring);
 # $2 is NULL for the legacy partition (from MINVALUE).
 ALL_EXPIRED: Final[dict[str, LiteralString]] = {
