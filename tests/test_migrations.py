@@ -315,7 +315,7 @@ async def test_stepping_the_history_migrations_back_and_forwards_keeps_every_ent
     connection = await asyncpg.connect(scratch_url)
     try:
         built = await inventory(scratch_url)
-        assert HISTORY_TRIGGERS <= built["triggers"]
+        assert built["triggers"] >= HISTORY_TRIGGERS
         assert {
             "flowforge_run_history_of_run",
             "flowforge_run_history_of_attempt",
