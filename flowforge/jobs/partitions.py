@@ -62,6 +62,7 @@ from flowforge.db.sql.partitions import (
     DEFAULT_ROWS,
     DEFAULT_ROWS_IN_RANGE,
     EXACT_ROWS,
+    IS_PARTITIONED,
     MOVE_FROM_DEFAULT,
     NOW,
     PARTITION_INDEXES,
@@ -227,6 +228,8 @@ async def ensure(
         ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
         async with _unit():
             connection = DB.require_transaction().connection
+            if not await connection.fetchval(IS_PARTITIONED, spec.table):
+                continue  # not there yet (a database behind the code's migrations)
             now = now or await connection.fetchval(NOW)
             found = await partitions(spec)
             stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
@@ -268,7 +271,10 @@ async def drop_expired(
         if days <= 0:
             continue
         async with _unit():
-            now = await DB.require_transaction().connection.fetchval(NOW)
+            connection = DB.require_transaction().connection
+            if not await connection.fetchval(IS_PARTITIONED, spec.table):
+                continue  # not there yet (a database behind the code's migrations)
+            now = await connection.fetchval(NOW)
             cutoff = now - datetime.timedelta(days=days)
             found = await partitions(spec)
         for partition in found:

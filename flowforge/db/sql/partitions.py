@@ -19,6 +19,12 @@ from flowforge.db.sql.quote import quote_ident, quote_literal
 
 NOW: Final[LiteralString] = "SELECT now()"
 
+# Whether a table exists and is partitioned: a database a few migrations behind
+# the code (run_history arrives with issue 17's) is maintained for what it has.
+IS_PARTITIONED: Final[LiteralString] = (
+    "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)"
+)
+
 # A table's partitions with their bounds. pg_get_expr is given the parent, so
 # listing takes no lock on a partition (a busy one must not stall the listing).
 PARTITIONS: Final[LiteralString] = """
