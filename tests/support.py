@@ -124,6 +124,7 @@ APP_TABLES = [
     "workflow_steps",
     "workflow_runs",
     "run_step_logs",
+    "run_history",
     "outbox",
 ]
 

@@ -71,6 +71,9 @@ IMPLIED = {
     # target of run_step_logs_run_id_fkey (tests/test_partitions.py).
     "workflow_runs_id_created_at_key",
 }
+# Rules a trigger enforces, raising with the rule's name as the constraint
+# (RAISE ... USING CONSTRAINT): translated like a table constraint.
+TRIGGER_RULES = {"run_history_append_only"}
 # A step log carries its run's created_at (the partition key, issue 11).
 RUN_CREATED_AT = "(SELECT created_at FROM workflow_runs WHERE id = $1)"
 
@@ -235,6 +238,27 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         f"VALUES ($1, {RUN_CREATED_AT}, 1, 's', 'completed')",
         ("run",),
     ),
+    "run_history_run_id_fkey": (
+        "INSERT INTO run_history (run_id, run_created_at, to_status, actor) "
+        "VALUES ($1, now(), 'pending', 'test')",
+        ("missing",),
+    ),
+    "run_history_to_status_valid": (
+        "INSERT INTO run_history (run_id, run_created_at, to_status, actor) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 'done', 'test')",
+        ("run",),
+    ),
+    "run_history_from_status_valid": (
+        "INSERT INTO run_history (run_id, run_created_at, from_status, to_status, actor) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 'done', 'running', 'test')",
+        ("run",),
+    ),
+    "run_history_attempt_complete": (
+        "INSERT INTO run_history (run_id, run_created_at, step_position, to_status, actor) "
+        f"VALUES ($1, {RUN_CREATED_AT}, 0, 'running', 'test')",
+        ("run",),
+    ),
+    "run_history_append_only": ("UPDATE run_history SET reason = 'x' WHERE run_id = $1", ("run",)),
     "outbox_payload_object": (
         "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload) "
         "VALUES ('a', gen_random_uuid(), 'e', '[]')",
@@ -281,7 +305,7 @@ async def test_every_constraint_in_the_schema_has_a_message_and_a_violation_test
         [f"public.{table}" for table in support.APP_TABLES],
         support.APP_TABLES,
     )
-    in_schema = {row["name"] for row in rows}
+    in_schema = {row["name"] for row in rows} | TRIGGER_RULES
     assert in_schema == set(CONSTRAINT_MESSAGES)
     assert in_schema == set(VIOLATIONS) | IMPLIED
 

@@ -53,6 +53,8 @@ APP_INDEXES = {
     "workflow_runs_workflow_idempotency_key",
     "run_step_logs_run_step_attempt_key",
     "workflow_runs_id_created_at_key",
+    "run_history_pkey",
+    "run_history_run_id_recorded_at_idx",
 }
 ALL_APP_TABLES = {*support.APP_TABLES, "piccolo_user", "sessions"}
 
@@ -119,7 +121,9 @@ async def test_forwards_backwards_forwards_cycle(scratch_url: str) -> None:
     built = await inventory(scratch_url)
     assert built["tables"] == ALL_APP_TABLES
     assert built["indexes"] >= APP_INDEXES
-    assert {f"{table}_set_updated_at" for table in support.APP_TABLES} <= built["triggers"]
+    assert {
+        f"{table}_set_updated_at" for table in support.APP_TABLES if table != "run_history"
+    } <= built["triggers"]
     assert "flowforge_set_updated_at" in built["functions"]
     assert "outbox_notify" in built["triggers"]
     assert "flowforge_outbox_notify" in built["functions"]
@@ -270,6 +274,106 @@ async def test_stepping_the_granted_by_migrations_back_and_forwards_keeps_every_
         assert await connection.fetchval(
             "SELECT indisvalid FROM pg_index "
             "WHERE indexrelid = 'api_keys_granted_by_key_id_idx'::regclass"
+        )
+    finally:
+        await connection.close()
+
+
+HISTORY_TABLE_MIGRATION_ID = "2026-12-07T19:14:30:245196"
+HISTORY_MIGRATION_ID = "2026-12-07T19:14:40:000000"
+HISTORY_TRIGGERS = {
+    "workflow_runs_history_created",
+    "workflow_runs_history_status",
+    "run_step_logs_history_created",
+    "run_step_logs_history_status",
+    "run_history_append_only",
+}
+
+
+async def history_state(connection: asyncpg.Connection) -> dict[str, Any]:
+    return {
+        "relkind": await connection.fetchval(
+            "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('run_history')"
+        ),
+        "rows": sorted(
+            tuple(row)
+            for row in await connection.fetch(
+                "SELECT id, run_id, step_position, attempt, from_status, to_status, reason, "
+                "actor, recorded_at FROM run_history"
+            )
+        )
+        if await connection.fetchval("SELECT to_regclass('run_history') IS NOT NULL")
+        else None,
+    }
+
+
+async def test_stepping_the_history_migrations_back_and_forwards_keeps_every_entry(
+    scratch_url: str,
+) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    support.piccolo("flowforge", "seed", database_url=scratch_url)
+    connection = await asyncpg.connect(scratch_url)
+    try:
+        built = await inventory(scratch_url)
+        assert built["triggers"] >= HISTORY_TRIGGERS
+        assert {
+            "flowforge_run_history_of_run",
+            "flowforge_run_history_of_attempt",
+            "flowforge_run_history_guard",
+        } <= built["functions"]
+        seeded = await history_state(connection)
+        assert seeded["relkind"] == "p" and len(seeded["rows"]) > 10
+        assert {row[7] for row in seeded["rows"]} == {"cli:seed"}
+        counts = await row_counts(scratch_url)
+
+        support.piccolo(
+            "migrations",
+            "backwards",
+            "flowforge",
+            f"--migration_id={HISTORY_MIGRATION_ID}",
+            "--auto_agree",
+            database_url=scratch_url,
+        )
+        stepped_back = await inventory(scratch_url)
+        assert not HISTORY_TRIGGERS & stepped_back["triggers"]
+        assert await history_state(connection) == {**seeded, "relkind": "r"}
+        # Without the triggers a change leaves no history (and nothing refuses it).
+        await connection.execute("UPDATE workflow_runs SET status = status")
+        await connection.execute(
+            "UPDATE workflow_runs SET status = 'cancelled', finished_at = now() "
+            "WHERE status = 'pending'"
+        )
+        assert (await history_state(connection))["rows"] == seeded["rows"]
+
+        support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+        assert await inventory(scratch_url) == built
+        assert await history_state(connection) == seeded
+        assert await row_counts(scratch_url) == counts
+
+        # Back past the table itself, then forwards: an empty, working history.
+        support.piccolo(
+            "migrations",
+            "backwards",
+            "flowforge",
+            f"--migration_id={HISTORY_TABLE_MIGRATION_ID}",
+            "--auto_agree",
+            database_url=scratch_url,
+        )
+        assert (await history_state(connection))["relkind"] is None
+        support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+        assert await inventory(scratch_url) == built
+        run = await connection.fetchval(
+            "UPDATE workflow_runs SET status = 'cancelled', finished_at = now() "
+            "WHERE id = (SELECT id FROM workflow_runs WHERE status = 'running' LIMIT 1) "
+            "RETURNING id"
+        )
+        assert run is not None
+        assert (
+            await connection.fetchval(
+                "SELECT count(*) FROM run_history WHERE run_id = $1 AND to_status = 'cancelled'",
+                run,
+            )
+            == 1
         )
     finally:
         await connection.close()

@@ -244,15 +244,18 @@ async def test_prune_drops_only_partitions_whose_every_row_expired() -> None:
     month_next = partitions.partition_name(
         partitions.STEP_LOGS, partitions.period_start(now, "month", -4)
     )
+    # The runs' history goes with them (issue 17): the same month's partition.
+    history_m = partitions.partition_name(partitions.HISTORY, month)
 
     dry = await prune(get_settings(), dry_run=True)
     assert dry.partition_report is not None
-    assert set(dry.partition_report.dropped) == {day[0], month_m}
+    assert set(dry.partition_report.dropped) == {day[0], month_m, history_m}
     assert {day[0], month_m} <= await names(partitions.OUTBOX) | await names(partitions.STEP_LOGS)
 
     report = await prune(get_settings())
     assert report.partition_report is not None
-    assert set(report.partition_report.dropped) == {day[0], month_m}
+    assert set(report.partition_report.dropped) == {day[0], month_m, history_m}
+    assert history_m not in await names(partitions.HISTORY)
     outbox_left, logs_left = await names(partitions.OUTBOX), await names(partitions.STEP_LOGS)
     assert day[0] not in outbox_left and {day[1], day[2]} <= outbox_left
     assert month_m not in logs_left and month_next in logs_left
@@ -301,11 +304,13 @@ async def test_a_dry_run_reports_what_the_real_prune_then_does() -> None:
         "outbox_events": 1,
         "runs": 5,
         "step_logs": 2,
-        "partition_rows": {"outbox": 4, "run_step_logs": 3},
+        # Each run's history: created (as completed), its step log created.
+        "partition_rows": {"outbox": 4, "run_step_logs": 3, "run_history": 6},
         "dropped": sorted(
             [
                 partitions.partition_name(partitions.OUTBOX, old),
                 partitions.partition_name(partitions.STEP_LOGS, month),
+                partitions.partition_name(partitions.HISTORY, month),
             ]
         ),
     }
@@ -337,22 +342,24 @@ async def test_rows_of_dropped_partitions_count_as_pruned(database_url: str) -> 
     for day in range(3):
         await make_run(month + day * DAY)  # a finished run with one step log each
     await partitions.ensure(partitions.MaintenanceReport())
-    expected = {"outbox": 5, "run_step_logs": 3}
+    expected = {"outbox": 5, "run_step_logs": 3, "run_history": 6}
+    dropping = "3 expired partitions (5 events, 3 step logs, 6 history entries)"
 
     dry = support.piccolo("flowforge", "prune", "--dry_run", database_url=database_url)
-    assert "would drop 2 expired partitions (5 events, 3 step logs)" in dry.stdout, dry.stdout
+    assert f"would drop {dropping}" in dry.stdout, dry.stdout
 
     before = pruned_samples()
     report = await prune(get_settings())
-    assert report.partition_report is not None and len(report.partition_report.dropped) == 2
+    assert report.partition_report is not None and len(report.partition_report.dropped) == 3
     assert report.partition_rows == expected
-    assert "dropped 2 expired partitions (5 events, 3 step logs)" in report.describe()
+    assert f"dropped {dropping}" in report.describe()
     after = pruned_samples()
     delta = {key: after[key] - before.get(key, 0.0) for key in after}
     assert delta['flowforge_pruned_rows_total{kind="outbox_events"}'] == 5
     # The runs go row by row after their step logs' partition: counted once each.
     assert delta['flowforge_pruned_rows_total{kind="step_logs"}'] == 3
     assert delta['flowforge_pruned_rows_total{kind="runs"}'] == 3
+    assert delta['flowforge_pruned_rows_total{kind="history"}'] == 6
     assert (await DB.fetch("SELECT count(*) FROM workflow_runs"))[0][0] == 0
 
 

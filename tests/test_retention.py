@@ -220,7 +220,15 @@ async def test_reap_fails_runs_whose_lease_expired_with_their_event() -> None:
     assert [row["status"] for row in logs] == ["completed", "failed", "cancelled"]
     assert "reaped" in logs[1]["error"]
 
-    events = await DB.fetch("SELECT * FROM outbox ORDER BY seq")
+    everything = await DB.fetch("SELECT * FROM outbox ORDER BY seq")
+    # Each attempt the reap closed has its run.step_logged (issue 17).
+    closed = [loads(row["payload"]) for row in everything if row["event_type"] == "run.step_logged"]
+    assert sorted((e["step_position"], e["status"]) for e in closed) == [
+        (1, "failed"),
+        (2, "cancelled"),
+    ]
+    assert {e["run_id"] for e in closed} == {str(stuck)}
+    events = [row for row in everything if row["event_type"] != "run.step_logged"]
     assert {(row["aggregate_type"], row["event_type"]) for row in events} == {
         ("workflow_run", "run.failed")
     }
@@ -235,7 +243,7 @@ async def test_reap_fails_runs_whose_lease_expired_with_their_event() -> None:
 
     again = await reap_stuck_runs(lease)  # idempotent
     assert again.runs == []
-    assert await rs.count("SELECT count(*) FROM outbox") == 2
+    assert await rs.count("SELECT count(*) FROM outbox") == 4
 
 
 async def test_a_reap_dry_run_lists_the_stuck_runs_and_changes_nothing(

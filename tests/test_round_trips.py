@@ -39,7 +39,9 @@ import httpx
 import pytest
 
 from flowforge.api.app import create_app
-from flowforge.db.engine import DB
+from flowforge.db.engine import DB, may_leave_session_state
+from flowforge.db.sql import api_keys as api_keys_sql
+from flowforge.db.sql import history as history_sql
 from flowforge.db.tables import Role
 from flowforge.domain import api_keys, runs
 from tests import support
@@ -264,3 +266,39 @@ async def test_a_connection_that_carries_session_state_is_reset(
     assert [trip.sql for trip in wire.proxy.round_trips(since)] == [RESET_QUERY]
     assert await session() == clean
     assert (await backend_state(wire.direct_url, clean["pid"]))["advisory_locks"] == 0
+
+
+@pytest.mark.parametrize("wire", ["direct"], indirect=True)
+async def test_a_transaction_local_set_config_costs_no_reset(wire: Wire) -> None:
+    """set_config(..., true) (the run_history actor, set by authentication on every
+    request) ends with its transaction: no reset round trip on release."""
+    clean = await session()
+    connection = await DB.acquire()
+    async with connection.transaction():
+        await connection.execute(history_sql.SET_ACTOR, "cli:test")
+        assert await connection.fetchval("SELECT current_setting('flowforge.actor')") == "cli:test"
+    since = len(wire.proxy.messages)
+    await DB.release(connection)
+    assert wire.proxy.round_trips(since) == []
+    assert await session() == clean
+    rows = await DB.fetch("SELECT current_setting('flowforge.actor', true) AS actor")
+    assert rows[0]["actor"] in ("", None)
+
+
+@pytest.mark.parametrize(
+    ("sql", "leaves_state"),
+    [
+        (api_keys_sql.AUTHENTICATE, False),
+        (history_sql.SET_ACTOR, False),
+        ("SELECT set_config('a.b', 'c', true)", False),
+        ("SELECT set_config('a.b', 'x' || f(y), TRUE)", False),
+        ("SELECT set_config('a.b', 'c', false)", True),
+        ("SELECT set_config('a.b', $1, $2)", True),
+        # One local call does not hide a session one in the same statement.
+        ("SELECT set_config('a.b', 'c', true), set_config('d.e', 'f', false)", True),
+        # Deeper nesting than the pattern reads: assumed to leave state (a reset, no harm).
+        ("SELECT set_config('a.b', f(g('c')), true)", True),
+    ],
+)
+def test_only_a_session_set_config_counts_as_session_state(sql: str, leaves_state: bool) -> None:
+    assert may_leave_session_state(sql) is leaves_state

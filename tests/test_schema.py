@@ -53,7 +53,10 @@ def key_hash(secret: str) -> str:
 
 
 # High-volume tables: keys in insert order (benchmarks/uuid_keys.py, docs/decisions/10-uuidv7-keys.md).
-TIME_ORDERED_KEYS = {"workflow_runs", "run_step_logs", "outbox"}
+TIME_ORDERED_KEYS = {"workflow_runs", "run_step_logs", "run_history", "outbox"}
+# Append-only: a row is never updated, so it has no updated_at (nor its trigger),
+# and its moment is recorded_at (docs/decisions/14-run-history.md).
+APPEND_ONLY = {"run_history"}
 
 
 async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
@@ -72,6 +75,9 @@ async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
         assert columns["id"]["data_type"] == "uuid", name
         expected = "uuidv7()" if name in TIME_ORDERED_KEYS else "gen_random_uuid()"
         assert columns["id"]["column_default"] == expected, name
+        if name in APPEND_ONLY:
+            assert set(columns) == {"id"}, name
+            continue
         for column in ("created_at", "updated_at"):
             assert columns[column]["data_type"] == "timestamp with time zone", name
             assert columns[column]["column_default"] == "CURRENT_TIMESTAMP", name
@@ -122,7 +128,7 @@ async def test_every_table_has_the_updated_at_trigger() -> None:
         "WHERE inhparent IN ('outbox'::regclass, 'run_step_logs'::regclass)"
     )
     assert {row["event_object_table"] for row in rows} == {
-        *(t._meta.tablename for t in TABLES),
+        *(t._meta.tablename for t in TABLES if t._meta.tablename not in APPEND_ONLY),
         *(row["name"] for row in partitions),
     }
 

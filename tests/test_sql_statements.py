@@ -172,6 +172,10 @@ def test_the_package_defines_the_expected_raw_statements() -> None:
         "flowforge.db.sql.api_keys.REVOKE_GRANTED",
         "flowforge.db.sql.relay.CLAIM_HEADS",
         "flowforge.db.sql.reaper.REAP",
+        "flowforge.db.sql.reaper.CLOSE_STEP_ATTEMPTS",
+        "flowforge.db.sql.runs.CLOSE_ATTEMPTS",
+        "flowforge.db.sql.history.SET_ACTOR",
+        "flowforge.db.sql.history.RUN_HISTORY_PAGE",
         "flowforge.db.sql.retention.PRUNE_RUNS",
         "flowforge.db.sql.outbox.INSERT_EVENTS",
     ):
@@ -341,6 +345,9 @@ async def run_every_template(connection: asyncpg.Connection) -> list[str]:
                     spec.table, name, start, period_start(start, spec.period, 1)
                 )
             )
+            if spec.table in partitions.HISTORY_TRIGGER_OFF:
+                await run(partitions.HISTORY_TRIGGER_OFF[spec.table])
+                await run(partitions.HISTORY_TRIGGER_ON[spec.table])
             await run(partitions.attach_default_partition(spec.table, default))
             indexes = await connection.fetch(partitions.PARTITION_INDEXES, name)
             for number, row in enumerate(indexes):

@@ -34,6 +34,7 @@ from flowforge.core.settings import Environment, get_settings
 from flowforge.db.tables import (
     ApiKey,
     Outbox,
+    RunHistory,
     RunStepLog,
     User,
     Workflow,
@@ -131,6 +132,21 @@ def table_configs() -> list[TableConfig]:
             ],
             link_column=RunStepLog.step_name,
             visible_filters=[RunStepLog.run_id, RunStepLog.status, RunStepLog.step_name],
+        ),
+        TableConfig(
+            RunHistory,
+            order_by=[OrderBy(RunHistory.recorded_at, ascending=False)],
+            visible_columns=[
+                RunHistory.recorded_at,
+                RunHistory.run_id,
+                RunHistory.step_position,
+                RunHistory.attempt,
+                RunHistory.from_status,
+                RunHistory.to_status,
+                RunHistory.reason,
+                RunHistory.actor,
+            ],
+            visible_filters=[RunHistory.run_id, RunHistory.to_status, RunHistory.actor],
         ),
         TableConfig(
             Outbox,

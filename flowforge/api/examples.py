@@ -116,6 +116,18 @@ STEP_LOG = {
     "created_at": "2026-11-30T09:30:01.500000Z",
     "updated_at": "2026-11-30T09:30:03.750000Z",
 }
+HISTORY_ENTRY = {
+    "id": "01938f2a-7c4e-7d10-9a3b-2c4d6e8f0a1b",
+    "run_id": RUN_ID,
+    "step_log_id": STEP_LOG_ID,
+    "step_position": 0,
+    "attempt": 1,
+    "from_status": "running",
+    "to_status": "completed",
+    "reason": None,
+    "actor": f"api_key:{KEY_ID}",
+    "recorded_at": UPDATED,
+}
 
 SCHEMA_EXAMPLES: dict[str, Any] = {
     # users
@@ -176,6 +188,8 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
     },
     "RunDetail": {**RUN, "step_logs": [STEP_LOG]},
     "Page_RunOut_": {"items": [RUN], "next_cursor": CURSOR},
+    "RunHistoryOut": HISTORY_ENTRY,
+    "Page_RunHistoryOut_": {"items": [HISTORY_ENTRY], "next_cursor": CURSOR},
     "RunComplete": {"outputs": {"report_url": "https://reports.example.com/nightly/2026-11-29"}},
     "RunFail": {"error": "Email team: SMTP server timed out after 3 attempts"},
     "RunCancel": {"reason": "Superseded by a manual re-run"},

@@ -167,6 +167,21 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "run_step_logs_timestamps_match_status": (
         "The step log's started_at / finished_at do not match its status."
     ),
+    # run_history (written by triggers only; docs/decisions/14-run-history.md)
+    "run_history_run_id_fkey": "The history entry's run does not exist.",
+    "run_history_to_status_valid": (
+        "History status must be one of: pending, running, completed, failed, cancelled."
+    ),
+    "run_history_from_status_valid": (
+        "History status must be one of: pending, running, completed, failed, cancelled."
+    ),
+    "run_history_attempt_complete": (
+        "A history entry of a step attempt names its attempt, step position and number."
+    ),
+    # Not a table constraint: raised by the run_history_append_only trigger.
+    "run_history_append_only": (
+        "Run history is append-only: entries are never changed, and leave only with their run."
+    ),
     # outbox
     "outbox_payload_object": "Event payload must be a JSON object.",
     "outbox_event_type_not_blank": "Event type must not be blank.",

@@ -85,11 +85,12 @@ REAPED_RUNS = Counter(
 )
 PRUNED_ROWS = Counter(
     "pruned_rows",
-    "Rows deleted by retention pruning, by kind: outbox_events, runs, step_logs.",
+    "Rows deleted by retention pruning, by kind: outbox_events, runs, step_logs, history "
+    "(history only by partition drop: row by row it goes with its run).",
     ["kind"],
     namespace=NAMESPACE,
 )
-for _kind in ("outbox_events", "runs", "step_logs"):
+for _kind in ("outbox_events", "runs", "step_logs", "history"):
     PRUNED_ROWS.labels(kind=_kind)
 for _cause in ("broker", "database", "unexpected"):
     RELAY_ERRORS.labels(cause=_cause)

@@ -150,12 +150,20 @@ _SESSION_STATE = re.compile(
     """,
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+# set_config(name, value, true) is transaction-local, like SET LOCAL: it leaves
+# nothing behind (the run_history actor is set this way by authentication, on
+# every request). Only a call whose last argument is the literal true is
+# exempt; its arguments may hold one level of parentheses (a function call).
+_LOCAL_SET_CONFIG = re.compile(
+    r"\bset_config\s*\((?:[^()]|\([^()]*\))*,\s*true\s*\)",
+    re.IGNORECASE,
+)
 
 
 @functools.lru_cache(maxsize=1024)
 def may_leave_session_state(query: str) -> bool:
     """True if `query` may leave state in the session (docs/decisions/06-connection-pool.md)."""
-    return _SESSION_STATE.search(query) is not None
+    return _SESSION_STATE.search(_LOCAL_SET_CONFIG.sub("", query)) is not None
 
 
 def _noting_session_state(name: str) -> Callable[..., Any]:

@@ -1,4 +1,4 @@
-"""The seven FlowForge tables: columns, enumerations and named invariants.
+"""The eight FlowForge tables: columns, enumerations and named invariants.
 
 The database is the authority on every invariant below: enumerations and
 state rules are CHECK constraints, uniqueness is UNIQUE constraints or indexes,
@@ -291,6 +291,59 @@ class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
     run_step_logs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
 
 
+class RunHistory(Table, tablename="run_history", db=DB):
+    """One state change of a run or of one of its step attempts: append-only.
+
+    Written by database triggers, never by application code (the raw migration
+    ``piccolo_migrations/flowforge_2026_12_07t19_30_00_000000.py``): the
+    ``flowforge_run_history`` triggers on ``workflow_runs`` (created, and every
+    change of ``status``) and on ``run_step_logs`` (an attempt appended, and
+    every change of its ``status``), so no writer - the domain code, a job, raw
+    SQL - can change a status without its row here. ``flowforge_run_history_guard``
+    refuses UPDATE, and DELETE while the run exists: rows leave only with their
+    run (ON DELETE CASCADE, or the drop of their partition by retention).
+    See docs/decisions/14-run-history.md.
+
+    Partitioned by month of ``run_created_at`` like ``run_step_logs`` (primary key
+    (id, run_created_at), run foreign key (run_id, run_created_at)); the same
+    partition maintenance creates and drops its partitions.
+    """
+
+    id = _time_ordered_id()
+    # CASCADE: the history of a run is part of the run and pruned with it.
+    run_id = ForeignKey(WorkflowRun, null=False, on_delete=OnDelete.cascade)
+    # The run's created_at: the partition key (composite foreign key to the run).
+    run_created_at = Timestamptz(null=False, default=None)
+    # The attempt (run_step_logs.id) for an attempt's change; NULL for the run's own.
+    # No foreign key: run_step_logs' key is (id, run_created_at), the attempt
+    # goes with its run (and so with this row) anyway, and the check would cost
+    # a lookup per write on the hot path.
+    step_log_id = UUID(null=True, default=None)
+    step_position = Integer(null=True, default=None)
+    attempt = Integer(null=True, default=None)
+    # NULL when the run or attempt was created.
+    from_status = Varchar(length=16, null=True, default=None, choices=RunStatus)
+    to_status = Varchar(length=16, null=False, default=None, choices=RunStatus)
+    # Why: a failed or cancelled run's error; an attempt's error (for an attempt
+    # closed by its run's end, e.g. "run cancelled").
+    reason = Text(null=True, default=None)
+    # Who or which process: api_key:<uuid>, reaper, cli:<command>, or
+    # sql:<database user> when the transaction did not say (flowforge.actor).
+    actor = Text(null=False, default=None)
+    # clock_timestamp() of the change, set by the trigger.
+    recorded_at = Timestamptz(default=TimestamptzNow(), null=False)
+
+    run_history_to_status_valid = Check(sql_in("to_status", RunStatus))
+    run_history_from_status_valid = Check(
+        f"from_status IS NULL OR {sql_in('from_status', RunStatus)}"
+    )
+    # An attempt's row names the attempt completely; a run's row names none of it.
+    run_history_attempt_complete = Check(
+        "(step_log_id IS NULL AND step_position IS NULL AND attempt IS NULL) "
+        "OR (step_log_id IS NOT NULL AND step_position IS NOT NULL AND attempt IS NOT NULL)"
+    )
+
+
 class Outbox(Audited, Table, tablename="outbox", db=DB):
     """Domain events, written in the same transaction as the change they describe.
 
@@ -334,4 +387,13 @@ class Outbox(Audited, Table, tablename="outbox", db=DB):
     outbox_dead_letter_has_error = Check("dead_lettered_at IS NULL OR last_error IS NOT NULL")
 
 
-TABLES: list[type[Table]] = [User, ApiKey, Workflow, WorkflowStep, WorkflowRun, RunStepLog, Outbox]
+TABLES: list[type[Table]] = [
+    User,
+    ApiKey,
+    Workflow,
+    WorkflowStep,
+    WorkflowRun,
+    RunStepLog,
+    RunHistory,
+    Outbox,
+]

@@ -120,6 +120,21 @@ class StepLogRecord(TypedDict):
     updated_at: datetime.datetime
 
 
+class RunHistoryRecord(TypedDict):
+    """One state change of a run (``step_log_id`` None) or of one of its step attempts."""
+
+    id: UUID
+    run_id: UUID
+    step_log_id: UUID | None
+    step_position: int | None
+    attempt: int | None
+    from_status: str | None  # None: the run or attempt was created
+    to_status: str
+    reason: str | None
+    actor: str
+    recorded_at: datetime.datetime
+
+
 class RunWithLogs(RunRecord):
     """A run with its step attempts, by step position, then attempt."""
 

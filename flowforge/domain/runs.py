@@ -211,7 +211,11 @@ async def transition_run(
             requested_status=target.value,
         )
     if target is not RunStatus.RUNNING:
-        await connection.execute(CLOSE_ATTEMPTS, run_id, row["created_at"])
+        # Each closed attempt gets its run.step_logged event and its history
+        # row in the same statement, with why it closed.
+        await connection.execute(
+            CLOSE_ATTEMPTS, run_id, row["created_at"], f"run {target.value}", row["workflow_id"]
+        )
     return _run(row)
 
 

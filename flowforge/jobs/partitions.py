@@ -1,4 +1,4 @@
-"""Time partitions of ``outbox`` and ``run_step_logs``: prepare ahead, retire when expired.
+"""Time partitions of ``outbox``, ``run_step_logs`` and ``run_history``: prepare ahead, retire when expired.
 
 ``piccolo flowforge partitions`` (and the relay's housekeeping, before each
 prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
@@ -11,6 +11,8 @@ prune) runs :func:`maintain`; ``piccolo flowforge prune`` uses
   (``run_step_logs_pYYYYMM``), prepared ``PARTITION_MONTHS_AHEAD`` months ahead.
   Runs are kept 90 days; a month is a few partitions live, and a run's step
   logs never straddle two partitions.
+* ``run_history``: the same months as ``run_step_logs`` (``run_history_pYYYYMM``),
+  retired by the same rule: a run's history is pruned with the run.
 * Each also has a DEFAULT partition: a row outside the prepared range (a clock
   far ahead, an imported old row) is stored there, never refused or lost. When a
   partition is created for a range that has rows in the default partition, they
@@ -26,8 +28,8 @@ batched DELETE prunes its rows).
 Dropping a partition is all or nothing, so only a partition whose *every* row
 qualifies for pruning is dropped: for the outbox, no event unpublished or
 dead-lettered and the newest ``published_at`` older than the retention; for step
-logs, every run created in its month that has step logs is finished (completed,
-failed, cancelled) before the run retention. Everything else is left to the
+logs (and history), every run created in its month that has step logs (history)
+is finished (completed, failed, cancelled) before the run retention. Everything else is left to the
 batched DELETE in ``flowforge.jobs.retention``. The check runs under a SHARE lock on
 the partition, so no row can be written into it between the check and the drop.
 
@@ -60,6 +62,7 @@ from flowforge.db.sql.partitions import (
     DEFAULT_ROWS,
     DEFAULT_ROWS_IN_RANGE,
     EXACT_ROWS,
+    IS_PARTITIONED,
     MOVE_FROM_DEFAULT,
     NOW,
     PARTITION_INDEXES,
@@ -87,7 +90,10 @@ class Spec:
 
 OUTBOX: Final = Spec("outbox", "created_at", "day")
 STEP_LOGS: Final = Spec("run_step_logs", "run_created_at", "month")
-SPECS: Final = (OUTBOX, STEP_LOGS)
+# Partitioned like the step logs (by the run's month), retired by the same rule:
+# a run's history goes with it.
+HISTORY: Final = Spec("run_history", "run_created_at", "month")
+SPECS: Final = (OUTBOX, STEP_LOGS, HISTORY)
 
 
 def period_start(moment: datetime.datetime, period: Period, add: int = 0) -> datetime.datetime:
@@ -171,7 +177,12 @@ async def create_partition(spec: Spec, start: datetime.datetime) -> str:
         # send the rows back through the table, put the default one back.
         await connection.execute(sql.detach_partition(spec.table, default))
         await connection.execute(sql.create_partition(spec.table, name, start, end))
+        quiet = spec.table in sql.HISTORY_TRIGGER_OFF
+        if quiet:
+            await connection.execute(sql.HISTORY_TRIGGER_OFF[spec.table])
         await connection.execute(MOVE_FROM_DEFAULT[spec.table], start, end)
+        if quiet:
+            await connection.execute(sql.HISTORY_TRIGGER_ON[spec.table])
         await connection.execute(sql.attach_default_partition(spec.table, default))
         logger.warning("partitions.moved_from_default", partition=name, rows=stray)
     await name_indexes_like_parent(name)
@@ -217,6 +228,8 @@ async def ensure(
         ahead = PARTITION_DAYS_AHEAD if spec.period == "day" else PARTITION_MONTHS_AHEAD
         async with _unit():
             connection = DB.require_transaction().connection
+            if not await connection.fetchval(IS_PARTITIONED, spec.table):
+                continue  # not there yet (a database behind the code's migrations)
             now = now or await connection.fetchval(NOW)
             found = await partitions(spec)
             stray = {row[0] for row in await connection.fetch(STRAY_PERIODS[spec.table])}
@@ -250,11 +263,18 @@ async def drop_expired(
 
     A retention of 0 keeps that history forever: nothing is dropped.
     """
-    for spec, days in ((OUTBOX, outbox_retention_days), (STEP_LOGS, run_retention_days)):
+    for spec, days in (
+        (OUTBOX, outbox_retention_days),
+        (STEP_LOGS, run_retention_days),
+        (HISTORY, run_retention_days),
+    ):
         if days <= 0:
             continue
         async with _unit():
-            now = await DB.require_transaction().connection.fetchval(NOW)
+            connection = DB.require_transaction().connection
+            if not await connection.fetchval(IS_PARTITIONED, spec.table):
+                continue  # not there yet (a database behind the code's migrations)
+            now = await connection.fetchval(NOW)
             cutoff = now - datetime.timedelta(days=days)
             found = await partitions(spec)
         for partition in found:

@@ -6,8 +6,9 @@ Whoever executes a run sends heartbeats while it works (``runs.heartbeat_run``,
 - its heartbeat, or ``started_at`` before the first one - is older than the
 lease is presumed orphaned: :func:`reap_stuck_runs` moves it to ``failed``
 with a reason, fails its still-running step attempt (pending ones are
-cancelled), and writes its ``run.failed`` event, all in one transaction per
-batch. Runs are locked with SKIP LOCKED, so several reapers (every relay runs
+cancelled; each closed attempt gets a ``run.step_logged`` event), and writes its
+``run.failed`` event, all in one transaction per batch; the run_history rows of
+those changes name the actor ``reaper``. Runs are locked with SKIP LOCKED, so several reapers (every relay runs
 one) never wait on each other or on an executor that is finishing the run; an
 executor must move a run on with ``... WHERE status = 'running'`` and treat
 "no row" as "reaped".
@@ -25,13 +26,16 @@ from uuid import UUID
 from flowforge.core import events, metrics
 from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
-from flowforge.db.sql.reaper import CANCEL_PENDING_STEPS, FAIL_STEP_ATTEMPTS, REAP, WOULD_REAP
+from flowforge.db.sql.history import SET_ACTOR
+from flowforge.db.sql.reaper import CLOSE_STEP_ATTEMPTS, REAP, WOULD_REAP
 from flowforge.outbox.writer import record_events
 
 logger = get_logger("flowforge.jobs.reaper")
 
 
 STEP_ERROR = "The run was reaped: its executor stopped sending heartbeats."
+# Who the run_history rows of a reap name (flowforge.db.sql.history).
+ACTOR = "reaper"
 
 
 class StuckRun(TypedDict):
@@ -72,12 +76,13 @@ async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
     Runs in the caller's transaction.
     """
     connection = DB.require_transaction().connection
+    # The run_history rows of this batch name the reaper.
+    await connection.execute(SET_ACTOR, ACTOR)
     runs = list(await connection.fetch(REAP, lease_seconds, batch_size))
     if not runs:
         return runs
     run_ids = [run["id"] for run in runs]
-    await connection.execute(FAIL_STEP_ATTEMPTS, run_ids, STEP_ERROR)
-    await connection.execute(CANCEL_PENDING_STEPS, run_ids)
+    await connection.execute(CLOSE_STEP_ATTEMPTS, run_ids, STEP_ERROR)
     await record_events(
         [
             (

@@ -55,7 +55,7 @@ logger = get_logger("flowforge.jobs.retention")
 DAY_SECONDS = 86400.0
 
 
-KIND = {"outbox": "outbox_events", "run_step_logs": "step_logs"}
+KIND = {"outbox": "outbox_events", "run_step_logs": "step_logs", "run_history": "history"}
 
 
 def expired_events_count(keep_seconds: float, dropped: Sequence[str] = ()) -> Count:
@@ -122,7 +122,8 @@ class PruneReport:
             text += (
                 f"; {'would drop' if self.dry_run else 'dropped'} {len(dropped)} expired "
                 f"partitions ({rows.get('outbox', 0)} events, "
-                f"{rows.get('run_step_logs', 0)} step logs): {', '.join(dropped)}"
+                f"{rows.get('run_step_logs', 0)} step logs, "
+                f"{rows.get('run_history', 0)} history entries): {', '.join(dropped)}"
             )
         if self.partition_report and self.partition_report.skipped:
             text += f"; busy, left for next time: {', '.join(self.partition_report.skipped)}"

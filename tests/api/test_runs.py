@@ -727,10 +727,19 @@ async def test_a_run_ends_while_an_attempt_that_began_later_is_appended(
     assert (log["id"], log["status"]) == (appended.json()["id"], "cancelled")
     assert log["started_at"] <= log["finished_at"]
     assert run["started_at"] <= run["finished_at"]
-    assert [e["event_type"] for e in await published(run_id)][-2:] == [
+    published_events = await published(run_id)
+    assert [e["event_type"] for e in published_events][-3:] == [
         "run.step_logged",
         f"run.{status}",
+        # The attempt closed by the run's end (issue 17).
+        "run.step_logged",
     ]
+    closed = published_events[-1]["payload"]
+    assert (closed["step_log_id"], closed["status"], closed["error"]) == (
+        log["id"],
+        "cancelled",
+        f"run {status}",
+    )
 
 
 async def test_a_run_ends_after_a_start_that_began_later(

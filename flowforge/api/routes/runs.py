@@ -24,7 +24,7 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
-from flowforge.domain import runs
+from flowforge.domain import history, runs
 from flowforge.domain.principal import Principal
 
 router = APIRouter(
@@ -153,6 +153,29 @@ class RunTriggered(RunOut):
     )
 
 
+class RunHistoryOut(BaseModel):
+    """One state change of a run, or of one of its step attempts."""
+
+    id: UUID
+    run_id: UUID
+    step_log_id: UUID | None = Field(
+        description="The step attempt that changed; null for a change of the run itself."
+    )
+    step_position: int | None = Field(description="The attempt's step position (attempts only).")
+    attempt: int | None = Field(description="The attempt's number (attempts only).")
+    from_status: RunStatus | None = Field(description="Null when the run or attempt was created.")
+    to_status: RunStatus
+    reason: str | None = Field(
+        description="Why: a failed or cancelled run's error, an attempt's error (e.g. "
+        "`run cancelled` for an attempt closed by its run's end)."
+    )
+    actor: str = Field(
+        description="Who or what made the change: `api_key:<id>`, `reaper`, `cli:<command>`, "
+        "or `sql:<database user>` for a change made outside FlowForge."
+    )
+    recorded_at: datetime.datetime
+
+
 class RunDetail(RunOut):
     step_logs: list[StepLogOut] = Field(description="By step position, then attempt.")
 
@@ -249,6 +272,30 @@ async def list_runs(
 async def get_run(run_id: UUID, principal: ReadPrincipal) -> RunDetail:
     principal.require(Scope.READ)
     return RunDetail(**await runs.get_run(run_id, owner_id=principal.owner_filter))
+
+
+@router.get(
+    "/runs/{run_id}/history",
+    summary="List a run's history, oldest first",
+    responses=error_responses(404),
+)
+async def list_run_history(
+    run_id: UUID,
+    principal: ReadPrincipal,
+    limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Page[RunHistoryOut]:
+    """Every state change of the run and of its step attempts (from, to, when, why, by
+    whom), oldest first. Keyset pagination: pass `next_cursor` back as `cursor`.
+    History is recorded from the migration that introduced it on; it is pruned with
+    the run."""
+    principal.require(Scope.READ)
+    items, next_cursor = await history.list_run_history(
+        run_id, limit=limit, cursor=cursor, owner_id=principal.owner_filter
+    )
+    return Page[RunHistoryOut](
+        items=[RunHistoryOut(**item) for item in items], next_cursor=next_cursor
+    )
 
 
 async def _transition(principal: Principal, run_id: UUID, action: str, **kwargs: Any) -> RunOut:

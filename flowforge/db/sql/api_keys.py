@@ -12,13 +12,24 @@ from typing import Final, LiteralString
 
 from flowforge.core import events
 from flowforge.db.sql import outbox
+from flowforge.db.sql.history import set_actor_sql
 
 # A key's last_used_at is written at most once per this many seconds (flowforge.domain.api_keys).
 LAST_USED_GRANULARITY_SECONDS: Final = 60
 
 
+# The request's actor for run_history ("api_key:<id>", transaction-local),
+# set by the lookup itself: no round trip of its own. Only for the key whose
+# hash matches; a request refused here writes nothing anyway. Where a request's
+# actor is set: if authentication stops reaching the database (a cache), this
+# expression moves to the request's first statement.
+_KEY_ACTOR: Final[LiteralString] = "'api_key:' || k.id"
+_ACTOR: Final[LiteralString] = f"CASE WHEN k.key_hash = $2 THEN {set_actor_sql(_KEY_ACTOR)} END"
+
+
 # One round trip: the key and its user by prefix, plus the throttled, never
-# blocking last_used_at write (only for a key that is valid right now).
+# blocking last_used_at write (only for a key that is valid right now), plus
+# the request's run_history actor (_ACTOR).
 AUTHENTICATE: Final[LiteralString] = f"""
 WITH touched AS (
     UPDATE api_keys SET last_used_at = now()
@@ -34,7 +45,8 @@ WITH touched AS (
 )
 SELECT k.id, k.user_id, k.key_hash, k.scopes, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
     k.expires_at IS NOT NULL AND k.expires_at <= now() AS expired,
-    u.role, u.is_active
+    u.role, u.is_active,
+    {_ACTOR} AS actor
 FROM api_keys k JOIN users u ON u.id = k.user_id
 WHERE k.prefix = $1
 """  # noqa: S608 - a constant number, no client text

@@ -19,6 +19,12 @@ from flowforge.db.sql.quote import quote_ident, quote_literal
 
 NOW: Final[LiteralString] = "SELECT now()"
 
+# Whether a table exists and is partitioned: a database a few migrations behind
+# the code (run_history arrives with issue 17's) is maintained for what it has.
+IS_PARTITIONED: Final[LiteralString] = (
+    "SELECT coalesce((SELECT relkind = 'p' FROM pg_class WHERE oid = to_regclass($1)), false)"
+)
+
 # A table's partitions with their bounds. pg_get_expr is given the parent, so
 # listing takes no lock on a partition (a busy one must not stall the listing).
 PARTITIONS: Final[LiteralString] = """
@@ -55,6 +61,10 @@ EXACT_ROWS: Final[dict[str, LiteralString]] = {
         "SELECT count(*) FROM run_step_logs "
         "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
     ),
+    "run_history": (
+        "SELECT count(*) FROM run_history "
+        "WHERE run_created_at >= coalesce($1::timestamptz, '-infinity') AND run_created_at < $2"
+    ),
 }
 
 # Per table: the periods whose rows wait in the default partition, how many
@@ -65,17 +75,23 @@ STRAY_PERIODS: Final[dict[str, LiteralString]] = {
     "run_step_logs": (
         "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_step_logs_default"
     ),
+    "run_history": "SELECT DISTINCT date_trunc('month', run_created_at) FROM run_history_default",
 }
 
 DEFAULT_ROWS: Final[dict[str, LiteralString]] = {
     "outbox": "SELECT count(*) FROM outbox_default",
     "run_step_logs": "SELECT count(*) FROM run_step_logs_default",
+    "run_history": "SELECT count(*) FROM run_history_default",
 }
 
 DEFAULT_ROWS_IN_RANGE: Final[dict[str, LiteralString]] = {
     "outbox": "SELECT count(*) FROM outbox_default WHERE created_at >= $1 AND created_at < $2",
     "run_step_logs": (
         "SELECT count(*) FROM run_step_logs_default "
+        "WHERE run_created_at >= $1 AND run_created_at < $2"
+    ),
+    "run_history": (
+        "SELECT count(*) FROM run_history_default "
         "WHERE run_created_at >= $1 AND run_created_at < $2"
     ),
 }
@@ -94,6 +110,23 @@ MOVE_FROM_DEFAULT: Final[dict[str, LiteralString]] = {
         )
         INSERT INTO run_step_logs SELECT * FROM moved
     """,
+    "run_history": """
+        WITH moved AS (
+            DELETE FROM run_history_default
+            WHERE run_created_at >= $1 AND run_created_at < $2 RETURNING *
+        )
+        INSERT INTO run_history SELECT * FROM moved
+    """,
+}
+
+# Around MOVE_FROM_DEFAULT (in the same transaction, so no other session ever
+# sees it off): a step log moved out of the default partition is re-inserted,
+# and its run_history trigger would record a creation that did not happen.
+HISTORY_TRIGGER_OFF: Final[dict[str, LiteralString]] = {
+    "run_step_logs": "ALTER TABLE run_step_logs DISABLE TRIGGER run_step_logs_history_created",
+}
+HISTORY_TRIGGER_ON: Final[dict[str, LiteralString]] = {
+    "run_step_logs": "ALTER TABLE run_step_logs ENABLE TRIGGER run_step_logs_history_created",
 }
 
 # Every row of the partition holding [$2, $3) may be pruned (see the module docstring);
@@ -118,6 +151,17 @@ ALL_EXPIRED: Final[dict[str, LiteralString]] = {
                          AND r.finished_at < $1)
                 AND EXISTS (SELECT 1 FROM run_step_logs l
                             WHERE l.run_id = r.id AND l.run_created_at = r.created_at)
+        )
+    """,
+    # The same rule for a run's history, which is pruned with its run.
+    "run_history": """
+        SELECT NOT EXISTS (
+            SELECT 1 FROM workflow_runs r
+            WHERE r.created_at >= coalesce($2::timestamptz, '-infinity') AND r.created_at < $3
+                AND NOT (r.status IN ('completed', 'failed', 'cancelled')
+                         AND r.finished_at < $1)
+                AND EXISTS (SELECT 1 FROM run_history h
+                            WHERE h.run_id = r.id AND h.run_created_at = r.created_at)
         )
     """,
 }

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
+from flowforge.core import events
+from flowforge.db.sql import outbox
+from flowforge.db.sql.quote import column_list
+from flowforge.db.sql.runs import LOG_TABLE_COLUMNS
+
 # The lease expression must match the index expression exactly to use it.
 # An end is stamped with clock_timestamp(), as runs.TRANSITION_RUN's (see there):
 # the reaper never waits for a run's lock (SKIP LOCKED), and every attempt of a
@@ -38,20 +43,37 @@ WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
 RETURNING r.id, r.workflow_id, r.status, r.error, r.started_at, r.finished_at
 """  # noqa: S608 - composed from constants; values are bind parameters
 
-# The two step-log updates stay raw: one array parameter for the whole batch
-# (up to 500 runs). The builder's is_in binds a parameter per run, a new
-# statement per batch size, and Piccolo itself warns above 100 values.
-FAIL_STEP_ATTEMPTS: Final[LiteralString] = """
-UPDATE run_step_logs
-SET status = 'failed', finished_at = clock_timestamp(), error = $2
-WHERE run_id = ANY($1::uuid[]) AND status = 'running'
-"""
-
-CANCEL_PENDING_STEPS: Final[LiteralString] = """
-UPDATE run_step_logs
-SET status = 'cancelled', finished_at = clock_timestamp()
-WHERE run_id = ANY($1::uuid[]) AND status = 'pending'
-"""
+# The reaped runs' open step attempts: a running one fails, a pending one is
+# cancelled, each with the reason ($2) and its run.step_logged event in the same
+# statement (its run_history row comes from the trigger). Raw: one array
+# parameter for the whole batch (up to 500 runs); the builder's is_in binds a
+# parameter per run, a new statement per batch size, and Piccolo itself warns
+# above 100 values. The join to the runs gives each attempt's workflow (for the
+# event) and its partition key.
+CLOSE_STEP_ATTEMPTS: Final[LiteralString] = f"""
+WITH closed AS (
+    UPDATE run_step_logs l
+    SET status = CASE WHEN l.status = 'running' THEN 'failed' ELSE 'cancelled' END,
+        finished_at = clock_timestamp(), error = $2
+    FROM workflow_runs r
+    WHERE r.id = ANY($1::uuid[]) AND l.run_id = r.id AND l.run_created_at = r.created_at
+        AND l.status IN ('running', 'pending')
+    RETURNING {column_list(*LOG_TABLE_COLUMNS, alias="l")}, r.workflow_id
+), event AS (
+    {
+    outbox.insert_from(
+        "closed l",
+        aggregate_type=events.WORKFLOW_RUN,
+        aggregate_id="l.run_id",
+        event_type="'run.step_logged'",
+        payload=outbox.step_logged_payload_sql("l", "l.workflow_id"),
+    )
+}
+)
+SELECT count(*) FILTER (WHERE status = 'failed') AS failed,
+    count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+FROM closed
+"""  # noqa: S608 - composed from constants; values are bind parameters
 
 # What a dry run reports: every run the reaper would fail now, with what it
 # would do to its step attempts. No lock: a run an executor is finishing right

@@ -99,7 +99,7 @@ FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
 
 # Compare-and-set: the new status, timestamps that satisfy
 # workflow_runs_timestamps_match_status, and the run.<status> event, in one
-# statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS).
+# statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS, below).
 # previous_status: when only one status may be left it is that one; otherwise
 # (cancel) the run had started iff started_at is set (the same CHECK).
 # The event of a transition: run.started, .completed, .failed and .cancelled
@@ -144,20 +144,6 @@ WITH changed AS (
 )
 SELECT {RUN_COLUMNS} FROM changed
 """  # noqa: S608
-
-
-# A separate statement on purpose: it runs after the transition holds the run's
-# row lock and takes a new snapshot, so it also sees an attempt whose append
-# committed while the transition waited for that lock (in the transition's own
-# snapshot that attempt does not exist yet, and it would stay "running" forever).
-# Its finished_at is clock_timestamp() for the same reason as the transition's:
-# such an attempt started after this transaction's now(), but before this
-# statement (appends take the run's lock, which we hold now).
-# run_created_at (the partition key) confines it to the run's partition.
-CLOSE_ATTEMPTS: Final[LiteralString] = """
-UPDATE run_step_logs SET status = 'cancelled', finished_at = clock_timestamp()
-WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
-"""
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -234,15 +220,41 @@ RETURNING r.workflow_id
 """
 
 
-def _step_logged_event(source: LiteralString) -> LiteralString:
+def _step_logged_event(
+    source: LiteralString, workflow_id: LiteralString = "$2::uuid"
+) -> LiteralString:
     """The run.step_logged event of each step-log row in `source` (aliased ``l``)."""
     return outbox.insert_from(
         source,
         aggregate_type=events.WORKFLOW_RUN,
         aggregate_id="l.run_id",
         event_type="'run.step_logged'",
-        payload=outbox.step_logged_payload_sql("l", "$2::uuid"),
+        payload=outbox.step_logged_payload_sql("l", workflow_id),
     )
+
+
+# A separate statement on purpose: it runs after the transition holds the run's
+# row lock and takes a new snapshot, so it also sees an attempt whose append
+# committed while the transition waited for that lock (in the transition's own
+# snapshot that attempt does not exist yet, and it would stay "running" forever).
+# Its finished_at is clock_timestamp() for the same reason as the transition's:
+# such an attempt started after this transaction's now(), but before this
+# statement (appends take the run's lock, which we hold now).
+# run_created_at (the partition key) confines it to the run's partition.
+# Each closed attempt records why ($3: "run completed", "run failed", "run
+# cancelled") as its error, which its run.step_logged event (written by the same
+# statement; $4 is the workflow) and its run_history row (the trigger) carry:
+# a consumer sees the attempt end with its run instead of running forever.
+CLOSE_ATTEMPTS: Final[LiteralString] = f"""
+WITH closed AS (
+    UPDATE run_step_logs SET status = 'cancelled', finished_at = clock_timestamp(), error = $3
+    WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
+    RETURNING {LOG_COLUMNS}
+), event AS (
+    {_step_logged_event("closed l", "$4::uuid")}
+)
+SELECT count(*) AS closed FROM closed
+"""  # noqa: S608
 
 
 # A separate statement from the lock on purpose: it takes a new snapshot, so
