@@ -98,12 +98,19 @@ async def inventory(url: str) -> dict[str, set[str]]:
     }
 
 
+# Stepping back past the migration that creates run_history drops it with its
+# rows (like any table a step back removes); the tests that step back further
+# count the other tables. Its own rows through its own migrations:
+# test_stepping_the_history_migrations_back_and_forwards_keeps_every_entry.
+COUNTED_TABLES = [table for table in support.APP_TABLES if table != "run_history"]
+
+
 async def row_counts(url: str) -> dict[str, int]:
     connection = await asyncpg.connect(url)
     try:
         return {
             table: await connection.fetchval(f"SELECT count(*) FROM {table}")
-            for table in support.APP_TABLES
+            for table in COUNTED_TABLES
         }
     finally:
         await connection.close()
@@ -396,7 +403,9 @@ async def partitioned_tables(url: str) -> dict[str, int]:
         )
     finally:
         await connection.close()
-    return {row["name"]: row["n"] for row in rows}
+    # run_history is born partitioned (its own migration, tested apart): these
+    # are the tables the partitioning migration converts.
+    return {row["name"]: row["n"] for row in rows if row["name"] != "run_history"}
 
 
 async def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
