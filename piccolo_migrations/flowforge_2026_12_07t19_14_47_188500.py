@@ -75,9 +75,7 @@ DESCRIPTION = "workflow versions: the table and the version columns (expand)"
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="flowforge", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="flowforge", description=DESCRIPTION)
 
     async def bounded_lock_wait() -> None:
         engine = engine_finder()
@@ -290,9 +288,7 @@ async def forwards():
         tablename="workflow_versions",
         constraint_name="workflow_versions_trigger_type_valid",
         constraint_class=Check,
-        params={
-            "condition": "trigger_type IN ('manual', 'schedule', 'webhook', 'event')"
-        },
+        params={"condition": "trigger_type IN ('manual', 'schedule', 'webhook', 'event')"},
         schema=None,
     )
 

@@ -163,7 +163,9 @@ async def run_backwards() -> None:
             await connection.execute(
                 "DROP TRIGGER IF EXISTS workflow_versions_immutable ON workflow_versions"
             )
-            await connection.execute("DROP FUNCTION IF EXISTS flowforge_workflow_version_immutable()")
+            await connection.execute(
+                "DROP FUNCTION IF EXISTS flowforge_workflow_version_immutable()"
+            )
             await connection.execute("DROP TRIGGER IF EXISTS workflows_first_version ON workflows")
             await connection.execute("DROP FUNCTION IF EXISTS flowforge_workflow_first_version()")
         await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {STEP_KEY}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Final, LiteralString
 
 from flowforge.db.sql.quote import column_list
+from flowforge.db.sql.workflows import STEP_COLUMN_LIST
 from flowforge.db.tables import WorkflowVersion
 
 VERSION_TABLE_COLUMNS: Final = (
@@ -50,13 +51,11 @@ SELECT c.*, b.owner_id, b.revision FROM created c JOIN bumped b ON b.id = c.work
 """  # noqa: S608 - column names from the Table; every value is a bind parameter
 
 # Steps of one version, in order, as an array of rows (the version's own SELECT).
-STEPS_OF_VERSION: Final[LiteralString] = """ARRAY(
-    SELECT ROW(s.id, s.workflow_id, s.version, s.position, s.name, s.action_type, s.config,
-               s.retry_policy, s.created_at, s.updated_at)
-    FROM workflow_steps s
+STEPS_OF_VERSION: Final[LiteralString] = f"""ARRAY(
+    SELECT ROW({STEP_COLUMN_LIST}) FROM workflow_steps s
     WHERE s.workflow_id = "workflow_versions"."workflow_id"
       AND s.version = "workflow_versions"."version"
-    ORDER BY s.position)"""
+    ORDER BY s.position)"""  # noqa: S608
 
 # -- backfill (flowforge.jobs.versions) -------------------------------------------------
 
