@@ -223,19 +223,10 @@ async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
             "step_count": len(steps),
         },
     )
-    # Version 1 itself was written by the database (the workflows_first_version
+    # Version 1 itself is written by the database (the workflows_first_version
     # trigger, on the INSERT above): every workflow has its current version,
-    # whoever inserts it.
-    await _version_created_event(
-        workflow["id"],
-        workflow["owner_id"],
-        {
-            "version": workflow["version"],
-            "trigger_type": workflow["trigger_type"],
-            "created_by_user_id": workflow["owner_id"],
-        },
-        len(steps),
-    )
+    # whoever inserts it. workflow.created announces it; workflow.version_created
+    # announces each later one.
     return _with_steps(workflow, steps)
 
 

@@ -14,6 +14,7 @@ from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
+    MAX_VERSION,
     ActionType,
     Cursor,
     Description,
@@ -23,7 +24,6 @@ from flowforge.api.schemas import (
     RequestModel,
     StepName,
     StepPosition,
-    VersionNumber,
     WorkflowName,
     error_responses,
 )
@@ -415,7 +415,7 @@ async def list_versions(
 )
 async def get_version(
     workflow_id: UUID,
-    version: Annotated[VersionNumber, Path()],
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
     principal: ReadPrincipal,
 ) -> VersionOut:
     principal.require(Scope.READ)
