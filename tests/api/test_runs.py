@@ -16,7 +16,7 @@ from flowforge.db.engine import DB
 from flowforge.db.sql import api_keys as api_key_sql
 from flowforge.db.sql import runs as run_sql
 from tests import support
-from tests.api.conftest import Caller, count, create_workflow, events, trigger
+from tests.api.conftest import Caller, count, create_workflow, events, if_match, trigger
 
 
 @pytest.fixture
