@@ -30,6 +30,45 @@ from piccolo.constraints import Unique
 from piccolo.engine import engine_finder
 from piccolo.table import Table
 
+# Every lock this migration needs, taken up front, each try bounded by
+# LOCK_TRY (well under deadlock_timeout, 1 s by default) and retried: taken one
+# ALTER at a time, they deadlocked with a writer that inserts a run (it holds
+# workflow_runs and then needs workflows for the foreign-key check; found by
+# tests/test_migrations.py's concurrent writer). A try that times out releases
+# what it took (ROLLBACK TO SAVEPOINT), so writers wait at most LOCK_TRY on it.
+LOCKS = [
+    "LOCK TABLE workflow_runs, workflow_steps, workflows IN ACCESS EXCLUSIVE MODE",
+    # The foreign keys of the new table.
+    "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE",
+]
+BACKWARDS_LOCKS = [
+    "LOCK TABLE workflow_runs, workflow_steps, workflow_versions, workflows "
+    "IN ACCESS EXCLUSIVE MODE",
+]
+LOCK_TRY = "100ms"
+LOCK_TRIES = 100
+
+
+async def take_locks(engine, statements) -> None:
+    import asyncio
+
+    import asyncpg
+
+    await engine.run_ddl(f"SET LOCAL lock_timeout = '{LOCK_TRY}'")
+    for attempt in range(LOCK_TRIES):
+        await engine.run_ddl("SAVEPOINT flowforge_locks")
+        try:
+            for statement in statements:
+                await engine.run_ddl(statement)
+        except asyncpg.LockNotAvailableError:
+            await engine.run_ddl("ROLLBACK TO SAVEPOINT flowforge_locks")
+            await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+        else:
+            await engine.run_ddl("RELEASE SAVEPOINT flowforge_locks")
+            return
+    raise RuntimeError(f"could not take the migration's locks in {LOCK_TRIES} tries of {LOCK_TRY}")
+
+
 CLEAN_UP_LATER = [
     "DROP TRIGGER IF EXISTS workflows_first_version ON workflows",
     "DROP FUNCTION IF EXISTS flowforge_workflow_first_version()",
@@ -80,6 +119,7 @@ async def forwards():
     async def bounded_lock_wait() -> None:
         engine = engine_finder()
         assert engine is not None
+        await take_locks(engine, LOCKS)
         await engine.run_ddl("SET LOCAL lock_timeout = '5s'")
 
     async def drop_later_objects() -> None:
@@ -89,6 +129,7 @@ async def forwards():
         # fail every insert of a workflow.
         engine = engine_finder()
         assert engine is not None
+        await take_locks(engine, BACKWARDS_LOCKS)
         await engine.run_ddl("SET LOCAL lock_timeout = '5s'")
         for statement in CLEAN_UP_LATER:
             await engine.run_ddl(statement)

@@ -41,6 +41,13 @@ DESCRIPTION = "workflow versions: version 1 of every workflow, composite keys, u
 
 BATCH_SIZE = 1000
 LOCK_TIMEOUT = "5s"
+# A DDL statement's lock is tried for LOCK_TRY (well under deadlock_timeout, 1 s
+# by default) and retried: a writer waits at most that long behind it, and a
+# statement that would deadlock with a writer (one that holds workflow_runs and
+# needs workflows or workflow_versions for a foreign-key check: found by
+# tests/test_migrations.py's concurrent writer) gives way instead.
+LOCK_TRY = "100ms"
+LOCK_TRIES = 100
 
 FIRST_VERSION_FUNCTION = """
 CREATE OR REPLACE FUNCTION flowforge_workflow_first_version() RETURNS trigger
@@ -102,6 +109,24 @@ async def _connect() -> Any:
     return connection
 
 
+async def _ddl(connection: Any, *statements: str) -> None:
+    """`statements` in one short transaction, its lock waits bounded and retried."""
+    import asyncio
+
+    import asyncpg
+
+    for attempt in range(LOCK_TRIES):
+        try:
+            async with connection.transaction():
+                await connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TRY}'")
+                for statement in statements:
+                    await connection.execute(statement)
+            return
+        except asyncpg.LockNotAvailableError:
+            await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+    raise RuntimeError(f"could not take the locks of {statements[0]!r} in {LOCK_TRIES} tries")
+
+
 async def _exists(connection: Any, sql: str, *args: Any) -> bool:
     return bool(await connection.fetchval(f"SELECT EXISTS ({sql})", *args))
 
@@ -112,10 +137,12 @@ async def run_forwards() -> None:
     connection = await _connect()
     try:
         # 1. version 1 of new workflows, from now on
-        async with connection.transaction():
-            await connection.execute(FIRST_VERSION_FUNCTION)
-            await connection.execute("DROP TRIGGER IF EXISTS workflows_first_version ON workflows")
-            await connection.execute(FIRST_VERSION_TRIGGER)
+        await _ddl(
+            connection,
+            FIRST_VERSION_FUNCTION,
+            "DROP TRIGGER IF EXISTS workflows_first_version ON workflows",
+            FIRST_VERSION_TRIGGER,
+        )
         # 2. version 1 of the existing ones, batch by batch
         report = await backfill_first_versions(batch_size=BATCH_SIZE)
         if report.missing:
@@ -129,8 +156,8 @@ async def run_forwards() -> None:
                 connection, "SELECT 1 FROM pg_constraint WHERE conname = $1", name
             )
             if not present:
-                await connection.execute(
-                    f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition} NOT VALID"
+                await _ddl(
+                    connection, f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition} NOT VALID"
                 )
             await connection.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
         # 4. steps unique per (workflow, version, position), built concurrently
@@ -146,12 +173,12 @@ async def run_forwards() -> None:
                 "ON workflow_steps (workflow_id, version, position)"
             )
         # 5. versions are immutable
-        async with connection.transaction():
-            await connection.execute(IMMUTABLE_FUNCTION)
-            await connection.execute(
-                "DROP TRIGGER IF EXISTS workflow_versions_immutable ON workflow_versions"
-            )
-            await connection.execute(IMMUTABLE_TRIGGER)
+        await _ddl(
+            connection,
+            IMMUTABLE_FUNCTION,
+            "DROP TRIGGER IF EXISTS workflow_versions_immutable ON workflow_versions",
+            IMMUTABLE_TRIGGER,
+        )
     finally:
         await connection.close()
 
@@ -159,18 +186,20 @@ async def run_forwards() -> None:
 async def run_backwards() -> None:
     connection = await _connect()
     try:
-        async with connection.transaction():
-            await connection.execute(
-                "DROP TRIGGER IF EXISTS workflow_versions_immutable ON workflow_versions"
-            )
-            await connection.execute(
-                "DROP FUNCTION IF EXISTS flowforge_workflow_version_immutable()"
-            )
-            await connection.execute("DROP TRIGGER IF EXISTS workflows_first_version ON workflows")
-            await connection.execute("DROP FUNCTION IF EXISTS flowforge_workflow_first_version()")
+        # One lock at a time: a transaction that holds one table's lock while it
+        # waits for another's deadlocks with a writer.
+        for statement in (
+            "DROP TRIGGER IF EXISTS workflow_versions_immutable ON workflow_versions",
+            "DROP FUNCTION IF EXISTS flowforge_workflow_version_immutable()",
+            "DROP TRIGGER IF EXISTS workflows_first_version ON workflows",
+            "DROP FUNCTION IF EXISTS flowforge_workflow_first_version()",
+            *(
+                f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+                for table, name, _definition in FOREIGN_KEYS
+            ),
+        ):
+            await _ddl(connection, statement)
         await connection.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {STEP_KEY}")
-        for table, name, _definition in FOREIGN_KEYS:
-            await connection.execute(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
     finally:
         await connection.close()
 

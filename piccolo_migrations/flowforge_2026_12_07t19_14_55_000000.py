@@ -55,12 +55,39 @@ WHERE w.id = s.workflow_id AND s.version <> w.version
 """
 
 
+LOCK_TRY = "100ms"
+LOCK_TRIES = 100
+
+
+async def take_lock(engine) -> None:
+    """workflow_steps' ACCESS EXCLUSIVE lock, up front (the trigger's lock, then the
+    DROP's, could deadlock with a writer), each try bounded by LOCK_TRY (well under
+    deadlock_timeout) and retried; a try that times out releases what it took."""
+    import asyncio
+
+    import asyncpg
+
+    await engine.run_ddl(f"SET LOCAL lock_timeout = '{LOCK_TRY}'")
+    for attempt in range(LOCK_TRIES):
+        await engine.run_ddl("SAVEPOINT flowforge_locks")
+        try:
+            await engine.run_ddl("LOCK TABLE workflow_steps IN ACCESS EXCLUSIVE MODE")
+        except asyncpg.LockNotAvailableError:
+            await engine.run_ddl("ROLLBACK TO SAVEPOINT flowforge_locks")
+            await asyncio.sleep(min(0.05 * (attempt + 1), 1.0))
+        else:
+            await engine.run_ddl("RELEASE SAVEPOINT flowforge_locks")
+            return
+    raise RuntimeError(f"could not lock workflow_steps in {LOCK_TRIES} tries of {LOCK_TRY}")
+
+
 async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="flowforge", description=DESCRIPTION)
 
     async def run() -> None:
         engine = engine_finder()
         assert engine is not None
+        await take_lock(engine)
         await engine.run_ddl("SET LOCAL lock_timeout = '5s'")
         await engine.run_ddl(IMMUTABLE_FUNCTION)
         await engine.run_ddl("DROP TRIGGER IF EXISTS workflow_steps_immutable ON workflow_steps")
@@ -69,6 +96,7 @@ async def forwards() -> MigrationManager:
     async def run_backwards() -> None:
         engine = engine_finder()
         assert engine is not None
+        await take_lock(engine)
         await engine.run_ddl("SET LOCAL lock_timeout = '5s'")
         await engine.run_ddl("DROP TRIGGER IF EXISTS workflow_steps_immutable ON workflow_steps")
         await engine.run_ddl("DROP FUNCTION IF EXISTS flowforge_workflow_step_immutable()")
