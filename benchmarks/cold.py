@@ -20,11 +20,12 @@ from typing import Any
 from benchmarks.harness import Operation
 
 WORKFLOW_COLUMNS = (
-    "id, owner_id, name, description, trigger_type, trigger_config, is_active, "
-    "created_at, updated_at"
+    "id, owner_id, name, description, trigger_type, trigger_config, is_active, version, "
+    "revision, created_at, updated_at"
 )
 STEP_COLUMNS = (
-    "id, workflow_id, position, name, action_type, config, retry_policy, created_at, updated_at"
+    "id, workflow_id, version, position, name, action_type, config, retry_policy, created_at, "
+    "updated_at"
 )
 STEP_FIELDS = tuple(name.strip() for name in STEP_COLUMNS.split(","))
 USER_COLUMNS = "id, email, display_name, role, is_active, created_at, updated_at"
@@ -36,13 +37,14 @@ KEY_COLUMNS = (
 PREVIOUS_GET_WORKFLOW = f"""
 SELECT {WORKFLOW_COLUMNS},
     ARRAY(SELECT ROW({STEP_COLUMNS}) FROM workflow_steps s WHERE s.workflow_id = w.id
-          ORDER BY s.position) AS steps
+          AND s.version = w.version ORDER BY s.position) AS steps
 FROM workflows w
 WHERE w.id = $1 AND ($2::uuid IS NULL OR w.owner_id = $2)
 """
 PREVIOUS_LIST_WORKFLOWS_OF_OWNER = f"""
 SELECT {WORKFLOW_COLUMNS},
-    (SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = w.id) AS step_count
+    (SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = w.id AND s.version = w.version)
+        AS step_count
 FROM workflows w
 WHERE true AND w.owner_id = $2
 ORDER BY w.created_at DESC, w.id DESC

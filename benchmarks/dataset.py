@@ -176,6 +176,18 @@ async def load(connection: asyncpg.Connection, sizes: Sizes) -> Loaded:
         connection, "workflows", ["id", "owner_id", "name", "trigger_type", "trigger_config"],
         ((w, owner[w], f"Workflow {i}", "manual", "{}") for i, w in enumerate(workflow_ids)),
     )  # fmt: skip
+    # Version 1 of each workflow (issue 17): the workflows_first_version trigger
+    # writes it, but session_replication_role = replica skips triggers here.
+    if await connection.fetchval("SELECT to_regclass('workflow_versions') IS NOT NULL"):
+        rows += int(
+            (
+                await connection.execute(
+                    "INSERT INTO workflow_versions (workflow_id, version, trigger_type, "
+                    "trigger_config, created_by_user_id, created_at) "
+                    "SELECT id, 1, trigger_type, trigger_config, owner_id, created_at FROM workflows"
+                )
+            ).rsplit(" ", 1)[-1]
+        )
     rows += await _copy(
         connection, "workflow_steps", ["workflow_id", "position", "name", "action_type", "config"],
         ((w, p, f"step {p}", "http.request", '{"url":"https://example.com"}')

@@ -62,8 +62,9 @@ async def _floor_pool() -> asyncpg.Pool:
 
 FLOOR_TRIGGER = """
 WITH run AS (
-    INSERT INTO workflow_runs (workflow_id, trigger_type, triggered_by_user_id, inputs)
-    SELECT id, 'manual', $2, $3::jsonb FROM workflows WHERE id = $1 AND is_active
+    INSERT INTO workflow_runs (workflow_id, workflow_version, trigger_type, triggered_by_user_id,
+                               inputs)
+    SELECT id, version, 'manual', $2, $3::jsonb FROM workflows WHERE id = $1 AND is_active
     RETURNING *
 ), event AS (
     INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
@@ -71,7 +72,7 @@ WITH run AS (
         'run_id', id, 'workflow_id', workflow_id, 'status', status, 'previous_status', NULL,
         'error', NULL, 'started_at', NULL, 'finished_at', NULL, 'trigger_type', trigger_type,
         'triggered_by_user_id', triggered_by_user_id, 'inputs', inputs,
-        'idempotency_key', idempotency_key)
+        'idempotency_key', idempotency_key, 'workflow_version', workflow_version)
     FROM run
 )
 SELECT * FROM run
@@ -102,12 +103,13 @@ WHERE run_id = $1 AND run_created_at = $2 AND status IN ('pending', 'running')
 
 FLOOR_LOCK_RUN = """
 UPDATE workflow_runs SET updated_at = now() WHERE id = $1 AND status = 'running'
-RETURNING workflow_id, created_at
+RETURNING workflow_id, created_at, workflow_version
 """
 
 FLOOR_APPEND = """
 WITH step AS (
-    SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
+    SELECT id, position, name FROM workflow_steps
+    WHERE workflow_id = $2 AND version = $7 AND position = $3
 ), logged AS (
     INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name,
                                attempt, status, input, output, started_at, finished_at)
@@ -275,10 +277,12 @@ def run_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
             )
         for attempt in range(LIFECYCLE_ATTEMPTS):
             async with pool.acquire() as connection, connection.transaction():
-                workflow_id, run_created_at = await connection.fetchrow(FLOOR_LOCK_RUN, run["id"])
+                workflow_id, run_created_at, version = await connection.fetchrow(
+                    FLOOR_LOCK_RUN, run["id"]
+                )
                 log = dict(await connection.fetchrow(
                     FLOOR_APPEND, run["id"], workflow_id, attempt % steps,
-                    json.dumps({"a": attempt}), json.dumps({"ok": True}), run_created_at,
+                    json.dumps({"a": attempt}), json.dumps({"ok": True}), run_created_at, version,
                 ))  # fmt: skip
                 log["input"] = json.loads(log["input"])
                 log["output"] = json.loads(log["output"])

@@ -121,6 +121,7 @@ APP_TABLES = [
     "users",
     "api_keys",
     "workflows",
+    "workflow_versions",
     "workflow_steps",
     "workflow_runs",
     "run_step_logs",

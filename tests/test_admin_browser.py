@@ -138,7 +138,10 @@ def test_admin_is_read_only_and_never_shows_secrets(
 
         csrf = next(c["value"] for c in context.cookies() if c["name"] == "csrftoken")
         headers = {"X-CSRFToken": csrf}
-        for table in ("outbox", "run_step_logs", "workflow_runs", "workflows", "api_keys"):
+        versions = page.request.get(f"{api}/workflow_versions/?__readable=true")
+        assert versions.status == 200 and versions.json()["rows"]
+        tables = ("outbox", "run_step_logs", "workflow_runs", "workflows", "workflow_versions")
+        for table in (*tables, "api_keys"):
             created = page.request.post(f"{api}/{table}/", data={}, headers=headers)
             assert created.status in (403, 405), (table, created.status)
         outbox_row = page.request.get(f"{api}/outbox/?__page_size=1").json()["rows"][0]

@@ -74,6 +74,9 @@ IMPLIED = {
 # Rules a trigger enforces, raising with the rule's name as the constraint
 # (RAISE ... USING CONSTRAINT): translated like a table constraint.
 TRIGGER_RULES = {"run_history_append_only"}
+# Not constraints but triggers that raise an error naming themselves as the
+# constraint (issue 17: workflow versions and steps are immutable).
+TRIGGER_RAISED = {"workflow_versions_immutable", "workflow_steps_immutable"}
 # A step log carries its run's created_at (the partition key, issue 11).
 RUN_CREATED_AT = "(SELECT created_at FROM workflow_runs WHERE id = $1)"
 
@@ -139,9 +142,52 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         "VALUES ($1, 0, 's', 'a')",
         ("missing",),
     ),
-    "workflow_steps_workflow_position_key": (
+    "workflow_steps_workflow_version_position_key": (
         "INSERT INTO workflow_steps (workflow_id, position, name, action_type) "
         "VALUES ($1, 0, 's', 'a')",
+        ("workflow",),
+    ),
+    "workflow_steps_workflow_version_fkey": (
+        "INSERT INTO workflow_steps (workflow_id, version, position, name, action_type) "
+        "VALUES ($1, 7, 0, 's', 'a')",
+        ("workflow",),
+    ),
+    "workflow_steps_immutable": (
+        "UPDATE workflow_steps SET name = 'changed' WHERE workflow_id = $1",
+        ("workflow",),
+    ),
+    "workflow_versions_workflow_id_fkey": (
+        "INSERT INTO workflow_versions (workflow_id, version) VALUES ($1, 2)",
+        ("missing",),
+    ),
+    "workflow_versions_created_by_user_id_fkey": (
+        "INSERT INTO workflow_versions (workflow_id, version, created_by_user_id) "
+        "VALUES ($1, 2, $2)",
+        ("workflow", "missing"),
+    ),
+    "workflow_versions_workflow_version_key": (
+        "INSERT INTO workflow_versions (workflow_id, version) VALUES ($1, 1)",
+        ("workflow",),
+    ),
+    "workflow_versions_version_positive": (
+        "INSERT INTO workflow_versions (workflow_id, version) VALUES ($1, 0)",
+        ("workflow",),
+    ),
+    "workflow_versions_trigger_type_valid": (
+        "INSERT INTO workflow_versions (workflow_id, version, trigger_type) VALUES ($1, 2, 'cron')",
+        ("workflow",),
+    ),
+    "workflow_versions_trigger_config_object": (
+        "INSERT INTO workflow_versions (workflow_id, version, trigger_config) "
+        "VALUES ($1, 2, '[1]')",
+        ("workflow",),
+    ),
+    "workflow_versions_immutable": (
+        "UPDATE workflow_versions SET trigger_config = '{}' WHERE workflow_id = $1",
+        ("workflow",),
+    ),
+    "workflow_runs_workflow_version_fkey": (
+        "INSERT INTO workflow_runs (workflow_id, workflow_version) VALUES ($1, 7)",
         ("workflow",),
     ),
     "workflow_steps_position_non_negative": (
@@ -305,7 +351,7 @@ async def test_every_constraint_in_the_schema_has_a_message_and_a_violation_test
         [f"public.{table}" for table in support.APP_TABLES],
         support.APP_TABLES,
     )
-    in_schema = {row["name"] for row in rows} | TRIGGER_RULES
+    in_schema = {row["name"] for row in rows} | TRIGGER_RULES | TRIGGER_RAISED
     assert in_schema == set(CONSTRAINT_MESSAGES)
     assert in_schema == set(VIOLATIONS) | IMPLIED
 

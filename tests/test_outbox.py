@@ -86,7 +86,7 @@ async def test_a_failing_step_rolls_back_the_workflow_and_its_event(database_url
     with pytest.raises(ConflictError) as caught:
         async with translated_db_errors(), DB.transaction():
             await create_workflow(WorkflowSpec(owner, "wf", steps=duplicate_positions))
-    assert caught.value.details["constraint"] == "workflow_steps_workflow_position_key"
+    assert caught.value.details["constraint"] == "workflow_steps_workflow_version_position_key"
     assert await counts_seen_by_another_connection(database_url) == (0, 0, 0)
 
 

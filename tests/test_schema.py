@@ -59,6 +59,10 @@ TIME_ORDERED_KEYS = {"workflow_runs", "run_step_logs", "run_history", "outbox"}
 APPEND_ONLY = {"run_history"}
 
 
+# Immutable: rows are never updated (a trigger refuses it), so no updated_at.
+IMMUTABLE_TABLES = {"workflow_versions"}
+
+
 async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
     for table in TABLES:
         name = table._meta.tablename
@@ -78,7 +82,7 @@ async def test_every_table_has_database_generated_uuid_and_timestamps() -> None:
         if name in APPEND_ONLY:
             assert set(columns) == {"id"}, name
             continue
-        for column in ("created_at", "updated_at"):
+        for column in ("created_at",) if name in IMMUTABLE_TABLES else ("created_at", "updated_at"):
             assert columns[column]["data_type"] == "timestamp with time zone", name
             assert columns[column]["column_default"] == "CURRENT_TIMESTAMP", name
             assert columns[column]["is_nullable"] == "NO", name
@@ -128,7 +132,11 @@ async def test_every_table_has_the_updated_at_trigger() -> None:
         "WHERE inhparent IN ('outbox'::regclass, 'run_step_logs'::regclass)"
     )
     assert {row["event_object_table"] for row in rows} == {
-        *(t._meta.tablename for t in TABLES if t._meta.tablename not in APPEND_ONLY),
+        *(
+            t._meta.tablename
+            for t in TABLES
+            if t._meta.tablename not in APPEND_ONLY | IMMUTABLE_TABLES
+        ),
         *(row["name"] for row in partitions),
     }
 
@@ -193,7 +201,7 @@ async def test_workflow_and_step_crud_with_jsonb() -> None:
     )
     row = await Workflow.select(Workflow.name).where(Workflow.id == workflow["id"]).first()
     assert row == {"name": "renamed"}
-    await WorkflowStep.delete().where(WorkflowStep.id == step["id"])
+    # Steps are immutable (issue 17): they go only with their workflow.
     await Workflow.delete().where(Workflow.id == workflow["id"])
     assert await Workflow.count() == 0 and await WorkflowStep.count() == 0
 
@@ -354,7 +362,8 @@ async def test_deleting_a_run_deletes_its_step_logs() -> None:
     assert await RunStepLog.count() == 0
 
 
-async def test_step_logs_survive_replacing_the_workflows_steps() -> None:
+async def test_steps_cannot_be_deleted_so_step_logs_keep_their_step() -> None:
+    """Issue 17: a new definition is a new version; the old steps stay for the runs on them."""
     user = await make_user()
     workflow = await make_workflow(user["id"])
     step = await insert(
@@ -369,9 +378,11 @@ async def test_step_logs_survive_replacing_the_workflows_steps() -> None:
         step_position=0,
         step_name="old",
     )
-    await WorkflowStep.delete().where(WorkflowStep.workflow_id == workflow["id"])
+    with pytest.raises(asyncpg.IntegrityConstraintViolationError) as caught:
+        await WorkflowStep.delete().where(WorkflowStep.workflow_id == workflow["id"])
+    assert caught.value.constraint_name == "workflow_steps_immutable"
     logs = await RunStepLog.select(RunStepLog.step_id, RunStepLog.step_name).run()
-    assert logs == [{"step_id": None, "step_name": "old"}]
+    assert logs == [{"step_id": step["id"], "step_name": "old"}]
 
 
 async def test_deleting_a_user_keeps_runs_they_triggered() -> None:

@@ -40,6 +40,7 @@ from flowforge.db.tables import (
     Workflow,
     WorkflowRun,
     WorkflowStep,
+    WorkflowVersion,
 )
 
 
@@ -84,16 +85,35 @@ def table_configs() -> list[TableConfig]:
                 Workflow.is_active,
             ],
         ),
+        # Issue 17: every definition a workflow had; runs name the one they ran.
+        TableConfig(
+            WorkflowVersion,
+            order_by=[OrderBy(WorkflowVersion.created_at, ascending=False)],
+            visible_columns=[
+                WorkflowVersion.workflow_id,
+                WorkflowVersion.version,
+                WorkflowVersion.trigger_type,
+                WorkflowVersion.created_by_user_id,
+                WorkflowVersion.created_at,
+            ],
+            link_column=WorkflowVersion.version,
+            visible_filters=[WorkflowVersion.workflow_id, WorkflowVersion.version],
+        ),
         TableConfig(
             WorkflowStep,
             visible_columns=[
                 WorkflowStep.workflow_id,
+                WorkflowStep.version,
                 WorkflowStep.position,
                 WorkflowStep.name,
                 WorkflowStep.action_type,
             ],
             link_column=WorkflowStep.name,
-            visible_filters=[WorkflowStep.workflow_id, WorkflowStep.action_type],
+            visible_filters=[
+                WorkflowStep.workflow_id,
+                WorkflowStep.version,
+                WorkflowStep.action_type,
+            ],
         ),
         TableConfig(
             WorkflowRun,
@@ -101,6 +121,7 @@ def table_configs() -> list[TableConfig]:
             visible_columns=[
                 WorkflowRun.id,
                 WorkflowRun.workflow_id,
+                WorkflowRun.workflow_version,
                 WorkflowRun.status,
                 WorkflowRun.trigger_type,
                 WorkflowRun.triggered_by_user_id,

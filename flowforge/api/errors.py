@@ -31,6 +31,8 @@ from flowforge.core.errors import (
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
+    PreconditionFailedError,
+    PreconditionRequiredError,
     UnauthorizedError,
     translate_db_error,
 )
@@ -42,6 +44,8 @@ STATUS_BY_ERROR: list[tuple[type[AppError], int]] = [
     (ForbiddenError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (PreconditionFailedError, 412),
+    (PreconditionRequiredError, 428),
     (InvalidInputError, 422),
     (DatabaseUnavailableError, 503),
 ]

@@ -66,6 +66,7 @@ STEPS_IN = [
 STEPS_OUT = [
     {
         "id": STEP_IDS[position],
+        "version": 2,
         "position": position,
         "config": {},
         "retry_policy": {},
@@ -81,13 +82,25 @@ WORKFLOW_SUMMARY = {
     "trigger_type": "schedule",
     "trigger_config": {"cron": "0 2 * * *"},
     "is_active": True,
+    "version": 2,
+    "revision": 3,
     "created_at": CREATED,
     "updated_at": CREATED,
     "step_count": 3,
 }
+VERSION = {
+    "id": "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b",
+    "workflow_id": WORKFLOW_ID,
+    "version": 2,
+    "trigger_type": "schedule",
+    "trigger_config": {"cron": "0 2 * * *"},
+    "created_by_user_id": USER_ID,
+    "created_at": CREATED,
+}
 RUN = {
     "id": RUN_ID,
     "workflow_id": WORKFLOW_ID,
+    "workflow_version": 2,
     "status": "running",
     "trigger_type": "manual",
     "triggered_by_user_id": USER_ID,
@@ -175,9 +188,12 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
     "WorkflowSummary": WORKFLOW_SUMMARY,
     "WorkflowOut": {**WORKFLOW_SUMMARY, "steps": STEPS_OUT},
     "Page_WorkflowSummary_": {"items": [WORKFLOW_SUMMARY], "next_cursor": CURSOR},
+    "VersionSummary": VERSION,
+    "VersionOut": {**VERSION, "steps": STEPS_OUT},
+    "Page_VersionSummary_": {"items": [VERSION], "next_cursor": None},
     "TriggerType": "schedule",
     # runs
-    "RunTrigger": {"inputs": {"date": "2026-11-29", "regions": ["emea", "amer"]}},
+    "RunTrigger": {"inputs": {"date": "2026-11-29", "regions": ["emea", "amer"]}, "version": 2},
     "RunOut": RUN,
     "RunTriggered": {
         **RUN,

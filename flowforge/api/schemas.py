@@ -256,6 +256,10 @@ Integer = Annotated[int, BeforeValidator(_json_number)]
 MAX_STEP_POSITION = 1_000_000
 StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator(_json_number)]
 
+# A workflow version's number (workflow_versions.version: a PostgreSQL integer).
+MAX_VERSION = 2**31 - 1
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_json_number)]
+
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[
     str | None,
@@ -303,6 +307,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         403: "The key's scopes or the user's role do not allow this",
         404: "Not found (or not visible to this user)",
         409: "Conflicts with the current state",
+        412: "If-Match names a revision that is not the workflow's current one",
+        428: "If-Match is required: send the ETag of your last GET",
         422: "Invalid request",
     }
     return {

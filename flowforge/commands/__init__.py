@@ -9,7 +9,7 @@ arguments, runs domain functions in a transaction, and prints the outcome.
 * :mod:`flowforge.commands.bootstrap`: ``create_user``, ``create_api_key``,
   ``create_admin_login``.
 * :mod:`flowforge.commands.operations`: ``relay``, ``outbox_status``,
-  ``outbox_requeue``, ``prune``, ``reap``, ``partitions``.
+  ``outbox_requeue``, ``prune``, ``reap``, ``partitions``, ``backfill_versions``.
 * :mod:`flowforge.commands.serve`: ``python -m flowforge.commands.serve`` (``make
   serve``), uvicorn's command line exiting 0 after a graceful stop.
 
@@ -39,6 +39,7 @@ _COMMANDS: list[tuple[Callable[..., Any], list[str]]] = [
     (operations.prune, []),
     (operations.reap, []),
     (operations.partitions, []),
+    (operations.backfill_versions, []),
 ]
 
 # Each parses its own options (`--x value` and `--x=value`; bad values are one

@@ -6,6 +6,7 @@
     piccolo flowforge prune            delete expired history (--dry_run to only count)
     piccolo flowforge reap             fail runs whose lease expired (--dry_run to only list)
     piccolo flowforge partitions       create time partitions ahead, drop expired ones
+    piccolo flowforge backfill_versions  version 1 of every workflow that lacks one (resumable)
 
 Each opens a small pool of its own and closes it on the way out.
 """
@@ -30,6 +31,7 @@ from flowforge.db.engine import DB
 from flowforge.jobs.partitions import maintain as maintain_partitions
 from flowforge.jobs.reaper import reap_stuck_runs
 from flowforge.jobs.retention import prune as prune_history
+from flowforge.jobs.versions import backfill_first_versions
 from flowforge.outbox.status import outbox_status as read_outbox_status
 from flowforge.outbox.status import requeue_dead_letters
 
@@ -210,3 +212,40 @@ async def partitions(dry_run: bool = False, detach: bool = False) -> None:
             detach=detach,
         )
     print(report.describe())
+
+
+async def backfill_versions(
+    batch_size: int = 1000, start_after: str = "", max_batches: int = 0
+) -> None:
+    """Write version 1 of every workflow that lacks one, in batches (resumable; issue 17).
+
+    The versions migration (2026-12-07T19:14:50) runs this itself; run it by hand
+    to do the backfill ahead of the migration on a big database, or to resume one.
+
+    :param batch_size:
+        Workflows per batch; each batch is its own transaction.
+    :param start_after:
+        Resume after this workflow id (the last_id of the last batch logged).
+    :param max_batches:
+        Stop after this many batches (0: run to the end).
+    """
+    configure_logging()
+    if batch_size < 1:
+        print("backfill_versions: --batch_size must be at least 1", file=sys.stderr)
+        raise SystemExit(2)
+    if max_batches < 0:
+        print("backfill_versions: --max_batches must be 0 or more", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        after = uuid.UUID(start_after) if start_after else None
+    except ValueError:
+        print("backfill_versions: --start_after must be a workflow id (a UUID)", file=sys.stderr)
+        raise SystemExit(2) from None
+    async with pool("flowforge-backfill-versions", 1):
+        report = await backfill_first_versions(
+            batch_size=batch_size, start_after=after, max_batches=max_batches or None
+        )
+    print(
+        f"versions backfill: {report.written} versions written in {report.batches} batches; "
+        f"{'every workflow has its current version' if not report.missing else 'still missing: ' + ', '.join(map(str, report.missing))}"
+    )

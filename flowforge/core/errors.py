@@ -51,6 +51,18 @@ class WorkflowInactiveError(ConflictError):
     code = "workflow_inactive"
 
 
+class PreconditionFailedError(AppError):
+    """The workflow changed since you read it: GET it again, then retry with its new ETag."""
+
+    code = "precondition_failed"
+
+
+class PreconditionRequiredError(AppError):
+    """Send `If-Match: "<revision>"` with the ETag of your last GET of this workflow."""
+
+    code = "precondition_required"
+
+
 class InvalidInputError(AppError):
     """The input is not valid."""
 
@@ -121,9 +133,29 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "workflows_trigger_type_valid": "Trigger type must be one of: manual, schedule, webhook, event.",
     "workflows_trigger_config_object": "Trigger config must be a JSON object.",
     "workflows_name_not_blank": "Workflow name must not be blank.",
+    # workflow_versions (issue 17)
+    "workflow_versions_workflow_id_fkey": "The version's workflow does not exist.",
+    "workflow_versions_created_by_user_id_fkey": "The user who made the version does not exist.",
+    "workflow_versions_workflow_version_key": "This workflow already has a version with this number.",
+    "workflow_versions_version_positive": "Version numbers start at 1.",
+    "workflow_versions_trigger_type_valid": (
+        "Version trigger type must be one of: manual, schedule, webhook, event."
+    ),
+    "workflow_versions_trigger_config_object": "Version trigger config must be a JSON object.",
+    # The trigger of that name (a constraint-named exception): versions are never changed.
+    "workflow_versions_immutable": (
+        "A workflow version is immutable: change the workflow to create a new version."
+    ),
     # workflow_steps
     "workflow_steps_workflow_id_fkey": "The step's workflow does not exist.",
-    "workflow_steps_workflow_position_key": "Another step of this workflow already has this position.",
+    "workflow_steps_workflow_version_fkey": "The step's workflow version does not exist.",
+    "workflow_steps_workflow_version_position_key": (
+        "Another step of this workflow version already has this position."
+    ),
+    # The trigger of that name: steps are changed by creating a new version.
+    "workflow_steps_immutable": (
+        "Workflow steps are immutable: replace the steps to create a new version."
+    ),
     "workflow_steps_position_non_negative": "Step position must be zero or greater.",
     "workflow_steps_config_object": "Step config must be a JSON object.",
     "workflow_steps_retry_policy_object": "Step retry policy must be a JSON object.",
@@ -135,6 +167,10 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
         "deactivate it instead of deleting it."
     ),
     "workflow_runs_triggered_by_user_id_fkey": "The user who triggered the run does not exist.",
+    "workflow_runs_workflow_version_fkey": (
+        "The run's workflow version does not exist, or runs are pinned to it: "
+        "a version with runs cannot be deleted."
+    ),
     "workflow_runs_workflow_idempotency_key": (
         "A run with this idempotency key already exists for this workflow."
     ),

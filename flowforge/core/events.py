@@ -20,7 +20,8 @@ every layer that writes or reads events can use it, the SQL home
 * ``api_key``       api_key.created (with the key that granted it, if any),
                     api_key.revoked (one per key, a revocation's cascade included)
 * ``workflow``      workflow.created, workflow.updated, workflow.steps_replaced,
-                    workflow.deactivated, workflow.activated, workflow.deleted
+                    workflow.version_created, workflow.deactivated, workflow.activated,
+                    workflow.deleted
 * ``workflow_run``  run.created, run.started, run.completed, run.failed, run.cancelled,
                     run.step_logged
 
@@ -28,7 +29,8 @@ Run lifecycle events carry the run's id, workflow, new status, the status it
 left (``previous_status``, None for run.created), its error (failed; the
 reason for cancelled), and the timestamps a consumer needs (ISO 8601, UTC);
 run.created adds what an executor needs to run it (``trigger_type``,
-``triggered_by_user_id``, ``inputs``, ``idempotency_key``), the others the
+``triggered_by_user_id``, ``inputs``, ``idempotency_key``, and the
+``workflow_version`` whose steps it runs), the others the
 run's ``outputs``. Updates (``*.updated``, ``*.activated``, ``*.deactivated``)
 carry ``changes``: the fields that changed, with their new values. No payload
 ever holds a secret.
@@ -68,6 +70,7 @@ RUN_CREATED_KEYS: Final = (
     "triggered_by_user_id",
     "inputs",
     "idempotency_key",
+    "workflow_version",
 )
 RUN_CHANGED_KEYS: Final = (*RUN_KEYS, "outputs")
 STEP_LOGGED_KEYS: Final = (
@@ -137,6 +140,18 @@ CONTRACT: Final[dict[str, EventType]] = {
             "workflow.steps_replaced",
         ),
         *_types(WORKFLOW, ("workflow_id", "owner_id", "name"), "workflow.deleted"),
+        *_types(
+            WORKFLOW,
+            (
+                "workflow_id",
+                "owner_id",
+                "version",
+                "trigger_type",
+                "step_count",
+                "created_by_user_id",
+            ),
+            "workflow.version_created",
+        ),
         *_types(WORKFLOW_RUN, RUN_CREATED_KEYS, "run.created"),
         *_types(
             WORKFLOW_RUN,

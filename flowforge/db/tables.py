@@ -179,6 +179,15 @@ class Workflow(Audited, Table, tablename="workflows", db=DB):
     )
     trigger_config = JSONB(null=False, default={})
     is_active = Boolean(default=True, null=False)
+    # The number of the workflow's current definition (its latest row in
+    # workflow_versions): a trigger that names no version runs this one.
+    # Constant default: adding the column rewrites nothing, and every existing
+    # workflow starts at the version 1 the versions migration reconstructs.
+    version = Integer(null=False, default=1)
+    # The optimistic-concurrency token (the HTTP ETag): incremented by every
+    # change of the workflow (name, description, is_active, trigger, steps), in
+    # the same compare-and-set UPDATE that checks it (If-Match).
+    revision = Integer(null=False, default=1)
 
     workflows_trigger_type_valid = Check(sql_in("trigger_type", TriggerType))
     workflows_trigger_config_object = Check("jsonb_typeof(trigger_config) = 'object'")
@@ -189,18 +198,69 @@ class Workflow(Audited, Table, tablename="workflows", db=DB):
         return Readable(template="%s", columns=[cls.name])
 
 
-class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
-    # CASCADE: steps are part of the workflow's definition. Run history does not
-    # depend on them (run_step_logs keeps its own snapshot of the step).
+class WorkflowVersion(Table, tablename="workflow_versions", db=DB):
+    """One immutable definition of a workflow: its trigger and (in workflow_steps) its steps.
+
+    Every change of a workflow's steps or trigger creates version N+1
+    (flowforge.domain.workflows); runs are pinned to the version they were
+    triggered with (``workflow_runs.workflow_version``) and their step logs
+    reference that version's steps. Rows are never updated (the
+    ``workflow_versions_immutable`` trigger refuses it) and leave only with
+    their workflow. Version 1 of a workflow is written by the database when the
+    workflow is inserted (``workflows_first_version`` trigger), so a workflow
+    never exists without its current version, whoever inserts it. Created by
+    the migrations of issue 17; see docs/decisions/15-workflow-versions.md.
+    """
+
+    id = _id()
+    # CASCADE: a version is part of its workflow's definition. A workflow with
+    # runs cannot be deleted (workflow_runs.workflow_id is RESTRICT), so a
+    # version some run was pinned to never goes.
     workflow_id = ForeignKey(Workflow, null=False, on_delete=OnDelete.cascade)
+    version = Integer(null=False, default=None)
+    trigger_type = Varchar(
+        length=16, null=False, default=TriggerType.MANUAL.value, choices=TriggerType
+    )
+    trigger_config = JSONB(null=False, default={})
+    # SET NULL: a version outlives the account that made it.
+    created_by_user_id = ForeignKey(User, null=True, on_delete=OnDelete.set_null)
+    created_at = _now()
+
+    # Also the index for "versions of a workflow, newest first" and the target
+    # of the composite foreign keys (workflow_id, version) of steps and runs.
+    workflow_versions_workflow_version_key = Unique(["workflow_id", "version"])
+    workflow_versions_version_positive = Check("version >= 1")
+    workflow_versions_trigger_type_valid = Check(sql_in("trigger_type", TriggerType))
+    workflow_versions_trigger_config_object = Check("jsonb_typeof(trigger_config) = 'object'")
+
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="v%s", columns=[cls.version])
+
+
+class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
+    """One step of one version of a workflow. Immutable: a new definition gets new
+    rows (version N+1), and the rows of earlier versions stay, so the step logs of
+    past runs keep their ``step_id``. The ``workflow_steps_immutable`` trigger
+    refuses UPDATE, and DELETE except the cascade of deleting the workflow.
+    """
+
+    # CASCADE: steps are part of the workflow's definition.
+    workflow_id = ForeignKey(Workflow, null=False, on_delete=OnDelete.cascade)
+    # The version this step belongs to: the composite foreign key (workflow_id,
+    # version) -> workflow_versions (workflow_id, version) ON DELETE CASCADE is
+    # added NOT VALID then validated by a raw migration (Piccolo cannot say a
+    # composite key). Unique per (workflow_id, version, position): the index
+    # workflow_steps_workflow_version_position_key, built CONCURRENTLY by the
+    # same migration. Constant default 1: existing steps are version 1 without a
+    # rewrite.
+    version = Integer(null=False, default=1)
     position = Integer(null=False, default=None)
     name = _required_text(200)
     action_type = _required_text(100)
     config = JSONB(null=False, default={})
     retry_policy = JSONB(null=False, default={})
 
-    # Also the index for "steps of a workflow, in order".
-    workflow_steps_workflow_position_key = Unique(["workflow_id", "position"])
     workflow_steps_position_non_negative = Check("position >= 0")
     workflow_steps_config_object = Check("jsonb_typeof(config) = 'object'")
     workflow_steps_retry_policy_object = Check("jsonb_typeof(retry_policy) = 'object'")
@@ -223,6 +283,13 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     )
     # SET NULL: a run outlives the account that triggered it.
     triggered_by_user_id = ForeignKey(User, null=True, on_delete=OnDelete.set_null)
+    # The workflow version this run runs (its steps are that version's steps).
+    # Composite foreign key (workflow_id, workflow_version) -> workflow_versions
+    # (workflow_id, version), RESTRICT, added NOT VALID then validated by a raw
+    # migration; the lookup for the RESTRICT check uses the (workflow_id, ...)
+    # indexes. Constant default 1: the runs that exist when the column is added
+    # are pinned to version 1 without rewriting a row (docs/decisions/15-workflow-versions.md).
+    workflow_version = Integer(null=False, default=1)
     inputs = JSONB(null=False, default={})
     outputs = JSONB(null=True, default=None)
     error = Text(null=True, default=None)
@@ -391,6 +458,7 @@ TABLES: list[type[Table]] = [
     User,
     ApiKey,
     Workflow,
+    WorkflowVersion,
     WorkflowStep,
     WorkflowRun,
     RunStepLog,

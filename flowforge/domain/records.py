@@ -52,6 +52,7 @@ class ApiKeyRecord(TypedDict):
 class StepRecord(TypedDict):
     id: UUID
     workflow_id: UUID
+    version: int
     position: int
     name: str
     action_type: str
@@ -69,6 +70,8 @@ class WorkflowRecord(TypedDict):
     trigger_type: str
     trigger_config: JsonObject
     is_active: bool
+    version: int  # the current definition's number (workflow_versions.version)
+    revision: int  # the concurrency token: the ETag
     created_at: datetime.datetime
     updated_at: datetime.datetime
 
@@ -85,9 +88,28 @@ class WorkflowSummary(WorkflowRecord):
     step_count: int
 
 
+class VersionRecord(TypedDict):
+    """One immutable definition of a workflow (its steps: :class:`VersionWithSteps`)."""
+
+    id: UUID
+    workflow_id: UUID
+    version: int
+    trigger_type: str
+    trigger_config: JsonObject
+    created_by_user_id: UUID | None
+    created_at: datetime.datetime
+
+
+class VersionWithSteps(VersionRecord):
+    """A version with its steps, by position."""
+
+    steps: list[StepRecord]
+
+
 class RunRecord(TypedDict):
     id: UUID
     workflow_id: UUID
+    workflow_version: int  # the version it runs
     status: str
     trigger_type: str
     triggered_by_user_id: UUID | None

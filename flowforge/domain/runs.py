@@ -55,7 +55,7 @@ from flowforge.db.sql.runs import (
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import RunRecord, RunWithLogs, StepLogRecord
-from flowforge.domain.workflows import visible_workflow
+from flowforge.domain.workflows import version_exists, visible_workflow
 
 
 def _run(row: Mapping[str, Any], *, drop: tuple[str, ...] = ()) -> RunRecord:
@@ -88,12 +88,16 @@ async def trigger_run(
     triggered_by: UUID | None = None,
     idempotency_key: str | None = None,
     owner_id: UUID | None = None,
+    version: int | None = None,
 ) -> tuple[RunRecord, bool]:
     """Create a pending run and its ``run.created`` event; returns (run, created).
 
+    The run is pinned to workflow version ``version`` (default: the workflow's
+    current one); a version the workflow does not have is a :class:`NotFoundError`.
     With an ``idempotency_key`` already used for this workflow, returns the
-    existing run and ``created=False`` when the inputs and trigger type match,
-    and raises :class:`IdempotencyConflictError` when they do not.
+    existing run and ``created=False`` when the inputs and trigger type (and
+    the version, when one is named) match, and raises
+    :class:`IdempotencyConflictError` when they do not.
     """
     connection = DB.require_transaction().connection
     inputs_json = dumps(inputs)
@@ -105,11 +109,12 @@ async def trigger_run(
         inputs_json,
         idempotency_key,
         owner_id,
+        version,
     )
     extra: tuple[str, ...]  # the statement's columns that are not the run's
     if row is None:
         state = (
-            await Workflow.select(Workflow.is_active)
+            await Workflow.select(Workflow.is_active, Workflow.version)
             .where(visible_workflow(workflow_id, owner_id))
             .first()
             .run()
@@ -118,10 +123,17 @@ async def trigger_run(
             raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
         if not state["is_active"]:
             raise WorkflowInactiveError(workflow_id=str(workflow_id))
+        if version is not None and not await version_exists(workflow_id, version):
+            raise NotFoundError(
+                f"The workflow has no version {version}; its latest is {state['version']}.",
+                workflow_id=str(workflow_id),
+                version=version,
+                latest_version=state["version"],
+            )
         # The key was taken by a transaction that committed after this
         # statement's snapshot was taken: read it now (a new snapshot).
         row = await connection.fetchrow(
-            RUN_BY_KEY, workflow_id, idempotency_key, inputs_json, trigger_type.value
+            RUN_BY_KEY, workflow_id, idempotency_key, inputs_json, trigger_type.value, version
         )
         if row is None:  # pragma: no cover - the key's holder rolled back: a retry will work
             raise IdempotencyConflictError(
@@ -266,11 +278,14 @@ ATTEMPT_STATUSES: Final = frozenset({RunStatus.RUNNING, RunStatus.COMPLETED, Run
 FINISHED_ATTEMPT_STATUSES: Final = frozenset({RunStatus.COMPLETED, RunStatus.FAILED})
 
 
-async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> UUID:
-    """Lock a running run and renew its lease; 404 / 409 (naming its status) otherwise."""
+async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> tuple[UUID, int]:
+    """Lock a running run and renew its lease; returns its (workflow id, pinned version).
+
+    404 / 409 (naming its status) when it is not visible / not running.
+    """
     connection = DB.require_transaction().connection
-    workflow_id: UUID | None = await connection.fetchval(LOCK_RUNNING_RUN, run_id, owner_id)
-    if workflow_id is None:
+    locked = await connection.fetchrow(LOCK_RUNNING_RUN, run_id, owner_id)
+    if locked is None:
         current = await _run_status(run_id, owner_id)
         if current is None:
             raise NotFoundError("Run not found.", run_id=str(run_id))
@@ -280,7 +295,7 @@ async def _lock_running_run(run_id: UUID, owner_id: UUID | None, what: str) -> U
             current_status=current,
             requested_status=RunStatus.RUNNING.value,
         )
-    return workflow_id
+    return locked["workflow_id"], locked["workflow_version"]
 
 
 async def heartbeat_run(run_id: UUID, *, owner_id: UUID | None = None) -> None:
@@ -313,7 +328,7 @@ async def append_step_log(
     """
     if status not in ATTEMPT_STATUSES:
         raise ValueError(f"an attempt cannot be logged as {status}")
-    workflow_id = await _lock_running_run(run_id, owner_id, "Step attempts can be logged")
+    workflow_id, version = await _lock_running_run(run_id, owner_id, "Step attempts can be logged")
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(
         APPEND_STEP_LOG,
@@ -325,12 +340,14 @@ async def append_step_log(
         dumps(output) if output is not None else None,
         error,
         started_at,
+        version,
     )
     if row is None:
         raise NotFoundError(
-            f"The run's workflow has no step at position {step_position}.",
+            f"Version {version} of the run's workflow has no step at position {step_position}.",
             run_id=str(run_id),
             step_position=step_position,
+            workflow_version=version,
         )
     return _log(row)
 
@@ -347,7 +364,9 @@ async def finish_step_log(
     """Finish a running attempt as completed or failed (the run must be running)."""
     if status not in FINISHED_ATTEMPT_STATUSES:
         raise ValueError(f"an attempt cannot finish as {status}")
-    workflow_id = await _lock_running_run(run_id, owner_id, "Step attempts can be finished")
+    workflow_id, _version = await _lock_running_run(
+        run_id, owner_id, "Step attempts can be finished"
+    )
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(
         FINISH_STEP_LOG,

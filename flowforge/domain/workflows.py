@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 from uuid import UUID
 
 from piccolo.columns import Column
@@ -14,10 +14,9 @@ from piccolo.query.methods.select import Select
 from piccolo.querystring import QueryString
 
 from flowforge.core import events
-from flowforge.core.errors import NotFoundError
+from flowforge.core.errors import NotFoundError, PreconditionFailedError
 from flowforge.core.json import dumps, loads
 from flowforge.db.builder import (
-    NOW,
     Param,
     compiled,
     limited,
@@ -25,11 +24,20 @@ from flowforge.db.builder import (
     page_after,
 )
 from flowforge.db.engine import DB
-from flowforge.db.sql.workflows import INSERT_STEPS, STEP_COUNT, STEP_FIELDS, STEPS_OF_WORKFLOW
-from flowforge.db.tables import TriggerType, Workflow, WorkflowStep
+from flowforge.db.sql.versions import NEW_VERSION, STEPS_OF_VERSION, VERSION_FIELDS
+from flowforge.db.sql.workflows import (
+    COPY_STEPS,
+    INSERT_STEPS,
+    STEP_COUNT,
+    STEP_FIELDS,
+    STEPS_OF_WORKFLOW,
+)
+from flowforge.db.tables import TriggerType, Workflow, WorkflowVersion
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import (
     StepRecord,
+    VersionRecord,
+    VersionWithSteps,
     WorkflowRecord,
     WorkflowSummary,
     WorkflowWithSteps,
@@ -44,9 +52,25 @@ WORKFLOW_COLUMNS: tuple[Column, ...] = (
     Workflow.trigger_type,
     Workflow.trigger_config,
     Workflow.is_active,
+    Workflow.version,
+    Workflow.revision,
     Workflow.created_at,
     Workflow.updated_at,
 )
+VERSION_COLUMNS: tuple[Column, ...] = (
+    WorkflowVersion.id,
+    WorkflowVersion.workflow_id,
+    WorkflowVersion.version,
+    WorkflowVersion.trigger_type,
+    WorkflowVersion.trigger_config,
+    WorkflowVersion.created_by_user_id,
+    WorkflowVersion.created_at,
+)
+assert tuple(column._meta.db_column_name for column in VERSION_COLUMNS) == VERSION_FIELDS
+
+# A precondition on a workflow's revision (If-Match): the revisions it accepts,
+# or None for "any" (no If-Match header, or `*`, where the caller allows that).
+Expected = Sequence[int] | None
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,76 @@ def _with_steps(workflow: WorkflowRecord, steps: list[StepRecord]) -> WorkflowWi
     return {**workflow, "steps": steps}
 
 
+def _stale(workflow_id: UUID, revision: int, version: int, expected: Expected) -> NoReturn:
+    raise PreconditionFailedError(
+        f"The workflow changed since you read it: its current revision is {revision} "
+        f'(ETag "{revision}", definition version {version}). GET it again, and retry '
+        "with If-Match set to its new ETag.",
+        workflow_id=str(workflow_id),
+        current_revision=revision,
+        current_version=version,
+        if_match=list(expected or ()),
+    )
+
+
+async def _version_created_event(
+    workflow_id: UUID,
+    owner_id: UUID,
+    version: Mapping[str, Any],
+    step_count: int,
+) -> None:
+    await record_event(
+        events.WORKFLOW,
+        workflow_id,
+        "workflow.version_created",
+        {
+            "workflow_id": workflow_id,
+            "owner_id": owner_id,
+            "version": version["version"],
+            "trigger_type": version["trigger_type"],
+            "step_count": step_count,
+            "created_by_user_id": version["created_by_user_id"],
+        },
+    )
+
+
+async def _new_version(
+    workflow_id: UUID,
+    *,
+    owner_id: UUID | None,
+    expected: Expected,
+    created_by: UUID | None,
+    trigger_type: str | None = None,
+    trigger_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Version N+1 of a workflow (its steps are the caller's to write), by compare-and-set.
+
+    One statement (:data:`NEW_VERSION`): NotFoundError if the workflow is not
+    visible, PreconditionFailedError if its revision is not in `expected`.
+    """
+    connection = DB.require_transaction().connection
+    row = await connection.fetchrow(
+        NEW_VERSION,
+        workflow_id,
+        owner_id,
+        None if expected is None else list(expected),
+        trigger_type,
+        None if trigger_config is None else dumps(trigger_config),
+        created_by,
+    )
+    if row is None:
+        current = (
+            await Workflow.select(Workflow.revision, Workflow.version)
+            .where(visible_workflow(workflow_id, owner_id))
+            .first()
+            .run()
+        )
+        if current is None:
+            raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
+        _stale(workflow_id, current["revision"], current["version"], expected)
+    return _record(row)
+
+
 async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
     """Insert a workflow with its steps and its `workflow.created` event, atomically."""
     connection = DB.require_transaction().connection
@@ -109,6 +203,7 @@ async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
         rows = await connection.fetch(
             INSERT_STEPS,
             workflow["id"],
+            workflow["version"],
             [step.position for step in spec.steps],
             [step.name for step in spec.steps],
             [step.action_type for step in spec.steps],
@@ -128,6 +223,10 @@ async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
             "step_count": len(steps),
         },
     )
+    # Version 1 itself is written by the database (the workflows_first_version
+    # trigger, on the INSERT above): every workflow has its current version,
+    # whoever inserts it. workflow.created announces it; workflow.version_created
+    # announces each later one.
     return _with_steps(workflow, steps)
 
 
@@ -250,16 +349,30 @@ UPDATABLE_COLUMNS: dict[str, Column] = {
     "trigger_config": Workflow.trigger_config,
     "is_active": Workflow.is_active,
 }
+# The part of the definition a change of which creates a new version (the steps
+# are the other part: replace_steps).
+DEFINITION_COLUMNS = frozenset({"trigger_type", "trigger_config"})
 
 
 async def update_workflow(
-    workflow_id: UUID, changes: Mapping[str, Any], *, owner_id: UUID | None = None
+    workflow_id: UUID,
+    changes: Mapping[str, Any],
+    *,
+    owner_id: UUID | None = None,
+    expected: Expected = None,
+    changed_by: UUID | None = None,
 ) -> WorkflowWithSteps:
     """Change some of name, description, trigger_type, trigger_config, is_active.
 
-    Writes ``workflow.deactivated`` when the workflow stops being active,
-    ``workflow.activated`` when it becomes active again, ``workflow.updated``
-    for any other change; an update that changes nothing writes no event.
+    ``expected``: the revisions the change may apply to (If-Match; None: any);
+    another current revision is a :class:`PreconditionFailedError`, checked under
+    the workflow's row lock, so of two editors holding the same revision one
+    wins. A change of the trigger creates version N+1 (the same steps, as new
+    rows) and writes ``workflow.version_created``. Every change increments the
+    revision. Writes ``workflow.deactivated`` when the workflow stops being
+    active, ``workflow.activated`` when it becomes active again,
+    ``workflow.updated`` for any other change; an update that changes nothing
+    writes no event and keeps the revision.
     """
     unknown = set(changes) - set(UPDATABLE_COLUMNS)
     if unknown:
@@ -276,23 +389,45 @@ async def update_workflow(
     if current is None:
         raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
     before = _record(current)  # compared column by column (keys from `changes`)
+    if expected is not None and before["revision"] not in expected:
+        _stale(workflow_id, before["revision"], before["version"], expected)
     changed = {
-        column: value
+        column: value.value if isinstance(value, TriggerType) else value
         for column, value in changes.items()
         if (value.value if isinstance(value, TriggerType) else value) != before[column]
     }
     if not changed:
         return await get_workflow(workflow_id)
-    await (
-        Workflow.update(
-            {
-                UPDATABLE_COLUMNS[name]: dumps(value) if name == "trigger_config" else value
-                for name, value in changed.items()
-            }
+    plain = {name: value for name, value in changed.items() if name not in DEFINITION_COLUMNS}
+    if DEFINITION_COLUMNS & set(changed):
+        version = await _new_version(
+            workflow_id,
+            owner_id=None,
+            expected=[before["revision"]],
+            created_by=changed_by,
+            trigger_type=changed.get("trigger_type"),
+            trigger_config=cast("Mapping[str, Any] | None", changed.get("trigger_config")),
         )
-        .where(Workflow.id == workflow_id)
-        .run()
-    )
+        connection = DB.require_transaction().connection
+        copied = await connection.execute(COPY_STEPS, workflow_id, version["version"])
+        await _version_created_event(
+            workflow_id, before["owner_id"], version, int(copied.rsplit(" ", 1)[-1])
+        )
+        revision = version["revision"]  # bumped once by the new version
+    else:
+        revision = before["revision"]
+    if plain:
+        values: dict[Column | str, Any] = {
+            UPDATABLE_COLUMNS[name]: value for name, value in plain.items()
+        }
+        if revision == before["revision"]:
+            values[Workflow.revision] = Workflow.revision + 1
+        # The compare-and-set in the database too (the row is ours: we hold its lock).
+        await (
+            Workflow.update(values)
+            .where((Workflow.id == workflow_id) & (Workflow.revision == revision))
+            .run()
+        )
     if "is_active" in changed:
         event_type = "workflow.activated" if changed["is_active"] else "workflow.deactivated"
     else:
@@ -301,42 +436,35 @@ async def update_workflow(
         events.WORKFLOW,
         workflow_id,
         event_type,
-        {
-            "workflow_id": workflow_id,
-            "owner_id": before["owner_id"],
-            "changes": {
-                column: (value.value if isinstance(value, TriggerType) else value)
-                for column, value in changed.items()
-            },
-        },
+        {"workflow_id": workflow_id, "owner_id": before["owner_id"], "changes": changed},
     )
     return await get_workflow(workflow_id)
 
 
 async def replace_steps(
-    workflow_id: UUID, steps: Sequence[StepSpec], *, owner_id: UUID | None = None
+    workflow_id: UUID,
+    steps: Sequence[StepSpec],
+    *,
+    owner_id: UUID | None = None,
+    expected: Expected = None,
+    changed_by: UUID | None = None,
 ) -> WorkflowWithSteps:
-    """Replace a workflow's whole step list atomically; writes ``workflow.steps_replaced``.
+    """Replace a workflow's whole step list: version N+1 with these steps, atomically.
 
-    Past step logs keep their snapshot (step_position, step_name); their
-    step_id becomes NULL (ON DELETE SET NULL).
+    ``expected`` as for :func:`update_workflow`: the check is the compare-and-set
+    of the version's own statement. The steps of earlier versions stay (runs
+    pinned to them keep running them; their step logs keep their ``step_id``).
+    Writes ``workflow.steps_replaced`` and ``workflow.version_created``.
     """
     connection = DB.require_transaction().connection
-    # Lock the workflow (so concurrent replacements serialise) and bump updated_at.
-    touched = await (
-        Workflow.update({Workflow.updated_at: NOW})
-        .where(visible_workflow(workflow_id, owner_id))
-        .returning(Workflow.owner_id)
-        .run()
+    version = await _new_version(
+        workflow_id, owner_id=owner_id, expected=expected, created_by=changed_by
     )
-    if not touched:
-        raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
-    workflow_owner = touched[0]["owner_id"]
-    await WorkflowStep.delete().where(WorkflowStep.workflow_id == workflow_id).run()
     if steps:
         await connection.execute(
             INSERT_STEPS,
             workflow_id,
+            version["version"],
             [step.position for step in steps],
             [step.name for step in steps],
             [step.action_type for step in steps],
@@ -350,7 +478,7 @@ async def replace_steps(
         "workflow.steps_replaced",
         {
             "workflow_id": workflow_id,
-            "owner_id": workflow_owner,
+            "owner_id": version["owner_id"],
             "step_count": len(ordered),
             "steps": [
                 {"position": step.position, "name": step.name, "action_type": step.action_type}
@@ -358,4 +486,103 @@ async def replace_steps(
             ],
         },
     )
+    await _version_created_event(workflow_id, version["owner_id"], version, len(ordered))
     return await get_workflow(workflow_id)
+
+
+# -- versions ----------------------------------------------------------------------------
+
+
+def _version(row: Mapping[str, Any]) -> VersionRecord:
+    return cast(VersionRecord, _record(row))
+
+
+async def _require_visible(workflow_id: UUID, owner_id: UUID | None) -> None:
+    found = await compiled(
+        ("workflows.visible", owner_id is not None),
+        lambda: (
+            Workflow.select(Workflow.id)
+            .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
+            .first()
+        ),
+    ).first(workflow_id=workflow_id, owner_id=owner_id)
+    if found is None:
+        raise NotFoundError("Workflow not found.", workflow_id=str(workflow_id))
+
+
+async def version_exists(workflow_id: UUID, version: int) -> bool:
+    found = await compiled(
+        ("workflows.version_exists",),
+        lambda: (
+            WorkflowVersion.select(WorkflowVersion.id)
+            .where(
+                (WorkflowVersion.workflow_id == Param("workflow_id"))
+                & (WorkflowVersion.version == Param("version"))
+            )
+            .first()
+        ),
+    ).first(workflow_id=workflow_id, version=version)
+    return found is not None
+
+
+async def list_versions(
+    workflow_id: UUID,
+    *,
+    owner_id: UUID | None = None,
+    limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> tuple[list[VersionRecord], str | None]:
+    """A page of a workflow's versions, newest first (without their steps)."""
+    position = decode_cursor(cursor)
+    await _require_visible(workflow_id, owner_id)
+    query = compiled(
+        ("workflows.versions", position is not None),
+        lambda: _versions_query(position is not None),
+    )
+    created_at, after_id = position if position is not None else (None, None)
+    rows = await query.fetch(
+        workflow_id=workflow_id, limit=limit + 1, created_at=created_at, id=after_id
+    )
+    return page([_version(row) for row in rows], limit)
+
+
+def _versions_query(after: bool) -> Select[WorkflowVersion]:
+    query = limited(
+        WorkflowVersion.select(*VERSION_COLUMNS)
+        .where(WorkflowVersion.workflow_id == Param("workflow_id"))
+        .order_by(WorkflowVersion.created_at, WorkflowVersion.id, ascending=False),
+        Param("limit"),
+    )
+    if after:
+        query = query.where(page_after(WorkflowVersion, (Param("created_at"), Param("id"))))
+    return query
+
+
+async def get_version(
+    workflow_id: UUID, version: int, *, owner_id: UUID | None = None
+) -> VersionWithSteps:
+    """One version of a workflow with its steps; NotFoundError naming the latest if none."""
+    await _require_visible(workflow_id, owner_id)
+    row = await compiled(
+        ("workflows.get_version",),
+        lambda: (
+            WorkflowVersion.select(
+                *VERSION_COLUMNS, QueryString(STEPS_OF_VERSION).as_alias("steps")
+            )
+            .where(
+                (WorkflowVersion.workflow_id == Param("workflow_id"))
+                & (WorkflowVersion.version == Param("version"))
+            )
+            .first()
+        ),
+    ).first(workflow_id=workflow_id, version=version)
+    if row is None:
+        latest = await Workflow.select(Workflow.version).where(Workflow.id == workflow_id).first()
+        raise NotFoundError(
+            f"The workflow has no version {version}; its latest is "
+            f"{latest['version'] if latest else 'unknown'}.",
+            workflow_id=str(workflow_id),
+            version=version,
+        )
+    steps = [_step(dict(zip(STEP_FIELDS, values, strict=True))) for values in row.pop("steps")]
+    return {**_version(row), "steps": steps}

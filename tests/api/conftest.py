@@ -139,6 +139,11 @@ async def create_workflow(
     return body
 
 
+def if_match(caller: Caller, workflow: dict[str, Any]) -> dict[str, str]:
+    """The caller's headers with If-Match: the workflow's ETag (its revision)."""
+    return {**caller.headers, "If-Match": f'"{workflow["revision"]}"'}
+
+
 async def trigger(
     client: httpx.AsyncClient, caller: Caller, workflow_id: Any, **body: Any
 ) -> dict[str, Any]:

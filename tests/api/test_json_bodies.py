@@ -57,13 +57,22 @@ def as_text(response: httpx.Response) -> Any:
 
 
 async def send(
-    client: httpx.AsyncClient, caller: Caller, method: str, url: str, body: str
+    client: httpx.AsyncClient,
+    caller: Caller,
+    method: str,
+    url: str,
+    body: str,
+    **headers: str,
 ) -> httpx.Response:
     return await client.request(
         method,
         url,
         content=body.encode(),
-        headers={**caller.headers, "Content-Type": "application/json"},
+        headers={
+            **caller.headers,
+            "Content-Type": "application/json",
+            **{name.replace("_", "-"): value for name, value in headers.items()},
+        },
     )
 
 
@@ -155,7 +164,12 @@ async def test_numbers_round_trip_exactly_through_workflows(
         assert shown["steps"][0]["config"] == shown["steps"][0]["retry_policy"] == EXPECTED
     patched = as_text(
         await send(
-            client, developer, "PATCH", url, '{"trigger_config": {"n": 0.30000000000000001}}'
+            client,
+            developer,
+            "PATCH",
+            url,
+            '{"trigger_config": {"n": 0.30000000000000001}}',
+            If_Match=f'"{read["revision"]}"',
         )
     )
     assert patched["trigger_config"] == {"n": "0.30000000000000001"}

@@ -16,7 +16,7 @@ from flowforge.db.engine import DB
 from flowforge.db.sql import api_keys as api_key_sql
 from flowforge.db.sql import runs as run_sql
 from tests import support
-from tests.api.conftest import Caller, count, create_workflow, events, trigger
+from tests.api.conftest import Caller, count, create_workflow, events, if_match, trigger
 
 
 @pytest.fixture
@@ -557,21 +557,30 @@ async def test_ending_a_run_closes_its_open_attempts(
     assert finished.status_code == 409
 
 
-async def test_step_logs_keep_their_snapshot_when_steps_are_replaced(
+async def test_step_logs_keep_their_step_when_steps_are_replaced(
     client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
 ) -> None:
+    """Replacing the steps is version 2; the run stays on version 1, its logs on its steps."""
     run = await running_run(client, developer, workflow)
     await post(client, developer, f"/api/v1/runs/{run['id']}/step-logs", step_position=1)
     replaced = await client.put(
         f"/api/v1/workflows/{workflow['id']}/steps",
         json={"steps": [{"name": "Only", "action_type": "noop"}]},
-        headers=developer.headers,
+        headers=if_match(developer, workflow),
     )
     assert replaced.status_code == 200
-    [log] = (await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)).json()[
-        "step_logs"
-    ]
-    assert (log["step_id"], log["step_position"], log["step_name"]) == (None, 1, "Render")
+    # Position 2 exists only in version 1, which the run is pinned to.
+    later = await post(client, developer, f"/api/v1/runs/{run['id']}/step-logs", step_position=2)
+    assert later.status_code == 201, later.text
+    detail = (await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)).json()
+    assert detail["workflow_version"] == 1
+    first, second = detail["step_logs"]
+    assert (first["step_id"], first["step_position"], first["step_name"]) == (
+        workflow["steps"][1]["id"],
+        1,
+        "Render",
+    )
+    assert (second["step_id"], second["step_name"]) == (workflow["steps"][2]["id"], "Email")
 
 
 def _normalise(payload: dict[str, Any]) -> dict[str, Any]:

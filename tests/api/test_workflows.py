@@ -7,7 +7,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.conftest import WORKFLOW_BODY, Caller, count, create_workflow, events, trigger
+from tests.api.conftest import (
+    WORKFLOW_BODY,
+    Caller,
+    count,
+    create_workflow,
+    events,
+    if_match,
+    trigger,
+)
 
 
 async def test_create_returns_the_workflow_with_ordered_steps_and_an_event(
@@ -190,7 +198,7 @@ async def test_update_changes_only_the_fields_sent(
     response = await client.patch(
         f"/api/v1/workflows/{workflow['id']}",
         json={"name": "Renamed", "trigger_type": "webhook", "trigger_config": {"path": "/h"}},
-        headers=developer.headers,
+        headers=if_match(developer, workflow),
     )
     assert response.status_code == 200
     body = response.json()
@@ -200,7 +208,14 @@ async def test_update_changes_only_the_fields_sent(
         {"path": "/h"},
     )
     assert body["description"] == workflow["description"]
-    assert body["steps"] == workflow["steps"]
+    # A trigger change is a new version with the same steps (new rows of version 2).
+    assert (body["version"], body["revision"]) == (2, 2)
+    assert response.headers["ETag"] == '"2"'
+    same_steps = ("position", "name", "action_type", "config", "retry_policy")
+    assert [{k: s[k] for k in same_steps} for s in body["steps"]] == [
+        {k: s[k] for k in same_steps} for s in workflow["steps"]
+    ]
+    assert {s["version"] for s in body["steps"]} == {2}
     assert body["updated_at"] > workflow["updated_at"]
     updated = (await events(workflow["id"]))[-1]
     assert updated["event_type"] == "workflow.updated"
@@ -212,10 +227,13 @@ async def test_update_changes_only_the_fields_sent(
     # Nothing changed: no event.
     before = await count("outbox")
     same = await client.patch(
-        f"/api/v1/workflows/{workflow['id']}", json={"name": "Renamed"}, headers=developer.headers
+        f"/api/v1/workflows/{workflow['id']}",
+        json={"name": "Renamed"},
+        headers=if_match(developer, body),
     )
     assert same.status_code == 200
     assert await count("outbox") == before
+    assert same.json()["revision"] == 2
 
 
 async def test_update_rejects_bad_fields_and_foreign_workflows(
@@ -225,7 +243,9 @@ async def test_update_rejects_bad_fields_and_foreign_workflows(
     path = f"/api/v1/workflows/{workflow['id']}"
     for body in ({"owner_id": str(other_developer.user_id)}, {"steps": []}, {"name": ""}):
         assert (await client.patch(path, json=body, headers=developer.headers)).status_code == 422
-    foreign = await client.patch(path, json={"name": "mine now"}, headers=other_developer.headers)
+    foreign = await client.patch(
+        path, json={"name": "mine now"}, headers=if_match(other_developer, workflow)
+    )
     assert foreign.status_code == 404
 
 
@@ -247,12 +267,21 @@ async def test_replace_steps_atomically(client: httpx.AsyncClient, developer: Ca
     workflow = await create_workflow(client, developer)
     path = f"/api/v1/workflows/{workflow['id']}/steps"
     new_steps = {"steps": [{"name": "A", "action_type": "x"}, {"name": "B", "action_type": "y"}]}
-    response = await client.put(path, json=new_steps, headers=developer.headers)
+    response = await client.put(path, json=new_steps, headers=if_match(developer, workflow))
     assert response.status_code == 200
     assert [(s["position"], s["name"]) for s in response.json()["steps"]] == [(0, "A"), (1, "B")]
-    replaced = (await events(workflow["id"]))[-1]
+    replaced, created = (await events(workflow["id"]))[-2:]
     assert replaced["event_type"] == "workflow.steps_replaced"
     assert [s["name"] for s in replaced["payload"]["steps"]] == ["A", "B"]
+    assert created["event_type"] == "workflow.version_created"
+    assert created["payload"] == {
+        "workflow_id": workflow["id"],
+        "owner_id": str(developer.user_id),
+        "version": 2,
+        "trigger_type": "schedule",
+        "step_count": 2,
+        "created_by_user_id": str(developer.user_id),
+    }
     # A bad list changes nothing.
     bad = {
         "steps": [
@@ -260,16 +289,18 @@ async def test_replace_steps_atomically(client: httpx.AsyncClient, developer: Ca
             {"name": "D", "action_type": "x", "position": 0},
         ]
     }
-    assert (await client.put(path, json=bad, headers=developer.headers)).status_code == 422
+    assert (
+        await client.put(path, json=bad, headers=if_match(developer, response.json()))
+    ).status_code == 422
     current = await client.get(f"/api/v1/workflows/{workflow['id']}", headers=developer.headers)
     assert [s["name"] for s in current.json()["steps"]] == ["A", "B"]
     # An empty list is allowed.
-    empty = await client.put(path, json={"steps": []}, headers=developer.headers)
+    empty = await client.put(path, json={"steps": []}, headers=if_match(developer, current.json()))
     assert (empty.status_code, empty.json()["steps"]) == (200, [])
     missing = await client.put(
         "/api/v1/workflows/00000000-0000-0000-0000-000000000000/steps",
         json=new_steps,
-        headers=developer.headers,
+        headers={**developer.headers, "If-Match": "*"},
     )
     assert missing.status_code == 404
 

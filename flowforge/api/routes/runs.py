@@ -21,6 +21,7 @@ from flowforge.api.schemas import (
     RequestModel,
     StepPosition,
     Timestamp,
+    VersionNumber,
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
@@ -49,6 +50,11 @@ LIFECYCLE = (
 class RunTrigger(RequestModel):
     inputs: JsonObject = Field(default_factory=dict)
     trigger_type: TriggerType = TriggerType.MANUAL
+    version: VersionNumber | None = Field(
+        default=None,
+        description="The workflow version to run (default: its latest). "
+        "A version the workflow does not have is a 404 naming the latest.",
+    )
 
 
 class RunComplete(RequestModel):
@@ -132,6 +138,10 @@ class StepLogOut(BaseModel):
 class RunOut(BaseModel):
     id: UUID
     workflow_id: UUID
+    workflow_version: int = Field(
+        description="The workflow version this run runs: "
+        "GET /workflows/{workflow_id}/versions/{workflow_version} shows its steps."
+    )
     status: RunStatus
     trigger_type: TriggerType
     triggered_by_user_id: UUID | None
@@ -237,6 +247,7 @@ async def trigger_run(
         triggered_by=principal.user_id,
         idempotency_key=idempotency_key,
         owner_id=principal.owner_filter,
+        version=body.version,
     )
     response.headers["Location"] = f"/api/v1/runs/{run['id']}"
     if not created:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
+    MAX_VERSION,
     ActionType,
     Cursor,
     Description,
@@ -25,11 +27,11 @@ from flowforge.api.schemas import (
     WorkflowName,
     error_responses,
 )
-from flowforge.core.errors import ForbiddenError
+from flowforge.core.errors import ForbiddenError, InvalidInputError, PreconditionRequiredError
 from flowforge.db.tables import Scope, TriggerType
 from flowforge.domain import workflows
 from flowforge.domain.principal import Principal
-from flowforge.domain.records import WorkflowWithSteps
+from flowforge.domain.records import VersionWithSteps, WorkflowWithSteps
 
 router = APIRouter(
     tags=["workflows"], responses=error_responses(401, 403, 422), route_class=ExactJSONRoute
@@ -124,6 +126,7 @@ class WorkflowUpdate(RequestModel):
 
 class StepOut(BaseModel):
     id: UUID
+    version: int = Field(description="The workflow version this step belongs to.")
     position: int
     name: str
     action_type: str
@@ -139,17 +142,108 @@ class WorkflowSummary(BaseModel):
     trigger_type: TriggerType
     trigger_config: dict[str, Any]
     is_active: bool
+    version: int = Field(
+        description="The current definition (steps and trigger): "
+        "GET /workflows/{id}/versions/{version}. Runs are pinned to the version they ran."
+    )
+    revision: int = Field(
+        description='Incremented by every change; the ETag is `"<revision>"`. Send it back '
+        "as If-Match to change the workflow."
+    )
     created_at: datetime.datetime
     updated_at: datetime.datetime
     step_count: int
 
 
 class WorkflowOut(WorkflowSummary):
-    steps: list[StepOut] = Field(description="Ordered by position.")
+    steps: list[StepOut] = Field(description="The current version's steps, ordered by position.")
+
+
+class VersionSummary(BaseModel):
+    id: UUID
+    workflow_id: UUID
+    version: int
+    trigger_type: TriggerType
+    trigger_config: dict[str, Any]
+    created_by_user_id: UUID | None
+    created_at: datetime.datetime
+
+
+class VersionOut(VersionSummary):
+    steps: list[StepOut] = Field(description="This version's steps, ordered by position.")
+
+
+# -- optimistic concurrency (docs/decisions/15-workflow-versions.md) ------------------------
+
+ETAG_HEADER = {
+    "ETag": {
+        "description": 'The workflow\'s revision as a strong entity tag: `"<revision>"`. '
+        "Send it as If-Match to change the workflow.",
+        "schema": {"type": "string"},
+    }
+}
+# One entity tag of If-Match (RFC 9110 8.8.3): "...", or W/"..." (weak: never
+# matches, If-Match compares strongly).
+_ENTITY_TAG = re.compile(r'^(W/)?"([\x21\x23-\x7e]*)"$')
+_REVISION = re.compile(r"^[1-9][0-9]{0,8}$")  # fits a PostgreSQL integer
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        max_length=1000,
+        description='The ETag of your last GET of the workflow (`"3"`), or `*`. Required '
+        "(428 without it); 412 when the workflow changed since (the body names its current "
+        "revision).",
+    ),
+]
+IfMatchOptional = Annotated[
+    str | None,
+    Header(
+        max_length=1000,
+        description='Optional: the ETag of your last GET (`"3"`); 412 if it changed since.',
+    ),
+]
+
+
+def expected_revisions(if_match: str | None, *, required: bool) -> list[int] | None:
+    """The revisions `If-Match` accepts; None for `*` (or no header where it is optional).
+
+    A weak or non-numeric tag matches no revision (the change is a 412), a
+    malformed header is a 422, a missing one a 428 where `required`.
+    """
+    if if_match is None:
+        if required:
+            raise PreconditionRequiredError(
+                "This change needs If-Match: send the ETag of your last GET of this "
+                'workflow (e.g. If-Match: "3"), or If-Match: * to overwrite whatever is there.'
+            )
+        return None
+    if if_match.strip() == "*":
+        return None
+    revisions: list[int] = []
+    for tag in if_match.split(","):
+        match = _ENTITY_TAG.fullmatch(tag.strip())
+        if match is None:
+            raise InvalidInputError(
+                'If-Match must be * or entity tags in double quotes, e.g. "3".',
+                if_match=if_match[:100],
+            )
+        weak, value = match.groups()
+        if not weak and _REVISION.fullmatch(value):
+            revisions.append(int(value))
+    return revisions
+
+
+def _etag(response: Response, workflow: WorkflowWithSteps) -> None:
+    response.headers["ETag"] = f'"{workflow["revision"]}"'
 
 
 def _out(workflow: WorkflowWithSteps) -> WorkflowOut:
     return WorkflowOut(**workflow, step_count=len(workflow["steps"]))
+
+
+def _version_out(version: VersionWithSteps) -> VersionOut:
+    return VersionOut(**version)
 
 
 def _owner_for_create(principal: Principal, owner_id: UUID | None) -> UUID:
@@ -164,9 +258,14 @@ def _owner_for_create(principal: Principal, owner_id: UUID | None) -> UUID:
     "/workflows",
     status_code=201,
     summary="Create a workflow with its ordered steps",
-    responses=error_responses(409),
+    responses={
+        201: {"description": "The new workflow", "headers": ETAG_HEADER},
+        **error_responses(409),
+    },
 )
-async def create_workflow(body: WorkflowCreate, principal: CurrentPrincipal) -> WorkflowOut:
+async def create_workflow(
+    body: WorkflowCreate, principal: CurrentPrincipal, response: Response
+) -> WorkflowOut:
     """The workflow and all its steps are written together, or nothing is."""
     principal.require(Scope.WRITE)
     workflow = await workflows.create_workflow(
@@ -179,6 +278,7 @@ async def create_workflow(body: WorkflowCreate, principal: CurrentPrincipal) -> 
             steps=body.specs(),
         )
     )
+    _etag(response, workflow)
     return _out(workflow)
 
 
@@ -208,73 +308,171 @@ async def list_workflows(
 
 @router.get(
     "/workflows/{workflow_id}",
-    summary="Get a workflow with its steps",
-    responses=error_responses(404),
+    summary="Get a workflow with its current steps (ETag: its revision)",
+    responses={
+        200: {"description": "The workflow", "headers": ETAG_HEADER},
+        **error_responses(404),
+    },
 )
-async def get_workflow(workflow_id: UUID, principal: ReadPrincipal) -> WorkflowOut:
+async def get_workflow(
+    workflow_id: UUID, principal: ReadPrincipal, response: Response
+) -> WorkflowOut:
     principal.require(Scope.READ)
-    return _out(await workflows.get_workflow(workflow_id, owner_id=principal.owner_filter))
+    workflow = await workflows.get_workflow(workflow_id, owner_id=principal.owner_filter)
+    _etag(response, workflow)
+    return _out(workflow)
 
 
 @router.patch(
     "/workflows/{workflow_id}",
-    summary="Change a workflow's name, description, trigger or active flag",
-    responses=error_responses(404, 409),
+    summary="Change a workflow's name, description, trigger or active flag (If-Match)",
+    responses={
+        200: {"description": "The changed workflow", "headers": ETAG_HEADER},
+        **error_responses(404, 409, 412, 428),
+    },
 )
 async def update_workflow(
-    workflow_id: UUID, body: WorkflowUpdate, principal: CurrentPrincipal
+    workflow_id: UUID,
+    body: WorkflowUpdate,
+    principal: CurrentPrincipal,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> WorkflowOut:
-    """Only the fields sent are changed (null means "leave as is")."""
+    """Only the fields sent are changed (null means "leave as is"). Requires
+    If-Match with the workflow's ETag: 412 if it changed since you read it, so
+    two editors never overwrite each other. A trigger change creates a new
+    version (the same steps); runs already triggered keep theirs."""
     principal.require(Scope.WRITE)
+    expected = expected_revisions(if_match, required=True)
     changes = body.model_dump(exclude_none=True)
     workflow = await workflows.update_workflow(
-        workflow_id, changes, owner_id=principal.owner_filter
+        workflow_id,
+        changes,
+        owner_id=principal.owner_filter,
+        expected=expected,
+        changed_by=principal.user_id,
     )
+    _etag(response, workflow)
     return _out(workflow)
 
 
 @router.put(
     "/workflows/{workflow_id}/steps",
-    summary="Replace the whole step list atomically",
-    responses=error_responses(404, 409),
+    summary="Replace the whole step list: a new version (If-Match)",
+    responses={
+        200: {"description": "The workflow at its new version", "headers": ETAG_HEADER},
+        **error_responses(404, 409, 412, 428),
+    },
 )
 async def replace_steps(
-    workflow_id: UUID, body: StepList, principal: CurrentPrincipal
+    workflow_id: UUID,
+    body: StepList,
+    principal: CurrentPrincipal,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> WorkflowOut:
-    """All old steps are removed and the new ones written in one transaction.
-    Step logs of past runs are kept: they carry their own copy of the step's
-    position and name (their `step_id` becomes null)."""
+    """Creates version N+1 with these steps, in one transaction. Earlier
+    versions keep their steps: runs pinned to them keep running them, and their
+    step logs keep pointing at them. Requires If-Match (see PATCH)."""
     principal.require(Scope.WRITE)
+    expected = expected_revisions(if_match, required=True)
     workflow = await workflows.replace_steps(
-        workflow_id, body.specs(), owner_id=principal.owner_filter
+        workflow_id,
+        body.specs(),
+        owner_id=principal.owner_filter,
+        expected=expected,
+        changed_by=principal.user_id,
     )
+    _etag(response, workflow)
     return _out(workflow)
 
 
-async def _set_active(principal: Principal, workflow_id: UUID, *, active: bool) -> WorkflowOut:
+@router.get(
+    "/workflows/{workflow_id}/versions",
+    summary="List a workflow's versions, newest first",
+    responses=error_responses(404),
+)
+async def list_versions(
+    workflow_id: UUID,
+    principal: ReadPrincipal,
+    limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Page[VersionSummary]:
+    """Keyset pagination: pass `next_cursor` back as `cursor`."""
+    principal.require(Scope.READ)
+    items, next_cursor = await workflows.list_versions(
+        workflow_id, owner_id=principal.owner_filter, limit=limit, cursor=cursor
+    )
+    return Page[VersionSummary](
+        items=[VersionSummary(**item) for item in items], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/workflows/{workflow_id}/versions/{version}",
+    summary="Get one version of a workflow with its steps",
+    responses=error_responses(404),
+)
+async def get_version(
+    workflow_id: UUID,
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)],
+    principal: ReadPrincipal,
+) -> VersionOut:
+    principal.require(Scope.READ)
+    return _version_out(
+        await workflows.get_version(workflow_id, version, owner_id=principal.owner_filter)
+    )
+
+
+async def _set_active(
+    principal: Principal,
+    workflow_id: UUID,
+    response: Response,
+    if_match: str | None,
+    *,
+    active: bool,
+) -> WorkflowOut:
     principal.require(Scope.WRITE)
     workflow = await workflows.update_workflow(
-        workflow_id, {"is_active": active}, owner_id=principal.owner_filter
+        workflow_id,
+        {"is_active": active},
+        owner_id=principal.owner_filter,
+        expected=expected_revisions(if_match, required=False),
+        changed_by=principal.user_id,
     )
+    _etag(response, workflow)
     return _out(workflow)
 
 
 @router.post(
     "/workflows/{workflow_id}/deactivate",
     summary="Deactivate a workflow: it keeps its runs but cannot be triggered",
-    responses=error_responses(404),
+    responses=error_responses(404, 412),
 )
-async def deactivate_workflow(workflow_id: UUID, principal: CurrentPrincipal) -> WorkflowOut:
-    return await _set_active(principal, workflow_id, active=False)
+async def deactivate_workflow(
+    workflow_id: UUID,
+    principal: CurrentPrincipal,
+    response: Response,
+    if_match: IfMatchOptional = None,
+) -> WorkflowOut:
+    """An action, not an edit: If-Match is optional (an operator switching a
+    workflow off must not need to read it first)."""
+    return await _set_active(principal, workflow_id, response, if_match, active=False)
 
 
 @router.post(
     "/workflows/{workflow_id}/activate",
     summary="Activate a deactivated workflow",
-    responses=error_responses(404),
+    responses=error_responses(404, 412),
 )
-async def activate_workflow(workflow_id: UUID, principal: CurrentPrincipal) -> WorkflowOut:
-    return await _set_active(principal, workflow_id, active=True)
+async def activate_workflow(
+    workflow_id: UUID,
+    principal: CurrentPrincipal,
+    response: Response,
+    if_match: IfMatchOptional = None,
+) -> WorkflowOut:
+    """If-Match is optional, as for deactivate."""
+    return await _set_active(principal, workflow_id, response, if_match, active=True)
 
 
 @router.delete(

@@ -90,6 +90,7 @@ def run_payload_sql(
         "triggered_by_user_id": f"{alias}.triggered_by_user_id",
         "inputs": f"{alias}.inputs",
         "idempotency_key": f"{alias}.idempotency_key",
+        "workflow_version": f"{alias}.workflow_version",
         "outputs": f"{alias}.outputs",
     }
     keys = CONTRACT[event_type].keys

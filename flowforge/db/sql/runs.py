@@ -20,6 +20,7 @@ from flowforge.db.tables import RunStepLog, WorkflowRun
 RUN_TABLE_COLUMNS: Final = (
     WorkflowRun.id,
     WorkflowRun.workflow_id,
+    WorkflowRun.workflow_version,
     WorkflowRun.status,
     WorkflowRun.trigger_type,
     WorkflowRun.triggered_by_user_id,
@@ -55,9 +56,13 @@ RUN_COLUMNS_OF_R: Final = column_list(*RUN_TABLE_COLUMNS, alias="r")
 
 # -- trigger ----------------------------------------------------------------------------
 
-# One statement: check the workflow (visible, active), insert the run unless its
-# idempotency key is taken, write run.created for a new run, and return either
-# the new run (created = true) or the run that already holds the key.
+# One statement: check the workflow (visible, active), pin the version ($7, or
+# the workflow's current one when NULL; a named version must exist), insert the
+# run unless its idempotency key is taken, write run.created for a new run, and
+# return either the new run (created = true) or the run that already holds the
+# key. The default (latest) path reads the version from the workflow row it
+# reads anyway: no extra lookup; the composite foreign key
+# workflow_runs_workflow_version_fkey checks it.
 _RUN_CREATED_EVENT: Final[LiteralString] = outbox.insert_from(
     "created c",
     aggregate_type=events.WORKFLOW_RUN,
@@ -67,12 +72,14 @@ _RUN_CREATED_EVENT: Final[LiteralString] = outbox.insert_from(
 )
 TRIGGER_RUN: Final[LiteralString] = f"""
 WITH wf AS (
-    SELECT id, is_active FROM workflows
+    SELECT id, is_active, coalesce($7::int, version) AS pinned FROM workflows
     WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
 ), created AS (
-    INSERT INTO workflow_runs (workflow_id, trigger_type, triggered_by_user_id, inputs,
-                               idempotency_key)
-    SELECT wf.id, $2, $3, $4::jsonb, $5 FROM wf WHERE wf.is_active
+    INSERT INTO workflow_runs (workflow_id, workflow_version, trigger_type, triggered_by_user_id,
+                               inputs, idempotency_key)
+    SELECT wf.id, wf.pinned, $2, $3, $4::jsonb, $5 FROM wf
+    WHERE wf.is_active AND ($7::int IS NULL OR EXISTS (
+        SELECT 1 FROM workflow_versions v WHERE v.workflow_id = wf.id AND v.version = $7))
     ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), event AS (
@@ -80,7 +87,8 @@ WITH wf AS (
 )
 SELECT true AS created, true AS same_request, {RUN_COLUMNS} FROM created
 UNION ALL
-SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2, {RUN_COLUMNS_OF_R}
+SELECT false, r.inputs = $4::jsonb AND r.trigger_type = $2
+    AND ($7::int IS NULL OR r.workflow_version = $7), {RUN_COLUMNS_OF_R}
 FROM workflow_runs r JOIN wf ON r.workflow_id = wf.id
 WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 FROM created)
 """  # noqa: S608 - constant fragments; every value is a bind parameter
@@ -90,7 +98,8 @@ WHERE $5::text IS NOT NULL AND r.idempotency_key = $5 AND NOT EXISTS (SELECT 1 F
 # the retry is the same request: PostgreSQL compares the inputs as the JSONB it
 # stores (the builder cannot select that comparison).
 RUN_BY_KEY: Final[LiteralString] = f"""
-SELECT inputs = $3::jsonb AND trigger_type = $4 AS same_request, {RUN_COLUMNS}
+SELECT inputs = $3::jsonb AND trigger_type = $4
+    AND ($5::int IS NULL OR workflow_version = $5) AS same_request, {RUN_COLUMNS}
 FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
 """  # noqa: S608 - constant fragments; every value is a bind parameter
 
@@ -216,7 +225,7 @@ UPDATE workflow_runs r SET heartbeat_at = clock_timestamp()
 WHERE r.id = $1 AND r.status = 'running'
   AND ($2::uuid IS NULL OR EXISTS (
       SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $2))
-RETURNING r.workflow_id
+RETURNING r.workflow_id, r.workflow_version
 """
 
 
@@ -259,9 +268,13 @@ SELECT count(*) AS closed FROM closed
 
 # A separate statement from the lock on purpose: it takes a new snapshot, so
 # max(attempt) sees attempts committed by whoever held the lock before us.
+# The step is the one at $3 in the version the run is pinned to ($9, from the
+# lock): steps are immutable and never deleted while the workflow has runs, so
+# a definition changed meanwhile cannot make the step vanish (issue 17).
 APPEND_STEP_LOG: Final[LiteralString] = f"""
 WITH step AS (
-    SELECT id, position, name FROM workflow_steps WHERE workflow_id = $2 AND position = $3
+    SELECT id, position, name FROM workflow_steps
+    WHERE workflow_id = $2 AND version = $9 AND position = $3
 ), run AS (
     SELECT created_at FROM workflow_runs WHERE id = $1
 ), logged AS (
