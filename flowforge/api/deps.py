@@ -12,6 +12,7 @@ the response had gone out, and a failed commit would reach the client as 200.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -76,6 +77,15 @@ async def current_principal(
 ) -> Principal:
     """The caller, authenticated in the request's own transaction (one connection)."""
     return await authenticate(key)
+
+
+@asynccontextmanager
+async def request_transaction(key: PresentedKey) -> AsyncIterator[Principal]:
+    """A request's transaction (on the primary) with its caller authenticated in
+    it: what the product routes' dependencies run below HTTP (benchmarks/http_floor.py
+    measures the HTTP layer against it)."""
+    async with translated_db_errors(), DB.transaction():
+        yield await authenticate(key)
 
 
 # For every other endpoint: the authenticated caller, with the request's one
