@@ -307,3 +307,36 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
 
 
 __all__ = ["RoundResult", "format_table", "percentile", "run_all"]
+
+
+async def _main(argv: list[str]) -> int:
+    """`python -m benchmarks.http_floor [--runs N] [--rounds R] [--operations K] [--out F]`:
+    this comparison alone (iterating on the HTTP layer)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.http_floor")
+    parser.add_argument("--runs", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--operations", type=int, default=300)
+    parser.add_argument("--concurrency", default="1,32")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    sizes = dataset.Sizes.quick()
+    sizes = dataset.Sizes(users=sizes.users, workflows=sizes.workflows, runs=args.runs)
+    loaded = await dataset.prepare(sizes, fresh=False)
+    summaries = await run_all(
+        loaded, rounds=args.rounds, operations=args.operations,
+        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
+    )  # fmt: skip
+    print(format_table(summaries))
+    if args.out:
+        args.out.write_text(json.dumps({"sizes": sizes.__dict__, "http_vs_in_process": summaries},
+                                       indent=2, default=str))  # fmt: skip
+    return 1 if any(row["errors"] for row in summaries) else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(asyncio.run(_main(sys.argv[1:])))
