@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     # a request with a remembered key skips the key lookup. A revoked or deactivated
     # key (or a changed role) takes effect within this bound in every worker; expiry
     # is exact. 0: every request looks its key up.
-    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60, validation_alias="AUTH_CACHE_SECONDS")
+    auth_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, validation_alias="AUTH_CACHE_SECONDS"
+    )
     # Seconds a request waits for a free connection before it gets a 503.
     pool_acquire_timeout: float = Field(
         default=10.0, gt=0, le=600, validation_alias="DB_POOL_ACQUIRE_TIMEOUT"
@@ -229,6 +231,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LOG_LEVEL"
     )
+
+    # The share of successful requests (status < 400) that get an access line;
+    # 4xx/5xx always do. 1: every request (docs/observability.md gives the cost).
+    access_log_sample: float = Field(default=1.0, ge=0, le=1, validation_alias="ACCESS_LOG_SAMPLE")
 
     @property
     def effective_log_format(self) -> LogFormat:

@@ -44,7 +44,6 @@ from piccolo.custom_types import Combinable
 from piccolo.query.base import Query
 
 from flowforge.core import events
-from flowforge.core.settings import get_settings
 from flowforge.core.errors import (
     ConflictError,
     ForbiddenError,
@@ -52,6 +51,7 @@ from flowforge.core.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from flowforge.core.settings import get_settings
 from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
 from flowforge.db.sql.api_keys import (

@@ -34,9 +34,7 @@ async def test_a_revocation_through_the_api_takes_effect_at_once(
 ) -> None:
     victim = await make_caller("victim@example.com", Role.DEVELOPER)
     assert await status_of(client, victim.key) == 200  # remembered from now on
-    response = await client.post(
-        f"/api/v1/api-keys/{victim.key_id}/revoke", headers=admin.headers
-    )
+    response = await client.post(f"/api/v1/api-keys/{victim.key_id}/revoke", headers=admin.headers)
     assert response.status_code == 200, response.text
     assert await status_of(client, victim.key) == 401
 

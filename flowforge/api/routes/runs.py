@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
-from flowforge.api.responses import fields_of, json_response, shaped
+from flowforge.api.responses import body_encoder, json_response
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -158,8 +158,11 @@ class RunDetail(RunOut):
     step_logs: list[StepLogOut] = Field(description="By step position, then attempt.")
 
 
-RUN_FIELDS = fields_of(RunOut)
-LOG_FIELDS = fields_of(StepLogOut)
+# Each hot route's body, encoded once from the domain's records (flowforge/api/responses.py).
+ENCODE_RUN = body_encoder(RunOut)
+ENCODE_TRIGGERED = body_encoder(RunTriggered)
+ENCODE_DETAIL = body_encoder(RunDetail)
+ENCODE_PAGE = body_encoder(Page[RunOut])
 
 
 IdempotencyKey = Annotated[
@@ -225,7 +228,7 @@ async def trigger_run(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return json_response({**shaped(run, RUN_FIELDS), "replayed": not created}, response, 201)
+    return json_response({**run, "replayed": not created}, ENCODE_TRIGGERED, response, 201)
 
 
 @router.get(
@@ -248,8 +251,7 @@ async def list_runs(
     items, next_cursor = await runs.list_runs(
         workflow_id, status=status, limit=limit, cursor=cursor, owner_id=principal.owner_filter
     )
-    page = {"items": [shaped(item, RUN_FIELDS) for item in items], "next_cursor": next_cursor}
-    return json_response(page, response)
+    return json_response({"items": items, "next_cursor": next_cursor}, ENCODE_PAGE, response)
 
 
 @router.get(
@@ -261,8 +263,7 @@ async def list_runs(
 async def get_run(run_id: UUID, response: Response, principal: ReadPrincipal) -> Response:
     principal.require(Scope.READ)
     run = await runs.get_run(run_id, owner_id=principal.owner_filter)
-    logs = [shaped(log, LOG_FIELDS) for log in run["step_logs"]]
-    return json_response({**shaped(run, RUN_FIELDS), "step_logs": logs}, response)
+    return json_response(run, ENCODE_DETAIL, response)
 
 
 async def _transition(
@@ -270,7 +271,7 @@ async def _transition(
 ) -> Response:
     principal.require(Scope.WRITE)
     run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
-    return json_response(shaped(run, RUN_FIELDS), response)
+    return json_response(run, ENCODE_RUN, response)
 
 
 TRANSITION_RESPONSES = error_responses(404, 409)
