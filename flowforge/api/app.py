@@ -54,6 +54,7 @@ def create_app() -> FastAPI:
         description=API_DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        openapi_tags=[{"name": "health"}, *routes.OPENAPI_TAGS],
         docs_url=None,  # FastAPI's pages load their assets from a CDN:
         redoc_url=None,  # install_docs serves local copies instead
     )
@@ -61,10 +62,12 @@ def create_app() -> FastAPI:
     install_openapi(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(replicas.ReplicaRouting)
+    # The product API first: routes are matched one after another (its own
+    # order: flowforge/api/routes/__init__.py); health, metrics and docs after it.
+    app.include_router(routes.router)
     app.include_router(health.router)
     app.include_router(observability.router)
     install_docs(app)
-    app.include_router(routes.router)
     app.mount("/admin/", build_admin())
     return app
 
