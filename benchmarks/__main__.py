@@ -114,7 +114,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    from benchmarks import dataset, http, ops
+    from benchmarks import dataset, http, http_floor, ops
     from benchmarks.harness import SMOKE_BANNER, format_table
 
     base = dataset.Sizes.quick() if args.quick else dataset.Sizes()
@@ -177,6 +177,14 @@ async def main(argv: list[str]) -> int:
             print()
             print(format_table(summaries, smoke=smoke))
 
+        http_floor_rows: list[dict[str, Any]] = []
+        if not args.skip_http:
+            # Each hot route through the app under uvicorn vs the work it wraps in-process.
+            http_floor_rows = await http_floor.run_all(
+                loaded, rounds=rounds, operations=max(100, operations // 2)
+            )
+            print()
+            print(http_floor.format_table(http_floor_rows))
         http_results: dict[str, Any] = {}
         if not args.skip_http:
             http_results = await http.run_all(loaded, seconds=http_seconds)
@@ -202,6 +210,7 @@ async def main(argv: list[str]) -> int:
         "operations_per_round": operations,
         "round_seconds": round_seconds,
         "comparisons": summaries,
+        "http_vs_in_process": http_floor_rows,
         "http": http_results,
         "worst_cost_ratio": worst,
         "seconds": time.perf_counter() - started,
@@ -213,7 +222,8 @@ async def main(argv: list[str]) -> int:
     if smoke:
         print(SMOKE_BANNER)
     status = 0
-    failed = [f"{row['operation']} c={row['concurrency']}" for row in summaries if row["errors"]]
+    failed = [f"{row['operation']} c={row['concurrency']}"
+              for row in [*summaries, *http_floor_rows] if row["errors"]]  # fmt: skip
     failed += [name for name, row in http_results.items()
                if isinstance(row, dict) and row.get("errors")]  # fmt: skip
     if failed:

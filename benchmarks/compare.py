@@ -71,11 +71,17 @@ def _interval(row: dict[str, Any]) -> tuple[float, float, float] | None:
     return float(row["cost_ratio"]), float(spread[0]), float(spread[1])
 
 
+def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ratios of a result: vs the floor, and the HTTP layer vs in-process."""
+    http = report.get("http_vs_in_process")
+    return [*report["comparisons"], *(http if isinstance(http, list) else [])]
+
+
 def judge(old: dict[str, Any], new: dict[str, Any]) -> list[Verdict]:
     """One verdict per operation x concurrency present in both results."""
-    before = {(row["operation"], row["concurrency"]): row for row in old["comparisons"]}
+    before = {(row["operation"], row["concurrency"]): row for row in _rows(old)}
     verdicts = []
-    for row in new["comparisons"]:
+    for row in _rows(new):
         key = (row["operation"], row["concurrency"])
         if key not in before:
             continue

@@ -36,8 +36,12 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_app(workers: int = 1, **env: str) -> AsyncIterator[tuple[str, psutil.Process]]:
-    """Serve flowforge.main:app on a free port; yields (base URL, process)."""
+async def uvicorn_app(
+    workers: int = 1, *, quiet: bool = False, **env: str
+) -> AsyncIterator[tuple[str, psutil.Process]]:
+    """Serve flowforge.main:app on a free port; yields (base URL, process).
+
+    `quiet`: the app's log (its access lines, at LOG_LEVEL=INFO) goes to /dev/null."""
     port = free_port()
     process = subprocess.Popen(  # noqa: ASYNC220 - starting a server, not waiting on it
         [sys.executable, "-m", "uvicorn", "flowforge.main:app", "--port", str(port),
@@ -47,6 +51,7 @@ async def uvicorn_app(workers: int = 1, **env: str) -> AsyncIterator[tuple[str, 
         # itself now; --no-access-log only silences uvicorn's), as before.
         env={**os.environ, "DATABASE_URL": dataset.app_database_url(), "FLOWFORGE_ENV": "test",
              "LOG_LEVEL": "WARNING", **env},
+        stderr=subprocess.DEVNULL if quiet else None,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:

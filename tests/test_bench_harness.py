@@ -143,6 +143,43 @@ def test_the_guard_judges_only_what_both_results_measured() -> None:
     assert any("smoke" in w for w in guard.warnings(old, result(smoke=True)))
 
 
+def test_the_guard_judges_the_http_layer_ratios_too() -> None:
+    old = result() | {"http_vs_in_process": [bench_row("http:list_runs_page", 32, BEFORE)]}
+    worse = [1.18, 1.19, 1.20, 1.22, 1.25, 1.28, 1.30]
+    new = result() | {"http_vs_in_process": [bench_row("http:list_runs_page", 32, worse)]}
+    (verdict,) = guard.judge(old, new)
+    assert (verdict.operation, verdict.judgement) == ("http:list_runs_page", "worse")
+
+
+def test_every_hot_route_runs_over_http_and_in_process(tmp_path: Path) -> None:
+    """The HTTP-vs-in-process comparison runs each hot route through the real app
+    under uvicorn and in-process, with no error (a route or request that no longer
+    fits fails here, not in the next `make bench`)."""
+    database = database_name("httpfloor")
+    out = tmp_path / "http.json"
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.http_floor", "--runs", "2000", "--workflows", "100",
+             "--users", "10", "--rounds", "1", "--operations", "10", "--concurrency", "1,4",
+             "--out", str(out)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": database},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )  # fmt: skip
+    finally:
+        asyncio.run(drop_database(database))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    rows = json.loads(out.read_text())["http_vs_in_process"]
+    from benchmarks.http_floor import HTTP_ROUTES
+
+    assert {(row["operation"], row["concurrency"]) for row in rows} == {
+        (f"http:{name}", concurrency) for name in HTTP_ROUTES for concurrency in (1, 4)
+    }
+    assert all(row["errors"] == 0 and row["app_cpu_ms_per_request"] > 0 for row in rows), rows
+
+
 def test_a_file_that_is_not_a_result_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("[1, 2]")
     result = subprocess.run(

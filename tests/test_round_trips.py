@@ -12,7 +12,9 @@ What each remaining round trip is for (docs/decisions/08-transaction-poolers.md)
 * ``BEGIN`` - the request's one transaction (behind a pooler with its
   ``SET LOCAL`` timeouts in the same message);
 * ``authenticate`` - key lookup, checks and the ``last_used_at`` write in one
-  statement (flowforge/domain/api_keys.py);
+  statement (flowforge/domain/api_keys.py); none for a key the worker
+  remembers (``AUTH_CACHE_SECONDS``): the request's actor (``flowforge.actor``)
+  is then set by a ``SET LOCAL`` in the BEGIN message (writes; a read needs none);
 * the route's own statement(s): one each, except completing a run, whose
   open step attempts are closed by a second statement that must see the
   snapshot taken after the transition holds the run's lock;
@@ -54,15 +56,21 @@ from tests.test_engine_faults import through_proxy, upstream_of
 @dataclass
 class Wire:
     mode: str  # "direct" or "pgbouncer"
+    remembered: bool  # keys remembered by the worker (AUTH_CACHE_SECONDS=60) or looked up (0)
     proxy: TcpProxy
     client: httpx.AsyncClient
     direct_url: str  # the test database, bypassing the proxy (and the pooler)
 
 
-@pytest.fixture(params=["direct", "pgbouncer"])
+@pytest.fixture(
+    params=[("direct", False), ("pgbouncer", False), ("direct", True), ("pgbouncer", True)],
+    ids=["direct", "pgbouncer", "direct-remembered-key", "pgbouncer-remembered-key"],
+)
 async def wire(request: pytest.FixtureRequest, db: None, bouncer: Bouncer) -> AsyncIterator[Wire]:
     """The app on a one-connection pool, through a recording proxy (and PgBouncer)."""
-    behind = request.param == "pgbouncer"
+    # The clean-connection tests pick a mode alone (indirect parametrization).
+    mode, remembered = (request.param, False) if isinstance(request.param, str) else request.param
+    behind = mode == "pgbouncer"
     target = bouncer.url if behind else bouncer.direct_url
     proxy = TcpProxy(upstream_of(target), record=True)
     await proxy.start()
@@ -72,7 +80,10 @@ async def wire(request: pytest.FixtureRequest, db: None, bouncer: Bouncer) -> As
         "DATABASE_POOLER": "transaction" if behind else "none",
         "DB_POOL_MIN_SIZE": "1",
         "DB_POOL_MAX_SIZE": "1",
+        # Remembered: long enough that no entry lapses during the test.
+        "AUTH_CACHE_SECONDS": "60" if remembered else "0",
     }
+    api_keys.PRINCIPALS.clear()
     try:
         async with support.global_engine_on(url, **env):
             app = create_app()
@@ -81,7 +92,7 @@ async def wire(request: pytest.FixtureRequest, db: None, bouncer: Bouncer) -> As
                 app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=transport, base_url="http://test") as client,
             ):
-                yield Wire(request.param, proxy, client, bouncer.direct_url)
+                yield Wire(mode, remembered, proxy, client, bouncer.direct_url)
     finally:
         await proxy.stop()
 
@@ -121,15 +132,19 @@ async def counted(
     return [statement(trip) for trip in wire.proxy.round_trips(since)], response.json()
 
 
-def expected(wire: Wire, *statements: str) -> list[str]:
-    """BEGIN, authenticate, `statements`, COMMIT, as sent in `wire`'s mode."""
+def expected(wire: Wire, *statements: str, read: bool = False) -> list[str]:
+    """BEGIN, authenticate, `statements`, COMMIT, as sent in `wire`'s mode.
+
+    A remembered key is not looked up; a write's BEGIN then sets its actor."""
+    lookup = () if wire.remembered else ("authenticate",)
     if wire.mode == "direct":
         # Prepared statements are cached per connection: one round trip each.
-        return ["BEGIN", "authenticate", *statements, "COMMIT"]
+        begin = "BEGIN + SET LOCAL" if wire.remembered and not read else "BEGIN"
+        return [begin, *lookup, *statements, "COMMIT"]
     # No statement cache behind PgBouncer 1.18: describe, then execute.
     return [
         "BEGIN + SET LOCAL",
-        *(step for name in ("authenticate", *statements) for step in (f"describe {name}", name)),
+        *(step for name in (*lookup, *statements) for step in (f"describe {name}", name)),
         "COMMIT",
     ]
 
@@ -165,9 +180,9 @@ async def test_round_trips_per_hot_route(wire: Wire) -> None:
 
     # A page of runs, and one run with its step attempts: one query each.
     trips, _ = await counted(wire, developer, "GET", runs_path, 200)
-    assert trips == expected(wire, "list page")
+    assert trips == expected(wire, "list page", read=True)
     trips, _ = await counted(wire, developer, "GET", f"/api/v1/runs/{run_id}", 200)
-    assert trips == expected(wire, "run with logs")
+    assert trips == expected(wire, "run with logs", read=True)
 
     # Nothing else on the wire: no reset on release, no second connection.
     assert {message.connection for message in wire.proxy.messages} == {1}

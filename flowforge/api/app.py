@@ -13,7 +13,7 @@ from flowforge.api.admin import build_admin
 from flowforge.api.docs import install_docs
 from flowforge.api.errors import install_error_handlers
 from flowforge.api.limits import BodySizeLimit
-from flowforge.api.openapi import install_openapi, operation_id
+from flowforge.api.openapi import install_openapi, operation_id, routes_reordered
 from flowforge.core import metrics
 from flowforge.core.logs import configure_logging
 from flowforge.db import replicas
@@ -58,14 +58,27 @@ def create_app() -> FastAPI:
         redoc_url=None,  # install_docs serves local copies instead
     )
     install_error_handlers(app)
-    install_openapi(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(replicas.ReplicaRouting)
+    # The product API first: routes are matched one after another (its own
+    # order: flowforge/api/routes/__init__.py); health, metrics and docs after it.
+    app.include_router(routes.router)
+    product = app.router.routes[-1]
     app.include_router(health.router)
     app.include_router(observability.router)
     install_docs(app)
-    app.include_router(routes.router)
     app.mount("/admin/", build_admin())
+    # /openapi.json lists the paths in their earlier order: health, docs, then
+    # the product API (users, keys, workflows, runs), as clients and the fuzz
+    # tests knew it; only the matching order changed.
+    documented = [route for route in app.router.routes if route is not product]
+    documented.insert(len(documented) - 1, product)  # before the admin mount
+    install_openapi(
+        app,
+        lambda: routes_reordered(
+            (app.router.routes, documented), (routes.router.routes, routes.documentation_order())
+        ),
+    )
     return app
 
 

@@ -12,6 +12,7 @@ the response had gone out, and a failed commit would reach the client as 200.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -20,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from flowforge.core.errors import InvalidInputError, UnauthorizedError, translated_db_errors
 from flowforge.db import replicas
 from flowforge.db.engine import DB, SafeTransaction
-from flowforge.domain.api_keys import PresentedKey, authenticate, parse_key
+from flowforge.domain.api_keys import PRINCIPALS, PresentedKey, authenticate, parse_key
 from flowforge.domain.principal import Principal
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -72,17 +73,45 @@ async def presented_key(
 
 
 async def current_principal(
-    key: Annotated[PresentedKey, Depends(presented_key)], transaction: Transaction
-) -> Principal:
-    """The caller, authenticated in the request's own transaction (one connection)."""
-    return await authenticate(key)
+    request: Request, key: Annotated[PresentedKey, Depends(presented_key)]
+) -> AsyncIterator[Principal]:
+    """The caller, with the request's one transaction open (one connection).
+
+    A key authenticated within ``AUTH_CACHE_SECONDS`` is not looked up again
+    (flowforge.domain.api_keys.PRINCIPALS), and its actor is set by the
+    transaction's BEGIN; otherwise the key is authenticated in the transaction.
+    """
+    async with request_transaction(key) as principal:
+        yield principal
+    if replicas.REPLICAS and request.method not in SAFE_METHODS:
+        # Sent by replicas.ReplicaRouting: the response is built before this runs.
+        request.state.flowforge_consistency = await replicas.commit_position()
+
+
+@asynccontextmanager
+async def request_transaction(key: PresentedKey) -> AsyncIterator[Principal]:
+    """A request's transaction (on the primary) with its caller: what a product
+    route's dependency runs below HTTP (benchmarks/http_floor.py measures the
+    HTTP layer against it).
+
+    A remembered key (:data:`~flowforge.domain.api_keys.PRINCIPALS`) costs no
+    statement, and its actor (``api_key:<id>``) is set by the BEGIN the
+    transaction sends anyway (``DB.transaction(actor=...)``); otherwise the key
+    is authenticated in the transaction, by the lookup statement.
+    """
+    known = PRINCIPALS.get(key)
+    async with (
+        translated_db_errors(),
+        DB.transaction(actor=known.actor if known is not None else None),
+    ):
+        yield known if known is not None else await authenticate(key)
 
 
 # For every other endpoint: the authenticated caller, with the request's one
 # transaction (on the primary) open for the endpoint's queries. Routes take only
 # this (or ReadPrincipal); domain functions reach the connection through Piccolo
 # queries or DB.require_transaction(), never through a route parameter.
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(current_principal, scope="function")]
 
 
 def _consistency_token(request: Request) -> int | None:
@@ -107,7 +136,10 @@ async def read_transaction(
     replica when one is usable, else on the primary (flowforge/db/replicas.py)."""
     primary_only = request.scope.get("state", {}).get("flowforge_primary_only", False)
     async with replicas.read_transaction(
-        _consistency_token(request), lambda: authenticate(key), primary_only=primary_only
+        _consistency_token(request),
+        lambda: authenticate(key),
+        primary_only=primary_only,
+        known=PRINCIPALS.get(key),
     ) as read:
         if read.served_by is not None:
             response.headers[replicas.SERVED_BY_HEADER] = read.served_by

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import re
 import time
 import uuid
@@ -45,6 +46,7 @@ from flowforge.core.logs import (
     get_logger,
     reset_request_context,
 )
+from flowforge.core.settings import get_settings
 from flowforge.db.engine import DB
 from flowforge.outbox.status import OutboxHealth, outbox_health
 
@@ -150,9 +152,13 @@ def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
 class RequestObservability:
     """Request id, access log line and request metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log_sample: float | None = None) -> None:
         self.app = app
         self._templates: dict[int, str] | None = None
+        # ACCESS_LOG_SAMPLE: the share of successful requests that get an access line.
+        self.access_log_sample = (
+            get_settings().access_log_sample if access_log_sample is None else access_log_sample
+        )
 
     def _templates_of(self, scope: Scope) -> dict[int, str]:
         # Built at the first request: by then every route is in place.
@@ -202,19 +208,25 @@ class RequestObservability:
             counter, histogram = _series(scope["method"], route, status)
             counter.inc()
             histogram.observe(duration)
-            client = scope.get("client")
-            access_log.info(
-                "http.request",
-                method=scope["method"],
-                route=route,
-                path=scope["path"],
-                # The peer, or behind a trusted proxy (uvicorn --proxy-headers with
-                # FORWARDED_ALLOW_IPS) the client that X-Forwarded-For names.
-                client=client[0] if client else None,
-                status=status,
-                duration_ms=round(duration * 1000, 2),
-            )
+            sample = self.access_log_sample
+            if status >= 400 or sample >= 1.0 or (sample > 0.0 and random.random() < sample):  # noqa: S311 - sampling, not a secret
+                self._log_access(scope, route, status, duration)
             reset_request_context(tokens)
+
+    @staticmethod
+    def _log_access(scope: Scope, route: str, status: int, duration: float) -> None:
+        client = scope.get("client")
+        access_log.info(
+            "http.request",
+            method=scope["method"],
+            route=route,
+            path=scope["path"],
+            # The peer, or behind a trusted proxy (uvicorn --proxy-headers with
+            # FORWARDED_ALLOW_IPS) the client that X-Forwarded-For names.
+            client=client[0] if client else None,
+            status=status,
+            duration_ms=round(duration * 1000, 2),
+        )
 
 
 class OutboxCollector(Collector):

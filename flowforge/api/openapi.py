@@ -18,6 +18,8 @@ Operation ids are the routes' function names (``trigger_run``), see
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from fastapi import FastAPI
@@ -180,12 +182,32 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the completed description at /openapi.json (built once, on first request)."""
+def install_openapi(
+    app: FastAPI, documentation_order: Callable[[], AbstractContextManager[None]] | None = None
+) -> None:
+    """Serve the completed description at /openapi.json (built once, on first request).
+
+    `documentation_order`: puts the routes in the order the description lists
+    them while it is built (the app matches them in another order: the hot
+    routes first, flowforge/api/app.py)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(FastAPI.openapi(app))
+            with documentation_order() if documentation_order else nullcontext():
+                app.openapi_schema = complete(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+@contextmanager
+def routes_reordered(*orders: tuple[list[Any], list[Any]]) -> Iterator[None]:
+    """Each (routes, order) pair: `routes` (a router's list) holds `order` meanwhile."""
+    saved = [list(routes) for routes, _ in orders]
+    for routes, order in orders:
+        routes[:] = order
+    try:
+        yield
+    finally:
+        for (routes, _), previous in zip(orders, saved, strict=True):
+            routes[:] = previous

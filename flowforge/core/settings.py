@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     # on demand from min to max and shrinks back when connections sit idle.
     pool_min_size: int = Field(default=2, ge=0, le=1000, validation_alias="DB_POOL_MIN_SIZE")
     pool_max_size: int = Field(default=20, ge=1, le=1000, validation_alias="DB_POOL_MAX_SIZE")
+    # Seconds an authenticated API key is remembered by a worker (flowforge/domain/api_keys.py):
+    # a request with a remembered key skips the key lookup. A revoked or deactivated
+    # key (or a changed role) takes effect within this bound in every worker; expiry
+    # is exact. 0: every request looks its key up.
+    auth_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, validation_alias="AUTH_CACHE_SECONDS"
+    )
     # Seconds a request waits for a free connection before it gets a 503.
     pool_acquire_timeout: float = Field(
         default=10.0, gt=0, le=600, validation_alias="DB_POOL_ACQUIRE_TIMEOUT"
@@ -224,6 +231,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias="LOG_LEVEL"
     )
+
+    # The share of successful requests (status < 400) that get an access line;
+    # 4xx/5xx always do. 1: every request (docs/observability.md gives the cost).
+    access_log_sample: float = Field(default=1.0, ge=0, le=1, validation_alias="ACCESS_LOG_SAMPLE")
 
     @property
     def effective_log_format(self) -> LogFormat:

@@ -49,7 +49,7 @@ from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 from flowforge.core.errors import CONNECTION_ERRORS, DatabaseUnavailableError
 from flowforge.core.logs import describe_error, get_logger
 from flowforge.core.settings import PoolerMode, Settings, get_settings
-from flowforge.db.sql.session import COMMIT, ROLLBACK, begin_statement
+from flowforge.db.sql.session import COMMIT, ROLLBACK, begin_statement, with_actor
 
 logger = get_logger(__name__)
 
@@ -227,8 +227,12 @@ class SafeTransaction(PostgresTransaction):
         engine: FlowForgeEngine,
         allow_nested: bool = True,
         source: FlowForgeEngine | None = None,
+        actor: str | None = None,
     ) -> None:
         super().__init__(engine=engine, allow_nested=allow_nested)
+        # Who acts (``api_key:<id>``), when known before BEGIN: set as the
+        # transaction-local ``flowforge.actor`` in the BEGIN statement itself.
+        self.actor = actor
         # Where the connection comes from: the engine itself, or a read
         # replica's engine (flowforge/db/replicas.py). Queries find the
         # transaction through `engine`'s context either way.
@@ -249,7 +253,10 @@ class SafeTransaction(PostgresTransaction):
     # BEGIN (with the per-transaction settings behind a pooler) is one simple
     # query, so a transaction costs no extra round trip for its timeouts.
     async def begin(self) -> None:
-        await self.connection.execute(self.source.begin_statement)
+        statement = self.source.begin_statement
+        if self.actor is not None:
+            statement = with_actor(statement, self.actor)
+        await self.connection.execute(statement)
 
     async def commit(self) -> None:
         await self.connection.execute(COMMIT)
@@ -371,9 +378,15 @@ class FlowForgeEngine(PostgresEngine):
             raise RuntimeError(f"{job} commits batch by batch: call it outside a transaction")
 
     def transaction(
-        self, allow_nested: bool = True, source: FlowForgeEngine | None = None
+        self,
+        allow_nested: bool = True,
+        source: FlowForgeEngine | None = None,
+        *,
+        actor: str | None = None,
     ) -> SafeTransaction:
-        return SafeTransaction(engine=self, allow_nested=allow_nested, source=source)
+        """A transaction; `actor` (e.g. ``api_key:<id>``) is set as the transaction-local
+        ``flowforge.actor`` by its BEGIN statement (no extra round trip)."""
+        return SafeTransaction(engine=self, allow_nested=allow_nested, source=source, actor=actor)
 
     async def start_connection_pool(self, **kwargs: Any) -> None:
         """Create the pool sized by settings.

@@ -313,6 +313,7 @@ async def read_transaction(
     primary_first: Callable[[], Awaitable[T]],
     *,
     primary_only: bool = False,
+    known: T | None = None,
 ) -> AsyncIterator[Read[T]]:
     """One read-only transaction: on a usable replica that has replayed past
     `token` (checked in the read's own transaction), else on the primary.
@@ -320,7 +321,9 @@ async def read_transaction(
     `primary_first` runs on the primary before the read (key authentication: it
     writes ``last_used_at``, and a revoked key must stop working at once, not
     after a replica's lag). When the read is served by the primary it shares
-    that transaction: one connection, one BEGIN/COMMIT. Driver errors leave as
+    that transaction: one connection, one BEGIN/COMMIT. `known`: its result
+    already (a remembered key, flowforge.domain.api_keys.PRINCIPALS), so no
+    primary transaction is needed before a replica's read. Driver errors leave as
     domain errors; a replica that fails mid-read raises ReplicaLostError
     (:class:`ReplicaRouting` replays the GET on the primary).
     """
@@ -328,13 +331,16 @@ async def read_transaction(
     async with translated_db_errors():
         if replica is None:
             async with DB.transaction():
-                first = await primary_first()
+                first = known if known is not None else await primary_first()
                 if REPLICAS:
                     REPLICAS.primary_reads += 1
                 yield Read(first, "primary" if REPLICAS else None)
             return
-        async with DB.transaction():
-            first = await primary_first()
+        if known is not None:
+            first = known
+        else:
+            async with DB.transaction():
+                first = await primary_first()
         transaction = await _begin_on_replica(replica, token)
     if transaction is None:
         async with translated_db_errors(), DB.transaction():

@@ -16,6 +16,15 @@ written at most once per ``LAST_USED_GRANULARITY_SECONDS`` (:mod:`flowforge.db.s
 authentication query itself, and skipped (``SKIP LOCKED``) when another request
 is writing it, so authentication never waits on a lock and a busy key does not
 turn every request into a write.
+
+Authenticated keys are remembered per process for ``AUTH_CACHE_SECONDS``
+(default 1 s; :class:`PrincipalCache`): a request whose key was authenticated
+within that time skips the key lookup. The bound is what a revocation, a
+deactivation or a role change waits for in the *other* workers (the worker that
+makes the change forgets its cache at once); an expiry is exact (checked
+against the remembered ``expires_at`` on every use). A remembered key does not
+touch ``last_used_at``; the lookup after the entry lapses does, so the signal
+stays within ``LAST_USED_GRANULARITY_SECONDS`` plus the cache bound.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -41,6 +51,7 @@ from flowforge.core.errors import (
     NotFoundError,
     UnauthorizedError,
 )
+from flowforge.core.settings import get_settings
 from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
 from flowforge.db.sql.api_keys import (
@@ -101,8 +112,54 @@ def parse_key(key: str) -> PresentedKey:
     return PresentedKey(prefix=match.group(1), key_hash=hash_key(key))
 
 
+class PrincipalCache:
+    """Authenticated keys of this process: SHA-256 of the key -> (principal, until).
+
+    Only successful authentications are remembered, each for
+    ``AUTH_CACHE_SECONDS`` (monotonic clock), and never past the key's own
+    ``expires_at`` (wall clock, checked on every use). Bounded: past
+    :attr:`MAX_ENTRIES` the oldest entry goes.
+    """
+
+    MAX_ENTRIES: Final = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key: PresentedKey) -> Principal | None:
+        entry = self._entries.get(key.key_hash)
+        if entry is None:
+            return None
+        principal, until = entry
+        if time.monotonic() >= until or (
+            principal.expires_at is not None
+            and datetime.datetime.now(datetime.UTC) >= principal.expires_at
+        ):
+            self._entries.pop(key.key_hash, None)
+            return None
+        return principal
+
+    def put(self, key: PresentedKey, principal: Principal) -> None:
+        seconds = get_settings().auth_cache_seconds
+        if seconds <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[key.key_hash] = (principal, time.monotonic() + seconds)
+
+    def clear(self) -> None:
+        """Forget every key (a key was revoked, or a user changed, in this process)."""
+        self._entries.clear()
+
+
+PRINCIPALS = PrincipalCache()
+
+
 async def authenticate(key: str | PresentedKey) -> Principal:
-    """The principal a bearer key stands for; UnauthorizedError for any bad key."""
+    """The principal a bearer key stands for; UnauthorizedError for any bad key.
+
+    Always looks the key up (in the caller's transaction) and remembers a valid
+    one in :data:`PRINCIPALS` for the request path (flowforge.api.deps)."""
     presented = parse_key(key) if isinstance(key, str) else key
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(AUTHENTICATE, presented.prefix, presented.key_hash)
@@ -115,13 +172,16 @@ async def authenticate(key: str | PresentedKey) -> Principal:
         raise UnauthorizedError("The API key has expired.")
     if not row["is_active"]:
         raise UnauthorizedError("The API key's user is deactivated.")
-    return Principal(
+    principal = Principal(
         user_id=row["user_id"],
         role=Role(row["role"]),
         scopes=frozenset(Scope(scope) for scope in row["scopes"]),
         key_id=row["id"],
         expires_at=row["expires_at"],
     )
+    if isinstance(key, PresentedKey):
+        PRINCIPALS.put(presented, principal)
+    return principal
 
 
 # -- manage -------------------------------------------------------------------------------
@@ -272,6 +332,7 @@ async def revoke_api_key(
     # key of the tree and committed during a pass (its grant held that key,
     # which the pass waited for) is found by the next one. Ends with a pass
     # that revokes nothing.
+    PRINCIPALS.clear()  # this worker at once; the others within AUTH_CACHE_SECONDS
     while True:
         row = await connection.fetchrow(REVOKE_GRANTED, key_id, acting_key_id)
         if row["revokes_caller"]:

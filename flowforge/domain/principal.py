@@ -40,6 +40,11 @@ class Principal:
     expires_at: datetime.datetime | None = None
 
     @property
+    def actor(self) -> str:
+        """Who acts, for the run history (``flowforge.actor``): ``api_key:<key id>``."""
+        return f"api_key:{self.key_id}"
+
+    @property
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
 

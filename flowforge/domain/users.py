@@ -19,6 +19,7 @@ from flowforge.core.errors import ConflictError, NotFoundError
 from flowforge.db.builder import Param, compiled, limited, new_row, page_after
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, User
+from flowforge.domain.api_keys import PRINCIPALS
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import UserRecord
 from flowforge.outbox.writer import record_event
@@ -116,6 +117,8 @@ async def update_user(
         changes["is_active"] = is_active
     if not changes:
         return before
+    if "role" in changes or "is_active" in changes:
+        PRINCIPALS.clear()  # this worker at once; the others within AUTH_CACHE_SECONDS
     columns = {"display_name": User.display_name, "role": User.role, "is_active": User.is_active}
     rows = (
         await User.update({columns[name]: value for name, value in changes.items()})

@@ -169,3 +169,9 @@ async def events(aggregate_id: Any = None) -> list[dict[str, Any]]:
 
 async def count(table: str) -> int:
     return int((await DB.fetch(f"SELECT count(*) AS n FROM {table}"))[0]["n"])
+
+
+def forget_remembered_keys() -> None:
+    """After a change made behind the app's back (SQL, as another worker would):
+    what this worker's key cache does by itself within AUTH_CACHE_SECONDS."""
+    api_keys.PRINCIPALS.clear()

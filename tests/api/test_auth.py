@@ -10,7 +10,7 @@ import pytest
 from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
 from flowforge.domain.api_keys import hash_key
-from tests.api.conftest import Caller, create_workflow, make_caller, trigger
+from tests.api.conftest import Caller, create_workflow, forget_remembered_keys, make_caller, trigger
 
 
 async def test_no_key_is_401_with_www_authenticate(client: httpx.AsyncClient, db: None) -> None:
@@ -61,12 +61,14 @@ async def test_revoked_expired_and_deactivated_keys_are_401(
 ) -> None:
     assert (await client.get("/api/v1/workflows", headers=developer.headers)).status_code == 200
     await DB.fetch("UPDATE api_keys SET expires_at = now() - interval '1 second'")
+    forget_remembered_keys()
     expired = await client.get("/api/v1/workflows", headers=developer.headers)
     assert (expired.status_code, expired.json()["error"]["message"]) == (
         401,
         "The API key has expired.",
     )
     await DB.fetch("UPDATE api_keys SET expires_at = NULL, revoked_at = now()")
+    forget_remembered_keys()
     revoked = await client.get("/api/v1/workflows", headers=developer.headers)
     assert (revoked.status_code, revoked.json()["error"]["message"]) == (
         401,
@@ -74,6 +76,7 @@ async def test_revoked_expired_and_deactivated_keys_are_401(
     )
     await DB.fetch("UPDATE api_keys SET revoked_at = NULL")
     await DB.fetch("UPDATE users SET is_active = false")
+    forget_remembered_keys()
     inactive = await client.get("/api/v1/workflows", headers=developer.headers)
     assert inactive.status_code == 401
     assert "deactivated" in inactive.json()["error"]["message"]
@@ -95,6 +98,7 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     await client.get("/api/v1/workflows", headers=developer.headers)
     assert await last_used(developer) == first  # within the minute: no write
     await DB.fetch("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+    forget_remembered_keys()
     stale = await last_used(developer)
     await client.get("/api/v1/workflows", headers=developer.headers)
     refreshed = await last_used(developer)
@@ -110,6 +114,7 @@ async def test_last_used_write_never_waits_for_a_lock(
     import asyncpg
 
     await DB.fetch("UPDATE api_keys SET last_used_at = now() - interval '2 minutes'")
+    forget_remembered_keys()
     stale = await last_used(developer)
     other = await asyncpg.connect(DB.config["dsn"])
     try:
@@ -165,6 +170,7 @@ async def test_a_key_with_scopes_beyond_its_role_gets_only_the_role(
     """Scopes stored before a demotion do not outlive it: the role caps them."""
     demoted = await make_caller("demoted@example.com", Role.DEVELOPER)
     await DB.fetch("UPDATE users SET role = 'viewer'")
+    forget_remembered_keys()
     response = await client.post("/api/v1/workflows", json={"name": "x"}, headers=demoted.headers)
     assert response.status_code == 403
     assert response.json()["error"]["details"]["role"] == "viewer"

@@ -18,7 +18,7 @@ from flowforge.db.engine import DB
 from flowforge.db.tables import Role, Scope
 from flowforge.domain import api_keys
 from flowforge.domain.principal import Principal
-from tests.api.conftest import Caller, events, make_caller
+from tests.api.conftest import Caller, events, forget_remembered_keys, make_caller
 
 
 async def grant(client: httpx.AsyncClient, granter: Caller, name: str, **body: Any) -> Caller:
@@ -174,6 +174,7 @@ async def test_a_developer_revoking_their_key_revokes_what_it_granted_to_others(
     for_other = await grant(client, delegated, "for other", user_id=str(other.user_id))
     # (The API does not let an admin demote themselves; another admin could.)
     await DB.fetch("UPDATE users SET role = 'developer' WHERE id = $1", admin.user_id)
+    forget_remembered_keys()
 
     response = await revoke(client, admin, delegated.key_id)  # own key, write scope
     assert response.status_code == 200, response.text

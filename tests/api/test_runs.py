@@ -16,7 +16,15 @@ from flowforge.db.engine import DB
 from flowforge.db.sql import api_keys as api_key_sql
 from flowforge.db.sql import runs as run_sql
 from tests import support
-from tests.api.conftest import Caller, count, create_workflow, events, if_match, trigger
+from tests.api.conftest import (
+    Caller,
+    count,
+    create_workflow,
+    events,
+    forget_remembered_keys,
+    if_match,
+    trigger,
+)
 
 
 @pytest.fixture
@@ -763,8 +771,10 @@ async def test_a_run_ends_after_a_start_that_began_later(
     holder = await asyncpg.connect(database_url, statement_cache_size=0)
     try:
         async with holder.transaction():
-            # Holds the request in its authentication, after its BEGIN.
+            # Holds the request in its authentication, after its BEGIN (the
+            # key looked up, not remembered from the trigger).
             await holder.execute("LOCK TABLE api_keys IN SHARE MODE")
+            forget_remembered_keys()
             cancelling = asyncio.create_task(
                 post(client, developer, f"/api/v1/runs/{run_id}/cancel")
             )

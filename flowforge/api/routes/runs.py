@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
+from flowforge.api.responses import body_encoder, json_response
 from flowforge.api.schemas import (
     DEFAULT_PAGE_SIZE,
     Cursor,
@@ -190,6 +191,13 @@ class RunDetail(RunOut):
     step_logs: list[StepLogOut] = Field(description="By step position, then attempt.")
 
 
+# Each hot route's body, encoded once from the domain's records (flowforge/api/responses.py).
+ENCODE_RUN = body_encoder(RunOut)
+ENCODE_TRIGGERED = body_encoder(RunTriggered)
+ENCODE_DETAIL = body_encoder(RunDetail)
+ENCODE_PAGE = body_encoder(Page[RunOut])
+
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -214,6 +222,7 @@ RUN_LOCATION = {
 @router.post(
     "/workflows/{workflow_id}/runs",
     status_code=201,
+    response_model=RunTriggered,
     summary="Trigger a run",
     responses={
         201: {"description": "The new run", "headers": {"Location": RUN_LOCATION}},
@@ -237,7 +246,7 @@ async def trigger_run(
     principal: CurrentPrincipal,
     body: Annotated[RunTrigger, Body(default_factory=RunTrigger)],
     idempotency_key: IdempotencyKey = None,
-) -> RunTriggered:
+) -> Response:
     """Creates a pending run (201). An inactive workflow cannot be triggered (409)."""
     principal.require(Scope.WRITE)
     run, created = await runs.trigger_run(
@@ -253,36 +262,42 @@ async def trigger_run(
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    return RunTriggered(**run, replayed=not created)
+    return json_response({**run, "replayed": not created}, ENCODE_TRIGGERED, response, 201)
 
 
 @router.get(
     "/workflows/{workflow_id}/runs",
+    response_model=Page[RunOut],
     summary="List a workflow's runs, newest first",
     responses=error_responses(404),
 )
 async def list_runs(
     workflow_id: UUID,
+    response: Response,
     principal: ReadPrincipal,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
     limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[Cursor, Query()] = None,
-) -> Page[RunOut]:
+) -> Response:
     """Keyset pagination: pass `next_cursor` back as `cursor`. Runs created
     meanwhile never shift or repeat items."""
     principal.require(Scope.READ)
     items, next_cursor = await runs.list_runs(
         workflow_id, status=status, limit=limit, cursor=cursor, owner_id=principal.owner_filter
     )
-    return Page[RunOut](items=[RunOut(**item) for item in items], next_cursor=next_cursor)
+    return json_response({"items": items, "next_cursor": next_cursor}, ENCODE_PAGE, response)
 
 
 @router.get(
-    "/runs/{run_id}", summary="Get a run with its step attempts", responses=error_responses(404)
+    "/runs/{run_id}",
+    response_model=RunDetail,
+    summary="Get a run with its step attempts",
+    responses=error_responses(404),
 )
-async def get_run(run_id: UUID, principal: ReadPrincipal) -> RunDetail:
+async def get_run(run_id: UUID, response: Response, principal: ReadPrincipal) -> Response:
     principal.require(Scope.READ)
-    return RunDetail(**await runs.get_run(run_id, owner_id=principal.owner_filter))
+    run = await runs.get_run(run_id, owner_id=principal.owner_filter)
+    return json_response(run, ENCODE_DETAIL, response)
 
 
 @router.get(
@@ -309,10 +324,12 @@ async def list_run_history(
     )
 
 
-async def _transition(principal: Principal, run_id: UUID, action: str, **kwargs: Any) -> RunOut:
+async def _transition(
+    principal: Principal, response: Response, run_id: UUID, action: str, **kwargs: Any
+) -> Response:
     principal.require(Scope.WRITE)
     run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
-    return RunOut(**run)
+    return json_response(run, ENCODE_RUN, response)
 
 
 TRANSITION_RESPONSES = error_responses(404, 409)
@@ -320,50 +337,58 @@ TRANSITION_RESPONSES = error_responses(404, 409)
 
 @router.post(
     "/runs/{run_id}/start",
+    response_model=RunOut,
     summary="Start a pending run",
     description=LIFECYCLE,
     responses=TRANSITION_RESPONSES,
 )
-async def start_run(run_id: UUID, principal: CurrentPrincipal) -> RunOut:
-    return await _transition(principal, run_id, "start")
+async def start_run(run_id: UUID, response: Response, principal: CurrentPrincipal) -> Response:
+    return await _transition(principal, response, run_id, "start")
 
 
 @router.post(
     "/runs/{run_id}/complete",
+    response_model=RunOut,
     summary="Complete a running run",
     description=LIFECYCLE,
     responses=TRANSITION_RESPONSES,
 )
 async def complete_run(
     run_id: UUID,
+    response: Response,
     principal: CurrentPrincipal,
     body: Annotated[RunComplete, Body(default_factory=RunComplete)],
-) -> RunOut:
-    return await _transition(principal, run_id, "complete", outputs=body.outputs)
+) -> Response:
+    return await _transition(principal, response, run_id, "complete", outputs=body.outputs)
 
 
 @router.post(
     "/runs/{run_id}/fail",
+    response_model=RunOut,
     summary="Fail a running run (with its error)",
     description=LIFECYCLE,
     responses=TRANSITION_RESPONSES,
 )
-async def fail_run(run_id: UUID, body: RunFail, principal: CurrentPrincipal) -> RunOut:
-    return await _transition(principal, run_id, "fail", error=body.error)
+async def fail_run(
+    run_id: UUID, response: Response, body: RunFail, principal: CurrentPrincipal
+) -> Response:
+    return await _transition(principal, response, run_id, "fail", error=body.error)
 
 
 @router.post(
     "/runs/{run_id}/cancel",
+    response_model=RunOut,
     summary="Cancel a pending or running run",
     description=LIFECYCLE + " Open step attempts of a run that ends are closed as cancelled.",
     responses=TRANSITION_RESPONSES,
 )
 async def cancel_run(
     run_id: UUID,
+    response: Response,
     principal: CurrentPrincipal,
     body: Annotated[RunCancel, Body(default_factory=RunCancel)],
-) -> RunOut:
-    return await _transition(principal, run_id, "cancel", error=body.reason)
+) -> Response:
+    return await _transition(principal, response, run_id, "cancel", error=body.reason)
 
 
 @router.post(

@@ -15,8 +15,8 @@ from typing import Final, LiteralString
 from flowforge.db.sql.quote import column_list
 from flowforge.db.tables import RunHistory
 
-# The setting the history triggers read (when unset: "sql:" || session_user).
-ACTOR_SETTING: Final = "flowforge.actor"
+# The setting the history triggers read (when unset: "sql:" || session_user) is
+# flowforge.db.sql.session.ACTOR_SETTING: set here inside a statement, or by the BEGIN.
 
 
 def set_actor_sql(actor: LiteralString) -> LiteralString:
@@ -27,7 +27,8 @@ def set_actor_sql(actor: LiteralString) -> LiteralString:
 
 
 # For a job's or a command's own transaction (one round trip; not for requests:
-# authentication sets the request's actor in its own statement, see
+# authentication sets the request's actor in its own statement, or the BEGIN
+# does for a remembered key (flowforge.api.deps.request_transaction), see
 # flowforge.db.sql.api_keys.AUTHENTICATE).
 SET_ACTOR: Final[LiteralString] = f"SELECT {set_actor_sql('$1::text')}"
 

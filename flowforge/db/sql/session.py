@@ -34,3 +34,14 @@ def set_local(name: str, value: str) -> str:
 def begin_statement(local_settings: Mapping[str, str]) -> str:
     """``BEGIN`` followed by ``SET LOCAL`` of each setting: one round trip (simple query)."""
     return "; ".join([BEGIN, *(set_local(name, value) for name, value in local_settings.items())])
+
+
+# The request's actor for the run-history triggers (``api_key:<id>``), set in
+# the BEGIN the engine sends anyway when the caller is known before the
+# transaction starts (a cached principal, flowforge.api.deps): no round trip.
+ACTOR_SETTING: Final = "flowforge.actor"
+
+
+def with_actor(begin: str, actor: str) -> str:
+    """`begin` (a :func:`begin_statement`) that also sets :data:`ACTOR_SETTING` locally."""
+    return f"{begin}; {set_local(ACTOR_SETTING, actor)}"
