@@ -45,6 +45,12 @@ class InvalidTransitionError(ConflictError):
     code = "invalid_transition"
 
 
+class ConcurrencyLimitError(ConflictError):
+    """Starting this run now would exceed a concurrency limit (issue 18)."""
+
+    code = "concurrency_limit"
+
+
 class WorkflowInactiveError(ConflictError):
     """The workflow is deactivated: reactivate it before triggering runs."""
 

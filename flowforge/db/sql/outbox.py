@@ -91,6 +91,7 @@ def run_payload_sql(
         "inputs": f"{alias}.inputs",
         "idempotency_key": f"{alias}.idempotency_key",
         "outputs": f"{alias}.outputs",
+        "next_attempt_at": iso(f"{alias}.next_attempt_at"),
     }
     keys = CONTRACT[event_type].keys
     return _jsonb_object({key: values[key] for key in keys}, keys)

@@ -31,6 +31,12 @@ RUN_TABLE_COLUMNS: Final = (
     WorkflowRun.finished_at,
     WorkflowRun.created_at,
     WorkflowRun.updated_at,
+    # The run queue (issue 18).
+    WorkflowRun.priority,
+    WorkflowRun.not_before,
+    WorkflowRun.next_attempt_at,
+    WorkflowRun.claimed_by,
+    WorkflowRun.claims,
 )
 RUN_COLUMNS: Final = column_list(*RUN_TABLE_COLUMNS)
 LOG_TABLE_COLUMNS: Final = (
@@ -112,6 +118,7 @@ _TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
     payload=outbox.run_payload_sql(
         "c",
         "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
+        "WHEN c.next_attempt_at IS NOT NULL THEN 'awaiting_retry' "
         "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
         "run.started",
     ),

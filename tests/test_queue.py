@@ -1,0 +1,326 @@
+"""The run queue (issue 18): claims, concurrency limits, fairness, retries, leases.
+
+Real PostgreSQL and real concurrency: every claimer below is its own
+transaction on its own connection, racing the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from flowforge.core.errors import ConcurrencyLimitError, InvalidTransitionError
+from flowforge.db.engine import DB
+from flowforge.db.tables import ConcurrencyLimit, RunStatus, User, Workflow, WorkflowStep
+from flowforge.domain import queue, runs
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+async def make_owner() -> uuid.UUID:
+    row = (
+        await User.insert(User(email=f"{uuid.uuid4().hex[:8]}@example.com", display_name="Q"))
+        .returning(User.id)
+        .run()
+    )
+    return row[0]["id"]
+
+
+async def make_workflow(
+    owner: uuid.UUID,
+    *,
+    max_concurrency: int | None = None,
+    limit_id: uuid.UUID | None = None,
+    queue_name: str = "default",
+    retry_policy: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    row = (
+        await Workflow.insert(
+            Workflow(
+                owner_id=owner,
+                name=f"wf-{uuid.uuid4().hex[:6]}",
+                max_concurrency=max_concurrency,
+                concurrency_limit_id=limit_id,
+                queue=queue_name,
+            )
+        )
+        .returning(Workflow.id)
+        .run()
+    )
+    workflow_id: uuid.UUID = row[0]["id"]
+    await WorkflowStep.insert(
+        WorkflowStep(
+            workflow_id=workflow_id,
+            position=0,
+            name="only",
+            action_type="noop",
+            retry_policy=retry_policy or {},
+        )
+    ).run()
+    return workflow_id
+
+
+async def make_limit(name: str, max_running: int) -> uuid.UUID:
+    row = (
+        await ConcurrencyLimit.insert(ConcurrencyLimit(name=name, max_running=max_running))
+        .returning(ConcurrencyLimit.id)
+        .run()
+    )
+    return row[0]["id"]
+
+
+async def enqueue(workflow_id: uuid.UUID, count: int, **values: Any) -> None:
+    """`count` pending runs, in one statement (COPY-speed is not needed here)."""
+    columns = ", ".join(["workflow_id", *values])
+    placeholders = ", ".join(f"${i}" for i in range(2, len(values) + 2))
+    select = f"$1::uuid{', ' + placeholders if placeholders else ''}"
+    await DB.fetch(
+        f"INSERT INTO workflow_runs ({columns}) SELECT {select} FROM generate_series(1, {count})",
+        workflow_id,
+        *values.values(),
+    )
+
+
+async def queued() -> int:
+    rows = await DB.fetch(
+        "SELECT count(*) AS n FROM workflow_runs WHERE status IN ('pending', 'awaiting_retry')"
+    )
+    return int(rows[0]["n"])
+
+
+async def claim(worker: str, limit: int = 1, **filters: Any) -> list[Any]:
+    async with DB.transaction():
+        return await queue.claim_runs(worker, limit=limit, **filters)
+
+
+async def finish(run_id: uuid.UUID) -> None:
+    async with DB.transaction():
+        await runs.transition_run(run_id, "complete")
+
+
+@pytest.fixture
+async def wide_pool(database_url: str) -> AsyncIterator[None]:
+    """A pool with a connection per claimer (the default pool is smaller)."""
+    await DB.close_connection_pool()
+    await DB.start_connection_pool(min_size=2, max_size=56)
+    yield
+    await DB.close_connection_pool()
+    await DB.start_connection_pool()
+
+
+async def running_count(connection: asyncpg.Connection, workflow_ids: list[uuid.UUID]) -> int:
+    count: int = await connection.fetchval(
+        "SELECT count(*) FROM workflow_runs WHERE status = 'running' AND workflow_id = ANY($1)",
+        workflow_ids,
+    )
+    return count
+
+
+# -- claims ------------------------------------------------------------------------------
+
+
+async def test_a_claim_moves_due_runs_to_running_with_a_lease_and_an_event() -> None:
+    workflow = await make_workflow(await make_owner())
+    await enqueue(workflow, 3)
+    claimed = await claim("worker-a", limit=2)
+    assert len(claimed) == 2
+    for run in claimed:
+        assert run["status"] == "running" and run["claimed_by"] == "worker-a"
+        assert run["claims"] == 1 and run["started_at"] is not None
+    events = await DB.fetch(
+        "SELECT payload FROM outbox WHERE event_type = 'run.started' ORDER BY seq"
+    )
+    assert len(events) == 2
+    rest = await claim("worker-b", limit=5)
+    assert len(rest) == 1 and rest[0]["claimed_by"] == "worker-b"
+    assert await claim("worker-c", limit=5) == []
+
+
+async def test_claims_filter_by_workflow_and_by_queue() -> None:
+    owner = await make_owner()
+    first = await make_workflow(owner, queue_name="emails")
+    second = await make_workflow(owner)
+    await enqueue(first, 2)
+    await enqueue(second, 2)
+    assert {r["workflow_id"] for r in await claim("w", limit=10, queue="emails")} == {first}
+    assert {r["workflow_id"] for r in await claim("w", 10, workflow_ids=[second])} == {second}
+    assert await claim("w", limit=10) == []
+
+
+async def test_a_delayed_run_is_not_claimed_before_not_before() -> None:
+    workflow = await make_workflow(await make_owner())
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    await enqueue(workflow, 1, not_before=later)
+    assert await claim("w", limit=5) == []
+    await DB.fetch("UPDATE workflow_runs SET not_before = now() - interval '1 second'")
+    assert len(await claim("w", limit=5)) == 1
+
+
+async def test_higher_priority_is_claimed_first() -> None:
+    workflow = await make_workflow(await make_owner())
+    await enqueue(workflow, 3, priority=0)
+    await enqueue(workflow, 2, priority=10)
+    claimed = await claim("w", limit=2)
+    assert [run["priority"] for run in claimed] == [10, 10]
+
+
+async def test_twenty_workers_drain_the_queue_claiming_each_run_exactly_once(
+    wide_pool: None,
+) -> None:
+    """20 concurrent workers drain 5,000 runs (the benchmark drains 100,000)."""
+    owner = await make_owner()
+    workflows = [await make_workflow(owner) for _ in range(4)]
+    for workflow in workflows:
+        await enqueue(workflow, 1250)
+    seen: Counter[uuid.UUID] = Counter()
+
+    async def worker(number: int) -> None:
+        while True:
+            claimed = await claim(f"worker-{number}", limit=10)
+            if not claimed:
+                # Empty: drained, or what is left is locked by other claimers.
+                if not await queued():
+                    return
+                await asyncio.sleep(0.001)
+            seen.update(run["id"] for run in claimed)
+
+    await asyncio.gather(*(worker(n) for n in range(20)))
+    assert len(seen) == 5000
+    assert max(seen.values()) == 1
+    assert await queued() == 0
+    # Each run has exactly one run.started event: no double claim got committed.
+    events = await DB.fetch(
+        "SELECT count(*) AS n, count(DISTINCT aggregate_id) AS runs FROM outbox "
+        "WHERE event_type = 'run.started'"
+    )
+    assert dict(events[0]) == {"n": 5000, "runs": 5000}
+
+
+# -- concurrency limits ------------------------------------------------------------------
+
+
+async def race_against_a_limit(
+    database_url: str, workflows: list[uuid.UUID], limit: int, runs_total: int
+) -> tuple[int, int]:
+    """50 claimers (and finishers) race; a sampler on its own connection counts
+    running runs continuously. Returns (max running seen, samples)."""
+    stop = asyncio.Event()
+    samples: list[int] = []
+
+    async def sampler() -> None:
+        connection = await asyncpg.connect(database_url)
+        try:
+            while not stop.is_set():
+                samples.append(await running_count(connection, workflows))
+        finally:
+            await connection.close()
+
+    done: list[uuid.UUID] = []
+
+    async def claimer(number: int) -> None:
+        while len(done) < runs_total:
+            claimed = await claim(f"claimer-{number}", limit=3)
+            for run in claimed:
+                await asyncio.sleep(0.002)  # "work", holding the slot
+                await finish(run["id"])
+                done.append(run["id"])
+            if not claimed:
+                await asyncio.sleep(0.001)
+
+    sampling = asyncio.create_task(sampler())
+    await asyncio.wait_for(asyncio.gather(*(claimer(n) for n in range(50))), timeout=120)
+    stop.set()
+    await sampling
+    assert len(done) == runs_total == len(set(done))
+    return max(samples), len(samples)
+
+
+async def test_fifty_claimers_never_exceed_a_workflow_limit_of_three(
+    wide_pool: None, database_url: str
+) -> None:
+    workflow = await make_workflow(await make_owner(), max_concurrency=3)
+    await enqueue(workflow, 300)
+    peak, samples = await race_against_a_limit(database_url, [workflow], 3, 300)
+    assert peak == 3 and samples > 50
+
+
+async def test_fifty_claimers_never_exceed_a_named_limit_shared_by_workflows(
+    wide_pool: None, database_url: str
+) -> None:
+    owner = await make_owner()
+    shared = await make_limit("payments-api", 3)
+    workflows = [await make_workflow(owner, limit_id=shared) for _ in range(3)]
+    # One of them also has a workflow limit of its own.
+    workflows.append(await make_workflow(owner, limit_id=shared, max_concurrency=1))
+    for workflow in workflows:
+        await enqueue(workflow, 75)
+    peak, samples = await race_against_a_limit(database_url, workflows, 3, 300)
+    assert peak == 3 and samples > 50
+
+
+async def test_the_direct_start_respects_the_limit_and_says_why() -> None:
+    workflow = await make_workflow(await make_owner(), max_concurrency=1)
+    await enqueue(workflow, 2)
+    ids = [row["id"] for row in await DB.fetch("SELECT id FROM workflow_runs ORDER BY id")]
+    async with DB.transaction():
+        await runs.transition_run(ids[0], "start")
+    async with DB.transaction():
+        assert await queue.waiting_reason(ids[1]) == "workflow_concurrency"
+    with pytest.raises(ConcurrencyLimitError) as refused:
+        async with DB.transaction():
+            await runs.transition_run(ids[1], "start")
+    assert refused.value.details["waiting_reason"] == "workflow_concurrency"
+    assert await claim("w", limit=5) == []  # the claim is held back too
+    await finish(ids[0])
+    async with DB.transaction():
+        assert await queue.waiting_reason(ids[1]) == "queued"
+    assert [run["id"] for run in await claim("w", limit=5)] == [ids[1]]
+    with pytest.raises(InvalidTransitionError):
+        async with DB.transaction():
+            await runs.transition_run(ids[1], "start")
+
+
+async def test_racing_direct_starts_and_claims_never_exceed_a_limit(
+    wide_pool: None, database_url: str
+) -> None:
+    limit = await make_limit("db-writers", 2)
+    workflow = await make_workflow(await make_owner(), limit_id=limit)
+    await enqueue(workflow, 60)
+    ids = [row["id"] for row in await DB.fetch("SELECT id FROM workflow_runs")]
+
+    async def start(run_id: uuid.UUID) -> bool:
+        try:
+            async with DB.transaction():
+                await runs.transition_run(run_id, "start")
+        except (ConcurrencyLimitError, InvalidTransitionError):
+            return False
+        return True
+
+    started = await asyncio.gather(
+        *(start(run_id) for run_id in ids[:30]), *(claim(f"c{n}", 2) for n in range(20))
+    )
+    connection = await asyncpg.connect(database_url)
+    try:
+        assert await running_count(connection, [workflow]) == 2
+    finally:
+        await connection.close()
+    assert sum(1 for s in started[:30] if s) + sum(len(c) for c in started[30:]) == 2
+
+
+async def test_a_busy_workflow_does_not_starve_a_small_one() -> None:
+    owner = await make_owner()
+    busy = await make_workflow(owner)
+    small = await make_workflow(owner)
+    await enqueue(busy, 2000)
+    await enqueue(small, 10)
+    first = await claim("w", limit=10)
+    assert Counter(run["workflow_id"] for run in first) == {busy: 5, small: 5}
+    second = await claim("w", limit=10)
+    assert Counter(run["workflow_id"] for run in second) == {busy: 5, small: 5}
