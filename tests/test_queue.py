@@ -18,7 +18,7 @@ import pytest
 
 from flowforge.core.errors import ConcurrencyLimitError, InvalidTransitionError
 from flowforge.db.engine import DB
-from flowforge.db.tables import ConcurrencyLimit, RunStatus, User, Workflow, WorkflowStep
+from flowforge.db.tables import ConcurrencyLimit, User, Workflow, WorkflowStep
 from flowforge.domain import queue, runs
 
 pytestmark = pytest.mark.usefixtures("db")

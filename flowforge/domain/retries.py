@@ -75,7 +75,10 @@ async def retry_after_failure(
     raw = await connection.fetchval(STEP_RETRY_POLICY, step_id)
     if raw is None:
         return False
-    policy = Policy.from_json(loads(raw))
+    try:
+        policy = Policy.from_json(loads(raw))
+    except (TypeError, ValueError, AttributeError):
+        return False  # a policy stored before policies were validated: no retry
     if attempt >= policy.max_attempts:
         return False
     row = await connection.fetchrow(

@@ -23,6 +23,7 @@ wins and the other gets :class:`InvalidTransitionError` naming the state it foun
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, Final, cast
 from uuid import UUID
@@ -53,9 +54,9 @@ from flowforge.db.sql.runs import (
     list_runs_sql,
 )
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
+from flowforge.domain.limits import reserve_start_slot
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import RunRecord, RunWithLogs, StepLogRecord
-from flowforge.domain.limits import reserve_start_slot
 from flowforge.domain.retries import retry_after_failure
 from flowforge.domain.workflows import visible_workflow
 
@@ -90,12 +91,16 @@ async def trigger_run(
     triggered_by: UUID | None = None,
     idempotency_key: str | None = None,
     owner_id: UUID | None = None,
+    priority: int = 0,
+    not_before: datetime.datetime | None = None,
 ) -> tuple[RunRecord, bool]:
     """Create a pending run and its ``run.created`` event; returns (run, created).
 
     With an ``idempotency_key`` already used for this workflow, returns the
     existing run and ``created=False`` when the inputs and trigger type match,
     and raises :class:`IdempotencyConflictError` when they do not.
+    ``priority`` (-100..100, higher first) and ``not_before`` (not claimed
+    before then) order the run in the queue (flowforge.domain.queue).
     """
     connection = DB.require_transaction().connection
     inputs_json = dumps(inputs)
@@ -107,6 +112,8 @@ async def trigger_run(
         inputs_json,
         idempotency_key,
         owner_id,
+        priority,
+        not_before,
     )
     extra: tuple[str, ...]  # the statement's columns that are not the run's
     if row is None:

@@ -162,7 +162,7 @@ FROM run
 START_SLOTS: Final[LiteralString] = f"""
 {_SLOTS}
 WHERE w.id = $1
-"""  # noqa: S608
+"""
 
 
 # -- why a queued run waits ----------------------------------------------------------

@@ -77,8 +77,10 @@ WITH wf AS (
     WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
 ), created AS (
     INSERT INTO workflow_runs (workflow_id, trigger_type, triggered_by_user_id, inputs,
-                               idempotency_key)
-    SELECT wf.id, $2, $3, $4::jsonb, $5 FROM wf WHERE wf.is_active
+                               idempotency_key,
+                               priority, not_before)  -- the run queue (issue 18)
+    SELECT wf.id, $2, $3, $4::jsonb, $5,
+        $7::int, $8::timestamptz FROM wf WHERE wf.is_active
     ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
     RETURNING {RUN_COLUMNS}
 ), event AS (
