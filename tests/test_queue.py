@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,8 +22,11 @@ import pytest
 
 from flowforge.core.errors import ConcurrencyLimitError, InvalidTransitionError
 from flowforge.db.engine import DB
-from flowforge.db.tables import ConcurrencyLimit, User, Workflow, WorkflowStep
+from flowforge.db.tables import ConcurrencyLimit, RunStatus, User, Workflow, WorkflowStep
 from flowforge.domain import queue, runs
+from flowforge.jobs.reaper import reap_stuck_runs
+from tests import relay_support as rs
+from tests import support
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -324,3 +331,149 @@ async def test_a_busy_workflow_does_not_starve_a_small_one() -> None:
     assert Counter(run["workflow_id"] for run in first) == {busy: 5, small: 5}
     second = await claim("w", limit=10)
     assert Counter(run["workflow_id"] for run in second) == {busy: 5, small: 5}
+
+
+# -- leases -------------------------------------------------------------------------------
+
+
+async def test_a_sigkilled_workers_runs_come_back_after_their_lease(database_url: str) -> None:
+    workflow = await make_workflow(await make_owner())
+    await enqueue(workflow, 5)
+    lease = 2.0
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.queue_worker", "3"],
+        cwd=support.REPO_ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), timeout=60)
+        assert line.startswith("CLAIMED "), (line, worker.stderr.read() if worker.stderr else "")
+        doomed = {uuid.UUID(part) for part in line.split()[1].split(",")}
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate()
+    assert len(doomed) == 3
+    rows = await DB.fetch(
+        "SELECT id, status, claimed_by, heartbeat_at, clock_timestamp() - heartbeat_at AS age "
+        "FROM workflow_runs WHERE id = ANY($1)",
+        list(doomed),
+    )
+    assert {row["status"] for row in rows} == {"running"}
+    # The two runs it did not claim are still there for others; the doomed ones are not.
+    others = await claim("survivor", limit=5)
+    assert len(others) == 2 and {run["id"] for run in others}.isdisjoint(doomed)
+    for run in others:
+        await finish(run["id"])
+    young = max(row["age"] for row in rows).total_seconds() < lease
+    report = await reap_stuck_runs(lease, max_claims=3)
+    if young:  # within the lease: nothing comes back early
+        assert report.requeued == [] and report.runs == []
+
+    async def came_back() -> bool:
+        report = await reap_stuck_runs(lease, max_claims=3)
+        return bool(report.requeued) or await queued() == 3
+
+    await rs.wait_for(came_back, within=30, interval=0.1)
+    again = await claim("survivor", limit=5)
+    assert {run["id"] for run in again} == doomed
+    assert {run["claims"] for run in again} == {2}
+    events = await DB.fetch(
+        "SELECT count(*) AS n FROM outbox WHERE event_type = 'run.retry_scheduled' "
+        "AND aggregate_id = ANY($1)",
+        list(doomed),
+    )
+    assert events[0]["n"] == 3
+
+
+async def test_a_lapsed_lease_fails_the_run_once_its_claims_are_used_up() -> None:
+    workflow = await make_workflow(await make_owner())
+    await enqueue(workflow, 1)
+    for expected_claims in (1, 2):
+        [run] = await claim("w")
+        assert run["claims"] == expected_claims
+        await DB.fetch("UPDATE workflow_runs SET heartbeat_at = now() - interval '1 hour'")
+        report = await reap_stuck_runs(60, max_claims=2)
+        if expected_claims == 1:
+            assert report.requeued == [run["id"]] and report.runs == []
+        else:
+            assert report.requeued == [] and report.runs == [run["id"]]
+    [row] = await DB.fetch("SELECT status, error FROM workflow_runs")
+    assert row["status"] == "failed" and "Reaped" in row["error"]
+
+
+async def test_a_lapsed_lease_mid_attempt_follows_the_steps_retry_policy() -> None:
+    owner = await make_owner()
+    retried = await make_workflow(owner, retry_policy={"max_attempts": 2})
+    once = await make_workflow(owner)  # {}: one attempt
+    await enqueue(retried, 1)
+    await enqueue(once, 1)
+    for run in await claim("w", limit=2):
+        async with DB.transaction():
+            await runs.append_step_log(run["id"], step_position=0)
+    await DB.fetch("UPDATE workflow_runs SET heartbeat_at = now() - interval '1 hour'")
+    report = await reap_stuck_runs(60, max_claims=5)
+    statuses = {
+        row["workflow_id"]: row["status"]
+        for row in await DB.fetch("SELECT workflow_id, status FROM workflow_runs")
+    }
+    assert statuses == {retried: "awaiting_retry", once: "failed"}
+    assert len(report.requeued) == 1 and len(report.runs) == 1
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+async def test_retries_fire_at_their_due_time_never_early_with_the_policys_backoff() -> None:
+    policy = {
+        "max_attempts": 3,
+        "backoff": {"initial_seconds": 0.4, "multiplier": 2, "max_seconds": 10},
+        "jitter": 0.25,
+    }
+    workflow = await make_workflow(await make_owner(), retry_policy=policy)
+    await enqueue(workflow, 1)
+    [run] = await claim("w")
+    for attempt, backoff in ((1, 0.4), (2, 0.8)):
+        async with DB.transaction():
+            log = await runs.append_step_log(
+                run["id"], step_position=0, status=RunStatus.FAILED, error="boom"
+            )
+        assert log["attempt"] == attempt
+        [row] = await DB.fetch(
+            "SELECT status, next_attempt_at, updated_at FROM workflow_runs WHERE id = $1",
+            run["id"],
+        )
+        assert row["status"] == "awaiting_retry"
+        delay = (row["next_attempt_at"] - row["updated_at"]).total_seconds()
+        assert backoff <= delay <= backoff * 1.25 + 0.05
+        # Poll the claim until it hands the run back: never before next_attempt_at.
+        while not (claimed := await claim("w")):
+            await asyncio.sleep(0.01)
+        [now] = await DB.fetch("SELECT clock_timestamp() AS t")
+        assert now["t"] >= row["next_attempt_at"]
+        assert claimed[0]["id"] == run["id"] and claimed[0]["next_attempt_at"] is None
+        run = claimed[0]
+    # The third attempt is the last: a failure leaves the run running, for its executor.
+    async with DB.transaction():
+        await runs.append_step_log(
+            run["id"], step_position=0, status=RunStatus.FAILED, error="boom"
+        )
+    [row] = await DB.fetch("SELECT status FROM workflow_runs WHERE id = $1", run["id"])
+    assert row["status"] == "running"
+
+
+async def test_a_finished_failed_attempt_schedules_a_retry_too() -> None:
+    workflow = await make_workflow(await make_owner(), retry_policy={"max_attempts": 2})
+    await enqueue(workflow, 1)
+    [run] = await claim("w")
+    async with DB.transaction():
+        log = await runs.append_step_log(run["id"], step_position=0)
+        await runs.finish_step_log(run["id"], log["id"], status=RunStatus.FAILED, error="x")
+    [row] = await DB.fetch("SELECT status, error FROM workflow_runs")
+    assert row["status"] == "awaiting_retry" and "Attempt 1 failed" in row["error"]
