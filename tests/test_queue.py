@@ -336,18 +336,22 @@ async def test_a_busy_workflow_does_not_starve_a_small_one() -> None:
 # -- leases -------------------------------------------------------------------------------
 
 
-async def test_a_sigkilled_workers_runs_come_back_after_their_lease(database_url: str) -> None:
-    workflow = await make_workflow(await make_owner())
-    await enqueue(workflow, 5)
-    lease = 2.0
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.queue_worker", "3"],
+def start_worker(database_url: str, limit: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.queue_worker", str(limit)],
         cwd=support.REPO_ROOT,
         env={**os.environ, "DATABASE_URL": database_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+async def test_a_sigkilled_workers_runs_come_back_after_their_lease(database_url: str) -> None:
+    workflow = await make_workflow(await make_owner())
+    await enqueue(workflow, 5)
+    lease = 2.0
+    worker = start_worker(database_url, 3)
     try:
         assert worker.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(worker.stdout.readline), timeout=60)
@@ -453,8 +457,13 @@ async def test_retries_fire_at_their_due_time_never_early_with_the_policys_backo
         delay = (row["next_attempt_at"] - row["updated_at"]).total_seconds()
         assert backoff <= delay <= backoff * 1.25 + 0.05
         # Poll the claim until it hands the run back: never before next_attempt_at.
-        while not (claimed := await claim("w")):
-            await asyncio.sleep(0.01)
+        claimed: list[Any] = []
+
+        async def handed_back() -> bool:
+            claimed.extend(await claim("w"))
+            return bool(claimed)
+
+        await rs.wait_for(handed_back, within=10, interval=0.01)
         [now] = await DB.fetch("SELECT clock_timestamp() AS t")
         assert now["t"] >= row["next_attempt_at"]
         assert claimed[0]["id"] == run["id"] and claimed[0]["next_attempt_at"] is None
