@@ -434,6 +434,18 @@ async def test_a_lapsed_lease_mid_attempt_follows_the_steps_retry_policy() -> No
 # -- retries ------------------------------------------------------------------------------
 
 
+async def claim_when_due() -> list[Any]:
+    """Poll the claim until it hands something out."""
+    claimed: list[Any] = []
+
+    async def handed_out() -> bool:
+        claimed.extend(await claim("w"))
+        return bool(claimed)
+
+    await rs.wait_for(handed_out, within=10, interval=0.01)
+    return claimed
+
+
 async def test_retries_fire_at_their_due_time_never_early_with_the_policys_backoff() -> None:
     policy = {
         "max_attempts": 3,
@@ -457,13 +469,7 @@ async def test_retries_fire_at_their_due_time_never_early_with_the_policys_backo
         delay = (row["next_attempt_at"] - row["updated_at"]).total_seconds()
         assert backoff <= delay <= backoff * 1.25 + 0.05
         # Poll the claim until it hands the run back: never before next_attempt_at.
-        claimed: list[Any] = []
-
-        async def handed_back() -> bool:
-            claimed.extend(await claim("w"))
-            return bool(claimed)
-
-        await rs.wait_for(handed_back, within=10, interval=0.01)
+        claimed = await claim_when_due()
         [now] = await DB.fetch("SELECT clock_timestamp() AS t")
         assert now["t"] >= row["next_attempt_at"]
         assert claimed[0]["id"] == run["id"] and claimed[0]["next_attempt_at"] is None
