@@ -52,9 +52,8 @@ NEW_CHECKS = {
         # Due time exactly while awaiting_retry; a run cancelled while awaiting
         # keeps it (when it would have retried; its event's previous_status).
         "workflow_runs_retry_has_due_time": (
-            "(status = 'awaiting_retry' AND next_attempt_at IS NOT NULL) "
-            "OR (status IN ('pending', 'running') AND next_attempt_at IS NULL) "
-            "OR status IN ('completed', 'failed', 'cancelled')"
+            "(status <> 'awaiting_retry' OR next_attempt_at IS NOT NULL) "
+            "AND (status NOT IN ('pending', 'running') OR next_attempt_at IS NULL)"
         ),
         "workflow_runs_claims_non_negative": "claims >= 0",
     },

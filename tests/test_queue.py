@@ -483,6 +483,23 @@ async def test_retries_fire_at_their_due_time_never_early_with_the_policys_backo
     assert row["status"] == "running"
 
 
+async def test_a_run_started_by_id_keeps_its_executors_own_retry_loop() -> None:
+    """Only the queue's runs (claimed) are requeued: an executor that starts a run
+    by id and retries inline (as the seed does) sees it stay running."""
+    workflow = await make_workflow(await make_owner(), retry_policy={"max_attempts": 3})
+    await enqueue(workflow, 1)
+    [row] = await DB.fetch("SELECT id FROM workflow_runs")
+    async with DB.transaction():
+        await runs.transition_run(row["id"], "start")
+        await runs.append_step_log(
+            row["id"], step_position=0, status=RunStatus.FAILED, error="once"
+        )
+        second = await runs.append_step_log(row["id"], step_position=0)
+    assert second["attempt"] == 2
+    [row] = await DB.fetch("SELECT status FROM workflow_runs")
+    assert row["status"] == "running"
+
+
 async def test_a_finished_failed_attempt_schedules_a_retry_too() -> None:
     workflow = await make_workflow(await make_owner(), retry_policy={"max_attempts": 2})
     await enqueue(workflow, 1)

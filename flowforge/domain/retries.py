@@ -7,12 +7,14 @@ A step's ``retry_policy`` (validated on write: ``flowforge.api.schemas.RetryPoli
      "jitter": 0.1}
 
 ``{}`` (the default) is one attempt: no retry. When an attempt of a running run
-is logged or finished as failed and its number is below ``max_attempts``, the
+that a worker claimed from the queue is logged or finished as failed and its number is below ``max_attempts``, the
 run moves to ``awaiting_retry`` with ``next_attempt_at`` = now + the backoff of
 that attempt: ``min(initial * multiplier ** (attempt - 1), max)``, plus up to
 ``jitter`` of it (random, never less: a retry is never early). The claim picks
 it up when due. When attempts are exhausted the run stays running: its executor
-fails it (or moves on), as before.
+fails it (or moves on), as before. A run started by id (``POST /runs/{id}/start``)
+is not the queue's: its executor retries in its own loop, as before issue 18
+(the seed does), and a failed attempt leaves it running.
 """
 
 from __future__ import annotations

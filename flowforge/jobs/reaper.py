@@ -89,6 +89,17 @@ async def requeue_batch(lease_seconds: float, batch_size: int, max_claims: int) 
         run_ids = [run["id"] for run in runs]
         await connection.execute(FAIL_STEP_ATTEMPTS, run_ids, STEP_ERROR)
         await connection.execute(CANCEL_PENDING_STEPS, run_ids)
+        await record_events(
+            [
+                (
+                    events.WORKFLOW_RUN,
+                    run["id"],
+                    events.RUN_EVENT_BY_STATUS["awaiting_retry"],
+                    events.run_payload(dict(run), previous_status="running"),
+                )
+                for run in runs
+            ]
+        )
     return runs
 
 

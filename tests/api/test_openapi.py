@@ -337,6 +337,7 @@ OPERATION_IDS = {
     "POST /api/v1/workflows/{workflow_id}/runs": "trigger_run",
     "GET /api/v1/workflows/{workflow_id}/runs": "list_runs",
     "GET /api/v1/runs/{run_id}": "get_run",
+    "POST /api/v1/runs/claim": "claim_runs",
     "POST /api/v1/runs/{run_id}/start": "start_run",
     "POST /api/v1/runs/{run_id}/complete": "complete_run",
     "POST /api/v1/runs/{run_id}/fail": "fail_run",

@@ -159,7 +159,7 @@ async def test_a_bad_retry_policy_is_refused_on_write(
 
 
 async def test_a_failed_attempt_under_its_policy_awaits_a_retry_visibly(
-    client: httpx.AsyncClient, developer: Caller
+    client: httpx.AsyncClient, developer: Caller, worker: Caller
 ) -> None:
     policy = {"max_attempts": 2, "backoff": {"initial_seconds": 60}}
     workflow = await create_workflow(
@@ -169,11 +169,12 @@ async def test_a_failed_attempt_under_its_policy_awaits_a_retry_visibly(
     )
     assert workflow["steps"][0]["retry_policy"] == policy
     run = await trigger(client, developer, workflow["id"])
-    await client.post(f"/api/v1/runs/{run['id']}/start", headers=developer.headers)
+    [claimed] = (await claim(client, worker)).json()["runs"]
+    assert claimed["id"] == run["id"]
     failed = await client.post(
         f"/api/v1/runs/{run['id']}/step-logs",
         json={"step_position": 0, "status": "failed", "error": "timeout"},
-        headers=developer.headers,
+        headers=worker.headers,
     )
     assert failed.status_code == 201, failed.text
     detail = (await client.get(f"/api/v1/runs/{run['id']}", headers=developer.headers)).json()

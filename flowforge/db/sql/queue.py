@@ -191,7 +191,7 @@ _RETRY_SCHEDULED: Final[LiteralString] = outbox.insert_from(
     payload=outbox.run_payload_sql("c", "'running'", "run.retry_scheduled"),
 )
 
-# A running run back to the queue until $2 seconds from now (the backoff):
+# A claimed running run back to the queue until $2 seconds from now (the backoff):
 # awaiting_retry, its lease released, the failure ($3) kept as its error, with
 # its run.retry_scheduled event. Its caller holds the run's row lock.
 SCHEDULE_RETRY: Final[LiteralString] = f"""
@@ -202,7 +202,7 @@ WITH waiting AS (
         heartbeat_at = NULL,
         claimed_by = NULL,
         error = $3::text
-    WHERE r.id = $1 AND r.status = 'running'
+    WHERE r.id = $1 AND r.status = 'running' AND r.claimed_by IS NOT NULL
     RETURNING {RUN_COLUMNS_OF_R}
 ), event AS (
     {_RETRY_SCHEDULED}

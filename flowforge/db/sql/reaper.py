@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Final, LiteralString
 
-from flowforge.core import events
-from flowforge.db.sql import outbox
 from flowforge.db.sql.runs import RUN_COLUMNS_OF_R
 
 # The lease expression must match the index expression exactly to use it.
@@ -32,14 +30,8 @@ FOR UPDATE SKIP LOCKED
 # fewer than $3 times and the step attempt it was running, if any, may be
 # retried under its step's policy (a policy without a usable max_attempts is
 # one attempt). Run before REAP in the same transaction: REAP fails the rest.
-# Its event is run.retry_scheduled; the lease lapse is the run's error.
-_REQUEUED_EVENT: Final[LiteralString] = outbox.insert_from(
-    "requeued c",
-    aggregate_type=events.WORKFLOW_RUN,
-    aggregate_id="c.id",
-    event_type="'run.retry_scheduled'",
-    payload=outbox.run_payload_sql("c", "'running'", "run.retry_scheduled"),
-)
+# Its event (run.retry_scheduled) is written by the reaper from the returned
+# rows, as REAP's are: no outbox write (nor its lock) when nothing lapsed.
 REQUEUE: Final[LiteralString] = f"""
 WITH stuck AS (
     SELECT r.id FROM workflow_runs r
@@ -70,10 +62,8 @@ WITH stuck AS (
         )
     WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
     RETURNING {RUN_COLUMNS_OF_R}
-), event AS (
-    {_REQUEUED_EVENT}
 )
-SELECT id, workflow_id FROM requeued
+SELECT * FROM requeued
 """  # noqa: S608
 
 REAP: Final[LiteralString] = f"""
