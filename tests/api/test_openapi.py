@@ -14,7 +14,7 @@ from flowforge.api import health
 from flowforge.api.app import create_app
 from flowforge.api.examples import SCHEMA_EXAMPLES
 from flowforge.api.routes import api_keys, runs, users, workflows
-from flowforge.api.schemas import ErrorDetail, ErrorResponse, JsonObject, Page
+from flowforge.api.schemas import Backoff, ErrorDetail, ErrorResponse, JsonObject, Page, RetryPolicy
 from flowforge.db.tables import Role, RunStatus, Scope, TriggerType
 from flowforge.domain.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from tests.api.conftest import Caller, create_workflow
@@ -31,6 +31,8 @@ MODELS: dict[str, Any] = {
     "ErrorDetail": ErrorDetail,
     "ErrorResponse": ErrorResponse,
     "JsonObject": JsonObject,
+    "Backoff": Backoff,
+    "RetryPolicy": RetryPolicy,
 }
 
 

@@ -41,11 +41,17 @@ CLAIM_WORKFLOWS: Final[LiteralString] = f"""
 WITH candidate AS MATERIALIZED (
     SELECT w.id, w.max_concurrency, w.concurrency_limit_id
     FROM workflows w
+    -- LIMIT 1 keeps this a probe of the due index per workflow: as EXISTS the
+    -- planner may turn it into a semi-join that reads every queued run, which
+    -- grows with the queue's depth (tests/test_explain.py).
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM workflow_runs r
+        WHERE r.workflow_id = w.id AND {QUEUED} AND {DUE_AT} <= now()
+        LIMIT 1
+    ) due
     WHERE ($1::uuid[] IS NULL OR w.id = ANY($1::uuid[]))
       AND ($2::text IS NULL OR w.queue = $2::text)
       AND ($3::uuid IS NULL OR w.owner_id = $3::uuid)
-      AND EXISTS (SELECT 1 FROM workflow_runs r
-                  WHERE r.workflow_id = w.id AND {QUEUED} AND {DUE_AT} <= now())
 ), named AS (
     SELECT l.id FROM concurrency_limits l
     WHERE l.id IN (SELECT concurrency_limit_id FROM candidate)
@@ -65,13 +71,18 @@ WHERE (c.max_concurrency IS NULL OR c.id IN (SELECT id FROM capped))
 
 # Free slots of each workflow (and of its named limit), counted in this
 # statement's snapshot: after the limit locks are held (see the module doc).
+# NULL: no such limit (CASE: an unlimited workflow's running runs are not counted).
 _SLOTS: Final[LiteralString] = """
 SELECT w.id AS workflow_id, w.concurrency_limit_id AS limit_id, l.name AS limit_name,
-    w.max_concurrency - (SELECT count(*) FROM workflow_runs x
-                         WHERE x.workflow_id = w.id AND x.status = 'running') AS workflow_free,
-    l.max_running - (SELECT count(*) FROM workflow_runs x JOIN workflows lw
-                         ON lw.id = x.workflow_id
-                     WHERE lw.concurrency_limit_id = l.id AND x.status = 'running') AS limit_free
+    CASE WHEN w.max_concurrency IS NOT NULL THEN
+        w.max_concurrency - (SELECT count(*) FROM workflow_runs x
+                             WHERE x.workflow_id = w.id AND x.status = 'running')
+    END AS workflow_free,
+    CASE WHEN l.id IS NOT NULL THEN
+        l.max_running - (SELECT count(*) FROM workflow_runs x JOIN workflows lw
+                             ON lw.id = x.workflow_id
+                         WHERE lw.concurrency_limit_id = l.id AND x.status = 'running')
+    END AS limit_free
 FROM workflows w LEFT JOIN concurrency_limits l ON l.id = w.concurrency_limit_id
 """
 
