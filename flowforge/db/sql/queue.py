@@ -94,7 +94,10 @@ _RUN_STARTED: Final[LiteralString] = outbox.insert_from(
     payload=outbox.run_payload_sql("c", "c.previous_status", "run.started"),
 )
 
-# $1: the workflows CLAIM_WORKFLOWS returned, $2: at most this many runs,
+# Each workflow offers at most its fair share of the claim plus one
+# (ceil(N / W) + 1), so a claim locks about N + W runs rather than N per
+# workflow; a claim may then hand out fewer than N when few workflows hold most
+# of the due runs (a worker asks again). $1: the workflows CLAIM_WORKFLOWS returned, $2: at most this many runs,
 # $3: the worker's id. Order: priority (higher first), then round robin across
 # workflows (each workflow's first due run, then each one's second, ...), then
 # due time: a workflow with 100,000 due runs gets no more of a claim than one
@@ -114,7 +117,9 @@ WITH slot AS (
         WHERE r.workflow_id = s.workflow_id AND {QUEUED} AND {DUE_AT} <= now()
         ORDER BY r.priority DESC, {DUE_AT}, r.id
         LIMIT GREATEST(LEAST($2::int, COALESCE(s.workflow_free, $2::int),
-                             COALESCE(s.limit_free, $2::int)), 0)
+                             COALESCE(s.limit_free, $2::int),
+                             -- a fair share and one more: locks ~N + W rows, not N * W
+                             ceil($2::numeric / cardinality($1::uuid[]))::int + 1), 0)
         FOR NO KEY UPDATE SKIP LOCKED
     ) q
 ), within_limit AS (
