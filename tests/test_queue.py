@@ -112,14 +112,25 @@ async def finish(run_id: uuid.UUID) -> None:
         await runs.transition_run(run_id, "complete")
 
 
+async def restart_pool(**sizes: int) -> None:
+    """(Re)start the engine's pool with every connection opened up front, waiting
+    while the shared server has no free connection slots (other suites run there)."""
+
+    async def started() -> bool:
+        await DB.close_connection_pool()
+        await DB.start_connection_pool(**sizes)
+        return DB.pool is not None
+
+    await rs.wait_for(started, within=120, interval=1.0)
+
+
 @pytest.fixture
 async def wide_pool(database_url: str) -> AsyncIterator[None]:
-    """A pool with a connection per claimer (the default pool is smaller)."""
-    await DB.close_connection_pool()
-    await DB.start_connection_pool(min_size=2, max_size=56)
+    """A pool with a connection per claimer (the default pool is smaller), all
+    opened before the test: none is opened (and refused) while claimers race."""
+    await restart_pool(min_size=56, max_size=56)
     yield
-    await DB.close_connection_pool()
-    await DB.start_connection_pool()
+    await restart_pool()
 
 
 async def running_count(connection: asyncpg.Connection, workflow_ids: list[uuid.UUID]) -> int:
