@@ -257,6 +257,7 @@ async def race_against_a_limit(
     stop.set()
     await sampling
     assert len(done) == runs_total == len(set(done))
+    print(f"\nlimit {limit}: {len(samples)} samples, peak {max(samples)}, runs {runs_total}")
     return max(samples), len(samples)
 
 
