@@ -1,8 +1,10 @@
 """The run queue's columns and the concurrency_limits table (issue 18).
 
-workflow_runs gains priority (DEFAULT 0), not_before, next_attempt_at,
-claimed_by and claims (DEFAULT 0); workflows gain queue (DEFAULT 'default'),
-max_concurrency and concurrency_limit_id. Every new column is nullable or has a
+workflows gain queue (DEFAULT 'default'), max_concurrency and
+concurrency_limit_id; the next migration adds workflow_runs' columns. One table
+under ACCESS EXCLUSIVE per migration (each its own transaction): a writer that
+holds one of the two tables and waits for the other (a trigger reads workflows
+and inserts into workflow_runs) cannot deadlock with a migration holding both. Every new column is nullable or has a
 constant default: a catalog change, no table rewrite. The foreign key of
 concurrency_limit_id is validated under the ADD COLUMN's lock by a scan that
 finds only NULLs (and workflows is small). The raw step (which Piccolo runs
@@ -10,12 +12,9 @@ first, in the same transaction) bounds the wait for the ACCESS EXCLUSIVE
 locks. Their CHECK constraints, and the changed status / timestamps CHECKs,
 come from the next migrations (NOT VALID, then VALIDATE); the due-runs index is
 built CONCURRENTLY after them. Backwards drops the columns and the table.
-The alter_column steps record the new RunStatus member in Piccolo's state
-only (no SQL).
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from enum import Enum
 from piccolo.columns.base import OnDelete
 from piccolo.columns.base import OnUpdate
 from piccolo.columns.column_types import ForeignKey
@@ -255,182 +254,6 @@ async def forwards():
             "db_column_name": None,
             "secret": False,
         },
-        schema=None,
-    )
-
-    manager.add_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="claimed_by",
-        db_column_name="claimed_by",
-        column_class_name="Varchar",
-        column_class=Varchar,
-        params={
-            "length": 200,
-            "default": None,
-            "null": True,
-            "primary_key": False,
-            "unique": False,
-            "index": False,
-            "index_method": IndexMethod.btree,
-            "choices": None,
-            "db_column_name": None,
-            "secret": False,
-        },
-        schema=None,
-    )
-
-    manager.add_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="claims",
-        db_column_name="claims",
-        column_class_name="Integer",
-        column_class=Integer,
-        params={
-            "default": 0,
-            "null": False,
-            "primary_key": False,
-            "unique": False,
-            "index": False,
-            "index_method": IndexMethod.btree,
-            "choices": None,
-            "db_column_name": None,
-            "secret": False,
-        },
-        schema=None,
-    )
-
-    manager.add_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="next_attempt_at",
-        db_column_name="next_attempt_at",
-        column_class_name="Timestamptz",
-        column_class=Timestamptz,
-        params={
-            "default": None,
-            "null": True,
-            "primary_key": False,
-            "unique": False,
-            "index": False,
-            "index_method": IndexMethod.btree,
-            "choices": None,
-            "db_column_name": None,
-            "secret": False,
-        },
-        schema=None,
-    )
-
-    manager.add_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="not_before",
-        db_column_name="not_before",
-        column_class_name="Timestamptz",
-        column_class=Timestamptz,
-        params={
-            "default": None,
-            "null": True,
-            "primary_key": False,
-            "unique": False,
-            "index": False,
-            "index_method": IndexMethod.btree,
-            "choices": None,
-            "db_column_name": None,
-            "secret": False,
-        },
-        schema=None,
-    )
-
-    manager.add_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="priority",
-        db_column_name="priority",
-        column_class_name="Integer",
-        column_class=Integer,
-        params={
-            "default": 0,
-            "null": False,
-            "primary_key": False,
-            "unique": False,
-            "index": False,
-            "index_method": IndexMethod.btree,
-            "choices": None,
-            "db_column_name": None,
-            "secret": False,
-        },
-        schema=None,
-    )
-
-    manager.alter_column(
-        table_class_name="WorkflowRun",
-        tablename="workflow_runs",
-        column_name="status",
-        db_column_name="status",
-        params={
-            "choices": Enum(
-                "RunStatus",
-                {
-                    "PENDING": "pending",
-                    "RUNNING": "running",
-                    "COMPLETED": "completed",
-                    "FAILED": "failed",
-                    "CANCELLED": "cancelled",
-                    "AWAITING_RETRY": "awaiting_retry",
-                },
-            )
-        },
-        old_params={
-            "choices": Enum(
-                "RunStatus",
-                {
-                    "PENDING": "pending",
-                    "RUNNING": "running",
-                    "COMPLETED": "completed",
-                    "FAILED": "failed",
-                    "CANCELLED": "cancelled",
-                },
-            )
-        },
-        column_class=Varchar,
-        old_column_class=Varchar,
-        schema=None,
-    )
-
-    manager.alter_column(
-        table_class_name="RunStepLog",
-        tablename="run_step_logs",
-        column_name="status",
-        db_column_name="status",
-        params={
-            "choices": Enum(
-                "RunStatus",
-                {
-                    "PENDING": "pending",
-                    "RUNNING": "running",
-                    "COMPLETED": "completed",
-                    "FAILED": "failed",
-                    "CANCELLED": "cancelled",
-                    "AWAITING_RETRY": "awaiting_retry",
-                },
-            )
-        },
-        old_params={
-            "choices": Enum(
-                "RunStatus",
-                {
-                    "PENDING": "pending",
-                    "RUNNING": "running",
-                    "COMPLETED": "completed",
-                    "FAILED": "failed",
-                    "CANCELLED": "cancelled",
-                },
-            )
-        },
-        column_class=Varchar,
-        old_column_class=Varchar,
         schema=None,
     )
 

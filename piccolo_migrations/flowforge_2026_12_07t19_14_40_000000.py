@@ -7,14 +7,14 @@ the ``worker`` scope. New: ``workflow_runs_priority_range``,
 ``workflows_max_concurrency_positive``, ``workflows_queue_not_blank``.
 
 Each is (re-)added ``NOT VALID``: a catalog change under a short ACCESS EXCLUSIVE
-lock (bounded by ``lock_timeout``), checked for every new or updated row from
+lock (bounded by ``lock_timeout``; one table per transaction), checked for every new or updated row from
 then on, without scanning the existing rows. The next migration validates them
 (a scan under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on), so a
 table of a million runs keeps serving throughout. Raw SQL: Piccolo cannot add a
 constraint NOT VALID; the bodies are those of flowforge/db/tables.py.
 
-Backwards restores the previous bodies and validates them: it fails (and
-changes nothing) while a run is awaiting_retry or a key has the worker scope,
+Backwards restores the previous bodies and validates them; it refuses first
+(changing nothing) while a run is awaiting_retry or a key has the worker scope,
 which the previous schema cannot represent.
 """
 
@@ -70,10 +70,18 @@ CHANGED = [
 
 
 def _replace(table: str, name: str, body: str) -> str:
-    return (
-        f"ALTER TABLE {table} DROP CONSTRAINT {name}, "
-        f"ADD CONSTRAINT {name} CHECK ({body}) NOT VALID"
-    )
+    return f"DROP CONSTRAINT IF EXISTS {name}, ADD CONSTRAINT {name} CHECK ({body}) NOT VALID"
+
+
+def _per_table(clauses: list[tuple[str, str]]) -> list[str]:
+    """One ALTER TABLE per table, each its own transaction with a bounded lock wait."""
+    tables: dict[str, list[str]] = {}
+    for table, clause in clauses:
+        tables.setdefault(table, []).append(clause)
+    return [
+        f"SET LOCAL lock_timeout = '5s'; ALTER TABLE {table} {', '.join(parts)}"
+        for table, parts in tables.items()
+    ]
 
 
 # concurrency_limits is new (previous migration): it gets the updated_at
@@ -83,38 +91,65 @@ TRIGGER = (
     "FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION flowforge_set_updated_at()"
 )
 
+# Each statement is its own transaction (wrap_in_transaction=False; a
+# multi-statement string runs as one implicit transaction): it holds ACCESS
+# EXCLUSIVE on one table only, so a writer holding another of them cannot
+# deadlock with it (benchmarks/partitions.py's writer did, when one transaction
+# altered workflow_runs and then workflows). Each is idempotent, so a run
+# interrupted between them simply runs again.
 FORWARDS = [
-    "SET LOCAL lock_timeout = '5s'",
-    TRIGGER,
-    *(_replace(table, name, new) for table, name, _old, new in CHANGED),
-    *(
-        f"ALTER TABLE {table} ADD CONSTRAINT {name} CHECK ({body}) NOT VALID"
-        for table, checks in NEW_CHECKS.items()
-        for name, body in checks.items()
+    f"DROP TRIGGER IF EXISTS concurrency_limits_set_updated_at ON concurrency_limits; {TRIGGER}",
+    *_per_table(
+        [(table, _replace(table, name, new)) for table, name, _old, new in CHANGED]
+        + [
+            (table, _replace(table, name, body))
+            for table, checks in NEW_CHECKS.items()
+            for name, body in checks.items()
+        ]
     ),
 ]
+# Refuses first (changing nothing) while the data needs the new schema.
+REFUSE_IF_USED = """
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM workflow_runs WHERE status = 'awaiting_retry')
+        OR EXISTS (SELECT 1 FROM api_keys WHERE 'worker' = ANY(scopes)) THEN
+        RAISE EXCEPTION 'runs awaiting a retry or keys with the worker scope exist: '
+            'cancel or finish those runs and revoke those keys before stepping back';
+    END IF;
+END $$
+"""
 BACKWARDS = [
-    "SET LOCAL lock_timeout = '5s'",
+    REFUSE_IF_USED,
     "DROP TRIGGER IF EXISTS concurrency_limits_set_updated_at ON concurrency_limits",
-    *(
-        f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
-        for table, checks in NEW_CHECKS.items()
-        for name in checks
+    *_per_table(
+        [
+            (table, f"DROP CONSTRAINT IF EXISTS {name}")
+            for table, checks in NEW_CHECKS.items()
+            for name in checks
+        ]
+        + [(table, _replace(table, name, old)) for table, name, old, _new in CHANGED]
     ),
-    *(_replace(table, name, old) for table, name, old, _new in CHANGED),
     *(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}" for table, name, _o, _n in CHANGED),
 ]
 
 
 async def _run_all(statements: list[str]) -> None:
+    """Each statement in its own transaction on one connection (a string of several
+    statements runs as one implicit transaction: the simple query protocol)."""
     engine = engine_finder()
     assert engine is not None
-    for statement in statements:
-        await engine.run_ddl(statement)
+    connection = await engine.get_new_connection()  # type: ignore[attr-defined]
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 async def forwards() -> MigrationManager:
-    manager = MigrationManager(migration_id=ID, app_name="flowforge", description=DESCRIPTION)
+    manager = MigrationManager(
+        migration_id=ID, app_name="flowforge", description=DESCRIPTION, wrap_in_transaction=False
+    )
 
     async def run() -> None:
         await _run_all(FORWARDS)
