@@ -99,11 +99,14 @@ async def inventory(url: str) -> dict[str, set[str]]:
 async def row_counts(url: str) -> dict[str, int]:
     connection = await asyncpg.connect(url)
     try:
-        # Stepping back past issue 18 removes concurrency_limits: count what exists.
+        # Stepping back past issue 18 removes concurrency_limits: 0 rows then.
         return {
-            table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            table: (
+                await connection.fetchval(f"SELECT count(*) FROM {table}")
+                if await connection.fetchval("SELECT to_regclass($1)", f"public.{table}")
+                else 0
+            )
             for table in support.APP_TABLES
-            if await connection.fetchval("SELECT to_regclass($1)", f"public.{table}")
         }
     finally:
         await connection.close()
@@ -305,7 +308,14 @@ async def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
         rows = await connection.fetch(f"SELECT * FROM {table} ORDER BY id")
     finally:
         await connection.close()
-    return [tuple(v for k, v in row.items() if k != "run_created_at") for row in rows]
+    return [tuple(v for k, v in row.items() if k not in LATER_COLUMNS) for row in rows]
+
+
+# Columns that migrations after the snapshot add: the partition key, and the run
+# queue's (issue 18; constant defaults or NULL on every existing row).
+LATER_COLUMNS = frozenset(
+    {"run_created_at", "priority", "not_before", "next_attempt_at", "claimed_by", "claims"}
+)
 
 
 async def migrate_before_partitioning(url: str) -> None:
