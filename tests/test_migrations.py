@@ -171,7 +171,8 @@ async def test_stepping_back_the_index_and_trigger_migration_loses_no_rows(
     stepped_back = await inventory(scratch_url)
     assert "outbox_unpublished_idx" not in stepped_back["indexes"]
     assert "users_set_updated_at" not in stepped_back["triggers"]
-    assert stepped_back["tables"] == built["tables"]
+    # Every later migration steps back too: issue 18's table (the seed has no row in it).
+    assert stepped_back["tables"] == built["tables"] - {"concurrency_limits"}
     assert await row_counts(scratch_url) == seeded
 
     support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
