@@ -406,8 +406,8 @@ def migration_steps(output: str) -> dict[str, float]:
 
 
 # Issue 18: the run queue's columns, CHECKs (NOT VALID, then VALIDATE) and due index.
-QUEUE_COLUMNS_MIGRATION_ID = "2026-12-07T19:14:28:159330"
-QUEUE_CHECKS_MIGRATION_ID = "2026-12-07T19:14:40:000000"
+QUEUE_COLUMNS_MIGRATION_ID = "2026-12-07T20:30:00:000000"
+QUEUE_CHECKS_MIGRATION_ID = "2026-12-07T20:30:20:000000"
 QUEUE_CONSTRAINTS = {
     "workflow_runs_priority_range",
     "workflow_runs_retry_has_due_time",

@@ -104,7 +104,7 @@ OR (status = 'cancelled' AND finished_at IS NOT NULL
     AND (started_at IS NULL OR finished_at >= started_at))
 """.strip()
 # Runs add awaiting_retry (started, not finished). Changed by the raw migration
-# flowforge_2026_12_07t19_14_40_000000 (dropped and re-added NOT VALID, then validated).
+# flowforge_2026_12_07t20_30_20_000000 (dropped and re-added NOT VALID, then validated).
 RUN_TIMESTAMPS_MATCH_STATUS = (
     TIMESTAMPS_MATCH_STATUS
     + "\nOR (status = 'awaiting_retry' AND started_at IS NOT NULL AND finished_at IS NULL)"

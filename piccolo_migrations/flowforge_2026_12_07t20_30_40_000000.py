@@ -14,7 +14,7 @@ EXISTS first lets an interrupted build (an INVALID index) run again.
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
 
-ID = "2026-12-07T19:15:00:000000"
+ID = "2026-12-07T20:30:40:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "workflow_runs_due_idx (partial, concurrently; issue 18)"
 

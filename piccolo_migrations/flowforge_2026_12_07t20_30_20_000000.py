@@ -21,7 +21,7 @@ which the previous schema cannot represent.
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
 
-ID = "2026-12-07T19:14:40:000000"
+ID = "2026-12-07T20:30:20:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "run queue CHECK constraints, NOT VALID (issue 18)"
 

@@ -11,7 +11,7 @@ previous migration's backwards replaces or drops them).
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
 
-ID = "2026-12-07T19:14:50:000000"
+ID = "2026-12-07T20:30:30:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "validate the run queue CHECK constraints (issue 18)"
 

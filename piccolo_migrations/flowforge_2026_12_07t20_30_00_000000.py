@@ -44,7 +44,7 @@ class ConcurrencyLimit(Table, tablename="concurrency_limits", schema=None):
     )
 
 
-ID = "2026-12-07T19:14:28:159330"
+ID = "2026-12-07T20:30:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "run queue columns and concurrency_limits (issue 18)"
 

@@ -17,7 +17,7 @@ from piccolo.columns.column_types import Varchar
 from piccolo.columns.indexes import IndexMethod
 from piccolo.engine import engine_finder
 
-ID = "2026-12-07T19:14:30:000000"
+ID = "2026-12-07T20:30:10:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "run queue columns on workflow_runs (issue 18)"
 
