@@ -225,6 +225,8 @@ class Context:
         self.pool = floor_pool
         self.admin_id = loaded.user_ids[0]
         self.keys: list[str] = []
+        # The workflow claim_lifecycle claims from (the data set's last one).
+        self.queue_workflow = loaded.workflow_ids[-1]
 
     def workflow(self, n: int) -> uuid.UUID:
         return self.loaded.workflow_ids[n % len(self.loaded.workflow_ids)]
@@ -424,6 +426,64 @@ def drain_outbox(ctx: Context) -> tuple[Operation, Operation]:
     return flowforge, floor
 
 
+def claim_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
+    """A worker's hot path (issue 18): claim one due run, then complete it.
+
+    Two transactions on each side, as a worker does. The floor runs the very
+    statements FlowForge sends (flowforge/db/sql/queue.py and runs.py) on a
+    plain asyncpg connection: the ratio is the domain and engine's cost, not a
+    different query. Claims are confined to the queue workflow that
+    _fill_queue stocks.
+    """
+    from flowforge.db.engine import DB
+    from flowforge.db.sql import queue as queue_sql
+    from flowforge.db.sql import runs as run_sql
+    from flowforge.domain import queue, runs
+
+    workflow = [ctx.queue_workflow]
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            claimed = await queue.claim_runs("bench", workflow_ids=workflow)
+        for run in claimed:
+            async with DB.transaction():
+                await runs.transition_run(run["id"], "complete", outputs={"n": n})
+        return claimed
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection:
+            async with connection.transaction():
+                ids = [
+                    row["id"]
+                    for row in await connection.fetch(
+                        queue_sql.CLAIM_WORKFLOWS, workflow, None, None
+                    )
+                ]
+                rows = await connection.fetch(queue_sql.CLAIM_RUNS, ids, 1, "bench") if ids else []
+            claimed = [_decode_run(row) for row in rows]
+            for run in claimed:
+                async with connection.transaction():
+                    done = await connection.fetchrow(
+                        run_sql.TRANSITION_RUN, run["id"], "completed", ["running"], None,
+                        json.dumps({"n": n}), None, "run.completed",
+                    )  # fmt: skip
+                    await connection.execute(run_sql.CLOSE_ATTEMPTS, run["id"], done["created_at"])
+            return claimed
+
+    return flowforge, floor
+
+
+async def _fill_queue(ctx: Context, runs: int) -> None:
+    """`runs` pending runs in the queue workflow, so neither side's claims come back empty."""
+    async with ctx.pool.acquire() as connection:
+        await connection.execute(
+            "INSERT INTO workflow_runs (workflow_id) SELECT $1::uuid FROM generate_series(1, $2)",
+            ctx.queue_workflow,
+            runs,
+        )
+        await connection.execute("VACUUM ANALYZE workflow_runs")
+
+
 OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "trigger_run": trigger_run,
     "run_lifecycle": run_lifecycle,
@@ -431,6 +491,7 @@ OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "get_run_with_logs": get_run_with_logs,
     "authenticate_key": authenticate_key,
     "drain_outbox": drain_outbox,
+    "claim_lifecycle": claim_lifecycle,
     # Cold paths on the query builder vs their previous raw SQL (benchmarks/cold.py).
     **COLD_OPERATIONS,
 }
@@ -453,12 +514,17 @@ def concurrencies(name: str) -> tuple[int, ...]:
     return CONCURRENCIES
 
 
-UNITS = {"drain_outbox": "events/s", "run_lifecycle": "lifecycles/s"}
+UNITS = {
+    "drain_outbox": "events/s",
+    "run_lifecycle": "lifecycles/s",
+    "claim_lifecycle": "claims/s",
+}
 ITEMS = {"drain_outbox": DRAIN_BATCH}
 # Fewer repetitions for the heavy operations, so a round takes seconds, not minutes.
 SCALE = {
     "run_lifecycle": 0.25,
     "drain_outbox": 0.25,
+    "claim_lifecycle": 0.25,
     # A day of expired history counted per operation (~1/90 of the data set).
     "cold:count_expired_events": 0.25,
 }
@@ -545,13 +611,15 @@ async def run_all(
                 count = max(scaled, 2 * concurrency)
                 if name == "drain_outbox":
                     await _fill_outbox(ctx, DRAIN_BATCH * (count * (rounds + 1) * 2 + 50))
+                if name == "claim_lifecycle":
+                    await _fill_queue(ctx, count * (rounds + 1) * 2 + 50)
                 comparison = await compare(
                     name, flowforge, floor, concurrency=concurrency, operations=count,
                     rounds=rounds, unit=UNITS.get(name, "ops/s"),
                     per_operation_items=ITEMS.get(name, 1),
                     warmup=min(20, count),
-                    # The drain's outbox is filled for `count` claims a round.
-                    round_seconds=0.0 if name == "drain_outbox" else round_seconds,
+                    # The drain's outbox (the claims' queue) is filled for `count` a round.
+                    round_seconds=0.0 if name in ("drain_outbox", "claim_lifecycle") else round_seconds,
                 )  # fmt: skip
                 summary = comparison.summary()
                 summary["target"] = target(name)

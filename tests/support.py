@@ -120,6 +120,7 @@ def flowforge_migration_count() -> int:
 APP_TABLES = [
     "users",
     "api_keys",
+    "concurrency_limits",
     "workflows",
     "workflow_versions",
     "workflow_steps",

@@ -61,7 +61,13 @@ async def fixtures() -> dict[str, Any]:
         user,
         HASH,
     )
-    return {"user": user, "workflow": workflow, "step": step, "run": run}
+    limit = (
+        await DB.fetch(
+            "INSERT INTO concurrency_limits (name, max_running) VALUES ('shared', 2) RETURNING id"
+        )
+    )[0]["id"]
+    await DB.fetch("UPDATE workflows SET concurrency_limit_id = $1 WHERE id = $2", limit, workflow)
+    return {"user": user, "workflow": workflow, "step": step, "run": run, "limit": limit}
 
 
 MISSING = uuid.UUID(int=1)
@@ -136,6 +142,30 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "workflows_name_not_blank": (
         "INSERT INTO workflows (owner_id, name) VALUES ($1, '')",
         ("user",),
+    ),
+    "workflows_concurrency_limit_id_fkey": (
+        "DELETE FROM concurrency_limits WHERE id = $1",
+        ("limit",),
+    ),
+    "workflows_max_concurrency_positive": (
+        "INSERT INTO workflows (owner_id, name, max_concurrency) VALUES ($1, 'w', 0)",
+        ("user",),
+    ),
+    "workflows_queue_not_blank": (
+        "INSERT INTO workflows (owner_id, name, queue) VALUES ($1, 'w', ' ')",
+        ("user",),
+    ),
+    "concurrency_limits_name_key": (
+        "INSERT INTO concurrency_limits (name, max_running) VALUES ('shared', 1)",
+        (),
+    ),
+    "concurrency_limits_max_running_non_negative": (
+        "INSERT INTO concurrency_limits (name, max_running) VALUES ('x', -1)",
+        (),
+    ),
+    "concurrency_limits_name_not_blank": (
+        "INSERT INTO concurrency_limits (name, max_running) VALUES ('', 1)",
+        (),
     ),
     "workflow_steps_workflow_id_fkey": (
         "INSERT INTO workflow_steps (workflow_id, position, name, action_type) "
@@ -243,6 +273,19 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "workflow_runs_inputs_object": (
         "INSERT INTO workflow_runs (workflow_id, inputs) VALUES ($1, '1')",
+        ("workflow",),
+    ),
+    "workflow_runs_priority_range": (
+        "INSERT INTO workflow_runs (workflow_id, priority) VALUES ($1, 101)",
+        ("workflow",),
+    ),
+    "workflow_runs_retry_has_due_time": (
+        "INSERT INTO workflow_runs (workflow_id, status, started_at) "
+        "VALUES ($1, 'awaiting_retry', now())",
+        ("workflow",),
+    ),
+    "workflow_runs_claims_non_negative": (
+        "INSERT INTO workflow_runs (workflow_id, claims) VALUES ($1, -1)",
         ("workflow",),
     ),
     "workflow_runs_heartbeat_only_when_started": (

@@ -20,7 +20,7 @@ from flowforge.core import events
 from flowforge.db.engine import DB
 from flowforge.db.sql import runs as run_sql
 from flowforge.db.tables import Outbox, Role, RunStatus, Scope, WorkflowRun
-from flowforge.domain import api_keys, runs, users, workflows
+from flowforge.domain import api_keys, queue, runs, users, workflows
 from flowforge.jobs import reaper
 from flowforge.outbox import writer as outbox
 
@@ -109,10 +109,38 @@ async def exercise_every_event_type() -> list[tuple[str, dict[str, Any], str | N
         await run_through(("cancel", {"error": "not needed"}))
         await run_through(("start", {}), ("cancel", {}))
         stuck = await run_through(("start", {}))
-    # The reaper fails a run whose lease expired (here: any running run).
+        # The queue (issue 18): claimed (run.started from the claim's SQL), a failed
+        # attempt under a retry policy (run.retry_scheduled), cancelled while waiting.
+        queued = await workflows.create_workflow(
+            workflows.WorkflowSpec(
+                owner_id=owner["id"],
+                name="Queued",
+                steps=[workflows.StepSpec(0, "call", "http.request", {}, {"max_attempts": 2})],
+            )
+        )
+        for number in (1, 2):
+            run, _ = await runs.trigger_run(queued["id"], inputs={"n": number})
+            after.append(("run.created", await run_row(run["id"]), None))
+            [claimed] = await queue.claim_runs("w", workflow_ids=[queued["id"]])
+            after.append(("run.started", await run_row(claimed["id"]), "pending"))
+        await runs.append_step_log(
+            claimed["id"], step_position=0, status=RunStatus.FAILED, error="e"
+        )
+        after.append(("run.retry_scheduled", await run_row(claimed["id"]), "running"))
+        await runs.transition_run(claimed["id"], "cancel")
+        after.append(("run.cancelled", await run_row(claimed["id"]), "awaiting_retry"))
+        lapsed = (
+            await DB.fetch(
+                "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND status = 'running'",
+                queued["id"],
+            )
+        )[0]["id"]  # fmt: skip - the first: claimed, then silent
+    # The reaper fails a run whose lease expired (here: any running run), and
+    # requeues a claimed one (run.retry_scheduled, built in Python).
     report = await reaper.reap_stuck_runs(lease_seconds=0.0)
-    assert stuck in report.runs
+    assert stuck in report.runs and report.requeued == [lapsed]
     after.append(("run.failed", await run_row(stuck), "running"))
+    after.append(("run.retry_scheduled", await run_row(lapsed), "running"))
     async with DB.transaction():
         await seed.write()
     return after

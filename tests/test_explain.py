@@ -119,25 +119,27 @@ LOAD = [
     f"""
     INSERT INTO workflow_runs (workflow_id, status, trigger_type, triggered_by_user_id, inputs,
                                outputs, error, idempotency_key, started_at, finished_at,
-                               created_at, updated_at)
+                               created_at, updated_at, next_attempt_at)
     SELECT workflow_id, status, trigger_type,
            CASE WHEN trigger_type = 'manual' THEN u.ids[1 + (g % cardinality(u.ids))] END,
            jsonb_build_object('n', g),
            CASE WHEN status = 'completed' THEN jsonb_build_object('ok', true) END,
            CASE WHEN status = 'failed' THEN 'step failed: upstream timed out' END,
            CASE WHEN trigger_type = 'webhook' THEN 'delivery-' || g END,
-           CASE WHEN status IN ('running', 'completed', 'failed')
+           CASE WHEN status IN ('running', 'completed', 'failed', 'awaiting_retry')
                      OR (status = 'cancelled' AND g % 2 = 0)
                 THEN created_at + interval '2 seconds' END,
            CASE WHEN status IN ('completed', 'failed', 'cancelled')
                 THEN created_at + interval '3 seconds' + duration END,
            created_at,
-           created_at
+           created_at,
+           CASE WHEN status = 'awaiting_retry' THEN created_at + interval '1 minute' END
     FROM (
         SELECT g, workflow_id, created_at, duration,
                (ARRAY['manual', 'schedule', 'webhook', 'event'])[1 + floor(r2 * 4)::int]
                    AS trigger_type,
                CASE WHEN g <= {IN_FLIGHT_WINDOW} AND r < 0.15 THEN 'pending'
+                    WHEN g <= {IN_FLIGHT_WINDOW} AND r < 0.25 THEN 'awaiting_retry'
                     WHEN g <= {IN_FLIGHT_WINDOW} AND r < 0.55 THEN 'running'
                     WHEN g <= {IN_FLIGHT_WINDOW} THEN 'completed'
                     WHEN r < 0.04 THEN 'failed'
@@ -177,10 +179,12 @@ LOAD = [
           GROUP BY workflow_id) AS last ON last.workflow_id = r.workflow_id
     CROSS JOIN LATERAL (
         SELECT CASE WHEN r.status = 'failed' AND s.position = last.position THEN 'failed'
+                    WHEN r.status = 'awaiting_retry' THEN 'failed'
                     WHEN r.status = 'failed' THEN 'completed'
                     ELSE r.status END AS status
     ) AS l
-    WHERE r.status <> 'pending' AND NOT (r.status = 'running' AND s.position > 0)
+    WHERE r.status <> 'pending'
+        AND NOT (r.status IN ('running', 'awaiting_retry') AND s.position > 0)
     """,
     """
     INSERT INTO run_step_logs (run_id, run_created_at, step_id, step_position, step_name,
@@ -661,4 +665,54 @@ async def test_authenticating_a_key(dataset: Dataset) -> None:
             "users": "users_pkey",
         },
         small=frozenset({"users"}),
+    )
+
+
+# --- The run queue (issue 18) ---------------------------------------------------------------
+
+
+def relation_scans(plan: Plan, table: str) -> list[Node]:
+    return [node for node in plan.nodes if node.relation == table]
+
+
+async def test_the_claim_reads_due_runs_from_the_partial_due_index(dataset: Dataset) -> None:
+    """Both claim statements: "due now" per workflow is a range of
+    workflow_runs_due_idx (queued runs only, in claim order): no Seq Scan and no
+    Sort of workflow_runs however many finished runs the table holds."""
+    from flowforge.db.sql import queue as queue_sql
+
+    for sql, args in (
+        (queue_sql.CLAIM_WORKFLOWS, (None, "default", None)),
+        (queue_sql.CLAIM_WORKFLOWS, ([dataset.busy_workflow_id], None, None)),
+        (queue_sql.CLAIM_RUNS, ([dataset.busy_workflow_id, dataset.quiet_workflow_id], 10, "w")),
+    ):
+        plan = await explain(sql, *args)
+        print(f"\nclaim: {plan.summary()}")
+        scans = relation_scans(plan, "workflow_runs")
+        assert not [n for n in scans if n.node_type == "Seq Scan"], f"Seq Scan:\n{plan}"
+        assert not [n for n in scans if n.node_type == "Bitmap Heap Scan"], (
+            f"not a probe per workflow (reads every queued run):\n{plan}"
+        )
+        used = {n.index for n in plan.nodes if n.index and n.index.startswith("workflow_runs")}
+        assert "workflow_runs_due_idx" in used, f"due index unused:\n{plan}"
+        # Each read of queued runs goes through the due index (the others count
+        # running runs, or update the chosen ones by key).
+        assert used <= {
+            "workflow_runs_due_idx",
+            "workflow_runs_pkey",
+            *RUNNING_LEASE,
+            "workflow_runs_workflow_id_status_created_at_idx",
+        }, f"unexpected index:\n{plan}"
+
+
+async def test_the_lateral_due_read_is_an_index_range_in_claim_order(dataset: Dataset) -> None:
+    sql = f"""
+        SELECT r.id FROM workflow_runs r
+        WHERE r.workflow_id = $1 AND r.status IN ('pending', 'awaiting_retry')
+          AND {"COALESCE(r.next_attempt_at, r.not_before, r.created_at)"} <= now()
+        ORDER BY r.priority DESC, COALESCE(r.next_attempt_at, r.not_before, r.created_at), r.id
+        LIMIT 10
+    """
+    assert_uses_index(
+        await explain(sql, dataset.busy_workflow_id), "workflow_runs_due_idx", "workflow_runs"
     )

@@ -115,8 +115,13 @@ async def row_counts(url: str) -> dict[str, int]:
     """
     connection = await asyncpg.connect(url)
     try:
+        # Stepping back past issue 18 removes concurrency_limits: 0 rows then.
         return {
-            table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            table: (
+                await connection.fetchval(f"SELECT count(*) FROM {table}")
+                if await connection.fetchval("SELECT to_regclass($1)", f"public.{table}")
+                else 0
+            )
             for table in COUNTED_TABLES
             if table != "workflow_versions"
         }
@@ -187,8 +192,9 @@ async def test_stepping_back_the_index_and_trigger_migration_loses_no_rows(
     stepped_back = await inventory(scratch_url)
     assert "outbox_unpublished_idx" not in stepped_back["indexes"]
     assert "users_set_updated_at" not in stepped_back["triggers"]
-    # Stepping back that far also steps back issue 17's migrations (workflow_versions goes).
-    assert stepped_back["tables"] == built["tables"] - {"workflow_versions"}
+    # Stepping back that far also steps back issue 17's and 18's migrations
+    # (workflow_versions and concurrency_limits go; the seed has no limit).
+    assert stepped_back["tables"] == built["tables"] - {"workflow_versions", "concurrency_limits"}
     assert await row_counts(scratch_url) == seeded
 
     support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
@@ -428,8 +434,22 @@ async def table_rows(url: str, table: str) -> list[tuple[Any, ...]]:
         rows = await connection.fetch(f"SELECT * FROM {table} ORDER BY id")
     finally:
         await connection.close()
-    added = {"run_created_at", "workflow_version"}
-    return [tuple(v for k, v in row.items() if k not in added) for row in rows]
+    return [tuple(v for k, v in row.items() if k not in LATER_COLUMNS) for row in rows]
+
+
+# Columns that migrations after the snapshot add: the partition key, and the run
+# queue's (issue 18; constant defaults or NULL on every existing row).
+LATER_COLUMNS = frozenset(
+    {
+        "run_created_at",
+        "workflow_version",
+        "priority",
+        "not_before",
+        "next_attempt_at",
+        "claimed_by",
+        "claims",
+    }
+)
 
 
 async def migrate_before_partitioning(url: str) -> None:
@@ -516,6 +536,79 @@ def migration_steps(output: str) -> dict[str, float]:
         match[1]: float(match[2])
         for match in re.finditer(r"\[partitioning\] (.+?): ([0-9.]+) s$", output, re.MULTILINE)
     }
+
+
+# Issue 18: the run queue's columns, CHECKs (NOT VALID, then VALIDATE) and due index.
+QUEUE_COLUMNS_MIGRATION_ID = "2026-12-07T20:30:00:000000"
+QUEUE_CHECKS_MIGRATION_ID = "2026-12-07T20:30:20:000000"
+QUEUE_CONSTRAINTS = {
+    "workflow_runs_priority_range",
+    "workflow_runs_retry_has_due_time",
+    "workflow_runs_claims_non_negative",
+    "workflows_max_concurrency_positive",
+    "workflows_queue_not_blank",
+    "workflows_concurrency_limit_id_fkey",
+}
+
+
+async def test_stepping_the_queue_migrations_back_and_forwards_keeps_every_run(
+    scratch_url: str,
+) -> None:
+    support.piccolo("migrations", "forwards", "all", database_url=scratch_url)
+    support.piccolo("flowforge", "seed", database_url=scratch_url)
+    tables = [table for table in support.APP_TABLES if table != "concurrency_limits"]
+    connection = await asyncpg.connect(scratch_url)
+    try:
+
+        async def counts() -> dict[str, int]:
+            return {t: await connection.fetchval(f"SELECT count(*) FROM {t}") for t in tables}
+
+        seeded = await counts()
+        built = await inventory(scratch_url)
+        assert built["constraints"] >= QUEUE_CONSTRAINTS
+        assert "workflow_runs_due_idx" in built["indexes"]
+        invalid = await connection.fetchval(
+            "SELECT count(*) FROM pg_constraint WHERE NOT convalidated"
+        )
+        assert invalid == 0  # every NOT VALID constraint was validated
+        # A run awaiting a retry cannot be represented before the queue: stepping
+        # back refuses (and changes nothing) until it is dealt with.
+        await connection.execute(
+            "UPDATE workflow_runs SET status = 'awaiting_retry', next_attempt_at = now() "
+            "WHERE id = (SELECT id FROM workflow_runs WHERE status = 'running' LIMIT 1)"
+        )
+        support.piccolo(
+            "migrations", "backwards", "flowforge",
+            f"--migration_id={QUEUE_CHECKS_MIGRATION_ID}", "--auto_agree",
+            database_url=scratch_url, check=False,
+        )  # fmt: skip
+        refused = await inventory(scratch_url)
+        assert refused["constraints"] >= QUEUE_CONSTRAINTS  # the CHECKs step stayed
+        assert (
+            await connection.fetchval(
+                "SELECT count(*) FROM workflow_runs WHERE status = 'awaiting_retry'"
+            )
+            == 1
+        )
+        await connection.execute(
+            "UPDATE workflow_runs SET status = 'running', next_attempt_at = NULL "
+            "WHERE status = 'awaiting_retry'"
+        )
+        support.piccolo(
+            "migrations", "backwards", "flowforge",
+            f"--migration_id={QUEUE_COLUMNS_MIGRATION_ID}", "--auto_agree",
+            database_url=scratch_url,
+        )  # fmt: skip
+        stepped_back = await inventory(scratch_url)
+        assert not QUEUE_CONSTRAINTS & stepped_back["constraints"]
+        assert "workflow_runs_due_idx" not in stepped_back["indexes"]
+        assert "concurrency_limits" not in stepped_back["tables"]
+        assert await counts() == seeded
+        support.piccolo("migrations", "forwards", "flowforge", database_url=scratch_url)
+        assert await inventory(scratch_url) == built
+        assert await counts() == seeded
+    finally:
+        await connection.close()
 
 
 async def test_the_partitioning_migration_keeps_every_row_and_rebuilds_nothing(

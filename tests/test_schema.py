@@ -467,5 +467,6 @@ async def test_every_status_value_is_accepted_by_the_database() -> None:
             started_at=started,
             finished_at=finished,
             error="e" if status is RunStatus.FAILED else None,
+            next_attempt_at=NOW if status is RunStatus.AWAITING_RETRY else None,
         )
     assert await WorkflowRun.count() == len(RunStatus)

@@ -102,6 +102,11 @@ def run_states_dot() -> str:
         f'  "{RunStatus.RUNNING.value}" -> "{RunStatus.FAILED.value}" '
         '[label="reaper: lease lapsed", style=dashed];'
     )
+    # ... or, for a claimed run with claims (and step attempts) left, requeues it (issue 18).
+    lines.append(
+        f'  "{RunStatus.RUNNING.value}" -> "{RunStatus.AWAITING_RETRY.value}" '
+        '[label="reaper: lease lapsed, claims left", style=dashed];'
+    )
     terminal = {target for target, _ in TRANSITIONS.values()} - {
         source for _, sources in TRANSITIONS.values() for source in sources
     }

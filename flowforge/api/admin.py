@@ -33,6 +33,7 @@ from flowforge.api.errors import send_error
 from flowforge.core.settings import Environment, get_settings
 from flowforge.db.tables import (
     ApiKey,
+    ConcurrencyLimit,
     Outbox,
     RunHistory,
     RunStepLog,
@@ -75,6 +76,10 @@ def table_configs() -> list[TableConfig]:
                 Workflow.owner_id,
                 Workflow.trigger_type,
                 Workflow.is_active,
+                # The run queue (issue 18).
+                Workflow.queue,
+                Workflow.max_concurrency,
+                Workflow.concurrency_limit_id,
                 Workflow.created_at,
             ],
             link_column=Workflow.name,
@@ -83,6 +88,8 @@ def table_configs() -> list[TableConfig]:
                 Workflow.owner_id,
                 Workflow.trigger_type,
                 Workflow.is_active,
+                Workflow.queue,
+                Workflow.concurrency_limit_id,
             ],
         ),
         # Issue 17: every definition a workflow had; runs name the one they ran.
@@ -98,6 +105,11 @@ def table_configs() -> list[TableConfig]:
             ],
             link_column=WorkflowVersion.version,
             visible_filters=[WorkflowVersion.workflow_id, WorkflowVersion.version],
+        ),
+        TableConfig(
+            ConcurrencyLimit,
+            visible_columns=[ConcurrencyLimit.name, ConcurrencyLimit.max_running],
+            link_column=ConcurrencyLimit.name,
         ),
         TableConfig(
             WorkflowStep,
@@ -130,9 +142,17 @@ def table_configs() -> list[TableConfig]:
                 WorkflowRun.finished_at,
                 WorkflowRun.heartbeat_at,
                 WorkflowRun.error,
+                # The run queue (issue 18): why a queued run waits shows as its
+                # not_before / next_attempt_at (and, for a retry, its error).
+                WorkflowRun.priority,
+                WorkflowRun.not_before,
+                WorkflowRun.next_attempt_at,
+                WorkflowRun.claimed_by,
+                WorkflowRun.claims,
             ],
             visible_filters=[
                 WorkflowRun.status,
+                WorkflowRun.claimed_by,
                 WorkflowRun.workflow_id,
                 WorkflowRun.trigger_type,
                 WorkflowRun.created_at,

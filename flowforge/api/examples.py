@@ -60,7 +60,7 @@ STEPS_IN = [
         "name": "Email team",
         "action_type": "email.send",
         "config": {"to": ["team@example.com"]},
-        "retry_policy": {"max_attempts": 3, "backoff_seconds": 30},
+        "retry_policy": {"max_attempts": 3, "backoff": {"initial_seconds": 30}},
     },
 ]
 STEPS_OUT = [
@@ -112,6 +112,11 @@ RUN = {
     "finished_at": None,
     "created_at": CREATED,
     "updated_at": UPDATED,
+    "priority": 0,
+    "not_before": None,
+    "next_attempt_at": None,
+    "claimed_by": "worker-7",
+    "claims": 1,
 }
 STEP_LOG = {
     "id": STEP_LOG_ID,
@@ -200,9 +205,19 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
         "status": "pending",
         "started_at": None,
         "updated_at": CREATED,
+        "claimed_by": None,
+        "claims": 0,
         "replayed": False,
     },
-    "RunDetail": {**RUN, "step_logs": [STEP_LOG]},
+    "RunDetail": {**RUN, "step_logs": [STEP_LOG], "waiting_reason": None},
+    "RunClaim": {"worker_id": "worker-7", "limit": 10, "queue": "reports"},
+    "ClaimedRuns": {"runs": [RUN]},
+    "RetryPolicy": {
+        "max_attempts": 3,
+        "backoff": {"initial_seconds": 30, "max_seconds": 600, "multiplier": 2},
+        "jitter": 0.1,
+    },
+    "Backoff": {"initial_seconds": 30, "max_seconds": 600, "multiplier": 2},
     "Page_RunOut_": {"items": [RUN], "next_cursor": CURSOR},
     "RunHistoryOut": HISTORY_ENTRY,
     "Page_RunHistoryOut_": {"items": [HISTORY_ENTRY], "next_cursor": CURSOR},

@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 
 from flowforge.core.json import dumps
@@ -315,3 +316,30 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {"model": ErrorResponse, "description": descriptions.get(status, "Error")}
         for status in statuses
     }
+
+
+# -- the run queue (issue 18) -------------------------------------------------------------
+
+
+class Backoff(RequestModel):
+    """Exponential backoff between attempts: initial * multiplier ** (attempt - 1), capped."""
+
+    initial_seconds: float = Field(default=1.0, gt=0, le=86_400)
+    max_seconds: float = Field(default=300.0, gt=0, le=30 * 86_400)
+    multiplier: float = Field(default=2.0, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Backoff:
+        if self.max_seconds < self.initial_seconds:
+            raise ValueError("max_seconds must be at least initial_seconds")
+        return self
+
+
+class RetryPolicy(RequestModel):
+    """A step's retry policy (flowforge.domain.retries); `{}` is one attempt, no retry."""
+
+    max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts in all (1: none).")
+    backoff: Backoff = Field(default_factory=Backoff)
+    jitter: float = Field(
+        default=0.0, ge=0, le=1, description="Up to this fraction of the backoff is added."
+    )

@@ -134,7 +134,7 @@ async def create_api_key(
 
     :param email: the user's email address
     :param name: a name to tell the key apart
-    :param scopes: comma-separated: read, write, admin (within the user's role)
+    :param scopes: comma-separated: read, write, admin, worker (within the user's role)
     :param expires_in_days: days until the key expires; 0 means never
     """
     names = [scope.strip() for scope in str(scopes).split(",") if scope.strip()]

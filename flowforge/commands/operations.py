@@ -190,7 +190,9 @@ async def reap(dry_run: bool = False) -> None:
     configure_logging()
     settings = get_settings()
     async with pool("flowforge-reaper", 1):
-        report = await reap_stuck_runs(settings.run_lease_timeout, dry_run=dry_run)
+        report = await reap_stuck_runs(
+            settings.run_lease_timeout, max_claims=settings.run_max_claims, dry_run=dry_run
+        )
     print(report.describe())
 
 

@@ -108,7 +108,7 @@ WORKFLOWS: list[
     ),
 ]
 
-RETRY_POLICY = {"max_attempts": 3, "backoff_seconds": 10, "backoff_multiplier": 2.0}
+RETRY_POLICY = {"max_attempts": 3, "backoff": {"initial_seconds": 10, "multiplier": 2.0}}
 
 # (workflow index, status, failing step position or None) - two runs per workflow.
 RUNS: list[tuple[int, RunStatus, int | None]] = [

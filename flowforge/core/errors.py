@@ -45,6 +45,12 @@ class InvalidTransitionError(ConflictError):
     code = "invalid_transition"
 
 
+class ConcurrencyLimitError(ConflictError):
+    """Starting this run now would exceed a concurrency limit (issue 18)."""
+
+    code = "concurrency_limit"
+
+
 class WorkflowInactiveError(ConflictError):
     """The workflow is deactivated: reactivate it before triggering runs."""
 
@@ -122,7 +128,13 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "api_keys_prefix_key": "This API key prefix is already in use.",
     "api_keys_user_id_fkey": "The API key's user does not exist.",
     "api_keys_granted_by_key_id_fkey": "The API key that grants this one does not exist.",
-    "api_keys_scopes_valid": "Scopes must be a non-empty subset of: read, write, admin.",
+    "api_keys_scopes_valid": "Scopes must be a non-empty subset of: read, write, admin, worker.",
+    # concurrency_limits (issue 18)
+    "concurrency_limits_name_key": "A concurrency limit with this name already exists.",
+    "concurrency_limits_max_running_non_negative": (
+        "A concurrency limit's max_running must be zero (paused) or greater."
+    ),
+    "concurrency_limits_name_not_blank": "Concurrency limit name must not be blank.",
     "api_keys_key_hash_format": "The API key hash must be a SHA-256 hex digest.",
     "api_keys_name_not_blank": "API key name must not be blank.",
     # workflows
@@ -146,6 +158,12 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "workflow_versions_immutable": (
         "A workflow version is immutable: change the workflow to create a new version."
     ),
+    "workflows_concurrency_limit_id_fkey": (
+        "The concurrency limit does not exist, or workflows still use it: "
+        "detach them from it before deleting it."
+    ),
+    "workflows_max_concurrency_positive": "A workflow's max_concurrency must be 1 or more.",
+    "workflows_queue_not_blank": "Queue name must not be blank.",
     # workflow_steps
     "workflow_steps_workflow_id_fkey": "The step's workflow does not exist.",
     "workflow_steps_workflow_version_fkey": "The step's workflow version does not exist.",
@@ -175,8 +193,13 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
         "A run with this idempotency key already exists for this workflow."
     ),
     "workflow_runs_status_valid": (
-        "Run status must be one of: pending, running, completed, failed, cancelled."
+        "Run status must be one of: pending, running, completed, failed, cancelled, awaiting_retry."
     ),
+    "workflow_runs_priority_range": "Run priority must be between -100 and 100.",
+    "workflow_runs_retry_has_due_time": (
+        "An awaiting_retry run needs its next_attempt_at; a pending or running run has none."
+    ),
+    "workflow_runs_claims_non_negative": "A run's claim count cannot be negative.",
     "workflow_runs_trigger_type_valid": (
         "Run trigger type must be one of: manual, schedule, webhook, event."
     ),

@@ -23,7 +23,7 @@ every layer that writes or reads events can use it, the SQL home
                     workflow.version_created, workflow.deactivated, workflow.activated,
                     workflow.deleted
 * ``workflow_run``  run.created, run.started, run.completed, run.failed, run.cancelled,
-                    run.step_logged
+                    run.retry_scheduled (awaiting_retry, with next_attempt_at), run.step_logged
 
 Run lifecycle events carry the run's id, workflow, new status, the status it
 left (``previous_status``, None for run.created), its error (failed; the
@@ -73,6 +73,8 @@ RUN_CREATED_KEYS: Final = (
     "workflow_version",
 )
 RUN_CHANGED_KEYS: Final = (*RUN_KEYS, "outputs")
+# run.retry_scheduled: when the claim may pick the run up again (issue 18).
+RUN_RETRY_KEYS: Final = (*RUN_CHANGED_KEYS, "next_attempt_at")
 STEP_LOGGED_KEYS: Final = (
     "run_id",
     "workflow_id",
@@ -161,6 +163,7 @@ CONTRACT: Final[dict[str, EventType]] = {
             "run.failed",
             "run.cancelled",
         ),
+        *_types(WORKFLOW_RUN, RUN_RETRY_KEYS, "run.retry_scheduled"),
         *_types(WORKFLOW_RUN, STEP_LOGGED_KEYS, "run.step_logged"),
     ]
 }
@@ -172,6 +175,7 @@ RUN_EVENT_BY_STATUS: Final = {
     "completed": "run.completed",
     "failed": "run.failed",
     "cancelled": "run.cancelled",
+    "awaiting_retry": "run.retry_scheduled",
 }
 
 
@@ -203,9 +207,6 @@ def run_payload(run: Mapping[str, Any], previous_status: str | None) -> dict[str
         "started_at": run.get("started_at"),
         "finished_at": run.get("finished_at"),
     }
-    if RUN_EVENT_BY_STATUS[run["status"]] == "run.created":
-        extra = RUN_CREATED_KEYS[len(RUN_KEYS) :]
-    else:
-        extra = RUN_CHANGED_KEYS[len(RUN_KEYS) :]
+    extra = CONTRACT[RUN_EVENT_BY_STATUS[run["status"]]].keys[len(RUN_KEYS) :]
     payload.update({key: run.get(key) for key in extra})
     return payload

@@ -212,6 +212,10 @@ class Settings(BaseSettings):
     run_lease_timeout: float = Field(
         default=900.0, gt=0, le=30 * 86400, validation_alias="RUN_LEASE_TIMEOUT"
     )
+    # A claimed run whose lease lapsed goes back to the queue (awaiting_retry, due
+    # now) while it has been claimed fewer times than this (and the step attempt
+    # it was running may be retried); then the reaper fails it (issue 18).
+    run_max_claims: int = Field(default=3, ge=1, le=1000, validation_alias="RUN_MAX_CLAIMS")
     # Housekeeping inside the relay process, every this many seconds; 0: off
     # (run `piccolo flowforge reap` / `prune` from cron instead).
     relay_reap_interval: float = Field(

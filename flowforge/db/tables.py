@@ -14,6 +14,7 @@ index, and the composite / partial indexes for the known query patterns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 from piccolo.columns import (
@@ -39,8 +40,8 @@ from flowforge.db.engine import DB
 from flowforge.db.uuid7 import UUID7
 
 
-def sql_in(column: str, enum: type[StrEnum]) -> str:
-    """``column IN ('a', 'b')`` for a CHECK constraint, from the Python enum."""
+def sql_in(column: str, enum: Iterable[StrEnum]) -> str:
+    """``column IN ('a', 'b')`` for a CHECK constraint, from the Python enum (or some members)."""
     values = ", ".join(f"'{member.value}'" for member in enum)
     return f"{column} IN ({values})"
 
@@ -55,6 +56,9 @@ class Scope(StrEnum):
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
+    # Claims runs from the queue (POST /api/v1/runs/claim) and drives the runs it
+    # claimed; nothing else (docs/decisions/16-run-queue.md).
+    WORKER = "worker"
 
 
 class TriggerType(StrEnum):
@@ -67,8 +71,10 @@ class TriggerType(StrEnum):
 class RunStatus(StrEnum):
     """A run's lifecycle. Transitions (enforced by the domain; timestamps by CHECK):
 
-    pending -> running | cancelled; running -> completed | failed | cancelled.
-    completed, failed and cancelled are terminal.
+    pending -> running | cancelled; running -> completed | failed | cancelled
+    | awaiting_retry; awaiting_retry -> running | cancelled | failed.
+    completed, failed and cancelled are terminal. The table of moves is
+    ``flowforge.domain.runs.TRANSITIONS``.
     """
 
     PENDING = "pending"  # created by a trigger, not started: no started_at, no finished_at
@@ -76,6 +82,16 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"  # started_at and finished_at set
     FAILED = "failed"  # started_at and finished_at set, error recorded
     CANCELLED = "cancelled"  # finished_at set; started_at only if it had started
+    # A step attempt failed (or the lease lapsed) and its retry policy allows
+    # another: queued again, claimable from next_attempt_at (issue 18). Started,
+    # not finished. Runs only: a step attempt is never in this state.
+    AWAITING_RETRY = "awaiting_retry"
+
+
+# The statuses a step attempt can have (every run status but awaiting_retry).
+STEP_STATUSES: tuple[RunStatus, ...] = tuple(
+    status for status in RunStatus if status is not RunStatus.AWAITING_RETRY
+)
 
 
 # The same started_at / finished_at rule for runs and step attempts.
@@ -87,6 +103,12 @@ OR (status IN ('completed', 'failed') AND started_at IS NOT NULL AND finished_at
 OR (status = 'cancelled' AND finished_at IS NOT NULL
     AND (started_at IS NULL OR finished_at >= started_at))
 """.strip()
+# Runs add awaiting_retry (started, not finished). Changed by the raw migration
+# flowforge_2026_12_07t20_30_20_000000 (dropped and re-added NOT VALID, then validated).
+RUN_TIMESTAMPS_MATCH_STATUS = (
+    TIMESTAMPS_MATCH_STATUS
+    + "\nOR (status = 'awaiting_retry' AND started_at IS NOT NULL AND finished_at IS NULL)"
+)
 
 
 def _id() -> UUID:
@@ -162,10 +184,30 @@ class ApiKey(Audited, Table, tablename="api_keys", db=DB):
     )
 
     api_keys_scopes_valid = Check(
-        "cardinality(scopes) >= 1 AND scopes <@ ARRAY['read', 'write', 'admin']::varchar[]"
+        "cardinality(scopes) >= 1 "
+        "AND scopes <@ ARRAY['read', 'write', 'admin', 'worker']::varchar[]"
     )
     api_keys_key_hash_format = Check("key_hash ~ '^[0-9a-f]{64}$'")
     api_keys_name_not_blank = Check("btrim(name) <> ''")
+
+
+class ConcurrencyLimit(Audited, Table, tablename="concurrency_limits", db=DB):
+    """A named capacity shared by the workflows that reference it (issue 18).
+
+    At most ``max_running`` runs of all those workflows together are running at
+    once (0 pauses them); enforced by every path into ``running`` under this
+    row's lock (flowforge/db/sql/queue.py).
+    """
+
+    name = Varchar(length=100, null=False, default=None, unique=True)
+    max_running = Integer(null=False, default=None)
+
+    concurrency_limits_max_running_non_negative = Check("max_running >= 0")
+    concurrency_limits_name_not_blank = Check("btrim(name) <> ''")
+
+    @classmethod
+    def get_readable(cls) -> Readable:
+        return Readable(template="%s", columns=[cls.name])
 
 
 class Workflow(Audited, Table, tablename="workflows", db=DB):
@@ -188,6 +230,18 @@ class Workflow(Audited, Table, tablename="workflows", db=DB):
     # change of the workflow (name, description, is_active, trigger, steps), in
     # the same compare-and-set UPDATE that checks it (If-Match).
     revision = Integer(null=False, default=1)
+    # The run queue (issue 18). Workers claim from one queue by name.
+    queue = Varchar(length=64, null=False, default="default")
+    # At most this many of its runs are running at once; NULL: no limit.
+    max_concurrency = Integer(null=True, default=None)
+    # A named limit shared with other workflows. RESTRICT: a limit in use is
+    # not deleted (that would silently lift it).
+    concurrency_limit_id = ForeignKey(
+        ConcurrencyLimit, null=True, on_delete=OnDelete.restrict, default=None
+    )
+    # Constraints added by the raw migrations of issue 18 (NOT VALID, then
+    # VALIDATE), not here: workflows_max_concurrency_positive,
+    # workflows_queue_not_blank.
 
     workflows_trigger_type_valid = Check(sql_in("trigger_type", TriggerType))
     workflows_trigger_config_object = Check("jsonb_typeof(trigger_config) = 'object'")
@@ -301,12 +355,25 @@ class WorkflowRun(Audited, Table, tablename="workflow_runs", db=DB):
     # heartbeat (or, before the first one, started_at) is older than
     # RUN_LEASE_TIMEOUT.
     heartbeat_at = Timestamptz(null=True, default=None)
+    # The run queue (issue 18, flowforge/domain/queue.py). Higher priority is
+    # claimed first (-100..100); not_before delays a pending run;
+    # next_attempt_at is when an awaiting_retry run is due; claimed_by names the
+    # worker holding the lease (the lease is heartbeat_at + RUN_LEASE_TIMEOUT);
+    # claims counts the claims (a lapsed lease requeues at most RUN_MAX_CLAIMS times).
+    # Their CHECKs come from the raw migrations of issue 18 (NOT VALID, then
+    # VALIDATE): workflow_runs_priority_range, workflow_runs_retry_has_due_time,
+    # workflow_runs_claims_non_negative.
+    priority = Integer(null=False, default=0)
+    not_before = Timestamptz(null=True, default=None)
+    next_attempt_at = Timestamptz(null=True, default=None)
+    claimed_by = Varchar(length=200, null=True, default=None)
+    claims = Integer(null=False, default=0)
 
     # NULL keys are distinct: only runs that carry a key are de-duplicated.
     workflow_runs_workflow_idempotency_key = Unique(["workflow_id", "idempotency_key"])
     workflow_runs_status_valid = Check(sql_in("status", RunStatus))
     workflow_runs_trigger_type_valid = Check(sql_in("trigger_type", TriggerType))
-    workflow_runs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
+    workflow_runs_timestamps_match_status = Check(RUN_TIMESTAMPS_MATCH_STATUS)
     workflow_runs_failed_has_error = Check("status <> 'failed' OR error IS NOT NULL")
     workflow_runs_inputs_object = Check("jsonb_typeof(inputs) = 'object'")
     # Only a run that has started can beat.
@@ -354,7 +421,7 @@ class RunStepLog(Audited, Table, tablename="run_step_logs", db=DB):
     run_step_logs_run_step_attempt_key = Unique(["run_id", "step_position", "attempt"])
     run_step_logs_attempt_positive = Check("attempt >= 1")
     run_step_logs_step_position_non_negative = Check("step_position >= 0")
-    run_step_logs_status_valid = Check(sql_in("status", RunStatus))
+    run_step_logs_status_valid = Check(sql_in("status", STEP_STATUSES))
     run_step_logs_timestamps_match_status = Check(TIMESTAMPS_MATCH_STATUS)
 
 
@@ -457,6 +524,7 @@ class Outbox(Audited, Table, tablename="outbox", db=DB):
 TABLES: list[type[Table]] = [
     User,
     ApiKey,
+    ConcurrencyLimit,
     Workflow,
     WorkflowVersion,
     WorkflowStep,

@@ -3,7 +3,8 @@
 A request is allowed when *both* its key's scopes and its user's role allow it:
 
 * scopes: ``read`` for reads, ``write`` for changes, ``admin`` for managing users
-  and other users' keys. Scopes are independent (``write`` does not imply ``read``).
+  and other users' keys, ``worker`` for claiming runs from the queue and driving
+  them (start, heartbeat, step attempts, complete, fail; issue 18). Scopes are independent (``write`` does not imply ``read``).
 * roles: ``viewer`` is read-only whatever its key says; ``developer`` reads and
   changes its own workflows and their runs; ``admin`` sees and changes everything.
 
@@ -22,8 +23,8 @@ from flowforge.db.tables import Role, Scope
 
 # The widest scopes each role may hold; a key never grants more than its role.
 SCOPES_BY_ROLE: dict[Role, frozenset[Scope]] = {
-    Role.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN}),
-    Role.DEVELOPER: frozenset({Scope.READ, Scope.WRITE}),
+    Role.ADMIN: frozenset({Scope.READ, Scope.WRITE, Scope.ADMIN, Scope.WORKER}),
+    Role.DEVELOPER: frozenset({Scope.READ, Scope.WRITE, Scope.WORKER}),
     Role.VIEWER: frozenset({Scope.READ}),
 }
 
@@ -66,6 +67,12 @@ class Principal:
                 required_scope=scope.value,
                 role=self.role.value,
             )
+
+    def require_any(self, *scopes: Scope) -> None:
+        """ForbiddenError unless this key and role allow one of `scopes` (the first is named)."""
+        if any(scope in self.effective_scopes for scope in scopes):
+            return
+        self.require(scopes[0])
 
     def require_admin(self) -> None:
         """Admin role and the admin scope (user management, other users' keys)."""

@@ -121,6 +121,12 @@ class RunRecord(TypedDict):
     finished_at: datetime.datetime | None
     created_at: datetime.datetime
     updated_at: datetime.datetime
+    # The run queue (issue 18).
+    priority: int
+    not_before: datetime.datetime | None
+    next_attempt_at: datetime.datetime | None
+    claimed_by: str | None
+    claims: int
 
 
 class StepLogRecord(TypedDict):

@@ -23,6 +23,7 @@ wins and the other gets :class:`InvalidTransitionError` naming the state it foun
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, Final, cast
 from uuid import UUID
@@ -53,8 +54,10 @@ from flowforge.db.sql.runs import (
     list_runs_sql,
 )
 from flowforge.db.tables import RunStatus, RunStepLog, TriggerType, Workflow, WorkflowRun
+from flowforge.domain.limits import reserve_start_slot
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import RunRecord, RunWithLogs, StepLogRecord
+from flowforge.domain.retries import retry_after_failure
 from flowforge.domain.workflows import version_exists, visible_workflow
 
 
@@ -89,6 +92,8 @@ async def trigger_run(
     idempotency_key: str | None = None,
     owner_id: UUID | None = None,
     version: int | None = None,
+    priority: int = 0,
+    not_before: datetime.datetime | None = None,
 ) -> tuple[RunRecord, bool]:
     """Create a pending run and its ``run.created`` event; returns (run, created).
 
@@ -98,6 +103,8 @@ async def trigger_run(
     existing run and ``created=False`` when the inputs and trigger type (and
     the version, when one is named) match, and raises
     :class:`IdempotencyConflictError` when they do not.
+    ``priority`` (-100..100, higher first) and ``not_before`` (not claimed
+    before then) order the run in the queue (flowforge.domain.queue).
     """
     connection = DB.require_transaction().connection
     inputs_json = dumps(inputs)
@@ -110,6 +117,8 @@ async def trigger_run(
         idempotency_key,
         owner_id,
         version,
+        priority,
+        not_before,
     )
     extra: tuple[str, ...]  # the statement's columns that are not the run's
     if row is None:
@@ -159,12 +168,22 @@ async def trigger_run(
 # -- transitions -------------------------------------------------------------------------
 
 # action -> (new status, statuses it may leave)
+# The first four are transition_run's (the API's /start, /complete, ...); the
+# queue's moves (issue 18, flowforge.domain.queue and retries, the reaper) are
+# listed too, so this table is the whole state machine (docs/runs.md draws it).
 TRANSITIONS: Final[dict[str, tuple[RunStatus, tuple[RunStatus, ...]]]] = {
     "start": (RunStatus.RUNNING, (RunStatus.PENDING,)),
     "complete": (RunStatus.COMPLETED, (RunStatus.RUNNING,)),
     "fail": (RunStatus.FAILED, (RunStatus.RUNNING,)),
-    "cancel": (RunStatus.CANCELLED, (RunStatus.PENDING, RunStatus.RUNNING)),
+    "cancel": (
+        RunStatus.CANCELLED,
+        (RunStatus.PENDING, RunStatus.RUNNING, RunStatus.AWAITING_RETRY),
+    ),
+    "claim": (RunStatus.RUNNING, (RunStatus.PENDING, RunStatus.AWAITING_RETRY)),
+    "retry": (RunStatus.AWAITING_RETRY, (RunStatus.RUNNING,)),
 }
+# Moves only the queue makes (not through transition_run).
+QUEUE_ACTIONS: Final = frozenset({"claim", "retry"})
 
 
 async def _run_status(run_id: UUID, owner_id: UUID | None) -> str | None:
@@ -197,9 +216,14 @@ async def transition_run(
     Raises :class:`InvalidTransitionError` (naming the current and requested
     states) when the run's status does not allow `action`.
     """
+    if action in QUEUE_ACTIONS:
+        raise ValueError(f"{action} is the queue's move, not a transition_run action")
     target, allowed = TRANSITIONS[action]
     if target is RunStatus.FAILED and not error:
         raise ValueError("a failed run must record its error")
+    if target is RunStatus.RUNNING:
+        # Under the run's limits' locks until commit (the claim's: no limit exceeded).
+        await reserve_start_slot(run_id, owner_id)
     connection = DB.require_transaction().connection
     row = await connection.fetchrow(
         TRANSITION_RUN,
@@ -349,6 +373,8 @@ async def append_step_log(
             step_position=step_position,
             workflow_version=version,
         )
+    if status is RunStatus.FAILED:
+        await retry_after_failure(run_id, row["step_id"], row["attempt"], error)
     return _log(row)
 
 
@@ -393,4 +419,6 @@ async def finish_step_log(
             current_status=current,
             requested_status=status.value,
         )
+    if status is RunStatus.FAILED:
+        await retry_after_failure(run_id, row["step_id"], row["attempt"], error)
     return _log(row)

@@ -27,7 +27,7 @@ from flowforge.core import events, metrics
 from flowforge.core.logs import get_logger
 from flowforge.db.engine import DB
 from flowforge.db.sql.history import SET_ACTOR
-from flowforge.db.sql.reaper import CLOSE_STEP_ATTEMPTS, REAP, WOULD_REAP
+from flowforge.db.sql.reaper import CLOSE_STEP_ATTEMPTS, REAP, REQUEUE, WOULD_REAP
 from flowforge.outbox.writer import record_events
 
 logger = get_logger("flowforge.jobs.reaper")
@@ -51,6 +51,8 @@ class StuckRun(TypedDict):
 @dataclass
 class ReapReport:
     runs: list[UUID] = field(default_factory=list)
+    # Claimed runs whose lease lapsed, put back in the queue (issue 18).
+    requeued: list[UUID] = field(default_factory=list)
     batches: int = 0
     lease_seconds: float = 0.0
     dry_run: bool = False
@@ -61,6 +63,8 @@ class ReapReport:
     def describe(self) -> str:
         verb = "would reap" if self.dry_run else "reaped"
         lines = [f"{verb}: {len(self.runs)} runs (lease {self.lease_seconds:g} s)"]
+        if self.requeued:
+            lines.append(f"requeued: {len(self.requeued)} claimed runs whose lease lapsed")
         for run in self.details:
             lines.append(
                 f"  run {run['id']} of workflow {run['workflow_id']}: last seen "
@@ -68,6 +72,34 @@ class ReapReport:
                 f"cancel {run['pending_steps']} pending step attempts"
             )
         return "\n".join(lines)
+
+
+async def requeue_batch(lease_seconds: float, batch_size: int, max_claims: int) -> list[Any]:
+    """Put up to `batch_size` claimed runs whose lease lapsed back in the queue (issue 18).
+
+    Their running step attempt is failed (it was cut off), pending ones are
+    cancelled, each with its run.step_logged event; each run gets its
+    run.retry_scheduled event. Runs in the caller's transaction.
+    """
+    connection = DB.require_transaction().connection
+    # The run_history rows of this batch name the reaper.
+    await connection.execute(SET_ACTOR, ACTOR)
+    runs = list(await connection.fetch(REQUEUE, lease_seconds, batch_size, max_claims))
+    if runs:
+        run_ids = [run["id"] for run in runs]
+        await connection.execute(CLOSE_STEP_ATTEMPTS, run_ids, STEP_ERROR)
+        await record_events(
+            [
+                (
+                    events.WORKFLOW_RUN,
+                    run["id"],
+                    events.RUN_EVENT_BY_STATUS["awaiting_retry"],
+                    events.run_payload(dict(run), previous_status="running"),
+                )
+                for run in runs
+            ]
+        )
+    return runs
 
 
 async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
@@ -105,13 +137,19 @@ async def find_stuck_runs(lease_seconds: float) -> list[StuckRun]:
 
 
 async def reap_stuck_runs(
-    lease_seconds: float, batch_size: int = 500, *, dry_run: bool = False
+    lease_seconds: float,
+    batch_size: int = 500,
+    *,
+    max_claims: int = 3,
+    dry_run: bool = False,
 ) -> ReapReport:
     """Fail every run whose lease expired, one transaction per batch; idempotent.
 
     A job of several units of work: call it outside a transaction (each batch
     commits before the next is claimed). ``dry_run`` only lists those runs and
-    changes nothing.
+    changes nothing (it lists every lapsed run, requeued or not). Claimed runs
+    the queue may take again (``max_claims``, their step's retry policy) are
+    requeued first (``report.requeued``); the rest are failed.
     """
     DB.require_no_transaction("reap_stuck_runs")
     report = ReapReport(lease_seconds=lease_seconds, dry_run=dry_run)
@@ -120,6 +158,14 @@ async def reap_stuck_runs(
             report.details = await find_stuck_runs(lease_seconds)
         report.runs = [run["id"] for run in report.details]
         return report
+    while True:
+        async with DB.transaction():
+            requeued = await requeue_batch(lease_seconds, batch_size, max_claims)
+        report.requeued.extend(run["id"] for run in requeued)
+        for run in requeued:
+            logger.warning("reaper.run_requeued", run_id=run["id"], workflow_id=run["workflow_id"])
+        if len(requeued) < batch_size:
+            break
     while True:
         async with DB.transaction():
             runs = await reap_batch(lease_seconds, batch_size)

@@ -357,7 +357,9 @@ class Relay:
 
     async def _reap(self) -> None:
         DB.current_transaction.set(None)
-        report = await reap_stuck_runs(self.settings.run_lease_timeout)
+        report = await reap_stuck_runs(
+            self.settings.run_lease_timeout, max_claims=self.settings.run_max_claims
+        )
         if report.runs:
             logger.info("relay.reaped", runs=len(report.runs))
 

@@ -191,4 +191,4 @@ async def test_me(client: httpx.AsyncClient, developer: Caller) -> None:
     body = response.json()
     assert body["user"]["email"] == developer.email
     assert body["api_key_id"] == str(developer.key_id)
-    assert body["scopes"] == ["read", "write"]
+    assert body["scopes"] == ["read", "worker", "write"]

@@ -14,7 +14,7 @@ from flowforge.api import health
 from flowforge.api.app import create_app
 from flowforge.api.examples import SCHEMA_EXAMPLES
 from flowforge.api.routes import api_keys, runs, users, workflows
-from flowforge.api.schemas import ErrorDetail, ErrorResponse, JsonObject, Page
+from flowforge.api.schemas import Backoff, ErrorDetail, ErrorResponse, JsonObject, Page, RetryPolicy
 from flowforge.db.tables import Role, RunStatus, Scope, TriggerType
 from flowforge.domain.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
 from tests.api.conftest import Caller, create_workflow
@@ -33,6 +33,8 @@ MODELS: dict[str, Any] = {
     "ErrorDetail": ErrorDetail,
     "ErrorResponse": ErrorResponse,
     "JsonObject": JsonObject,
+    "Backoff": Backoff,
+    "RetryPolicy": RetryPolicy,
 }
 
 
@@ -342,6 +344,7 @@ OPERATION_IDS = {
     "GET /api/v1/workflows/{workflow_id}/versions/{version}": "get_version",
     "GET /api/v1/runs/{run_id}": "get_run",
     "GET /api/v1/runs/{run_id}/history": "list_run_history",
+    "POST /api/v1/runs/claim": "claim_runs",
     "POST /api/v1/runs/{run_id}/start": "start_run",
     "POST /api/v1/runs/{run_id}/complete": "complete_run",
     "POST /api/v1/runs/{run_id}/fail": "fail_run",

@@ -65,7 +65,7 @@ class ApiKeyCreate(RequestModel):
         default=[Scope.READ],
         min_length=1,
         max_length=3,
-        description="Any of read, write, admin; within your role and your own key's scopes.",
+        description="Any of read, write, admin, worker; within your role and your own key's scopes.",
     )
     expires_at: Timestamp | None = Field(
         default=None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Header, Query, Response
@@ -26,7 +26,7 @@ from flowforge.api.schemas import (
     error_responses,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
-from flowforge.domain import history, runs
+from flowforge.domain import history, queue, runs
 from flowforge.domain.principal import Principal
 
 router = APIRouter(
@@ -35,7 +35,9 @@ router = APIRouter(
 
 LIFECYCLE = (
     "Lifecycle: pending → running → completed | failed | cancelled, and pending → "
-    "cancelled. Any other move (e.g. out of a terminal state, or pending → completed) "
+    "cancelled; the queue adds running → awaiting_retry → running | cancelled "
+    "(docs/runs.md). A start that would exceed a concurrency limit is a 409 "
+    "`concurrency_limit`. Any other move (e.g. out of a terminal state, or pending → completed) "
     "is a 409 `invalid_transition` naming the current and requested states; of two "
     "concurrent moves of one run exactly one succeeds."
 )
@@ -48,6 +50,12 @@ LIFECYCLE = (
 # not JSON serializable"). A `null` body is a 422, as the schema says.
 
 
+Priority = Annotated[
+    int,
+    Field(ge=-100, le=100, description="Queue order: higher is claimed first (-100..100)."),
+]
+
+
 class RunTrigger(RequestModel):
     inputs: JsonObject = Field(default_factory=dict)
     trigger_type: TriggerType = TriggerType.MANUAL
@@ -55,6 +63,23 @@ class RunTrigger(RequestModel):
         default=None,
         description="The workflow version to run (default: its latest). "
         "A version the workflow does not have is a 404 naming the latest.",
+    )
+    priority: Priority = 0
+    not_before: Timestamp | None = Field(
+        default=None, description="Not claimed before this time (a delayed run)."
+    )
+
+
+class RunClaim(RequestModel):
+    worker_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] = (
+        Field(description="Who claims: recorded as each run's `claimed_by`.")
+    )
+    limit: int = Field(default=1, ge=1, le=queue.MAX_CLAIM, description="At most this many runs.")
+    workflow_ids: list[UUID] | None = Field(
+        default=None, min_length=1, max_length=100, description="Only these workflows' runs."
+    )
+    queue: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="Only runs of workflows in this queue."
     )
 
 
@@ -156,6 +181,13 @@ class RunOut(BaseModel):
     updated_at: datetime.datetime = Field(
         description="Also bumped by every logged attempt: a heartbeat of a running run."
     )
+    priority: int = Field(description="Queue order: higher is claimed first.")
+    not_before: datetime.datetime | None = Field(description="Not claimed before this time.")
+    next_attempt_at: datetime.datetime | None = Field(
+        description="awaiting_retry: when the retry is due."
+    )
+    claimed_by: str | None = Field(description="The worker that last claimed the run.")
+    claims: int = Field(description="How many times the run was claimed.")
 
 
 class RunTriggered(RunOut):
@@ -189,6 +221,18 @@ class RunHistoryOut(BaseModel):
 
 class RunDetail(RunOut):
     step_logs: list[StepLogOut] = Field(description="By step position, then attempt.")
+    waiting_reason: str | None = Field(
+        default=None,
+        description=(
+            "Why a pending or awaiting_retry run is not running yet: `not_before`, "
+            "`retry_backoff`, `workflow_concurrency`, `concurrency_limit:<name>`, or "
+            "`queued` (due, a slot is free: waiting for a worker's claim)."
+        ),
+    )
+
+
+class ClaimedRuns(BaseModel):
+    runs: list[RunOut] = Field(description="The claimed runs, now running; empty: none due.")
 
 
 # Each hot route's body, encoded once from the domain's records (flowforge/api/responses.py).
@@ -257,6 +301,8 @@ async def trigger_run(
         idempotency_key=idempotency_key,
         owner_id=principal.owner_filter,
         version=body.version,
+        priority=body.priority,
+        not_before=body.not_before,
     )
     response.headers["Location"] = f"/api/v1/runs/{run['id']}"
     if not created:
@@ -297,7 +343,10 @@ async def list_runs(
 async def get_run(run_id: UUID, response: Response, principal: ReadPrincipal) -> Response:
     principal.require(Scope.READ)
     run = await runs.get_run(run_id, owner_id=principal.owner_filter)
-    return json_response(run, ENCODE_DETAIL, response)
+    reason = None
+    if run["status"] in (RunStatus.PENDING, RunStatus.AWAITING_RETRY):
+        reason = await queue.waiting_reason(run_id)
+    return json_response({**run, "waiting_reason": reason}, ENCODE_DETAIL, response)
 
 
 @router.get(
@@ -324,10 +373,41 @@ async def list_run_history(
     )
 
 
+@router.post(
+    "/runs/claim",
+    summary="Claim due runs from the queue (workers)",
+    description=(
+        "Hands the calling worker up to `limit` due runs - pending runs past their "
+        "`not_before` and awaiting_retry runs past their `next_attempt_at` - highest "
+        "priority first, round robin across workflows, oldest first, never above a "
+        "concurrency limit. Each is now running, claimed by `worker_id`, with a lease "
+        "its heartbeats renew. Needs the `worker` scope. An empty list: nothing due "
+        "(or everything due is held by other claimers or limits): poll again later."
+    ),
+)
+async def claim_runs(body: RunClaim, principal: CurrentPrincipal) -> ClaimedRuns:
+    principal.require(Scope.WORKER)
+    claimed = await queue.claim_runs(
+        body.worker_id,
+        limit=body.limit,
+        workflow_ids=body.workflow_ids,
+        queue=body.queue,
+        owner_id=principal.owner_filter,
+    )
+    return ClaimedRuns(runs=[RunOut(**run) for run in claimed])
+
+
+# Workers (the worker scope) drive the runs they claim; cancel needs write.
+DRIVE: Final = (Scope.WRITE, Scope.WORKER)
+
+
 async def _transition(
     principal: Principal, response: Response, run_id: UUID, action: str, **kwargs: Any
 ) -> Response:
-    principal.require(Scope.WRITE)
+    if action == "cancel":
+        principal.require(Scope.WRITE)
+    else:
+        principal.require_any(*DRIVE)
     run = await runs.transition_run(run_id, action, owner_id=principal.owner_filter, **kwargs)
     return json_response(run, ENCODE_RUN, response)
 
@@ -403,7 +483,7 @@ async def append_step_log(
     """The server numbers attempts per step (1, 2, ...), safely under concurrency,
     and copies the step's name and position into the log. The run must be running
     (409 otherwise); each logged attempt also bumps the run's `updated_at`."""
-    principal.require(Scope.WRITE)
+    principal.require_any(*DRIVE)
     log = await runs.append_step_log(
         run_id,
         step_position=body.step_position,
@@ -428,7 +508,7 @@ async def append_step_log(
     responses=TRANSITION_RESPONSES,
 )
 async def heartbeat(run_id: UUID, principal: CurrentPrincipal) -> Response:
-    principal.require(Scope.WRITE)
+    principal.require_any(*DRIVE)
     await runs.heartbeat_run(run_id, owner_id=principal.owner_filter)
     return Response(status_code=204)
 
@@ -444,7 +524,7 @@ async def finish_step_log(
     body: StepLogFinish,
     principal: CurrentPrincipal,
 ) -> StepLogOut:
-    principal.require(Scope.WRITE)
+    principal.require_any(*DRIVE)
     log = await runs.finish_step_log(
         run_id,
         step_log_id,

@@ -22,6 +22,7 @@ from flowforge.api.schemas import (
     Limit,
     Page,
     RequestModel,
+    RetryPolicy,
     StepName,
     StepPosition,
     WorkflowName,
@@ -48,7 +49,10 @@ class StepIn(RequestModel):
     name: StepName
     action_type: ActionType = Field(description="What the step does, e.g. `http.request`.")
     config: JsonObject = Field(default_factory=dict)
-    retry_policy: JsonObject = Field(default_factory=dict)
+    retry_policy: RetryPolicy = Field(
+        default_factory=RetryPolicy,
+        description="Retries of a failed attempt (issue 18); `{}`: none.",
+    )
 
 
 class StepList(RequestModel):
@@ -100,7 +104,7 @@ class StepList(RequestModel):
                 name=step.name,
                 action_type=step.action_type,
                 config=step.config,
-                retry_policy=step.retry_policy,
+                retry_policy=step.retry_policy.model_dump(exclude_unset=True),
             )
             for index, step in enumerate(self.steps)
         ]

@@ -92,6 +92,7 @@ def run_payload_sql(
         "idempotency_key": f"{alias}.idempotency_key",
         "workflow_version": f"{alias}.workflow_version",
         "outputs": f"{alias}.outputs",
+        "next_attempt_at": iso(f"{alias}.next_attempt_at"),
     }
     keys = CONTRACT[event_type].keys
     return _jsonb_object({key: values[key] for key in keys}, keys)

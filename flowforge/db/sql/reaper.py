@@ -10,7 +10,7 @@ from typing import Final, LiteralString
 from flowforge.core import events
 from flowforge.db.sql import outbox
 from flowforge.db.sql.quote import column_list
-from flowforge.db.sql.runs import LOG_TABLE_COLUMNS
+from flowforge.db.sql.runs import LOG_TABLE_COLUMNS, RUN_COLUMNS_OF_R
 
 # The lease expression must match the index expression exactly to use it.
 # An end is stamped with clock_timestamp(), as runs.TRANSITION_RUN's (see there):
@@ -27,6 +27,47 @@ ORDER BY COALESCE(heartbeat_at, started_at)
 LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
+
+# Issue 18: a *claimed* run whose lease lapsed goes back to the queue instead
+# (awaiting_retry, due now: the claim takes it again) while it was claimed
+# fewer than $3 times and the step attempt it was running, if any, may be
+# retried under its step's policy (a policy without a usable max_attempts is
+# one attempt). Run before REAP in the same transaction: REAP fails the rest.
+# Its event (run.retry_scheduled) is written by the reaper from the returned
+# rows, as REAP's are: no outbox write (nor its lock) when nothing lapsed.
+REQUEUE: Final[LiteralString] = f"""
+WITH stuck AS (
+    SELECT r.id FROM workflow_runs r
+    WHERE r.status = 'running'
+        AND COALESCE(r.heartbeat_at, r.started_at) < now() - make_interval(secs => $1::float8)
+        AND r.claimed_by IS NOT NULL AND r.claims < $3
+        AND NOT EXISTS (
+            SELECT 1 FROM run_step_logs l LEFT JOIN workflow_steps s ON s.id = l.step_id
+            WHERE l.run_id = r.id AND l.run_created_at = r.created_at AND l.status = 'running'
+              AND l.attempt >= CASE
+                  WHEN jsonb_typeof(s.retry_policy -> 'max_attempts') = 'number'
+                  THEN (s.retry_policy ->> 'max_attempts')::numeric ELSE 1 END)
+    ORDER BY COALESCE(r.heartbeat_at, r.started_at)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), requeued AS (
+    UPDATE workflow_runs AS r
+    SET status = 'awaiting_retry',
+        next_attempt_at = clock_timestamp(),
+        heartbeat_at = NULL,
+        claimed_by = NULL,
+        error = format(
+            'Lease lapsed: no heartbeat from %s since %s (lease %s s); back in the queue.',
+            r.claimed_by,
+            to_char(COALESCE(r.heartbeat_at, r.started_at) AT TIME ZONE 'UTC',
+                    'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            $1::float8
+        )
+    WHERE r.id = ANY(ARRAY(SELECT id FROM stuck)) AND r.status = 'running'
+    RETURNING {RUN_COLUMNS_OF_R}
+)
+SELECT * FROM requeued
+"""  # noqa: S608
 
 REAP: Final[LiteralString] = f"""
 WITH stuck AS ({FIND_STUCK})

@@ -32,6 +32,12 @@ RUN_TABLE_COLUMNS: Final = (
     WorkflowRun.finished_at,
     WorkflowRun.created_at,
     WorkflowRun.updated_at,
+    # The run queue (issue 18).
+    WorkflowRun.priority,
+    WorkflowRun.not_before,
+    WorkflowRun.next_attempt_at,
+    WorkflowRun.claimed_by,
+    WorkflowRun.claims,
 )
 RUN_COLUMNS: Final = column_list(*RUN_TABLE_COLUMNS)
 LOG_TABLE_COLUMNS: Final = (
@@ -76,8 +82,9 @@ WITH wf AS (
     WHERE id = $1 AND ($6::uuid IS NULL OR owner_id = $6)
 ), created AS (
     INSERT INTO workflow_runs (workflow_id, workflow_version, trigger_type, triggered_by_user_id,
-                               inputs, idempotency_key)
-    SELECT wf.id, wf.pinned, $2, $3, $4::jsonb, $5 FROM wf
+                               inputs, idempotency_key,
+                               priority, not_before)  -- the run queue (issue 18)
+    SELECT wf.id, wf.pinned, $2, $3, $4::jsonb, $5, $8::int, $9::timestamptz FROM wf
     WHERE wf.is_active AND ($7::int IS NULL OR EXISTS (
         SELECT 1 FROM workflow_versions v WHERE v.workflow_id = wf.id AND v.version = $7))
     ON CONFLICT ON CONSTRAINT workflow_runs_workflow_idempotency_key DO NOTHING
@@ -121,6 +128,7 @@ _TRANSITION_EVENT: Final[LiteralString] = outbox.insert_from(
     payload=outbox.run_payload_sql(
         "c",
         "CASE WHEN cardinality($3::text[]) = 1 THEN ($3::text[])[1] "
+        "WHEN c.next_attempt_at IS NOT NULL THEN 'awaiting_retry' "
         "WHEN c.started_at IS NULL THEN 'pending' ELSE 'running' END",
         "run.started",
     ),
