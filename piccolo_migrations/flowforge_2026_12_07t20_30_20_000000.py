@@ -1,7 +1,9 @@
 """The run queue's CHECK constraints, added NOT VALID (issue 18).
 
 Changed: ``workflow_runs_status_valid`` and ``workflow_runs_timestamps_match_status``
-admit ``awaiting_retry`` (started, not finished); ``api_keys_scopes_valid`` admits
+admit ``awaiting_retry`` (started, not finished), and so do run_history's
+``run_history_to_status_valid`` and ``run_history_from_status_valid`` (the
+history records every status a run takes); ``api_keys_scopes_valid`` admits
 the ``worker`` scope. New: ``workflow_runs_priority_range``,
 ``workflow_runs_retry_has_due_time``, ``workflow_runs_claims_non_negative``,
 ``workflows_max_concurrency_positive``, ``workflows_queue_not_blank``.
@@ -15,7 +17,9 @@ constraint NOT VALID; the bodies are those of flowforge/db/tables.py.
 
 Backwards restores the previous bodies and validates them; it refuses first
 (changing nothing) while a run is awaiting_retry or a key has the worker scope,
-which the previous schema cannot represent.
+which the previous schema cannot represent. run_history's status checks come
+back NOT VALID: history is append-only, and rows that recorded an
+awaiting_retry stay.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -41,6 +45,10 @@ OLD_STATUSES = "status IN ('pending', 'running', 'completed', 'failed', 'cancell
 NEW_STATUSES = (
     "status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'awaiting_retry')"
 )
+OLD_TO_STATUSES = OLD_STATUSES.replace("status", "to_status")
+NEW_TO_STATUSES = NEW_STATUSES.replace("status", "to_status")
+OLD_FROM_STATUSES = "from_status IS NULL OR " + OLD_STATUSES.replace("status", "from_status")
+NEW_FROM_STATUSES = "from_status IS NULL OR " + NEW_STATUSES.replace("status", "from_status")
 OLD_SCOPES = "cardinality(scopes) >= 1 AND scopes <@ ARRAY['read', 'write', 'admin']::varchar[]"
 NEW_SCOPES = (
     "cardinality(scopes) >= 1 AND scopes <@ ARRAY['read', 'write', 'admin', 'worker']::varchar[]"
@@ -66,6 +74,8 @@ CHANGED = [
     ("workflow_runs", "workflow_runs_status_valid", OLD_STATUSES, NEW_STATUSES),
     ("workflow_runs", "workflow_runs_timestamps_match_status", OLD_TIMESTAMPS, NEW_TIMESTAMPS),
     ("api_keys", "api_keys_scopes_valid", OLD_SCOPES, NEW_SCOPES),
+    ("run_history", "run_history_to_status_valid", OLD_TO_STATUSES, NEW_TO_STATUSES),
+    ("run_history", "run_history_from_status_valid", OLD_FROM_STATUSES, NEW_FROM_STATUSES),
 ]
 
 
@@ -129,7 +139,13 @@ BACKWARDS = [
         ]
         + [(table, _replace(table, name, old)) for table, name, old, _new in CHANGED]
     ),
-    *(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}" for table, name, _o, _n in CHANGED),
+    # run_history is append-only: rows that recorded an awaiting_retry stay, so
+    # its narrower checks come back NOT VALID (they hold for every new row).
+    *(
+        f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}"
+        for table, name, _o, _n in CHANGED
+        if table != "run_history"
+    ),
 ]
 
 

@@ -25,6 +25,7 @@ VALIDATE = {
     ],
     "workflows": ["workflows_max_concurrency_positive", "workflows_queue_not_blank"],
     "api_keys": ["api_keys_scopes_valid"],
+    "run_history": ["run_history_to_status_valid", "run_history_from_status_valid"],
 }
 
 
