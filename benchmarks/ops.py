@@ -465,9 +465,12 @@ def claim_lifecycle(ctx: Context) -> tuple[Operation, Operation]:
                 async with connection.transaction():
                     done = await connection.fetchrow(
                         run_sql.TRANSITION_RUN, run["id"], "completed", ["running"], None,
-                        json.dumps({"n": n}), None, "run.completed",
+                        json.dumps({"n": n}), None, "run.completed", False,
                     )  # fmt: skip
-                    await connection.execute(run_sql.CLOSE_ATTEMPTS, run["id"], done["created_at"])
+                    await connection.execute(
+                        run_sql.CLOSE_ATTEMPTS, run["id"], done["created_at"], "run completed",
+                        done["workflow_id"],
+                    )  # fmt: skip
             return claimed
 
     return flowforge, floor

@@ -221,12 +221,8 @@ async def transition_run(
     target, allowed = TRANSITIONS[action]
     if target is RunStatus.FAILED and not error:
         raise ValueError("a failed run must record its error")
-    if target is RunStatus.RUNNING:
-        # Under the run's limits' locks until commit (the claim's: no limit exceeded).
-        await reserve_start_slot(run_id, owner_id)
     connection = DB.require_transaction().connection
-    row = await connection.fetchrow(
-        TRANSITION_RUN,
+    arguments = (
         run_id,
         target.value,
         [status.value for status in allowed],
@@ -235,6 +231,14 @@ async def transition_run(
         owner_id,
         events.RUN_EVENT_BY_STATUS[target.value],
     )
+    starting = target is RunStatus.RUNNING
+    # A start tries first as a run of a workflow under no limit (one statement).
+    row = await connection.fetchrow(TRANSITION_RUN, *arguments, starting)
+    if row is None and starting:
+        # Limited (or not startable): under the run's limits' locks until
+        # commit, as a claim takes them, so no limit is exceeded.
+        await reserve_start_slot(run_id, owner_id)
+        row = await connection.fetchrow(TRANSITION_RUN, *arguments, False)
     if row is None:
         current = await _run_status(run_id, owner_id)
         if current is None:

@@ -113,6 +113,11 @@ FROM workflow_runs WHERE workflow_id = $1 AND idempotency_key = $2
 
 # -- transitions -------------------------------------------------------------------------
 
+# A start ($8 true) first tries the run as a run of a workflow under no
+# concurrency limit: one statement, no lock but the run's. When that matches
+# nothing, flowforge.domain.limits.reserve_start_slot locks the limits and
+# counts the free slots, and the start runs again with $8 false. A limit set
+# while a start is under way applies to the starts after its commit.
 # Compare-and-set: the new status, timestamps that satisfy
 # workflow_runs_timestamps_match_status, and the run.<status> event, in one
 # statement. A run that ends then closes its open step attempts (CLOSE_ATTEMPTS, below).
@@ -155,6 +160,10 @@ WITH changed AS (
     WHERE r.id = $1 AND r.status = ANY($3::text[])
       AND ($6::uuid IS NULL OR EXISTS (
           SELECT 1 FROM workflows w WHERE w.id = r.workflow_id AND w.owner_id = $6))
+      -- $8: only a run of a workflow under no concurrency limit (a start's fast path).
+      AND (NOT $8::boolean OR NOT EXISTS (
+          SELECT 1 FROM workflows w WHERE w.id = r.workflow_id
+              AND (w.max_concurrency IS NOT NULL OR w.concurrency_limit_id IS NOT NULL)))
     RETURNING {RUN_COLUMNS_OF_R}
 ), event AS (
     {_TRANSITION_EVENT}
