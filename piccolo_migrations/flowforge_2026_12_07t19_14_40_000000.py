@@ -19,10 +19,11 @@ month that ``run_step_logs`` has a partition for (the legacy range included, as
 See docs/decisions/14-run-history.md. No history is reconstructed for the runs
 that exist before this migration: their history starts here.
 
-Locks: CREATE TRIGGER and the foreign key take SHARE ROW EXCLUSIVE on
-``workflow_runs`` (and the triggers on ``run_step_logs``), which queues every
-write to runs behind it. Everything is done in one short transaction that takes
-those locks first with ``lock_timeout`` = LOCK_TIMEOUT (a long transaction on
+Locks: dropping the table with the foreign key takes ACCESS EXCLUSIVE on
+``workflow_runs``, CREATE TRIGGER takes SHARE ROW EXCLUSIVE on it and on
+``run_step_logs``, which queues every request on runs behind it. Everything is
+done in one short transaction that takes those locks first, at full strength
+(no upgrade: no deadlock with a writer) with ``lock_timeout`` = LOCK_TIMEOUT (a long transaction on
 runs makes the attempt fail fast instead of stalling writers behind it) and is
 retried up to ATTEMPTS times. On PostgreSQL < 18 a foreign key on a partitioned
 table cannot be added NOT VALID: rows copied back (after a step backwards) are
@@ -138,7 +139,18 @@ FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'run_step_logs'::regclass
 """
 
-LOCK = "LOCK TABLE workflow_runs, run_step_logs IN SHARE ROW EXCLUSIVE MODE"
+# Every lock the transaction will need, taken first, at full strength, in the
+# order writers take them (runs, then step logs): dropping the table that holds
+# a foreign key to workflow_runs (the plain run_history going, or the
+# partitioned one on the way back) takes ACCESS EXCLUSIVE on workflow_runs. Taken
+# late, that was a lock upgrade: the migration benchmark at 1M runs saw it
+# deadlock with a writer that had read a run and then wrote one.
+LOCK = (
+    "LOCK TABLE workflow_runs IN ACCESS EXCLUSIVE MODE; "
+    "LOCK TABLE run_step_logs IN SHARE ROW EXCLUSIVE MODE"
+)
+# Not granted within LOCK_TIMEOUT, or a deadlock: the transaction rolled back whole.
+RETRIED = {"55P03", "40P01"}
 
 
 async def _in_short_transactions(work: Any) -> None:
@@ -156,9 +168,11 @@ async def _in_short_transactions(work: Any) -> None:
                     await work(connection)
                 return
             except Exception as error:
-                if getattr(error, "sqlstate", None) != "55P03" or attempt == ATTEMPTS:
+                if getattr(error, "sqlstate", None) not in RETRIED or attempt == ATTEMPTS:
                     raise
-                print(f"[run_history] lock not granted in time; attempt {attempt + 1}", flush=True)
+                print(
+                    f"[run_history] locks not granted ({error}); attempt {attempt + 1}", flush=True
+                )
                 await asyncio.sleep(min(0.2 * attempt, 2.0))
     finally:
         await connection.close()
