@@ -102,6 +102,8 @@ class Text(GroupedMetadata):
 WorkflowName = Annotated[str, Text(200)]
 StepName = Annotated[str, Text(200)]
 ActionType = Annotated[str, Text(100)]
+QueueName = Annotated[str, Text(64)]
+LimitName = Annotated[str, Text(100)]
 KeyName = Annotated[str, Text(100)]
 DisplayName = Annotated[str, Text(200)]
 Description = Annotated[str, Text(10_000, min_length=0, multiline=True, strip=False)]

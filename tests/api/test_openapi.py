@@ -352,6 +352,11 @@ OPERATION_IDS = {
     "POST /api/v1/runs/{run_id}/step-logs": "append_step_log",
     "POST /api/v1/runs/{run_id}/heartbeat": "heartbeat",
     "POST /api/v1/runs/{run_id}/step-logs/{step_log_id}/finish": "finish_step_log",
+    "POST /api/v1/concurrency-limits": "create_concurrency_limit",
+    "GET /api/v1/concurrency-limits": "list_concurrency_limits",
+    "GET /api/v1/concurrency-limits/{concurrency_limit}": "get_concurrency_limit",
+    "PATCH /api/v1/concurrency-limits/{concurrency_limit}": "update_concurrency_limit",
+    "DELETE /api/v1/concurrency-limits/{concurrency_limit}": "delete_concurrency_limit",
 }
 
 
