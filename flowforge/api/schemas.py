@@ -263,6 +263,11 @@ StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator
 MAX_VERSION = 2**31 - 1
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_json_number)]
 
+# The run queue's capacities (PostgreSQL integers): a workflow's max_concurrency
+# (>= 1) and a concurrency limit's max_running (>= 0: 0 pauses).
+MaxConcurrency = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_json_number)]
+MaxRunning = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_json_number)]
+
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[
     str | None,

@@ -99,6 +99,8 @@ async def test_an_unknown_limit_name_is_a_clear_422(
         {"max_concurrency": 0},
         {"max_concurrency": -1},
         {"max_concurrency": 2**31},
+        {"max_concurrency": "2"},
+        {"max_concurrency": True},
         {"concurrency_limit": ""},
         {"concurrency_limit": "x" * 101},
     ],
@@ -257,6 +259,8 @@ async def test_only_admins_change_limits_and_anyone_reads_them(
         {"name": "x", "max_running": -1},
         {"name": "x", "max_running": 2**31},
         {"name": "x", "max_running": 1.5},
+        {"name": "x", "max_running": "1"},
+        {"name": "x", "max_running": None},
         {"name": "x", "max_running": 1, "surprise": True},
     ],
 )

@@ -23,6 +23,7 @@ from flowforge.api.schemas import (
     Cursor,
     Limit,
     LimitName,
+    MaxRunning,
     Page,
     RequestModel,
     error_responses,
@@ -36,16 +37,10 @@ router = APIRouter(
     route_class=ExactJSONRoute,
 )
 
-MAX_RUNNING = 2**31 - 1  # a PostgreSQL integer
-MaxRunning = Annotated[
-    int,
-    Field(
-        ge=0,
-        le=MAX_RUNNING,
-        description="At most this many runs of all its workflows together `running`; 0 pauses "
-        "them (running runs finish, none starts).",
-    ),
-]
+MAX_RUNNING_DESCRIPTION = (
+    "At most this many runs of all its workflows together `running`; 0 pauses "
+    "them (running runs finish, none starts)."
+)
 LimitKey = Annotated[
     str,
     Path(min_length=1, max_length=100, description="The limit's name, or its id."),
@@ -65,7 +60,7 @@ class ConcurrencyLimitOut(BaseModel):
 
 class ConcurrencyLimitCreate(RequestModel):
     name: LimitName = Field(description="Unique (409 if taken); workflows name it.")
-    max_running: MaxRunning
+    max_running: MaxRunning = Field(description=MAX_RUNNING_DESCRIPTION)
 
 
 class ConcurrencyLimitUpdate(RequestModel):
@@ -73,7 +68,7 @@ class ConcurrencyLimitUpdate(RequestModel):
         default=None,
         description="Rename it (the workflows using it follow: they reference it by id).",
     )
-    max_running: MaxRunning | None = None
+    max_running: MaxRunning | None = Field(default=None, description=MAX_RUNNING_DESCRIPTION)
 
 
 @router.post(

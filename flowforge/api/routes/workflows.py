@@ -21,6 +21,7 @@ from flowforge.api.schemas import (
     JsonObject,
     Limit,
     LimitName,
+    MaxConcurrency,
     Page,
     QueueName,
     RequestModel,
@@ -41,7 +42,6 @@ router = APIRouter(
 )
 
 MAX_STEPS = 100
-MAX_CONCURRENCY = 2**31 - 1  # a PostgreSQL integer
 
 # The run queue's operational settings (issue 18): on create and PATCH.
 QUEUE_DESCRIPTION = "The run queue workers claim its runs from (`POST /runs/claim` `queue`)."
@@ -132,8 +132,8 @@ class WorkflowCreate(StepList):
         default=None, description="Create it for another user (admins only); default: yourself."
     )
     queue: QueueName = Field(default="default", description=QUEUE_DESCRIPTION)
-    max_concurrency: int | None = Field(
-        default=None, ge=1, le=MAX_CONCURRENCY, description=MAX_CONCURRENCY_DESCRIPTION
+    max_concurrency: MaxConcurrency | None = Field(
+        default=None, description=MAX_CONCURRENCY_DESCRIPTION
     )
     concurrency_limit: LimitName | None = Field(default=None, description=LIMIT_DESCRIPTION)
 
@@ -149,10 +149,8 @@ class WorkflowUpdate(RequestModel):
     trigger_config: JsonObject | None = None
     is_active: StrictBool | None = None
     queue: QueueName | None = Field(default=None, description=QUEUE_DESCRIPTION)
-    max_concurrency: int | None = Field(
+    max_concurrency: MaxConcurrency | None = Field(
         default=None,
-        ge=1,
-        le=MAX_CONCURRENCY,
         description=MAX_CONCURRENCY_DESCRIPTION + " Send null to remove the cap.",
     )
     concurrency_limit: LimitName | None = Field(
