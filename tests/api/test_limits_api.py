@@ -203,6 +203,8 @@ async def test_admins_manage_limits_by_name_or_id(
     assert "There is no concurrency limit 'stripe'" in gone.text
     again = await client.delete(f"{LIMITS}/stripe", headers=admin.headers)
     assert again.status_code == 404
+    odd = await client.get(f"{LIMITS}/a%00b", headers=admin.headers)
+    assert odd.status_code in (404, 422), odd.text
 
 
 async def test_the_list_is_keyset_paginated(
@@ -262,6 +264,7 @@ async def test_only_admins_change_limits_and_anyone_reads_them(
         {"name": "x", "max_running": "1"},
         {"name": "x", "max_running": None},
         {"name": "x", "max_running": 1, "surprise": True},
+        {"name": "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a", "max_running": 1},
     ],
 )
 async def test_bad_limits_are_422(

@@ -14,7 +14,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
@@ -58,9 +58,25 @@ class ConcurrencyLimitOut(BaseModel):
     updated_at: datetime.datetime
 
 
+def _not_an_id(name: str | None) -> str | None:
+    # The routes take a name or an id: a name that reads as an id would be unreachable.
+    if name is not None:
+        try:
+            UUID(name)
+        except ValueError:
+            return name
+        raise ValueError("must not look like an id (a UUID): the routes take a name or an id")
+    return name
+
+
 class ConcurrencyLimitCreate(RequestModel):
     name: LimitName = Field(description="Unique (409 if taken); workflows name it.")
     max_running: MaxRunning = Field(description=MAX_RUNNING_DESCRIPTION)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return _not_an_id(name)
 
 
 class ConcurrencyLimitUpdate(RequestModel):
@@ -69,6 +85,11 @@ class ConcurrencyLimitUpdate(RequestModel):
         description="Rename it (the workflows using it follow: they reference it by id).",
     )
     max_running: MaxRunning | None = Field(default=None, description=MAX_RUNNING_DESCRIPTION)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str | None) -> str | None:
+        return _not_an_id(name)
 
 
 @router.post(
