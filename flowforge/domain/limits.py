@@ -141,15 +141,15 @@ async def update_limit(key: str, changes: Mapping[str, Any]) -> ConcurrencyLimit
     of its workflows starts until they are fewer than it.
     """
     DB.require_transaction()
-    unknown = set(changes) - {"name", "max_running"}
+    columns: dict[str, Column] = {
+        "name": ConcurrencyLimit.name,
+        "max_running": ConcurrencyLimit.max_running,
+    }
+    unknown = set(changes) - set(columns)
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
     if changes:
-        values: dict[Column | str, Any] = (
-            {ConcurrencyLimit.name: changes["name"]} if "name" in changes else {}
-        )
-        if "max_running" in changes:
-            values[ConcurrencyLimit.max_running] = changes["max_running"]
+        values: dict[Column | str, Any] = {columns[name]: value for name, value in changes.items()}
         rows = (
             await ConcurrencyLimit.update(values)
             .where(_limit_key(key))
