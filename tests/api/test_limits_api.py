@@ -4,6 +4,7 @@ respect limits set this way."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -366,3 +367,20 @@ async def test_claims_respect_max_concurrency_set_over_the_api(
     assert lifted.status_code == 200, lifted.text
     assert len((await claim(client, worker, queue="payments", limit=5)).json()["runs"]) == 2
     assert await running([workflow["id"]]) == 3
+
+
+async def test_of_two_operators_holding_one_etag_one_changes_the_settings(
+    client: httpx.AsyncClient, admin: Caller, developer: Caller
+) -> None:
+    await create_limit(client, admin)
+    workflow = await create_workflow(client, developer)
+    first, second = await asyncio.gather(
+        patch(client, developer, workflow, max_concurrency=5),
+        patch(client, developer, workflow, concurrency_limit="stripe-api"),
+    )
+    assert sorted([first.status_code, second.status_code]) == [200, 412]
+    got = (
+        await client.get(f"/api/v1/workflows/{workflow['id']}", headers=developer.headers)
+    ).json()
+    assert got["revision"] == workflow["revision"] + 1
+    assert (got["max_concurrency"] == 5) != (got["concurrency_limit"] == "stripe-api")
