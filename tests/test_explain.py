@@ -524,9 +524,12 @@ async def test_workflows_of_one_owner_newest_first(dataset: Dataset) -> None:
         plan,
         {
             "workflows": "workflows_owner_id_created_at_idx",
-            "workflow_steps": "workflow_steps_workflow_position_key",
+            "workflow_steps": "workflow_steps_workflow_version_position_key",
+            # The name of each workflow's concurrency limit: a handful of rows.
+            "concurrency_limits": "concurrency_limits_pkey",
         },
         sorted_by_index=False,
+        small=frozenset({"concurrency_limits"}),
     )
 
 

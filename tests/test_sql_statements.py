@@ -61,6 +61,8 @@ BUILDERS: dict[tuple[str, str], Callable[[], list[str]]] = {
 # Raw fragments embedded in builder queries, prepared in a minimal statement.
 FRAGMENTS = [
     f"SELECT {workflows.STEP_COUNT}, {workflows.STEPS_OF_WORKFLOW} FROM workflows",
+    f"SELECT {workflows.LIMIT_NAME} FROM workflows",
+    f"SELECT {workflows.LIMIT_WORKFLOW_COUNT} FROM concurrency_limits",
     "SELECT 1 FROM workflows WHERE "
     + keyset.newer_first_after("workflows").format("now()", "gen_random_uuid()"),
 ]

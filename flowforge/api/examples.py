@@ -84,9 +84,20 @@ WORKFLOW_SUMMARY = {
     "is_active": True,
     "version": 2,
     "revision": 3,
+    "queue": "reports",
+    "max_concurrency": 2,
+    "concurrency_limit": "smtp-relay",
     "created_at": CREATED,
     "updated_at": CREATED,
     "step_count": 3,
+}
+CONCURRENCY_LIMIT = {
+    "id": "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
+    "name": "smtp-relay",
+    "max_running": 5,
+    "workflow_count": 3,
+    "created_at": CREATED,
+    "updated_at": UPDATED,
 }
 VERSION = {
     "id": "0b9e8d7c-6a5f-4e3d-8c2b-1a0f9e8d7c6b",
@@ -187,9 +198,11 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
         "description": "Totals by region, rendered and emailed at 02:00.",
         "trigger_type": "schedule",
         "trigger_config": {"cron": "0 2 * * *"},
+        "queue": "reports",
+        "concurrency_limit": "smtp-relay",
         "steps": STEPS_IN,
     },
-    "WorkflowUpdate": {"description": "Totals by region, emailed at 03:00.", "is_active": True},
+    "WorkflowUpdate": {"description": "Totals by region, emailed at 03:00.", "max_concurrency": 2},
     "WorkflowSummary": WORKFLOW_SUMMARY,
     "WorkflowOut": {**WORKFLOW_SUMMARY, "steps": STEPS_OUT},
     "Page_WorkflowSummary_": {"items": [WORKFLOW_SUMMARY], "next_cursor": CURSOR},
@@ -197,6 +210,11 @@ SCHEMA_EXAMPLES: dict[str, Any] = {
     "VersionOut": {**VERSION, "steps": STEPS_OUT},
     "Page_VersionSummary_": {"items": [VERSION], "next_cursor": None},
     "TriggerType": "schedule",
+    # concurrency limits
+    "ConcurrencyLimitOut": CONCURRENCY_LIMIT,
+    "ConcurrencyLimitCreate": {"name": "smtp-relay", "max_running": 5},
+    "ConcurrencyLimitUpdate": {"max_running": 0},
+    "Page_ConcurrencyLimitOut_": {"items": [CONCURRENCY_LIMIT], "next_cursor": None},
     # runs
     "RunTrigger": {"inputs": {"date": "2026-11-29", "regions": ["emea", "amer"]}, "version": 2},
     "RunOut": RUN,

@@ -102,6 +102,8 @@ class Text(GroupedMetadata):
 WorkflowName = Annotated[str, Text(200)]
 StepName = Annotated[str, Text(200)]
 ActionType = Annotated[str, Text(100)]
+QueueName = Annotated[str, Text(64)]
+LimitName = Annotated[str, Text(100)]
 KeyName = Annotated[str, Text(100)]
 DisplayName = Annotated[str, Text(200)]
 Description = Annotated[str, Text(10_000, min_length=0, multiline=True, strip=False)]
@@ -260,6 +262,11 @@ StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator
 # A workflow version's number (workflow_versions.version: a PostgreSQL integer).
 MAX_VERSION = 2**31 - 1
 VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_json_number)]
+
+# The run queue's capacities (PostgreSQL integers): a workflow's max_concurrency
+# (>= 1) and a concurrency limit's max_running (>= 0: 0 pauses).
+MaxConcurrency = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_json_number)]
+MaxRunning = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_json_number)]
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[

@@ -33,6 +33,17 @@ class UserRecord(TypedDict):
     updated_at: datetime.datetime
 
 
+class ConcurrencyLimitRecord(TypedDict):
+    """A named capacity shared by workflows (issue 18)."""
+
+    id: UUID
+    name: str
+    max_running: int
+    workflow_count: int  # the workflows that use it
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
 class ApiKeyRecord(TypedDict):
     """A stored key: never its secret or its hash."""
 
@@ -72,6 +83,9 @@ class WorkflowRecord(TypedDict):
     is_active: bool
     version: int  # the current definition's number (workflow_versions.version)
     revision: int  # the concurrency token: the ETag
+    queue: str  # the run queue workers claim it from
+    max_concurrency: int | None  # at most this many of its runs running; None: no cap
+    concurrency_limit: str | None  # the named limit it shares (concurrency_limits.name)
     created_at: datetime.datetime
     updated_at: datetime.datetime
 

@@ -14,7 +14,7 @@ from piccolo.query.methods.select import Select
 from piccolo.querystring import QueryString
 
 from flowforge.core import events
-from flowforge.core.errors import NotFoundError, PreconditionFailedError
+from flowforge.core.errors import InvalidFieldError, NotFoundError, PreconditionFailedError
 from flowforge.core.json import dumps, loads
 from flowforge.db.builder import (
     Param,
@@ -28,11 +28,12 @@ from flowforge.db.sql.versions import NEW_VERSION, STEPS_OF_VERSION, VERSION_FIE
 from flowforge.db.sql.workflows import (
     COPY_STEPS,
     INSERT_STEPS,
+    LIMIT_NAME,
     STEP_COUNT,
     STEP_FIELDS,
     STEPS_OF_WORKFLOW,
 )
-from flowforge.db.tables import TriggerType, Workflow, WorkflowVersion
+from flowforge.db.tables import ConcurrencyLimit, TriggerType, Workflow, WorkflowVersion
 from flowforge.domain.pagination import DEFAULT_LIMIT, decode_cursor, page
 from flowforge.domain.records import (
     StepRecord,
@@ -54,6 +55,8 @@ WORKFLOW_COLUMNS: tuple[Column, ...] = (
     Workflow.is_active,
     Workflow.version,
     Workflow.revision,
+    Workflow.queue,
+    Workflow.max_concurrency,
     Workflow.created_at,
     Workflow.updated_at,
 )
@@ -90,6 +93,10 @@ class WorkflowSpec:
     trigger_type: TriggerType = TriggerType.MANUAL
     trigger_config: Mapping[str, Any] = field(default_factory=dict)
     steps: Sequence[StepSpec] = ()
+    # The run queue's operational settings (issue 18).
+    queue: str = "default"
+    max_concurrency: int | None = None
+    concurrency_limit: str | None = None  # a concurrency_limits name
 
 
 JSON_COLUMNS = ("trigger_config", "config", "retry_policy")
@@ -196,8 +203,16 @@ async def create_workflow(spec: WorkflowSpec) -> WorkflowWithSteps:
         description=spec.description,
         trigger_type=spec.trigger_type.value,
         trigger_config=dumps(spec.trigger_config),
+        queue=spec.queue,
+        max_concurrency=spec.max_concurrency,
+        concurrency_limit_id=await concurrency_limit_id(spec.concurrency_limit),
     )
-    workflow = _workflow((await Workflow.insert(row).returning(*WORKFLOW_COLUMNS).run())[0])
+    workflow = _workflow(
+        {
+            **(await Workflow.insert(row).returning(*WORKFLOW_COLUMNS).run())[0],
+            "concurrency_limit": spec.concurrency_limit,
+        }
+    )
     steps: list[StepRecord] = []
     if spec.steps:
         rows = await connection.fetch(
@@ -253,6 +268,27 @@ async def delete_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) ->
     )
 
 
+async def concurrency_limit_id(name: str | None) -> UUID | None:
+    """The id of the concurrency limit named `name` (None: none); 422 if there is none."""
+    if name is None:
+        return None
+    row = await compiled(
+        ("workflows.concurrency_limit_id",),
+        lambda: (
+            ConcurrencyLimit.select(ConcurrencyLimit.id)
+            .where(ConcurrencyLimit.name == Param("name"))
+            .first()
+        ),
+    ).first(name=name)
+    if row is None:
+        raise InvalidFieldError(
+            "concurrency_limit",
+            f"There is no concurrency limit named {name!r}: create it first "
+            "(POST /api/v1/concurrency-limits, admins) or send null for none.",
+        )
+    return cast(UUID, row["id"])
+
+
 # -- reading -----------------------------------------------------------------------------
 
 
@@ -273,7 +309,11 @@ async def get_workflow(workflow_id: UUID, *, owner_id: UUID | None = None) -> Wo
     row = await compiled(
         ("workflows.get_workflow", owner_id is not None),
         lambda: (
-            Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEPS_OF_WORKFLOW).as_alias("steps"))
+            Workflow.select(
+                *WORKFLOW_COLUMNS,
+                QueryString(LIMIT_NAME).as_alias("concurrency_limit"),
+                QueryString(STEPS_OF_WORKFLOW).as_alias("steps"),
+            )
             .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
             .first()
         ),
@@ -325,9 +365,11 @@ def list_workflows_query(
     A user's workflows use workflows_owner_id_created_at_idx.
     """
     query = limited(
-        Workflow.select(*WORKFLOW_COLUMNS, QueryString(STEP_COUNT).as_alias("step_count")).order_by(
-            Workflow.created_at, Workflow.id, ascending=False
-        ),
+        Workflow.select(
+            *WORKFLOW_COLUMNS,
+            QueryString(LIMIT_NAME).as_alias("concurrency_limit"),
+            QueryString(STEP_COUNT).as_alias("step_count"),
+        ).order_by(Workflow.created_at, Workflow.id, ascending=False),
         limit,
     )
     if owner_id is not None:
@@ -348,6 +390,11 @@ UPDATABLE_COLUMNS: dict[str, Column] = {
     "trigger_type": Workflow.trigger_type,
     "trigger_config": Workflow.trigger_config,
     "is_active": Workflow.is_active,
+    # Operational settings of the run queue (issue 18): they bump the revision
+    # but are not part of the definition (no new version).
+    "queue": Workflow.queue,
+    "max_concurrency": Workflow.max_concurrency,
+    "concurrency_limit_id": Workflow.concurrency_limit_id,
 }
 # The part of the definition a change of which creates a new version (the steps
 # are the other part: replace_steps).
@@ -374,13 +421,18 @@ async def update_workflow(
     ``workflow.updated`` for any other change; an update that changes nothing
     writes no event and keeps the revision.
     """
-    unknown = set(changes) - set(UPDATABLE_COLUMNS)
+    unknown = set(changes) - set(UPDATABLE_COLUMNS) - {"concurrency_limit"}
     if unknown:
         raise ValueError(f"not updatable: {sorted(unknown)}")
+    changes = dict(changes)
+    limit_name: str | None = None
+    if "concurrency_limit" in changes:
+        limit_name = changes.pop("concurrency_limit")
+        changes["concurrency_limit_id"] = await concurrency_limit_id(limit_name)
     current = await compiled(
         ("workflows.lock", owner_id is not None),
         lambda: (
-            Workflow.select(*WORKFLOW_COLUMNS)
+            Workflow.select(*WORKFLOW_COLUMNS, Workflow.concurrency_limit_id)
             .where(visible_workflow(Param("workflow_id"), _owner_param(owner_id)))
             .first()
             .lock_rows("UPDATE")
@@ -432,6 +484,10 @@ async def update_workflow(
         event_type = "workflow.activated" if changed["is_active"] else "workflow.deactivated"
     else:
         event_type = "workflow.updated"
+    if "concurrency_limit_id" in changed:
+        # Announced by name, as the API shows it.
+        del changed["concurrency_limit_id"]
+        changed["concurrency_limit"] = limit_name
     await record_event(
         events.WORKFLOW,
         workflow_id,

@@ -58,7 +58,7 @@ MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGAT
 @pytest.fixture
 async def world(db: None) -> dict[str, Any]:
     """Existing objects for generated requests to hit: users, keys, a workflow, runs, attempts."""
-    from flowforge.domain import api_keys, runs, workflows
+    from flowforge.domain import api_keys, limits, runs, workflows
 
     admin = await make_caller("fuzz-admin@example.com", Role.ADMIN)
     developer = await make_caller("fuzz-dev@example.com", Role.DEVELOPER)
@@ -79,6 +79,7 @@ async def world(db: None) -> dict[str, Any]:
         running, _ = await runs.trigger_run(workflow["id"], inputs={"n": 1})
         await runs.transition_run(running["id"], "start")
         log = await runs.append_step_log(running["id"], step_position=0)
+        limit = await limits.create_limit("fuzz-limit", 2)
     return {
         "admin": admin,
         "ids": {
@@ -87,6 +88,7 @@ async def world(db: None) -> dict[str, Any]:
             "user_id": [str(developer.user_id), str(admin.user_id)],
             "api_key_id": [str(spare_key["id"])],
             "step_log_id": [str(log["id"])],
+            "concurrency_limit": ["fuzz-limit", str(limit["id"])],
         },
     }
 

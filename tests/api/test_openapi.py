@@ -13,7 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 from flowforge.api import health
 from flowforge.api.app import create_app
 from flowforge.api.examples import SCHEMA_EXAMPLES
-from flowforge.api.routes import api_keys, runs, users, workflows
+from flowforge.api.routes import api_keys, limits, runs, users, workflows
 from flowforge.api.schemas import Backoff, ErrorDetail, ErrorResponse, JsonObject, Page, RetryPolicy
 from flowforge.db.tables import Role, RunStatus, Scope, TriggerType
 from flowforge.domain.pagination import CURSOR_PATTERN, decode_cursor, encode_cursor
@@ -26,6 +26,7 @@ MODELS: dict[str, Any] = {
     "Page_VersionSummary_": Page[workflows.VersionSummary],
     "Page_RunOut_": Page[runs.RunOut],
     "Page_RunHistoryOut_": Page[runs.RunHistoryOut],
+    "Page_ConcurrencyLimitOut_": Page[limits.ConcurrencyLimitOut],
     "Role": Role,
     "Scope": Scope,
     "TriggerType": TriggerType,
@@ -41,7 +42,7 @@ MODELS: dict[str, Any] = {
 def model_for(name: str) -> Any:
     if name in MODELS:
         return MODELS[name]
-    for module in (users, api_keys, workflows, runs, health):
+    for module in (users, api_keys, workflows, runs, limits, health):
         model = getattr(module, name, None)
         if isinstance(model, type) and issubclass(model, BaseModel):
             return model
@@ -352,6 +353,11 @@ OPERATION_IDS = {
     "POST /api/v1/runs/{run_id}/step-logs": "append_step_log",
     "POST /api/v1/runs/{run_id}/heartbeat": "heartbeat",
     "POST /api/v1/runs/{run_id}/step-logs/{step_log_id}/finish": "finish_step_log",
+    "POST /api/v1/concurrency-limits": "create_concurrency_limit",
+    "GET /api/v1/concurrency-limits": "list_concurrency_limits",
+    "GET /api/v1/concurrency-limits/{concurrency_limit}": "get_concurrency_limit",
+    "PATCH /api/v1/concurrency-limits/{concurrency_limit}": "update_concurrency_limit",
+    "DELETE /api/v1/concurrency-limits/{concurrency_limit}": "delete_concurrency_limit",
 }
 
 

@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from flowforge.api.deps import presented_key
-from flowforge.api.routes import api_keys, runs, users, workflows
+from flowforge.api.routes import api_keys, limits, runs, users, workflows
 
 # Every product route needs a key. A router dependency runs before the route's
 # own ones, so a missing or malformed key is a 401 before the transaction
@@ -19,9 +19,10 @@ router.include_router(runs.router)
 router.include_router(users.router)
 router.include_router(api_keys.router)
 router.include_router(workflows.router)
+router.include_router(limits.router)
 
 # The order /openapi.json lists them in (as before the matching order changed).
-DOCUMENTED = (users.router, api_keys.router, workflows.router, runs.router)
+DOCUMENTED = (users.router, api_keys.router, workflows.router, runs.router, limits.router)
 
 
 def documentation_order() -> list[Any]:

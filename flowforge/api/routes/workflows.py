@@ -20,7 +20,10 @@ from flowforge.api.schemas import (
     Description,
     JsonObject,
     Limit,
+    LimitName,
+    MaxConcurrency,
     Page,
+    QueueName,
     RequestModel,
     RetryPolicy,
     StepName,
@@ -39,6 +42,16 @@ router = APIRouter(
 )
 
 MAX_STEPS = 100
+
+# The run queue's operational settings (issue 18): on create and PATCH.
+QUEUE_DESCRIPTION = "The run queue workers claim its runs from (`POST /runs/claim` `queue`)."
+MAX_CONCURRENCY_DESCRIPTION = (
+    "At most this many of its runs `running` at once (>= 1); null: no per-workflow cap."
+)
+LIMIT_DESCRIPTION = (
+    "The name of a shared concurrency limit (`GET /concurrency-limits`) its runs count "
+    "against, with every other workflow that names it; null: none. 422 if no limit has it."
+)
 
 
 class StepIn(RequestModel):
@@ -118,6 +131,15 @@ class WorkflowCreate(StepList):
     owner_id: UUID | None = Field(
         default=None, description="Create it for another user (admins only); default: yourself."
     )
+    queue: QueueName = Field(default="default", description=QUEUE_DESCRIPTION)
+    max_concurrency: MaxConcurrency | None = Field(
+        default=None, description=MAX_CONCURRENCY_DESCRIPTION
+    )
+    concurrency_limit: LimitName | None = Field(default=None, description=LIMIT_DESCRIPTION)
+
+
+# Fields of a PATCH where null is a value ("no cap", "no limit"), not "leave as is".
+NULLABLE_UPDATES = frozenset({"max_concurrency", "concurrency_limit"})
 
 
 class WorkflowUpdate(RequestModel):
@@ -126,6 +148,23 @@ class WorkflowUpdate(RequestModel):
     trigger_type: TriggerType | None = None
     trigger_config: JsonObject | None = None
     is_active: StrictBool | None = None
+    queue: QueueName | None = Field(default=None, description=QUEUE_DESCRIPTION)
+    max_concurrency: MaxConcurrency | None = Field(
+        default=None,
+        description=MAX_CONCURRENCY_DESCRIPTION + " Send null to remove the cap.",
+    )
+    concurrency_limit: LimitName | None = Field(
+        default=None, description=LIMIT_DESCRIPTION + " Send null to detach it."
+    )
+
+    def changes(self) -> dict[str, Any]:
+        """The fields to change: those sent; null leaves a field as is, except where
+        null is a value (max_concurrency, concurrency_limit)."""
+        return {
+            name: value
+            for name, value in self.model_dump(exclude_unset=True).items()
+            if value is not None or name in NULLABLE_UPDATES
+        }
 
 
 class StepOut(BaseModel):
@@ -154,6 +193,9 @@ class WorkflowSummary(BaseModel):
         description='Incremented by every change; the ETag is `"<revision>"`. Send it back '
         "as If-Match to change the workflow."
     )
+    queue: str = Field(description=QUEUE_DESCRIPTION)
+    max_concurrency: int | None = Field(description=MAX_CONCURRENCY_DESCRIPTION)
+    concurrency_limit: str | None = Field(description=LIMIT_DESCRIPTION)
     created_at: datetime.datetime
     updated_at: datetime.datetime
     step_count: int
@@ -280,6 +322,9 @@ async def create_workflow(
             trigger_type=body.trigger_type,
             trigger_config=body.trigger_config,
             steps=body.specs(),
+            queue=body.queue,
+            max_concurrency=body.max_concurrency,
+            concurrency_limit=body.concurrency_limit,
         )
     )
     _etag(response, workflow)
@@ -329,7 +374,8 @@ async def get_workflow(
 
 @router.patch(
     "/workflows/{workflow_id}",
-    summary="Change a workflow's name, description, trigger or active flag (If-Match)",
+    summary="Change a workflow's name, description, trigger, active flag or queue settings "
+    "(If-Match)",
     responses={
         200: {"description": "The changed workflow", "headers": ETAG_HEADER},
         **error_responses(404, 409, 412, 428),
@@ -345,10 +391,13 @@ async def update_workflow(
     """Only the fields sent are changed (null means "leave as is"). Requires
     If-Match with the workflow's ETag: 412 if it changed since you read it, so
     two editors never overwrite each other. A trigger change creates a new
-    version (the same steps); runs already triggered keep theirs."""
+    version (the same steps); runs already triggered keep theirs. The queue
+    settings (`queue`, `max_concurrency`, `concurrency_limit`: null removes the
+    last two) are operational: they change the revision, not the version, and
+    apply at once to the workflow's runs not yet running."""
     principal.require(Scope.WRITE)
     expected = expected_revisions(if_match, required=True)
-    changes = body.model_dump(exclude_none=True)
+    changes = body.changes()
     workflow = await workflows.update_workflow(
         workflow_id,
         changes,

@@ -58,6 +58,14 @@ STEPS_OF_WORKFLOW: Final[LiteralString] = f"""ARRAY(
     SELECT ROW({STEP_COLUMN_LIST}) FROM workflow_steps s
     WHERE s.workflow_id = "workflows"."id" AND s.version = "workflows"."version"
     ORDER BY s.position)"""  # noqa: S608
+# The name of a workflow's named concurrency limit (null: none), as a column.
+LIMIT_NAME: Final[LiteralString] = (
+    '(SELECT l.name FROM concurrency_limits l WHERE l.id = "workflows"."concurrency_limit_id")'
+)
+# How many workflows use a concurrency limit, as a column of concurrency_limits.
+LIMIT_WORKFLOW_COUNT: Final[LiteralString] = (
+    '(SELECT count(*) FROM workflows w WHERE w.concurrency_limit_id = "concurrency_limits"."id")'
+)
 STEP_COUNT: Final[LiteralString] = (
     '(SELECT count(*) FROM workflow_steps s WHERE s.workflow_id = "workflows"."id" '
     'AND s.version = "workflows"."version")'
