@@ -6,7 +6,9 @@ a table of a million runs. Alone in its transaction (workflow_runs is the only
 table it locks; see the previous migration), with the raw step (which Piccolo
 runs first, in the same transaction) bounding the wait for the ACCESS EXCLUSIVE
 lock. The alter_column steps record the new RunStatus member in Piccolo's state
-only (no SQL). Backwards drops the columns.
+only (no SQL): for workflow_runs.status, run_step_logs.status and run_history's
+from_status and to_status (the history migrations came first; the next
+migration widens run_history's CHECKs). Backwards drops the columns.
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
@@ -178,6 +180,76 @@ async def forwards():
         tablename="run_step_logs",
         column_name="status",
         db_column_name="status",
+        params={
+            "choices": Enum(
+                "RunStatus",
+                {
+                    "PENDING": "pending",
+                    "RUNNING": "running",
+                    "COMPLETED": "completed",
+                    "FAILED": "failed",
+                    "CANCELLED": "cancelled",
+                    "AWAITING_RETRY": "awaiting_retry",
+                },
+            )
+        },
+        old_params={
+            "choices": Enum(
+                "RunStatus",
+                {
+                    "PENDING": "pending",
+                    "RUNNING": "running",
+                    "COMPLETED": "completed",
+                    "FAILED": "failed",
+                    "CANCELLED": "cancelled",
+                },
+            )
+        },
+        column_class=Varchar,
+        old_column_class=Varchar,
+        schema=None,
+    )
+
+    manager.alter_column(
+        table_class_name="RunHistory",
+        tablename="run_history",
+        column_name="from_status",
+        db_column_name="from_status",
+        params={
+            "choices": Enum(
+                "RunStatus",
+                {
+                    "PENDING": "pending",
+                    "RUNNING": "running",
+                    "COMPLETED": "completed",
+                    "FAILED": "failed",
+                    "CANCELLED": "cancelled",
+                    "AWAITING_RETRY": "awaiting_retry",
+                },
+            )
+        },
+        old_params={
+            "choices": Enum(
+                "RunStatus",
+                {
+                    "PENDING": "pending",
+                    "RUNNING": "running",
+                    "COMPLETED": "completed",
+                    "FAILED": "failed",
+                    "CANCELLED": "cancelled",
+                },
+            )
+        },
+        column_class=Varchar,
+        old_column_class=Varchar,
+        schema=None,
+    )
+
+    manager.alter_column(
+        table_class_name="RunHistory",
+        tablename="run_history",
+        column_name="to_status",
+        db_column_name="to_status",
         params={
             "choices": Enum(
                 "RunStatus",

@@ -101,6 +101,15 @@ LOAD = [
          (SELECT array_agg(id ORDER BY created_at) AS ids FROM users WHERE role <> 'viewer') AS o,
          LATERAL (SELECT now() - interval '400 days' + g * interval '5 hours' AS ts) AS t
     """,
+    # Version 1 of each workflow (issue 17): the workflows_first_version trigger
+    # writes it, but the load may skip triggers (SKIP_FOREIGN_KEY_TRIGGERS); the
+    # steps and runs are of version 1 (their column's default).
+    """
+    INSERT INTO workflow_versions (workflow_id, version, trigger_type, trigger_config,
+                                   created_by_user_id, created_at)
+    SELECT id, version, trigger_type, trigger_config, owner_id, created_at FROM workflows
+    ON CONFLICT ON CONSTRAINT workflow_versions_workflow_version_key DO NOTHING
+    """,
     # 1 to 4 steps per workflow.
     """
     INSERT INTO workflow_steps (workflow_id, position, name, action_type, config, retry_policy,

@@ -429,7 +429,7 @@ class RunHistory(Table, tablename="run_history", db=DB):
     """One state change of a run or of one of its step attempts: append-only.
 
     Written by database triggers, never by application code (the raw migration
-    ``piccolo_migrations/flowforge_2026_12_07t19_30_00_000000.py``): the
+    ``piccolo_migrations/flowforge_2026_12_07t19_14_40_000000.py``): the
     ``flowforge_run_history`` triggers on ``workflow_runs`` (created, and every
     change of ``status``) and on ``run_step_logs`` (an attempt appended, and
     every change of its ``status``), so no writer - the domain code, a job, raw
