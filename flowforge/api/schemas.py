@@ -338,7 +338,9 @@ class Backoff(RequestModel):
 class RetryPolicy(RequestModel):
     """A step's retry policy (flowforge.domain.retries); `{}` is one attempt, no retry."""
 
-    max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts in all (1: none).")
+    max_attempts: Annotated[int, Field(ge=1, le=100), BeforeValidator(json_integer)] = Field(
+        default=1, description="Attempts in all (1: none)."
+    )
     backoff: Backoff = Field(default_factory=Backoff)
     jitter: float = Field(
         default=0.0, ge=0, le=1, description="Up to this fraction of the backoff is added."
