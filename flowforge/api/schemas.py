@@ -243,7 +243,7 @@ JsonObject = Annotated[
 ]
 
 
-def _json_number(value: Any) -> Any:
+def json_integer(value: Any) -> Any:
     # JSON Schema's integer: 3 and 3.0, never true or "3" (lax int would take both).
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise ValueError("must be an integer")
@@ -251,17 +251,17 @@ def _json_number(value: Any) -> Any:
 
 
 # An integer in a JSON body.
-Integer = Annotated[int, BeforeValidator(_json_number)]
+Integer = Annotated[int, BeforeValidator(json_integer)]
 
 # A step's position. The bounds constrain the int inside the validator: added
 # to `Integer`, pydantic would describe them with its own `ge`/`le` keywords,
 # not JSON Schema's `minimum`/`maximum`.
 MAX_STEP_POSITION = 1_000_000
-StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator(_json_number)]
+StepPosition = Annotated[int, Field(ge=0, le=MAX_STEP_POSITION), BeforeValidator(json_integer)]
 
 # A workflow version's number (workflow_versions.version: a PostgreSQL integer).
 MAX_VERSION = 2**31 - 1
-VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(_json_number)]
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(json_integer)]
 
 # The run queue's capacities (PostgreSQL integers): a workflow's max_concurrency
 # (>= 1) and a concurrency limit's max_running (>= 0: 0 pauses).
@@ -345,7 +345,9 @@ class Backoff(RequestModel):
 class RetryPolicy(RequestModel):
     """A step's retry policy (flowforge.domain.retries); `{}` is one attempt, no retry."""
 
-    max_attempts: int = Field(default=1, ge=1, le=100, description="Attempts in all (1: none).")
+    max_attempts: Annotated[int, Field(ge=1, le=100), BeforeValidator(json_integer)] = Field(
+        default=1, description="Attempts in all (1: none)."
+    )
     backoff: Backoff = Field(default_factory=Backoff)
     jitter: float = Field(
         default=0.0, ge=0, le=1, description="Up to this fraction of the backoff is added."

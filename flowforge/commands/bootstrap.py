@@ -32,6 +32,11 @@ from flowforge.domain import api_keys, users
 from flowforge.domain.principal import SCOPES_BY_ROLE
 from flowforge.domain.records import ApiKeyRecord
 
+# A person's key never claims runs: `worker` is a scope of its own, issued on a
+# key of its own (docs/runs.md, "The run queue"), so a leaked dashboard key
+# cannot drain a queue.
+WORKER_ONLY: frozenset[Scope] = frozenset({Scope.WORKER})
+
 BOOTSTRAP_EMAIL = "admin@flowforge.local"
 BOOTSTRAP_KEY_NAME = "bootstrap"
 
@@ -95,7 +100,8 @@ async def create_user(
     :param email: the user's email address (unique, case-insensitive)
     :param role: admin, developer or viewer
     :param display_name: the name shown for the user; defaults to the email's local part
-    :param issue_key: also issue an API key with every scope the role allows, printed once
+    :param issue_key: also issue an API key with every scope the role allows except
+        worker (a worker key is issued on its own, with --scopes worker), printed once
     """
     roles = ", ".join(role.value for role in Role)
     if not email.strip():
@@ -109,7 +115,7 @@ async def create_user(
             user = await users.create_user(email, name, Role(role))
             issued = (
                 await api_keys.create_api_key(
-                    user["id"], name="cli", scopes=sorted(SCOPES_BY_ROLE[Role(role)])
+                    user["id"], name="cli", scopes=sorted(SCOPES_BY_ROLE[Role(role)] - WORKER_ONLY)
                 )
                 if issue_key
                 else None

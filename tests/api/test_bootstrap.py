@@ -263,6 +263,7 @@ COMMANDS = [
     "prune",
     "reap",
     "partitions",
+    "backfill_versions",
 ]
 
 

@@ -109,6 +109,39 @@ async def test_a_malformed_if_match_is_422(
     assert "double quotes" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ('"a,b", "1"', 200),  # a comma inside a tag is part of it (RFC 9110 etagc)
+        ('W/"1" ,\t"1"', 200),
+        ("null", 422),
+        ('"1",', 422),
+        ('"1" "1"', 422),
+    ],
+)
+async def test_if_match_is_parsed_by_the_pattern_the_openapi_publishes(
+    client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any], value: str, status: int
+) -> None:
+    import re
+
+    from flowforge.api.routes.workflows import IF_MATCH_PATTERN
+
+    published = (await client.get("/openapi.json")).json()["paths"]
+    for path, method in [
+        ("/api/v1/workflows/{workflow_id}", "patch"),
+        ("/api/v1/workflows/{workflow_id}/steps", "put"),
+        ("/api/v1/workflows/{workflow_id}/activate", "post"),
+    ]:
+        [header] = [p for p in published[path][method]["parameters"] if p["in"] == "header"]
+        assert (header["name"], header["required"]) == ("if-match", method != "post")
+        assert header["schema"]["pattern"] == IF_MATCH_PATTERN
+    assert (re.fullmatch(IF_MATCH_PATTERN, value) is not None) == (status == 200)
+    response = await client.patch(
+        url(workflow), json={"name": "x"}, headers={**developer.headers, "If-Match": value}
+    )
+    assert response.status_code == status, response.text
+
+
 async def test_of_concurrent_editors_with_one_etag_exactly_one_wins(
     client: httpx.AsyncClient, developer: Caller, workflow: dict[str, Any]
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from flowforge.api.deps import CurrentPrincipal, ReadPrincipal
 from flowforge.api.jsonbody import ExactJSONRoute
@@ -24,6 +24,7 @@ from flowforge.api.schemas import (
     Timestamp,
     VersionNumber,
     error_responses,
+    json_integer,
 )
 from flowforge.db.tables import RunStatus, Scope, TriggerType
 from flowforge.domain import history, queue, runs
@@ -53,6 +54,7 @@ LIFECYCLE = (
 Priority = Annotated[
     int,
     Field(ge=-100, le=100, description="Queue order: higher is claimed first (-100..100)."),
+    BeforeValidator(json_integer),  # a JSON integer: never true or "3"
 ]
 
 
@@ -70,11 +72,17 @@ class RunTrigger(RequestModel):
     )
 
 
+# Its own name: in RunClaim's annotations `queue` is the field, not the module.
+MAX_CLAIM: Final = queue.MAX_CLAIM
+
+
 class RunClaim(RequestModel):
     worker_id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")] = (
         Field(description="Who claims: recorded as each run's `claimed_by`.")
     )
-    limit: int = Field(default=1, ge=1, le=queue.MAX_CLAIM, description="At most this many runs.")
+    limit: Annotated[int, Field(ge=1, le=MAX_CLAIM), BeforeValidator(json_integer)] = Field(
+        default=1, description="At most this many runs."
+    )
     workflow_ids: list[UUID] | None = Field(
         default=None, min_length=1, max_length=100, description="Only these workflows' runs."
     )
@@ -334,8 +342,11 @@ async def list_runs(
     return json_response({"items": items, "next_cursor": next_cursor}, ENCODE_PAGE, response)
 
 
+# `:uuid`: only a UUID is a run here, so /runs/claim is never the run "claim"
+# (a GET or OPTIONS of it is a 405 naming POST; OpenAPI matches a concrete path
+# before a templated one). Documented as /runs/{run_id} (a malformed id: 404).
 @router.get(
-    "/runs/{run_id}",
+    "/runs/{run_id:uuid}",
     response_model=RunDetail,
     summary="Get a run with its step attempts",
     responses=error_responses(404),

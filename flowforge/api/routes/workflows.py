@@ -228,34 +228,55 @@ ETAG_HEADER = {
         "schema": {"type": "string"},
     }
 }
-# One entity tag of If-Match (RFC 9110 8.8.3): "...", or W/"..." (weak: never
-# matches, If-Match compares strongly).
-_ENTITY_TAG = re.compile(r'^(W/)?"([\x21\x23-\x7e]*)"$')
+# If-Match (RFC 9110 13.1.1): * or a list of entity tags "..." or W/"..." (weak:
+# never matches, If-Match compares strongly). The OpenAPI publishes this grammar
+# as the header's pattern, so a value it allows is one the server parses (a
+# malformed value is a 422, a well-formed one that names another revision a 412).
+_ENTITY_TAG = r'(W/)?"([!#-~]*)"'  # etagc: %x21 / %x23-7E (no obs-text)
+_LIST_TAG = r'(?:W/)?"[!#-~]*"'
+IF_MATCH_PATTERN = rf"^(?:\*|{_LIST_TAG}(?:[ \t]*,[ \t]*{_LIST_TAG})*)$"
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
 _REVISION = re.compile(r"^[1-9][0-9]{0,8}$")  # fits a PostgreSQL integer
+_IF_MATCH_SCHEMA = {
+    "type": "string",
+    "maxLength": 1000,
+    "pattern": IF_MATCH_PATTERN,
+    "examples": ['"3"', "*"],
+}
 
-IfMatch = Annotated[
-    str | None,
-    Header(
-        max_length=1000,
-        description='The ETag of your last GET of the workflow (`"3"`), or `*`. Required '
-        "(428 without it); 412 when the workflow changed since (the body names its current "
-        "revision).",
-    ),
-]
-IfMatchOptional = Annotated[
-    str | None,
-    Header(
-        max_length=1000,
-        description='Optional: the ETag of your last GET (`"3"`); 412 if it changed since.',
-    ),
-]
+
+def _if_match(*, required: bool, description: str) -> dict[str, Any]:
+    """The If-Match parameter as the OpenAPI describes it (openapi_extra of a route).
+
+    Described by hand: a string with IF_MATCH_PATTERN, required or not, never
+    null (FastAPI would publish an optional header as string-or-null, and a
+    required one would be a validation error when missing, not the 428).
+    """
+    parameter = {"name": "if-match", "in": "header", "required": required}
+    described = {"description": description, "schema": _IF_MATCH_SCHEMA, "example": '"3"'}
+    return {"parameters": [{**parameter, **described}]}
+
+
+# Not in FastAPI's schema: the routes add IF_MATCH_REQUIRED or IF_MATCH_OPTIONAL.
+IfMatch = Annotated[str | None, Header(max_length=1000, include_in_schema=False)]
+IfMatchOptional = IfMatch
+IF_MATCH_REQUIRED = _if_match(
+    required=True,
+    description='The ETag of your last GET of the workflow (`"3"`), or `*`. Required (428 '
+    "without it); 412 when the workflow changed since (the body names its current revision).",
+)
+IF_MATCH_OPTIONAL = _if_match(
+    required=False,
+    description='Optional: the ETag of your last GET (`"3"`); 412 if it changed since.',
+)
 
 
 def expected_revisions(if_match: str | None, *, required: bool) -> list[int] | None:
     """The revisions `If-Match` accepts; None for `*` (or no header where it is optional).
 
     A weak or non-numeric tag matches no revision (the change is a 412), a
-    malformed header is a 422, a missing one a 428 where `required`.
+    malformed header (not IF_MATCH_PATTERN) is a 422, a missing one a 428
+    where `required`.
     """
     if if_match is None:
         if required:
@@ -264,20 +285,19 @@ def expected_revisions(if_match: str | None, *, required: bool) -> list[int] | N
                 'workflow (e.g. If-Match: "3"), or If-Match: * to overwrite whatever is there.'
             )
         return None
-    if if_match.strip() == "*":
+    value = if_match.strip()
+    if _IF_MATCH.fullmatch(value) is None:
+        raise InvalidInputError(
+            'If-Match must be * or entity tags in double quotes, e.g. "3".',
+            if_match=if_match[:100],
+        )
+    if value == "*":
         return None
-    revisions: list[int] = []
-    for tag in if_match.split(","):
-        match = _ENTITY_TAG.fullmatch(tag.strip())
-        if match is None:
-            raise InvalidInputError(
-                'If-Match must be * or entity tags in double quotes, e.g. "3".',
-                if_match=if_match[:100],
-            )
-        weak, value = match.groups()
-        if not weak and _REVISION.fullmatch(value):
-            revisions.append(int(value))
-    return revisions
+    return [
+        int(tag)
+        for weak, tag in re.findall(_ENTITY_TAG, value)
+        if not weak and _REVISION.fullmatch(tag)
+    ]
 
 
 def _etag(response: Response, workflow: WorkflowWithSteps) -> None:
@@ -380,6 +400,7 @@ async def get_workflow(
         200: {"description": "The changed workflow", "headers": ETAG_HEADER},
         **error_responses(404, 409, 412, 428),
     },
+    openapi_extra=IF_MATCH_REQUIRED,
 )
 async def update_workflow(
     workflow_id: UUID,
@@ -416,6 +437,7 @@ async def update_workflow(
         200: {"description": "The workflow at its new version", "headers": ETAG_HEADER},
         **error_responses(404, 409, 412, 428),
     },
+    openapi_extra=IF_MATCH_REQUIRED,
 )
 async def replace_steps(
     workflow_id: UUID,
@@ -501,6 +523,7 @@ async def _set_active(
     "/workflows/{workflow_id}/deactivate",
     summary="Deactivate a workflow: it keeps its runs but cannot be triggered",
     responses=error_responses(404, 412),
+    openapi_extra=IF_MATCH_OPTIONAL,
 )
 async def deactivate_workflow(
     workflow_id: UUID,
@@ -517,6 +540,7 @@ async def deactivate_workflow(
     "/workflows/{workflow_id}/activate",
     summary="Activate a deactivated workflow",
     responses=error_responses(404, 412),
+    openapi_extra=IF_MATCH_OPTIONAL,
 )
 async def activate_workflow(
     workflow_id: UUID,
