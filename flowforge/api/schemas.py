@@ -265,8 +265,8 @@ VersionNumber = Annotated[int, Field(ge=1, le=MAX_VERSION), BeforeValidator(json
 
 # The run queue's capacities (PostgreSQL integers): a workflow's max_concurrency
 # (>= 1) and a concurrency limit's max_running (>= 0: 0 pauses).
-MaxConcurrency = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_json_number)]
-MaxRunning = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_json_number)]
+MaxConcurrency = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(json_integer)]
+MaxRunning = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(json_integer)]
 
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description=f"Page size (1-{MAX_LIMIT}).")]
 Cursor = Annotated[
