@@ -64,6 +64,16 @@ def database_url() -> str:
     return urlunsplit(urlsplit(server_url())._replace(path=f"/{DATABASE}"))
 
 
+async def clone(base: str, name: str) -> None:
+    """`name`, (re)made as a copy of database `base` (CREATE DATABASE ... TEMPLATE)."""
+    admin = await asyncpg.connect(server_url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base}" STRATEGY FILE_COPY')
+    finally:
+        await admin.close()
+
+
 def app_database_url() -> str:
     """Where FlowForge (and the floor) connect: the data set, or a pooler in front of it."""
     return os.environ.get("BENCH_APP_DATABASE_URL") or database_url()

@@ -282,15 +282,6 @@ async def build_base(sizes: dataset.Sizes, span: Range, *, fresh: bool) -> str:
     return base
 
 
-async def clone(base: str, name: str) -> None:
-    admin = await asyncpg.connect(dataset.server_url())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base}" STRATEGY FILE_COPY')
-    finally:
-        await admin.close()
-
-
 # --- the app and its load ----------------------------------------------------
 
 
@@ -850,7 +841,7 @@ async def sample_data(database: str) -> tuple[uuid.UUID, list[str], list[str]]:
 
 async def measure(args: argparse.Namespace, span: Range, base: str) -> dict[str, Any]:
     database = f"{PREFIX}_run"
-    await clone(base, database)
+    await dataset.clone(base, database)
     print("fingerprinting the base ...", flush=True)
     base_prints = await fingerprints(base, None)
     tree = app_tree(args.app_ref)

@@ -291,15 +291,6 @@ async def build_base(sizes: dataset.Sizes, *, fresh: bool) -> str:
     return base
 
 
-async def clone(base: str, name: str) -> None:
-    admin = await asyncpg.connect(dataset.server_url())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{base}" STRATEGY FILE_COPY')
-    finally:
-        await admin.close()
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.partitions", description=__doc__)
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs (default 1,000,000)")
@@ -409,7 +400,7 @@ async def main(argv: list[str]) -> int:
     print(f"base rows: {report['base_rows']}", flush=True)
 
     delete_db = f"{PREFIX}_delete"
-    await clone(base, delete_db)
+    await dataset.clone(base, delete_db)
     events = await measure(
         delete_db, "batched DELETE, events", "flowforge", "prune", env=OUTBOX_ONLY
     )
@@ -423,7 +414,7 @@ async def main(argv: list[str]) -> int:
     }
 
     partition_db = f"{PREFIX}_partition"
-    await clone(base, partition_db)
+    await dataset.clone(base, partition_db)
     report["add_run_created_at"] = {
         "seconds": round(
             piccolo(

@@ -24,7 +24,7 @@ from flowforge.db.builder import (
     page_after,
 )
 from flowforge.db.engine import DB
-from flowforge.db.sql.versions import NEW_VERSION, STEPS_OF_VERSION, VERSION_FIELDS
+from flowforge.db.sql.versions import NEW_VERSION, STEPS_OF_VERSION, VERSION_TABLE_COLUMNS
 from flowforge.db.sql.workflows import (
     COPY_STEPS,
     INSERT_STEPS,
@@ -60,16 +60,8 @@ WORKFLOW_COLUMNS: tuple[Column, ...] = (
     Workflow.created_at,
     Workflow.updated_at,
 )
-VERSION_COLUMNS: tuple[Column, ...] = (
-    WorkflowVersion.id,
-    WorkflowVersion.workflow_id,
-    WorkflowVersion.version,
-    WorkflowVersion.trigger_type,
-    WorkflowVersion.trigger_config,
-    WorkflowVersion.created_by_user_id,
-    WorkflowVersion.created_at,
-)
-assert tuple(column._meta.db_column_name for column in VERSION_COLUMNS) == VERSION_FIELDS
+# A version's columns: the statements' own list (flowforge.db.sql.versions).
+VERSION_COLUMNS: tuple[Column, ...] = VERSION_TABLE_COLUMNS
 
 # A precondition on a workflow's revision (If-Match): the revisions it accepts,
 # or None for "any" (no If-Match header, or `*`, where the caller allows that).

@@ -74,26 +74,22 @@ class ReapReport:
         return "\n".join(lines)
 
 
-async def requeue_batch(lease_seconds: float, batch_size: int, max_claims: int) -> list[Any]:
-    """Put up to `batch_size` claimed runs whose lease lapsed back in the queue (issue 18).
-
-    Their running step attempt is failed (it was cut off), pending ones are
-    cancelled, each with its run.step_logged event; each run gets its
-    run.retry_scheduled event. Runs in the caller's transaction.
-    """
+async def _take_over(statement: str, status: str, *arguments: Any) -> list[Any]:
+    """Runs that `statement` moved out of running to `status`, as the reaper: their
+    open step attempts closed (each with its run.step_logged event) and each run's
+    event written. In the caller's transaction."""
     connection = DB.require_transaction().connection
     # The run_history rows of this batch name the reaper.
     await connection.execute(SET_ACTOR, ACTOR)
-    runs = list(await connection.fetch(REQUEUE, lease_seconds, batch_size, max_claims))
+    runs = list(await connection.fetch(statement, *arguments))
     if runs:
-        run_ids = [run["id"] for run in runs]
-        await connection.execute(CLOSE_STEP_ATTEMPTS, run_ids, STEP_ERROR)
+        await connection.execute(CLOSE_STEP_ATTEMPTS, [run["id"] for run in runs], STEP_ERROR)
         await record_events(
             [
                 (
                     events.WORKFLOW_RUN,
                     run["id"],
-                    events.RUN_EVENT_BY_STATUS["awaiting_retry"],
+                    events.RUN_EVENT_BY_STATUS[status],
                     events.run_payload(dict(run), previous_status="running"),
                 )
                 for run in runs
@@ -102,31 +98,22 @@ async def requeue_batch(lease_seconds: float, batch_size: int, max_claims: int) 
     return runs
 
 
+async def requeue_batch(lease_seconds: float, batch_size: int, max_claims: int) -> list[Any]:
+    """Put up to `batch_size` claimed runs whose lease lapsed back in the queue (issue 18).
+
+    Their running step attempt is failed (it was cut off), pending ones are
+    cancelled; each run gets its run.retry_scheduled event. Runs in the
+    caller's transaction.
+    """
+    return await _take_over(REQUEUE, "awaiting_retry", lease_seconds, batch_size, max_claims)
+
+
 async def reap_batch(lease_seconds: float, batch_size: int) -> list[Any]:
     """Fail up to `batch_size` stuck runs, their step attempts, and write their events.
 
     Runs in the caller's transaction.
     """
-    connection = DB.require_transaction().connection
-    # The run_history rows of this batch name the reaper.
-    await connection.execute(SET_ACTOR, ACTOR)
-    runs = list(await connection.fetch(REAP, lease_seconds, batch_size))
-    if not runs:
-        return runs
-    run_ids = [run["id"] for run in runs]
-    await connection.execute(CLOSE_STEP_ATTEMPTS, run_ids, STEP_ERROR)
-    await record_events(
-        [
-            (
-                events.WORKFLOW_RUN,
-                run["id"],
-                events.RUN_EVENT_BY_STATUS["failed"],
-                events.run_payload(dict(run), previous_status="running"),
-            )
-            for run in runs
-        ]
-    )
-    return runs
+    return await _take_over(REAP, "failed", lease_seconds, batch_size)
 
 
 async def find_stuck_runs(lease_seconds: float) -> list[StuckRun]:

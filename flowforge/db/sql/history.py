@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final, LiteralString
 
 from flowforge.db.sql.quote import column_list
+from flowforge.db.sql.session import ACTOR_SETTING
 from flowforge.db.tables import RunHistory
 
 # The setting the history triggers read (when unset: "sql:" || session_user) is
@@ -23,7 +24,7 @@ def set_actor_sql(actor: LiteralString) -> LiteralString:
     """The SQL expression that sets this transaction's actor to `actor` (an SQL
     expression), for a statement already sent: it adds no round trip. Returns
     the actor."""
-    return f"set_config('flowforge.actor', {actor}, true)"
+    return f"set_config('{ACTOR_SETTING}', {actor}, true)"
 
 
 # For a job's or a command's own transaction (one round trip; not for requests:
