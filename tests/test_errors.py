@@ -235,6 +235,11 @@ VIOLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
         "VALUES ($1, 5, 's', 'a', 'null')",
         ("workflow",),
     ),
+    "workflow_steps_retry_policy_valid": (
+        "INSERT INTO workflow_steps (workflow_id, position, name, action_type, retry_policy) "
+        """VALUES ($1, 5, 's', 'a', '{"max_attempts": 0}')""",
+        ("workflow",),
+    ),
     "workflow_steps_name_not_blank": (
         "INSERT INTO workflow_steps (workflow_id, position, name, action_type) "
         "VALUES ($1, 5, '', 'a')",

@@ -42,6 +42,20 @@ def test_the_overridden_methods_exist_upstream_with_the_same_signatures() -> Non
         assert parameters(getattr(PostgresTransaction, name)) == ["self"], name
 
 
+def test_the_migration_step_state_only_constraints_overrides_is_upstream() -> None:
+    """StateOnlyConstraints (flowforge/db/online.py) silences Piccolo's ADD CONSTRAINT
+    step; a release that renames it would add the constraint a second time."""
+    from piccolo.apps.migrations.auto.migration_manager import MigrationManager
+
+    from flowforge.db.online import StateOnlyConstraints
+
+    assert parameters(MigrationManager._run_add_constraints) == ["self", "backwards"]
+    assert "self._run_add_constraints(backwards=backwards)" in inspect.getsource(
+        MigrationManager.run
+    )
+    assert issubclass(StateOnlyConstraints, MigrationManager)
+
+
 def test_the_transaction_attributes_safe_transaction_uses_are_upstream_slots() -> None:
     slots = set(PostgresTransaction.__slots__)
     assert {"_parent", "_committed", "_rolled_back", "connection", "transaction"} <= slots

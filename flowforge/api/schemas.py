@@ -253,6 +253,18 @@ def json_integer(value: Any) -> Any:
 # An integer in a JSON body.
 Integer = Annotated[int, BeforeValidator(json_integer)]
 
+
+def json_number(value: Any) -> Any:
+    # JSON Schema's number: never true or "0.5" (lax float would take both, and
+    # the database's workflow_steps_retry_policy_valid refuses them).
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number")
+    return value
+
+
+# A number in a JSON body.
+Number = Annotated[float, BeforeValidator(json_number)]
+
 # A step's position. The bounds constrain the int inside the validator: added
 # to `Integer`, pydantic would describe them with its own `ge`/`le` keywords,
 # not JSON Schema's `minimum`/`maximum`.
@@ -331,9 +343,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 class Backoff(RequestModel):
     """Exponential backoff between attempts: initial * multiplier ** (attempt - 1), capped."""
 
-    initial_seconds: float = Field(default=1.0, gt=0, le=86_400)
-    max_seconds: float = Field(default=300.0, gt=0, le=30 * 86_400)
-    multiplier: float = Field(default=2.0, ge=1, le=10)
+    initial_seconds: Number = Field(default=1.0, gt=0, le=86_400)
+    max_seconds: Number = Field(default=300.0, gt=0, le=30 * 86_400)
+    multiplier: Number = Field(default=2.0, ge=1, le=10)
 
     @model_validator(mode="after")
     def _ordered(self) -> Backoff:
@@ -349,6 +361,6 @@ class RetryPolicy(RequestModel):
         default=1, description="Attempts in all (1: none)."
     )
     backoff: Backoff = Field(default_factory=Backoff)
-    jitter: float = Field(
+    jitter: Number = Field(
         default=0.0, ge=0, le=1, description="Up to this fraction of the backoff is added."
     )

@@ -177,6 +177,10 @@ CONSTRAINT_MESSAGES: dict[str, str] = {
     "workflow_steps_position_non_negative": "Step position must be zero or greater.",
     "workflow_steps_config_object": "Step config must be a JSON object.",
     "workflow_steps_retry_policy_object": "Step retry policy must be a JSON object.",
+    "workflow_steps_retry_policy_valid": (
+        "Step retry policy is not valid: at most max_attempts (an integer, 1-100), "
+        "backoff (initial_seconds, max_seconds, multiplier) and jitter (0-1); see docs/runs.md."
+    ),
     "workflow_steps_name_not_blank": "Step name must not be blank.",
     "workflow_steps_action_type_not_blank": "Step action type must not be blank.",
     # workflow_runs

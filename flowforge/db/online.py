@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, LiteralString
 
 import asyncpg
+from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 
 from flowforge.db.sql import online as sql
 
@@ -240,12 +241,18 @@ class OnlineMigration:
         await self.locked(f"{table}: {name} NOT VALID", work=add)
 
     async def validate(
-        self, table: str, name: str, *, offenders: LiteralString | None = None
+        self,
+        table: str,
+        name: str,
+        *,
+        offenders: LiteralString | None = None,
+        advice: str = "Fix or delete these rows, then run the migration again; or step it back.",
     ) -> None:
         """VALIDATE `table`'s constraint `name` (a scan; reads and writes go on)
         unless it is validated already. If rows break it: MigrationDataError
-        naming them (`offenders`: a SELECT of those rows, at most a few), the
-        constraint left NOT VALID (it still holds for new rows)."""
+        naming them (`offenders`: a SELECT of those rows, at most a few) and
+        saying what to do (`advice`), the constraint left NOT VALID (it still
+        holds for new rows)."""
         found = await self.constraint(table, name)
         if found is None:
             raise RuntimeError(f"{table} has no constraint {name} to validate")
@@ -260,8 +267,7 @@ class OnlineMigration:
                 f"{table}: validate {name}",
                 f"{error}{f' ({error.detail})' if getattr(error, 'detail', None) else ''}",
                 rows,
-                "The constraint stays NOT VALID (new rows are checked). Fix or delete "
-                "these rows, then run the migration again; or step it back.",
+                f"The constraint stays NOT VALID (new rows are checked). {advice}",
             ) from error
         self._done(f"{table}: validate {name}", started)
 
@@ -364,3 +370,21 @@ class OnlineMigration:
             "next key in the batch's order), then run the migration again: it skips "
             "the rows done.",
         )
+
+
+class StateOnlyConstraints(MigrationManager):
+    """A MigrationManager whose ``add_constraint`` only records the constraint in
+    Piccolo's migration state (what the drift check compares ``tables.py``
+    against) and runs no SQL for it, either way.
+
+    Piccolo's own step is ``ADD CONSTRAINT ... CHECK (...)``: validated at once,
+    a scan of the table under ACCESS EXCLUSIVE. A migration using this class
+    adds the constraint itself, NOT VALID, in its raw step
+    (:meth:`OnlineMigration.add_constraint`), validates it in a later migration
+    (:meth:`OnlineMigration.validate`), and drops it in its raw backwards step.
+    ``_run_add_constraints`` is Piccolo's, not public API: tests/test_piccolo_contract.py
+    pins it.
+    """
+
+    async def _run_add_constraints(self, backwards: bool = False) -> None:
+        return None

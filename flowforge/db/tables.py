@@ -318,6 +318,10 @@ class WorkflowStep(Audited, Table, tablename="workflow_steps", db=DB):
     workflow_steps_position_non_negative = Check("position >= 0")
     workflow_steps_config_object = Check("jsonb_typeof(config) = 'object'")
     workflow_steps_retry_policy_object = Check("jsonb_typeof(retry_policy) = 'object'")
+    # A policy the API accepts (flowforge.api.schemas.RetryPolicy): the SQL
+    # function, and the constraint (NOT VALID, then VALIDATE), come from
+    # piccolo_migrations/flowforge_2026_12_07t23_00_00_000000.py and _10_.
+    workflow_steps_retry_policy_valid = Check("flowforge_retry_policy_valid(retry_policy)")
     workflow_steps_name_not_blank = Check("btrim(name) <> ''")
     workflow_steps_action_type_not_blank = Check("btrim(action_type) <> ''")
 
