@@ -7,6 +7,11 @@ columns). Changes go through the API. Secret
 columns (``api_keys.key_hash``, admin password hashes) are ``secret=True`` and
 never leave the server.
 
+One form answers what the tables cannot show: "Why is a run waiting?" takes a
+run's id and gives the reason ``GET /api/v1/runs/{id}`` gives
+(``waiting_reason``, from ``flowforge.domain.queue.waiting_reason``: one place
+for the logic). It reads; it changes nothing.
+
 Logins are Piccolo users (``piccolo_user``, with ``admin`` set), created by
 ``piccolo flowforge create_admin_login`` (which the seed runs) or
 ``piccolo user create``.
@@ -14,15 +19,17 @@ Logins are Piccolo users (``piccolo_user``, with ``admin`` set), created by
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import pydantic
 from piccolo.apps.user.tables import BaseUser
 from piccolo.table import Table
-from piccolo_admin.endpoints import TableConfig, create_admin, log_error
+from piccolo_admin.endpoints import FormConfig, TableConfig, create_admin, log_error
 from piccolo_api.crud.endpoints import OrderBy, PiccoloCRUD
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flowforge.api.errors import send_error
 from flowforge.core.settings import Environment, get_settings
+from flowforge.db.engine import DB
 from flowforge.db.tables import (
     ApiKey,
     ConcurrencyLimit,
@@ -43,6 +51,7 @@ from flowforge.db.tables import (
     WorkflowStep,
     WorkflowVersion,
 )
+from flowforge.domain import queue
 
 
 def table_configs() -> list[TableConfig]:
@@ -215,6 +224,69 @@ def table_configs() -> list[TableConfig]:
     ]
 
 
+class WaitingQuestion(pydantic.BaseModel):
+    """The form's one field. A string, parsed by the endpoint: its message for a
+    value that is not an id is plainer than pydantic's."""
+
+    run_id: str = pydantic.Field(
+        description="The run's id (a UUID), as the workflow_runs table shows it.",
+        max_length=100,
+    )
+
+
+# What each waiting_reason means (docs/runs.md, Queue): the admin's sentence.
+REASONS: Final[dict[str, str]] = {
+    "not_before": "it is delayed: its not_before has not passed yet",
+    "retry_backoff": "its retry is not due yet: its next_attempt_at has not passed",
+    "workflow_concurrency": "its workflow's max_concurrency is full (as many of its runs "
+    "are running)",
+    "queued": "it is due and has a free slot: waiting for a worker to claim it",
+}
+
+
+def explain(reason: str) -> str:
+    """The admin's sentence for a waiting_reason."""
+    if reason.startswith("concurrency_limit:"):
+        name = reason.removeprefix("concurrency_limit:")
+        return f"its concurrency limit {name!r} is full (as many of its runs are running)"
+    return REASONS.get(reason, reason)
+
+
+async def why_is_the_run_waiting(request: Request, data: WaitingQuestion) -> str:
+    """The form's endpoint: the run's waiting_reason, in words. A ValueError's
+    message is what Piccolo Admin shows for a refused form (a 422)."""
+    text = data.run_id.strip()
+    try:
+        run_id = uuid.UUID(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a run id: paste a run's id (a UUID, e.g. "
+            "0190f2a4-6c1e-7d3a-9b2c-1f4e5d6a7b8c) from the workflow_runs table."
+        ) from None
+    async with DB.transaction():
+        run = await WorkflowRun.select(WorkflowRun.status).where(WorkflowRun.id == run_id).first()
+        reason = await queue.waiting_reason(run_id) if run is not None else None
+    if run is None:
+        raise ValueError(f"No run has the id {run_id}.")
+    if reason is None:
+        return f"Run {run_id} is {run['status']}, not queued: it is not waiting."
+    return f"Run {run_id} is {run['status']} and waits because {explain(reason)} ({reason})."
+
+
+def form_configs() -> list[FormConfig]:
+    return [
+        FormConfig(
+            name="Why is a run waiting",
+            pydantic_model=WaitingQuestion,
+            endpoint=why_is_the_run_waiting,
+            description=(
+                "Why a pending or awaiting_retry run is not running yet: the "
+                "waiting_reason of GET /api/v1/runs/{id}. Reads only."
+            ),
+        )
+    ]
+
+
 # Query parameters whose value names columns (a comma-separated list, `-` for
 # descending, `.` through a foreign key); any other parameter's name is a column
 # to filter on, optionally with a `__operator` / `__match` suffix.
@@ -227,6 +299,10 @@ MAX_PAGE = 2**31 - 1
 WHOLE_NUMBER = re.compile(r"[0-9]{1,19}")
 # /api/tables/<tablename>/<rest> inside the admin mount.
 TABLE_PATH = re.compile(r"/api/tables/(?P<table>[^/]+)/(?P<rest>.*)")
+# /api/forms/<slug>/ inside the admin mount: a form's POST.
+FORM_PATH = re.compile(r"/api/forms/[^/]+/")
+# A form's body is a few fields: more is refused before it is read whole.
+MAX_FORM_BODY = 64 * 1024
 
 
 class AdminQueryError(Exception):
@@ -310,6 +386,8 @@ class AdminQueryGuard:
             return
         try:
             self.check(scope)
+            if scope["method"] == "POST" and FORM_PATH.fullmatch(self._path(scope)):
+                receive = await self._form_body(receive)
         except AdminQueryError as error:
             await send_error(send, error.status, error.code, error.message, error.details)
             return
@@ -370,8 +448,7 @@ class AdminQueryGuard:
                 _whole_number(name, value, 1, MAX_PAGE_SIZE)
             elif name == "__page":
                 _whole_number(name, value, 1, MAX_PAGE)
-        path = str(scope["path"])[len(str(scope.get("root_path", ""))) :]
-        match = TABLE_PATH.fullmatch(path)
+        match = TABLE_PATH.fullmatch(self._path(scope))
         table = self.tables.get(match["table"]) if match else None
         if match is None or table is None:
             return  # not a known table's endpoint: Piccolo Admin answers (404)
@@ -385,6 +462,44 @@ class AdminQueryGuard:
             if name in COLUMN_LIST_PARAMETERS:
                 _check_column_list(name, value, table)
 
+    @staticmethod
+    def _path(scope: Scope) -> str:
+        return str(scope["path"])[len(str(scope.get("root_path", ""))) :]
+
+    @staticmethod
+    async def _form_body(receive: Receive) -> Receive:
+        """A form's body, read whole and checked to be a JSON object (Piccolo
+        Admin parses it unguarded: anything else was a 500); the returned
+        `receive` replays it to the admin."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the admin sees the disconnect
+            body += message.get("body", b"")
+            if len(body) > MAX_FORM_BODY:
+                raise AdminQueryError(
+                    "bad_request", f"A form's body is at most {MAX_FORM_BODY} bytes."
+                )
+            if not message.get("more_body", False):
+                break
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise AdminQueryError("bad_request", "A form's body must be a JSON object.")
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
+
 
 def build_admin() -> Any:
     """The admin ASGI app, mounted by create_app() at /admin/."""
@@ -392,6 +507,7 @@ def build_admin() -> Any:
     configs = table_configs()
     admin = create_admin(
         configs,
+        forms=form_configs(),
         read_only=True,
         site_name="FlowForge Admin",
         # Secure (HTTPS-only) cookies and stricter checks outside development.
