@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -189,36 +190,74 @@ async def test_higher_priority_is_claimed_first() -> None:
     assert [run["priority"] for run in claimed] == [10, 10]
 
 
+DRAIN_RUNS = 100_000
+DRAIN_WORKERS = 20
+DRAIN_BATCH = 100
+
+
 async def test_twenty_workers_drain_the_queue_claiming_each_run_exactly_once(
     wide_pool: None,
 ) -> None:
-    """20 concurrent workers drain 5,000 runs (the benchmark drains 100,000)."""
+    """20 concurrent workers drain 100,000 runs (issue 18), claiming 100 at a time.
+
+    Checked in the database afterwards: every run is running, claimed once
+    (``claims = 1``), and has exactly one ``run.started`` event. Not asserted:
+    that a claim is never empty while due runs remain. The design does not
+    promise it: a claim skips locked runs (SKIP LOCKED), and a concurrent claim
+    locks a fair share plus one per workflow, more than it takes, so for a
+    moment runs can be locked by a claimer that leaves them queued. An empty
+    claim with runs left is counted (and printed); the worker asks again.
+    """
     owner = await make_owner()
     workflows = [await make_workflow(owner) for _ in range(4)]
-    for workflow in workflows:
-        await enqueue(workflow, 1250)
+    # One INSERT ... generate_series: 25,000 runs of each workflow, interleaved.
+    enqueue_started = time.perf_counter()
+    await DB.fetch(
+        "INSERT INTO workflow_runs (workflow_id) "
+        "SELECT ($1::uuid[])[1 + i % cardinality($1::uuid[])] FROM generate_series(1, $2) i",
+        workflows,
+        DRAIN_RUNS,
+    )
+    enqueue_seconds = time.perf_counter() - enqueue_started
     seen: Counter[uuid.UUID] = Counter()
+    empty_while_queued = 0
 
     async def worker(number: int) -> None:
+        nonlocal empty_while_queued
         while True:
-            claimed = await claim(f"worker-{number}", limit=10)
+            claimed = await claim(f"worker-{number}", limit=DRAIN_BATCH)
             if not claimed:
                 # Empty: drained, or what is left is locked by other claimers.
                 if not await queued():
                     return
+                empty_while_queued += 1
                 await asyncio.sleep(0.001)
             seen.update(run["id"] for run in claimed)
 
-    await asyncio.gather(*(worker(n) for n in range(20)))
-    assert len(seen) == 5000
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker(n) for n in range(DRAIN_WORKERS))), 120)
+    seconds = time.perf_counter() - started
+    print(
+        f"\nenqueued {DRAIN_RUNS} runs in {enqueue_seconds:.1f} s; "
+        f"{DRAIN_WORKERS} workers drained {len(seen)} runs in {seconds:.1f} s "
+        f"({len(seen) / seconds:.0f} runs/s); empty claims with runs left: {empty_while_queued}"
+    )
+    assert len(seen) == DRAIN_RUNS
     assert max(seen.values()) == 1
-    assert await queued() == 0
-    # Each run has exactly one run.started event: no double claim got committed.
+    # In the database: every run running, each claimed once ...
+    runs_by_state = await DB.fetch(
+        "SELECT status, claims, count(*) AS n FROM workflow_runs GROUP BY status, claims"
+    )
+    assert [dict(row) for row in runs_by_state] == [
+        {"status": "running", "claims": 1, "n": DRAIN_RUNS}
+    ]
+    # ... with exactly one run.started event: no double claim got committed.
     events = await DB.fetch(
         "SELECT count(*) AS n, count(DISTINCT aggregate_id) AS runs FROM outbox "
         "WHERE event_type = 'run.started'"
     )
-    assert dict(events[0]) == {"n": 5000, "runs": 5000}
+    assert dict(events[0]) == {"n": DRAIN_RUNS, "runs": DRAIN_RUNS}
+    print(f"checked in {time.perf_counter() - started - seconds:.1f} s")
 
 
 # -- concurrency limits ------------------------------------------------------------------
