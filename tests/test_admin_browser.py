@@ -150,6 +150,34 @@ def test_admin_is_read_only_and_never_shows_secrets(
         context.close()
 
 
+@pytest.fixture
+async def delayed_run(seeded: list[str]) -> str:
+    """A run of a seeded workflow, delayed an hour: its waiting_reason is not_before."""
+    rows = await DB.fetch(
+        "INSERT INTO workflow_runs (workflow_id, not_before) "
+        "SELECT id, now() + interval '1 hour' FROM workflows ORDER BY name LIMIT 1 RETURNING id"
+    )
+    return str(rows[0]["id"])
+
+
+def test_admin_form_says_why_a_run_waits(
+    delayed_run: str, database_url: str, browser: Browser
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with live_server(database_url, ARTIFACTS / "admin-uvicorn-form.log") as base_url:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        log_in(page, base_url)
+        page.goto(f"{base_url}/admin/#/forms/why-is-a-run-waiting/")
+        field = page.locator("input[name=run_id]")
+        field.fill("not-a-run")
+        page.locator("[data-uitest=submit_custom_form_button]").click()
+        expect(page.get_by_text("is not a run id")).to_be_visible()
+        field.fill(delayed_run)
+        page.locator("[data-uitest=submit_custom_form_button]").click()
+        expect(page.locator("#success_message")).to_contain_text("(not_before)")
+        page.screenshot(path=str(ARTIFACTS / "admin-why-is-a-run-waiting.png"), full_page=True)
+
+
 def test_admin_shows_the_relays_delivery_state_and_hides_secrets() -> None:
     """Dead letters are visible (and filterable) in the admin; key hashes never are."""
     from flowforge.api.admin import table_configs
