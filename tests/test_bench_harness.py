@@ -419,6 +419,23 @@ def test_a_lock_hold_is_a_run_of_consecutive_samples() -> None:
     assert result["longest_exclusive_on"] == "workflow_runs"
 
 
+def test_the_http_comparison_gives_every_caller_two_calls_and_enough_runs_at_c128() -> None:
+    from benchmarks import http_floor
+
+    assert http_floor.CONCURRENCIES == (1, 32, 128)
+    for name in http_floor.HTTP_ROUTES:
+        for concurrency in http_floor.CONCURRENCIES:
+            assert http_floor.calls_per_round(name, concurrency, 100) >= 2 * concurrency
+    # Runs started by the transition rounds: both sides' rounds and warm-ups at each concurrency.
+    transition = "transition (start+complete)"
+    taken = sum(
+        2 * 3 * http_floor.calls_per_round(transition, c, 100)
+        + 2 * min(http_floor.WARMUP, http_floor.calls_per_round(transition, c, 100))
+        for c in http_floor.CONCURRENCIES
+    )
+    assert http_floor.pending_runs_needed(http_floor.CONCURRENCIES, 100, 3) > taken
+
+
 def test_the_help_documents_the_queue_section() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--help"],
