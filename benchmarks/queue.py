@@ -214,7 +214,9 @@ async def drain_over_http(
         _, key = await api_keys.create_api_key(user, name="worker", scopes=[Scope.WORKER])
     headers = {"Authorization": f"Bearer {key}"}
     drain = Drain(runs)
-    app_env = {"DATABASE_URL": url, "DB_POOL_MAX_SIZE": str(workers + 2)}
+    # Both bounds: `make bench`'s earlier sections leave their own in the environment.
+    pool = str(workers + 2)
+    app_env = {"DATABASE_URL": url, "DB_POOL_MIN_SIZE": pool, "DB_POOL_MAX_SIZE": pool}
     async with uvicorn_app(1, quiet=True, **app_env) as (base, _process):
         host, port = base.removeprefix("http://").split(":")
 

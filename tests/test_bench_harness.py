@@ -181,15 +181,16 @@ def test_every_hot_route_runs_over_http_and_in_process(tmp_path: Path) -> None:
 
 
 def test_make_bench_drains_the_queue_in_process_and_over_http(tmp_path: Path) -> None:
-    """`make bench`'s queue section on its own (--skip-ops --skip-http): both drains
-    empty the queue, every run claimed once and completed, the figures in the JSON."""
+    """`make bench`'s queue section after one operation (whose engine settings, a
+    pool of 20, stay in the environment) and no HTTP runs: both drains empty the
+    queue, every run claimed once and completed, the figures in the JSON."""
     database = database_name("benchq")
     out = tmp_path / "bench.json"
     try:
         completed = subprocess.run(
             [sys.executable, "-m", "benchmarks", "--runs", "2000", "--workflows", "100",
-             "--users", "10", "--skip-ops", "--skip-http", "--queue-runs", "300",
-             "--queue-workers", "4", "--out", str(out)],
+             "--users", "10", "--only", "trigger_run", "--rounds", "1", "--operations", "10",
+             "--skip-http", "--queue-runs", "300", "--queue-workers", "4", "--out", str(out)],
             cwd=REPO_ROOT,
             env={**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": database},
             capture_output=True, text=True, timeout=600,
