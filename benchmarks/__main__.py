@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -57,7 +58,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--only", help="comma-separated operation names to run")
     parser.add_argument(
-        "--skip-http", action="store_true", help="skip the HTTP runs (unless --workers is given)"
+        "--skip-http",
+        action="store_true",
+        help="skip the HTTP runs (unless --workers is given); the queue's drain over HTTP "
+        "is --skip-queue's",
+    )
+    parser.add_argument(
+        "--skip-queue",
+        action="store_true",
+        help="skip the run queue's drain (in-process and over HTTP, in a database of its own)",
+    )
+    parser.add_argument(
+        "--queue-runs",
+        type=int,
+        help="runs each drain of the queue section empties (default 10,000; quick 2,000)",
+    )
+    parser.add_argument(
+        "--queue-workers",
+        type=int,
+        help="workers (in-process tasks, HTTP clients) of each drain (default 20)",
     )
     parser.add_argument(
         "--skip-ops", action="store_true", help="skip the FlowForge-vs-floor comparisons"
@@ -92,7 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="JSON output path")
     args = parser.parse_args(argv)
-    names = ("runs", "workflows", "users", "rounds", "operations", "workers", "clients", "pool_max")
+    names = ("runs", "workflows", "users", "rounds", "operations", "workers", "clients", "pool_max",
+             "queue_runs", "queue_workers")  # fmt: skip
     for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -115,6 +135,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 async def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from benchmarks import dataset, http, http_floor, ops
+    from benchmarks import queue as run_queue
     from benchmarks.harness import SMOKE_BANNER, format_table
 
     base = dataset.Sizes.quick() if args.quick else dataset.Sizes()
@@ -140,6 +161,10 @@ async def main(argv: list[str]) -> int:
     else:
         round_seconds = 0.0 if args.quick else DEFAULT_ROUND_SECONDS
     smoke = args.quick
+    queue_runs = args.queue_runs or (
+        run_queue.QUICK_SECTION_RUNS if args.quick else run_queue.SECTION_RUNS
+    )
+    queue_workers = args.queue_workers or run_queue.SECTION_WORKERS
     # The multi-worker HTTP run is part of every run with the HTTP runs (and of
     # any run given --workers); its pools are sized now, before anything else
     # holds connections, so a size that cannot fit stops the run at once.
@@ -196,6 +221,22 @@ async def main(argv: list[str]) -> int:
             print()
             print(http.format_results(http_results))
 
+        queue_results: dict[str, Any] = {}
+        if not args.skip_queue:
+            # The run queue's drain (issue 18), in a database of its own: the
+            # data set's pending runs stay as they are for the next run.
+            print(f"\nqueue: {queue_runs:,} runs, {queue_workers} workers ...", flush=True)
+            route = None
+            if args.pgbouncer:
+                from tests.pgbouncer import via
+
+                route = functools.partial(via, port)
+            queue_results = await run_queue.run_section(
+                runs=queue_runs, workers=queue_workers, route=route
+            )
+            print()
+            print(run_queue.format_table(queue_results))
+
     worst = max((row["cost_ratio"] for row in summaries), default=float("nan"))
     report = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -212,6 +253,7 @@ async def main(argv: list[str]) -> int:
         "comparisons": summaries,
         "http_vs_in_process": http_floor_rows,
         "http": http_results,
+        "queue": queue_results,
         "worst_cost_ratio": worst,
         "seconds": time.perf_counter() - started,
     }  # fmt: skip
@@ -226,6 +268,7 @@ async def main(argv: list[str]) -> int:
               for row in [*summaries, *http_floor_rows] if row["errors"]]  # fmt: skip
     failed += [name for name, row in http_results.items()
                if isinstance(row, dict) and row.get("errors")]  # fmt: skip
+    failed += run_queue.failures(queue_results)
     if failed:
         print(f"ERRORS (must be 0): {', '.join(failed)}")
         status = 1

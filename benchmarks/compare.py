@@ -13,6 +13,14 @@ ratio is judged only when that chance is at most MAX_CHANCE, so that a full run
 of ~40 ratios raises a false flag less than once in 20 runs; smoke runs (3
 rounds) are listed, not judged. *Better* is the mirror image; anything else is
 within the spread.
+
+The queue section's drain (``"queue"`` in a result) is deliberately *not*
+judged: its figures are absolute runs/s and claim latencies of one drain per
+side, with no floor run beside them and no rounds, so there is no spread to
+judge a change against (and absolute numbers on this shared machine move with
+its neighbours). The guard prints them side by side, marked "not judged"; its
+hard failures (a run claimed twice, an error, a run left over) fail the run
+that measured them, not the comparison.
 """
 
 from __future__ import annotations
@@ -157,12 +165,33 @@ def warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found
 
 
+QUEUE_SIDES = (("drain_in_process", "in-process"), ("drain_http", "over HTTP"))
+
+
+def queue_lines(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The queue drain's figures of both results, listed and not judged (module docstring)."""
+    lines = []
+    for side, label in QUEUE_SIDES:
+        rows = [(report.get("queue") or {}).get(side) for report in (old, new)]
+        if not any(isinstance(row, dict) for row in rows):
+            continue
+        was, now = (
+            f"{row['runs_per_second']} runs/s, claim p99 {row['claim_p99_ms']} ms"
+            if isinstance(row, dict) else "-"
+            for row in rows
+        )  # fmt: skip
+        lines.append(f"queue drain {label}: {was} -> {now} (not judged: one drain, no spread)")
+    return lines
+
+
 def report(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: str) -> int:
     """Print the comparison; 1 when a ratio got worse beyond the spread, else 0."""
     for warning in warnings(old, new):
         print(f"note: {warning}")
     verdicts = judge(old, new)
     print(format_verdicts(verdicts, old_name, new_name))
+    for line in queue_lines(old, new):
+        print(line)
     return 1 if regressions(verdicts) else 0
 
 

@@ -60,8 +60,9 @@ def server_url() -> str:
     return embedded.database_url(Settings().data_dir, "postgres")
 
 
-def database_url() -> str:
-    return urlunsplit(urlsplit(server_url())._replace(path=f"/{DATABASE}"))
+def database_url(name: str | None = None) -> str:
+    """The data set's database (or database `name`) on the benchmarks' server."""
+    return urlunsplit(urlsplit(server_url())._replace(path=f"/{name or DATABASE}"))
 
 
 async def clone(base: str, name: str) -> None:

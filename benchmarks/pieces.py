@@ -22,7 +22,6 @@ with the spread of the rounds. Pieces:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -97,24 +96,30 @@ async def measure(
     }
 
 
-def middleware_pieces() -> dict[str, tuple[Piece, Piece]]:
+def middleware_apps() -> dict[str, tuple[Any, Any]]:
+    """Each middleware piece: (the trivial app wrapped in it, its baseline app)."""
     from flowforge.api.limits import BodySizeLimit
     from flowforge.api.observability import RequestObservability
     from flowforge.db.replicas import ReplicaRouting
 
-    bare = _asgi(_bare_app)
     return {
-        "request id + metrics": (_asgi(RequestObservability(_bare_app, 0.0)), bare),
+        "request id + metrics": (RequestObservability(_bare_app, 0.0), _bare_app),
         "access line, every request (JSON)": (
-            _asgi(RequestObservability(_bare_app, 1.0)),
-            _asgi(RequestObservability(_bare_app, 0.0)),
+            RequestObservability(_bare_app, 1.0),
+            RequestObservability(_bare_app, 0.0),
         ),
         "access line, ACCESS_LOG_SAMPLE=0.1": (
-            _asgi(RequestObservability(_bare_app, 0.1)),
-            _asgi(RequestObservability(_bare_app, 0.0)),
+            RequestObservability(_bare_app, 0.1),
+            RequestObservability(_bare_app, 0.0),
         ),
-        "body size limit": (_asgi(BodySizeLimit(_bare_app)), bare),
-        "replica routing (none configured)": (_asgi(ReplicaRouting(_bare_app)), bare),
+        "body size limit": (BodySizeLimit(_bare_app), _bare_app),
+        "replica routing (none configured)": (ReplicaRouting(_bare_app), _bare_app),
+    }
+
+
+def middleware_pieces() -> dict[str, tuple[Piece, Piece]]:
+    return {
+        name: (_asgi(app), _asgi(baseline)) for name, (app, baseline) in middleware_apps().items()
     }
 
 
@@ -126,8 +131,9 @@ async def database_pieces(loaded: dataset.Loaded, key: str) -> dict[str, tuple[P
     from flowforge.domain import api_keys, runs
 
     presented = api_keys.parse_key(key)
+    limits = session_settings(get_settings())
     plain = begin_statement({})
-    with_timeouts = begin_statement(session_settings(get_settings()))
+    with_timeouts = begin_statement(limits)
 
     def transaction(statement: str) -> Piece:
         async def call() -> None:
@@ -150,7 +156,7 @@ async def database_pieces(loaded: dataset.Loaded, key: str) -> dict[str, tuple[P
         principal = await api_keys.authenticate(presented)
 
     return {
-        "timeouts: BEGIN; SET LOCAL x4 vs BEGIN": (
+        f"timeouts: BEGIN; SET LOCAL x{len(limits)} vs BEGIN": (
             transaction(with_timeouts),
             transaction(plain),
         ),
@@ -257,17 +263,31 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-async def _main() -> int:
-    sizes = dataset.Sizes.quick()
+async def _main(argv: list[str]) -> int:
+    """`python -m benchmarks.pieces [--runs N] [--rounds R] [--calls C] [--out F]`."""
+    import argparse
+
+    quick = dataset.Sizes.quick()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pieces")
+    parser.add_argument("--runs", type=int, default=quick.runs, help="data set runs (100,000)")
+    parser.add_argument("--workflows", type=int, default=quick.workflows)
+    parser.add_argument("--users", type=int, default=quick.users)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per piece")
+    parser.add_argument(
+        "--calls", type=int, default=3000,
+        help="calls per round of a middleware piece (a tenth, at least 200, for the database's)",
+    )  # fmt: skip
+    parser.add_argument("--out", default=os.environ.get("PIECES_OUT"), help="JSON output path")
+    args = parser.parse_args(argv)
+    sizes = dataset.Sizes(users=args.users, workflows=args.workflows, runs=args.runs)
     loaded = await dataset.prepare(sizes, fresh=False)
-    results = await run_all(loaded)
+    results = await run_all(loaded, rounds=args.rounds, calls=args.calls)
     print(format_table(results))
-    out = os.environ.get("PIECES_OUT")
-    if out:
-        with contextlib.suppress(OSError), open(out, "w") as file:  # noqa: ASYNC230
+    if args.out:
+        with open(args.out, "w") as file:  # noqa: ASYNC230
             json.dump({"sizes": sizes.__dict__, "pieces": results}, file, indent=2)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main()))
+    sys.exit(asyncio.run(_main(sys.argv[1:])))

@@ -14,25 +14,33 @@
 3. **Claim vs depth**: with D runs queued (over 100 workflows), one and eight
    claimers claim 10 runs in a transaction that is rolled back (the depth stays
    D): claims/s and latency. It must not degrade with D.
+
+The two drains (1 and 2) are also a section of ``make bench``
+(:func:`run_section`, in ``<BENCH_DATABASE>_queue``); the depth study stays
+here. After each drain the database itself is asked whether every run was
+claimed exactly once (``workflow_runs.claims``) and completed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 
 from benchmarks import dataset
 
-os.environ.setdefault("BENCH_DATABASE", "flowforge_bench_queue")
-dataset.DATABASE = os.environ["BENCH_DATABASE"]
+DEFAULT_DATABASE = "flowforge_bench_queue"
+BATCH = 10  # runs per claim
+WORKFLOWS = 100  # the queued runs are spread over this many workflows
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,16 +48,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def fresh_database() -> str:
+async def fresh_database(name: str) -> str:
+    """Database `name`, dropped, created and migrated; its URL."""
     admin = await asyncpg.connect(dataset.server_url())
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dataset.DATABASE}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{dataset.DATABASE}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    url = dataset.database_url()
+    url = dataset.database_url(name)
     await asyncio.to_thread(dataset.migrate, url)
     return url
+
+
+async def drop_database(name: str) -> None:
+    admin = await asyncpg.connect(dataset.server_url())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def stock(url: str, workflows: int, runs: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
@@ -87,114 +104,264 @@ async def stock(url: str, workflows: int, runs: int) -> tuple[uuid.UUID, list[uu
     return user, ids
 
 
-async def drain_in_process(runs: int, workers: int, batch: int = 10) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def engine_on(url: str, size: int) -> AsyncIterator[None]:
+    """FlowForge's engine on `url` with a pool of `size`, then back to what it was."""
     from flowforge.core.settings import get_settings
+    from flowforge.db.engine import DB
+
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("FLOWFORGE_ENV", "test")
+    get_settings.cache_clear()
+    DB.reconfigure()
+    try:
+        await DB.start_connection_pool(min_size=size, max_size=size)
+        try:
+            yield
+        finally:
+            await DB.close_connection_pool()
+    finally:
+        if saved is None:
+            os.environ.pop("DATABASE_URL", None)
+        else:
+            os.environ["DATABASE_URL"] = saved
+        get_settings.cache_clear()
+        DB.reconfigure()
+
+
+class Drain:
+    """What the workers of one drain saw: claim latencies, runs, duplicates, errors."""
+
+    def __init__(self, runs: int) -> None:
+        self.expected = runs
+        self.claim_latencies: list[float] = []
+        self.seen: set[uuid.UUID | str] = set()
+        self.duplicates = 0  # runs handed out by more than one claim, as the workers saw it
+        self.completed = 0
+        self.errors: dict[str, int] = {}
+
+    def claimed(self, run_id: uuid.UUID | str) -> None:
+        if run_id in self.seen:
+            self.duplicates += 1
+        self.seen.add(run_id)
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def result(self, seconds: float) -> dict[str, Any]:
+        return {
+            "runs": self.completed,
+            "expected": self.expected,
+            "duplicates": self.duplicates,
+            "errors": sum(self.errors.values()),
+            "error_kinds": self.errors,
+            "seconds": round(seconds, 2),
+            "runs_per_second": round(self.completed / seconds) if seconds else 0,
+            "claims": len(self.claim_latencies),
+            "claim_p50_ms": round(1000 * percentile(self.claim_latencies, 0.5), 2),
+            "claim_p99_ms": round(1000 * percentile(self.claim_latencies, 0.99), 2),
+        }
+
+
+async def drain_in_process(url: str, runs: int, workers: int, batch: int = BATCH) -> dict[str, Any]:
+    """`workers` tasks on FlowForge's engine (one pooled connection each) claim
+    `batch` runs at a time and complete each in its own transaction until the
+    queue is empty."""
+    from flowforge.core.errors import AppError
     from flowforge.db.engine import DB
     from flowforge.domain import queue
     from flowforge.domain import runs as run_ops
 
-    get_settings.cache_clear()
-    DB.reconfigure()
-    await DB.start_connection_pool(min_size=workers, max_size=workers)
-    claim_latencies: list[float] = []
-    seen: set[uuid.UUID] = set()
-    duplicates = 0
+    drain = Drain(runs)
 
     async def worker(number: int) -> None:
-        nonlocal duplicates
         while True:
             started = time.perf_counter()
             async with DB.transaction():
                 claimed = await queue.claim_runs(f"w{number}", limit=batch)
-            claim_latencies.append(time.perf_counter() - started)
+            drain.claim_latencies.append(time.perf_counter() - started)
             if not claimed:
                 return
             for run in claimed:
-                if run["id"] in seen:
-                    duplicates += 1
-                seen.add(run["id"])
-                async with DB.transaction():
-                    await run_ops.transition_run(run["id"], "complete")
+                drain.claimed(run["id"])
+                try:
+                    async with DB.transaction():
+                        await run_ops.transition_run(run["id"], "complete")
+                except AppError as error:  # e.g. a run completed by another claim
+                    drain.error(f"complete: {type(error).__name__}")
+                else:
+                    drain.completed += 1
 
-    started = time.perf_counter()
-    try:
+    async with engine_on(url, workers):
+        started = time.perf_counter()
         await asyncio.gather(*(worker(n) for n in range(workers)))
-    finally:
-        await DB.close_connection_pool()
-    seconds = time.perf_counter() - started
-    return {
-        "runs": len(seen),
-        "expected": runs,
-        "duplicates": duplicates,
-        "seconds": round(seconds, 2),
-        "runs_per_second": round(len(seen) / seconds),
-        "claim_p50_ms": round(1000 * percentile(claim_latencies, 0.5), 2),
-        "claim_p99_ms": round(1000 * percentile(claim_latencies, 0.99), 2),
-    }
+        seconds = time.perf_counter() - started
+    return drain.result(seconds)
 
 
-async def drain_over_http(user: uuid.UUID, runs: int, workers: int) -> dict[str, Any]:
+async def drain_over_http(
+    url: str, user: uuid.UUID, runs: int, workers: int, batch: int = BATCH
+) -> dict[str, Any]:
+    """The same drain through the real app under uvicorn (one worker, pool of
+    `workers` + 2) and `workers` keep-alive clients with a worker-scope key."""
     from benchmarks.http import Connection, uvicorn_app
-    from flowforge.core.settings import get_settings
     from flowforge.db.engine import DB
     from flowforge.db.tables import Scope
     from flowforge.domain import api_keys
 
-    get_settings.cache_clear()
-    DB.reconfigure()
-    await DB.start_connection_pool(min_size=1, max_size=2)
-    try:
-        async with DB.transaction():
-            _, key = await api_keys.create_api_key(user, name="worker", scopes=[Scope.WORKER])
-    finally:
-        await DB.close_connection_pool()
+    async with engine_on(url, 1), DB.transaction():
+        _, key = await api_keys.create_api_key(user, name="worker", scopes=[Scope.WORKER])
     headers = {"Authorization": f"Bearer {key}"}
-    claim_latencies: list[float] = []
-    done = 0
-    errors = 0
-    async with uvicorn_app(1, DB_POOL_MAX_SIZE=str(workers + 2)) as (base, _process):
+    drain = Drain(runs)
+    # Both bounds: `make bench`'s earlier sections leave their own in the environment.
+    pool = str(workers + 2)
+    app_env = {"DATABASE_URL": url, "DB_POOL_MIN_SIZE": pool, "DB_POOL_MAX_SIZE": pool}
+    async with uvicorn_app(1, quiet=True, **app_env) as (base, _process):
         host, port = base.removeprefix("http://").split(":")
 
         async def worker(number: int) -> None:
-            nonlocal done, errors
             connection = Connection(host, int(port))
-            body = json.dumps({"worker_id": f"http-{number}", "limit": 10}).encode()
+            body = json.dumps({"worker_id": f"http-{number}", "limit": batch}).encode()
             try:
                 while True:
                     started = time.perf_counter()
-                    claimed = await claim(connection, body)
-                    claim_latencies.append(time.perf_counter() - started)
-                    if not claimed:
+                    status, payload = await request_json(
+                        connection, "/api/v1/runs/claim", headers, body
+                    )
+                    drain.claim_latencies.append(time.perf_counter() - started)
+                    if status != 200:
+                        drain.error(f"claim: {status}")
+                        return  # the others drain the rest; the check afterwards counts it
+                    if not payload["runs"]:
                         return
-                    for run_id in claimed:
-                        status = await connection.request(
-                            "POST", f"/api/v1/runs/{run_id}/complete", headers
-                        )
+                    for run in payload["runs"]:
+                        drain.claimed(run["id"])
+                        path = f"/api/v1/runs/{run['id']}/complete"
+                        status = await connection.request("POST", path, headers)
                         if status == 200:
-                            done += 1
+                            drain.completed += 1
                         else:
-                            errors += 1
+                            drain.error(f"complete: {status}")
+            except (OSError, ValueError, asyncio.IncompleteReadError) as error:
+                drain.error(f"transport: {type(error).__name__}")
             finally:
                 connection.close()
-
-        async def claim(connection: Connection, body: bytes) -> list[str]:
-            status, payload = await request_json(connection, "/api/v1/runs/claim", headers, body)
-            if status != 200:
-                raise RuntimeError(f"claim: {status} {payload}")
-            return [run["id"] for run in payload["runs"]]
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(n) for n in range(workers)))
         seconds = time.perf_counter() - started
-    return {
-        "runs": done,
-        "expected": runs,
-        "errors": errors,
-        "seconds": round(seconds, 2),
-        "runs_per_second": round(done / seconds),
-        "claim_p50_ms": round(1000 * percentile(claim_latencies, 0.5), 2),
-        "claim_p99_ms": round(1000 * percentile(claim_latencies, 0.99), 2),
-    }
+    return drain.result(seconds)
+
+
+async def verify(url: str) -> dict[str, int]:
+    """From the database: runs claimed more than once, and runs not completed."""
+    connection = await asyncpg.connect(url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT count(*) FILTER (WHERE claims > 1) AS claimed_twice, "
+            "count(*) FILTER (WHERE status <> 'completed') AS left_over FROM workflow_runs"
+        )
+    finally:
+        await connection.close()
+    return {"claimed_twice": int(row["claimed_twice"]), "left": int(row["left_over"])}
+
+
+async def drain(
+    url: str, runs: int, workers: int, *, over_http: bool, app_url: str | None = None
+) -> dict[str, Any]:
+    """Stock `runs` pending runs in database `url`, drain them (in-process or
+    over HTTP, the app on `app_url`: a pooler in front of `url`, or `url`), then
+    check every run was claimed once and completed."""
+    user, _ = await stock(url, WORKFLOWS, runs)
+    target = app_url or url
+    if over_http:
+        result = await drain_over_http(target, user, runs, workers)
+    else:
+        result = await drain_in_process(target, runs, workers)
+    return result | {"workers": workers} | await verify(url)
+
+
+def failures(result: dict[str, Any]) -> list[str]:
+    """What went wrong in a drain section's results (empty: nothing)."""
+    found = []
+    for name in ("drain_in_process", "drain_http"):
+        row = result.get(name)
+        if not isinstance(row, dict):
+            continue
+        problems = [
+            f"{row[field]} {label}"
+            for field, label in (
+                ("duplicates", "handed out twice"),
+                ("claimed_twice", "claimed twice"),
+                ("errors", "errors"),
+                ("left", "not completed"),
+            )
+            if row.get(field)
+        ]
+        if problems:
+            found.append(f"queue {name}: {', '.join(problems)}")
+    return found
+
+
+# `make bench`'s drain section, sized to take 1-2 minutes with its set-up on the
+# shared 2 cores: 20,000 runs a side took 3.5 minutes there at a load average of
+# 9 (316 runs/s in-process, 201 over HTTP), 10,000 about half that.
+SECTION_RUNS = 10_000
+QUICK_SECTION_RUNS = 2_000
+SECTION_WORKERS = 20
+
+
+async def run_section(
+    *, runs: int, workers: int, route: Callable[[str], str] | None = None
+) -> dict[str, Any]:
+    """`make bench`'s queue section: the drain in-process, then over HTTP, each
+    of `runs` runs by `workers` workers, in database ``<BENCH_DATABASE>_queue``
+    (created and migrated for it, dropped after). `route`: the URL FlowForge
+    connects to for a database URL (a pooler in front of it), else direct."""
+    name = f"{dataset.DATABASE}_queue"
+    url = await fresh_database(name)
+    app_url = route(url) if route else url
+    result: dict[str, Any] = {"database": name, "runs": runs, "workers": workers,
+                              "batch": BATCH}  # fmt: skip
+    try:
+        for side, over_http in (("drain_in_process", False), ("drain_http", True)):
+            result[side] = await drain(url, runs, workers, over_http=over_http, app_url=app_url)
+            row = result[side]
+            print(
+                f"  queue {side:<17} {row['runs']:,} runs in {row['seconds']:.1f}s: "
+                f"{row['runs_per_second']} runs/s, claim p50 {row['claim_p50_ms']} ms "
+                f"p99 {row['claim_p99_ms']} ms; duplicates {row['duplicates']}, claimed twice "
+                f"{row['claimed_twice']}, errors {row['errors']}, left {row['left']}",
+                flush=True,
+            )
+    finally:
+        await drop_database(name)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    header = (
+        f"{'queue drain':<20} {'workers':>7} {'runs':>8} {'runs/s':>8} {'claim p50 ms':>13} "
+        f"{'claim p99 ms':>13} {'twice':>6} {'errors':>7} {'left':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for side, label in (("drain_in_process", "in-process"), ("drain_http", "over HTTP")):
+        row = result.get(side)
+        if not isinstance(row, dict):
+            continue
+        lines.append(
+            f"{label:<20} {row['workers']:>7} {row['runs']:>8} {row['runs_per_second']:>8} "
+            f"{row['claim_p50_ms']:>13.2f} {row['claim_p99_ms']:>13.2f} "
+            f"{row['duplicates'] + row['claimed_twice']:>6} {row['errors']:>7} {row['left']:>6}"
+        )
+    lines.append(
+        f"each worker claims {result.get('batch', BATCH)} runs at a time and completes each "
+        "(its own transaction; over HTTP: POST /runs/claim, POST /runs/{id}/complete, one "
+        "uvicorn worker); twice: runs handed out by two claims (workers' view + the runs' "
+        "claim counter); left: runs not completed. All three must be 0."
+    )
+    return "\n".join(lines)
 
 
 async def request_json(
@@ -253,7 +420,7 @@ async def claim_at_depth(url: str, claimers: int, seconds: float = 5.0) -> dict[
     }
 
 
-async def main() -> None:
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--http-runs", type=int, default=10_000)
@@ -261,26 +428,27 @@ async def main() -> None:
     parser.add_argument("--depths", default="10000,100000")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
-    url = await fresh_database()
-    os.environ["DATABASE_URL"] = url
+    url = await fresh_database(os.environ.get("BENCH_DATABASE", DEFAULT_DATABASE))
     os.environ.setdefault("FLOWFORGE_ENV", "test")
     result: dict[str, Any] = {"cores": os.cpu_count()}
     for depth in [int(d) for d in args.depths.split(",")]:
-        await stock(url, 100, depth)
+        await stock(url, WORKFLOWS, depth)
         result[f"depth_{depth}"] = [await claim_at_depth(url, c) for c in (1, 8)]
         print("depth", depth, result[f"depth_{depth}"], flush=True)
-    user, _ = await stock(url, 100, args.runs)
-    result["drain_in_process"] = await drain_in_process(args.runs, args.workers)
+    result["drain_in_process"] = await drain(url, args.runs, args.workers, over_http=False)
     print("in-process", result["drain_in_process"], flush=True)
     if not args.skip_http:
-        user, _ = await stock(url, 100, args.http_runs)
-        result["drain_http"] = await drain_over_http(user, args.http_runs, args.workers)
+        result["drain_http"] = await drain(url, args.http_runs, args.workers, over_http=True)
         print("http", result["drain_http"], flush=True)
     # Kept runs are renamed by hand to queue-<date>.json (docs cite them).
     out = dataset.REPO_ROOT / "benchmarks" / "results" / "queue-latest.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    problems = failures(result)
+    for problem in problems:
+        print(f"ERROR: {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    raise SystemExit(asyncio.run(main()))

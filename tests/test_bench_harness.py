@@ -180,6 +180,68 @@ def test_every_hot_route_runs_over_http_and_in_process(tmp_path: Path) -> None:
     assert all(row["errors"] == 0 and row["app_cpu_ms_per_request"] > 0 for row in rows), rows
 
 
+def test_make_bench_drains_the_queue_in_process_and_over_http(tmp_path: Path) -> None:
+    """`make bench`'s queue section after one operation (whose engine settings, a
+    pool of 20, stay in the environment) and no HTTP runs: both drains empty the
+    queue, every run claimed once and completed, the figures in the JSON."""
+    database = database_name("benchq")
+    out = tmp_path / "bench.json"
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "--runs", "2000", "--workflows", "100",
+             "--users", "10", "--only", "trigger_run", "--rounds", "1", "--operations", "10",
+             "--skip-http", "--queue-runs", "300", "--queue-workers", "4", "--out", str(out)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": database},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        asyncio.run(drop_database(database))
+        asyncio.run(drop_database(f"{database}_queue"))  # dropped by the run; not if it failed
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    queue = json.loads(out.read_text())["queue"]
+    assert (queue["runs"], queue["workers"]) == (300, 4)
+    for side in ("drain_in_process", "drain_http"):
+        row = queue[side]
+        assert row["runs"] == row["expected"] == 300, row
+        assert row["duplicates"] == row["claimed_twice"] == row["errors"] == row["left"] == 0, row
+        assert row["claims"] >= 300 // 10 and row["claim_p99_ms"] >= row["claim_p50_ms"] > 0, row
+    assert "queue drain" in completed.stdout and "over HTTP" in completed.stdout
+
+
+def test_a_run_claimed_twice_or_left_over_fails_the_queue_section() -> None:
+    from benchmarks.queue import failures
+
+    clean = {"duplicates": 0, "claimed_twice": 0, "errors": 0, "left": 0}
+    assert failures({"drain_in_process": clean, "drain_http": clean}) == []
+    assert failures({}) == []  # --skip-queue
+    found = failures(
+        {"drain_in_process": clean | {"claimed_twice": 2}, "drain_http": clean | {"left": 5}}
+    )
+    assert found == [
+        "queue drain_in_process: 2 claimed twice",
+        "queue drain_http: 5 not completed",
+    ]
+
+
+def test_the_guard_lists_the_queue_drain_without_judging_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The drain has no floor and no rounds: no spread to judge a change by."""
+    drain = {"runs_per_second": 300, "claim_p50_ms": 50.0, "claim_p99_ms": 200.0}
+    old = result(bench_row("trigger_run", 1, BEFORE)) | {"queue": {"drain_in_process": drain}}
+    slower = drain | {"runs_per_second": 30, "claim_p99_ms": 2000.0}
+    new = result(bench_row("trigger_run", 1, BEFORE)) | {
+        "queue": {"drain_in_process": slower, "drain_http": drain}
+    }
+    assert [v.operation for v in guard.judge(old, new)] == ["trigger_run"]
+    assert guard.report(old, new, "old", "new") == 0
+    out = capsys.readouterr().out
+    assert "queue drain in-process: 300 runs/s, claim p99 200.0 ms -> 30 runs/s" in out
+    assert "queue drain over HTTP: - -> 300 runs/s" in out
+    assert out.count("not judged: one drain") == 2
+
+
 def test_a_file_that_is_not_a_result_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("[1, 2]")
     result = subprocess.run(
@@ -222,7 +284,7 @@ def test_every_operation_runs_on_both_sides(tmp_path: Path) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks", "--runs", "2000", "--workflows", "100",
              "--users", "10", "--rounds", "1", "--operations", "10", "--skip-http",
-             "--fresh", "--out", str(out)],
+             "--skip-queue", "--fresh", "--out", str(out)],
             cwd=REPO_ROOT,
             env={**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": database},
             capture_output=True,
@@ -356,3 +418,30 @@ def test_a_lock_hold_is_a_run_of_consecutive_samples() -> None:
     result = watch.result()
     assert result["longest_exclusive_seconds"] == 0.1
     assert result["longest_exclusive_on"] == "workflow_runs"
+
+
+def test_the_http_comparison_gives_every_caller_two_calls_and_enough_runs_at_c128() -> None:
+    from benchmarks import http_floor
+
+    assert http_floor.CONCURRENCIES == (1, 32, 128)
+    for name in http_floor.HTTP_ROUTES:
+        for concurrency in http_floor.CONCURRENCIES:
+            assert http_floor.calls_per_round(name, concurrency, 100) >= 2 * concurrency
+    # Runs started by the transition rounds: both sides' rounds and warm-ups at each concurrency.
+    transition = "transition (start+complete)"
+    taken = sum(
+        2 * 3 * http_floor.calls_per_round(transition, c, 100)
+        + 2 * min(http_floor.WARMUP, http_floor.calls_per_round(transition, c, 100))
+        for c in http_floor.CONCURRENCIES
+    )
+    assert http_floor.pending_runs_needed(http_floor.CONCURRENCIES, 100, 3) > taken
+
+
+def test_the_help_documents_the_queue_section() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 0
+    for flag in ("--skip-queue", "--queue-runs", "--queue-workers"):
+        assert flag in completed.stdout
