@@ -124,7 +124,7 @@ def routes(
     """Each hot route: (its HTTP request, the in-process work it wraps)."""
     from flowforge.api.deps import request_transaction
     from flowforge.db.tables import RunStatus
-    from flowforge.domain import runs, users
+    from flowforge.domain import history, runs, users
     from flowforge.domain.api_keys import parse_key
 
     headers = {"Authorization": f"Bearer {key}"}
@@ -186,12 +186,23 @@ def routes(
         async with request_transaction(presented) as principal:
             return await runs.get_run(sample[n % len(sample)], owner_id=principal.owner_filter)
 
+    async def history_http(connection: Connection, n: int) -> int:
+        path = f"/api/v1/runs/{sample[n % len(sample)]}/history"
+        return await connection.request("GET", path, headers)
+
+    async def history_local(n: int) -> Any:
+        async with request_transaction(presented) as principal:
+            return await history.list_run_history(
+                sample[n % len(sample)], owner_id=principal.owner_filter
+            )
+
     return {
         "authenticate (GET /me)": (me_http, me_local),
         "trigger_run": (trigger_http, trigger_local),
         "transition (start+complete)": (transition_http, transition_local),
         "list_runs_page": (list_http, list_local),
         "get_run_with_logs": (get_http, get_local),
+        "get_run_history": (history_http, history_local),
     }
 
 
@@ -201,8 +212,9 @@ HTTP_ROUTES = (
     "transition (start+complete)",
     "list_runs_page",
     "get_run_with_logs",
+    "get_run_history",
 )
-READ_ROUTES = {"authenticate (GET /me)", "list_runs_page", "get_run_with_logs"}
+READ_ROUTES = {"authenticate (GET /me)", "list_runs_page", "get_run_with_logs", "get_run_history"}
 
 
 def calls_per_round(name: str, concurrency: int, operations: int) -> int:

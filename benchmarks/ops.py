@@ -364,6 +364,44 @@ def get_run_with_logs(ctx: Context) -> tuple[Operation, Operation]:
     return flowforge, floor
 
 
+def get_run_history(ctx: Context) -> tuple[Operation, Operation]:
+    """A page of a run's history, as `GET /api/v1/runs/{id}/history` reads it (an
+    admin's: no owner filter). The sample runs have a history (dataset.HISTORY_OF_SAMPLE).
+    The floor runs the very statement FlowForge sends
+    (flowforge.db.sql.history.RUN_HISTORY_PAGE) and shapes the same page: the
+    entries as dicts without the visibility column, the next page's cursor."""
+    from flowforge.db.engine import DB
+    from flowforge.db.sql.history import RUN_HISTORY_PAGE
+    from flowforge.domain import history
+    from flowforge.domain.pagination import DEFAULT_LIMIT, encode_cursor
+
+    sample = ctx.loaded.sample_run_ids
+
+    async def flowforge(n: int) -> Any:
+        async with DB.transaction():
+            return await history.list_run_history(sample[n % len(sample)], limit=DEFAULT_LIMIT)
+
+    async def floor(n: int) -> Any:
+        async with ctx.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                RUN_HISTORY_PAGE, sample[n % len(sample)], DEFAULT_LIMIT + 1, None, None, None
+            )
+        if not rows:
+            raise LookupError("run not found")
+        entries = []
+        for row in rows:
+            if row["id"] is not None:
+                entry = dict(row)
+                del entry["visible_run_id"]
+                entries.append(entry)
+        if len(entries) > DEFAULT_LIMIT:
+            entries = entries[:DEFAULT_LIMIT]
+            return entries, encode_cursor(entries[-1]["recorded_at"], entries[-1]["id"])
+        return entries, None
+
+    return flowforge, floor
+
+
 LOG_FIELDS = (
     "id", "created_at", "updated_at", "run_id", "step_id", "step_position", "step_name",
     "attempt", "status", "input", "output", "error", "started_at", "finished_at", "run_created_at",
@@ -492,6 +530,7 @@ OPERATIONS: dict[str, Callable[[Context], tuple[Operation, Operation]]] = {
     "run_lifecycle": run_lifecycle,
     "list_runs_page": list_runs_page,
     "get_run_with_logs": get_run_with_logs,
+    "get_run_history": get_run_history,
     "authenticate_key": authenticate_key,
     "drain_outbox": drain_outbox,
     "claim_lifecycle": claim_lifecycle,

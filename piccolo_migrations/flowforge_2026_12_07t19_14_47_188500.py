@@ -41,7 +41,20 @@ LOCKS = [
     # The foreign keys of the new table.
     "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE",
 ]
+# Backwards needs users too: DROP TABLE workflow_versions drops its foreign key
+# to users, and PostgreSQL takes ACCESS EXCLUSIVE on the referenced table to
+# drop the key's triggers there. Left to the DROP TABLE, that wait ran under the
+# 5 s timeout while this migration held the tables below, behind requests that
+# had read users (every request's authentication joins it) and were queued on
+# workflow_runs behind this migration: a deadlock, broken only by
+# deadlock_timeout (1 s), with a failed request or a failed migration
+# (benchmarks.migrations at 1M runs: 0.92-0.95 s of ACCESS EXCLUSIVE, requests
+# stalled 1.0-1.1 s; the statements themselves take ~15-25 ms). Taken first, in
+# the bounded try, it is waited for while this migration holds nothing (the
+# requests that read users finish), and a try that still meets a cycle gives up
+# after LOCK_TRY, well before any request's deadlock check.
 BACKWARDS_LOCKS = [
+    "LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
     "LOCK TABLE workflow_runs, workflow_steps, workflow_versions, workflows "
     "IN ACCESS EXCLUSIVE MODE",
 ]

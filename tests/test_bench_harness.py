@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -445,3 +446,54 @@ def test_the_help_documents_the_queue_section() -> None:
     assert completed.returncode == 0
     for flag in ("--skip-queue", "--queue-runs", "--queue-workers"):
         assert flag in completed.stdout
+
+
+async def test_the_data_set_gives_its_sample_runs_the_history_the_triggers_write(
+    database_url: str,
+) -> None:
+    """The load runs with triggers off; the sample runs (the ones get_run_history
+    reads) get their history from the loader: for each, the run's own entries
+    chain from its creation to its status, and each attempt's from running to its
+    status, as the triggers record them."""
+    import asyncpg
+
+    from benchmarks import dataset
+    from tests import support
+
+    name = database_name("bench_history")
+    url = await support.create_database(name, template=database_name("template"))
+    try:
+        connection = await asyncpg.connect(url)
+        try:
+            loaded = await dataset.load(connection, dataset.Sizes(users=5, workflows=20, runs=2000))
+            runs = await connection.fetch(
+                "SELECT id, status FROM workflow_runs WHERE id = ANY($1::uuid[])",
+                loaded.sample_run_ids,
+            )
+            entries = await connection.fetch(
+                "SELECT run_id, step_log_id, from_status, to_status FROM run_history "
+                "ORDER BY recorded_at, id"
+            )
+            attempts = await connection.fetch(
+                "SELECT id, status FROM run_step_logs WHERE run_id = ANY($1::uuid[])",
+                loaded.sample_run_ids,
+            )
+        finally:
+            await connection.close()
+    finally:
+        await drop_database(name)
+    assert len(runs) == len(loaded.sample_run_ids) > 0
+    assert {entry["run_id"] for entry in entries} == set(loaded.sample_run_ids)
+    chains: dict[object, list[tuple[str | None, str]]] = {}
+    for entry in entries:
+        key = entry["step_log_id"] or entry["run_id"]
+        chains.setdefault(key, []).append((entry["from_status"], entry["to_status"]))
+    for status_of in (
+        {r["id"]: r["status"] for r in runs},
+        {a["id"]: a["status"] for a in attempts},
+    ):
+        for key, status in status_of.items():
+            chain = chains[key]
+            assert chain[0][0] is None, chain
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(chain)), chain
+            assert chain[-1][1] == status, chain

@@ -3,6 +3,7 @@ resumable backfill, backwards and forwards again without losing a row."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -192,3 +193,31 @@ async def test_stepping_back_refuses_to_drop_later_versions_unless_told(
     )
     assert orphaned[0]["n"] == 3 * 3
     forwards(scratch_url)
+
+
+async def test_stepping_back_the_expand_does_not_deadlock_a_request(scratch_url: str) -> None:
+    """A request has read users (its authentication joins it) and reads runs next,
+    while the expand is stepped back. Dropping workflow_versions drops its key to
+    users, which takes ACCESS EXCLUSIVE on users: taken by the DROP TABLE, behind
+    the migration's locks on the runs, it deadlocked with such a request
+    (benchmarks.migrations at 1M runs: 1 s stalls, then a failed request or a failed
+    migration). Both now finish, and the schema is the one before the expand."""
+    await populate_before_versions(scratch_url)
+    old_schema = await inventory(scratch_url)
+    forwards(scratch_url, EXPAND)
+    request = await asyncpg.connect(scratch_url)
+    try:
+        async with request.transaction():
+            await request.fetchval("SELECT count(*) FROM users")
+            stepping_back = asyncio.create_task(asyncio.to_thread(backwards, scratch_url, EXPAND))
+            # The migration waits for a lock (users, which this request holds).
+            await support.wait_for_lock_waiter(scratch_url, "")
+            runs = await asyncio.wait_for(
+                request.fetchval("SELECT count(*) FROM workflow_runs"), timeout=10
+            )
+        assert runs == WORKFLOWS * 3
+        await stepping_back
+    finally:
+        await request.close()
+    assert await inventory(scratch_url) == old_schema
+    assert (await support.applied_migrations(scratch_url))[("flowforge", EXPAND)] == 0

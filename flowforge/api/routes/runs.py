@@ -248,6 +248,7 @@ ENCODE_RUN = body_encoder(RunOut)
 ENCODE_TRIGGERED = body_encoder(RunTriggered)
 ENCODE_DETAIL = body_encoder(RunDetail)
 ENCODE_PAGE = body_encoder(Page[RunOut])
+ENCODE_HISTORY_PAGE = body_encoder(Page[RunHistoryOut])
 
 
 IdempotencyKey = Annotated[
@@ -362,15 +363,17 @@ async def get_run(run_id: UUID, response: Response, principal: ReadPrincipal) ->
 
 @router.get(
     "/runs/{run_id}/history",
+    response_model=Page[RunHistoryOut],
     summary="List a run's history, oldest first",
     responses=error_responses(404),
 )
 async def list_run_history(
     run_id: UUID,
+    response: Response,
     principal: ReadPrincipal,
     limit: Annotated[Limit, Query()] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[Cursor, Query()] = None,
-) -> Page[RunHistoryOut]:
+) -> Response:
     """Every state change of the run and of its step attempts (from, to, when, why, by
     whom), oldest first. Keyset pagination: pass `next_cursor` back as `cursor`.
     History is recorded from the migration that introduced it on; it is pruned with
@@ -379,8 +382,8 @@ async def list_run_history(
     items, next_cursor = await history.list_run_history(
         run_id, limit=limit, cursor=cursor, owner_id=principal.owner_filter
     )
-    return Page[RunHistoryOut](
-        items=[RunHistoryOut(**item) for item in items], next_cursor=next_cursor
+    return json_response(
+        {"items": items, "next_cursor": next_cursor}, ENCODE_HISTORY_PAGE, response
     )
 
 
