@@ -1,6 +1,7 @@
 """The run queue under load (issue 18): drain throughput and claim latency vs queue depth.
 
-``python -m benchmarks.queue [--runs N] [--workers W] [--depths 10000,100000]``
+``python -m benchmarks.queue [--runs N] [--workers W] [--depths 10000,1000000]
+[--depth-rounds R] [--depth-seconds S] [--skip-depths] [--skip-drains] [--skip-http]``
 (DATABASE_URL: the server; BENCH_DATABASE: the database, default
 ``flowforge_bench_queue``, rebuilt each time). Three figures:
 
@@ -11,9 +12,12 @@
 2. **Drain over HTTP**: the same against the real app under uvicorn
    (``POST /api/v1/runs/claim`` then ``POST /api/v1/runs/{id}/complete``), a
    worker-scope key, W keep-alive clients.
-3. **Claim vs depth**: with D runs queued (over 100 workflows), one and eight
-   claimers claim 10 runs in a transaction that is rolled back (the depth stays
-   D): claims/s and latency. It must not degrade with D.
+3. **Claim vs depth**: one database per depth D (D runs queued over 100
+   workflows); one and eight claimers claim 10 runs in a transaction that is
+   rolled back (the depth stays D), every depth in each of R interleaved (ABBA)
+   rounds: claims/s and latency per depth, and per round the deepest queue's
+   claims/s over the shallowest's (median and spread). It must not degrade
+   with D: the ratio stays near 1.
 
 The two drains (1 and 2) are also a section of ``make bench``
 (:func:`run_section`, in ``<BENCH_DATABASE>_queue``); the depth study stays
@@ -391,6 +395,7 @@ async def claim_at_depth(url: str, claimers: int, seconds: float = 5.0) -> dict[
 
     pool = await asyncpg.create_pool(url, min_size=claimers, max_size=claimers)
     latencies: list[float] = []
+    empty = [0]
     deadline = time.perf_counter() + seconds
 
     async def claimer(number: int) -> None:
@@ -405,8 +410,10 @@ async def claim_at_depth(url: str, claimers: int, seconds: float = 5.0) -> dict[
                 ]
                 rows = await connection.fetch(queue_sql.CLAIM_RUNS, ids, 10, f"d{number}")
                 await transaction.rollback()
-                assert rows
                 latencies.append(time.perf_counter() - started)
+                # Nothing left unlocked by the other claimers (each locks a fair
+                # share plus one run per workflow): counted, not a failure.
+                empty[0] += not rows
 
     try:
         await asyncio.gather(*(claimer(n) for n in range(claimers)))
@@ -417,7 +424,96 @@ async def claim_at_depth(url: str, claimers: int, seconds: float = 5.0) -> dict[
         "claims_per_second": round(len(latencies) / seconds),
         "p50_ms": round(1000 * statistics.median(latencies), 2),
         "p99_ms": round(1000 * percentile(latencies, 0.99), 2),
+        "empty_claims": empty[0],
     }
+
+
+DEPTH_CLAIMERS = (1, 8)
+MIN_DEPTH = 20 * WORKFLOWS
+
+
+async def depth_study(
+    database: str, depths: list[int], *, rounds: int, seconds: float
+) -> dict[str, Any]:
+    """Claim rate against queue depth, judged as a ratio over interleaved rounds.
+
+    One database per depth (``<database>_d<depth>``, stocked once: D pending
+    runs over WORKFLOWS workflows), then for 1 and 8 claimers, `rounds` rounds
+    that each measure every depth for `seconds` (claims of 10 rolled back, so
+    the depth stays D), the order reversed every other round (ABBA): a noisy
+    neighbour slows both sides of a round alike. Per round, the deepest queue's
+    claims/s over the shallowest's; the median of those and their spread are
+    the verdict (1.0: depth costs nothing).
+    """
+    urls = {}
+    for depth in depths:
+        urls[depth] = await fresh_database(f"{database}_d{depth}")
+        started = time.perf_counter()
+        await stock(urls[depth], WORKFLOWS, depth)
+        print(f"depth {depth:,} stocked in {time.perf_counter() - started:.0f}s", flush=True)
+    shallow, deep = depths[0], depths[-1]
+    study: dict[str, Any] = {"depths": depths, "rounds": rounds, "seconds": seconds,
+                             "workflows": WORKFLOWS, "claimers": {}}  # fmt: skip
+    try:
+        for claimers in DEPTH_CLAIMERS:
+            await claim_at_depth(urls[shallow], claimers, min(seconds, 1.0))  # warm-up
+            per_depth: dict[int, list[dict[str, Any]]] = {depth: [] for depth in depths}
+            ratios = []
+            for index in range(rounds):
+                order = depths if index % 2 == 0 else depths[::-1]
+                for depth in order:
+                    per_depth[depth].append(await claim_at_depth(urls[depth], claimers, seconds))
+                ratios.append(
+                    per_depth[deep][-1]["claims_per_second"]
+                    / max(per_depth[shallow][-1]["claims_per_second"], 1)
+                )
+            study["claimers"][str(claimers)] = {
+                "per_depth": {
+                    str(depth): {
+                        "claims_per_second": statistics.median(
+                            row["claims_per_second"] for row in rows
+                        ),
+                        "p50_ms": statistics.median(row["p50_ms"] for row in rows),
+                        "p99_ms": statistics.median(row["p99_ms"] for row in rows),
+                        "rounds": rows,
+                    }
+                    for depth, rows in per_depth.items()
+                },
+                "deep_over_shallow": statistics.median(ratios),
+                "ratio_spread": [min(ratios), max(ratios)],
+                "ratio_rounds": ratios,
+            }
+    finally:
+        for depth in depths:
+            await drop_database(f"{database}_d{depth}")
+    return study
+
+
+def format_depth_study(study: dict[str, Any]) -> str:
+    shallow, deep = study["depths"][0], study["depths"][-1]
+    header = (
+        f"{'claim of 10 vs depth':<22} {'claimers':>8} "
+        + " ".join(f"{f'{d:,} claims/s (p99 ms)':>26}" for d in study["depths"])
+        + f" {f'{deep:,} / {shallow:,} [rounds]':>28}"
+    )
+    lines = [header, "-" * len(header)]
+    for claimers, row in study["claimers"].items():
+        cells = " ".join(
+            f"{row['per_depth'][str(d)]['claims_per_second']:>14.0f} "
+            f"({row['per_depth'][str(d)]['p99_ms']:>7.1f})    "
+            for d in study["depths"]
+        )
+        low, high = row["ratio_spread"]
+        lines.append(
+            f"{'':<22} {claimers:>8} {cells} "
+            f"{row['deep_over_shallow']:>10.2f} [{low:.2f}-{high:.2f}]"
+        )
+    lines.append(
+        f"median of {study['rounds']} ABBA rounds of {study['seconds']:g} s per depth "
+        f"({study['workflows']} workflows); ratio: claims/s at the deepest queue over the "
+        "shallowest, per round (1.0: depth costs nothing)"
+    )
+    return "\n".join(lines)
 
 
 async def main() -> int:
@@ -425,21 +521,52 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--http-runs", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=20)
-    parser.add_argument("--depths", default="10000,100000")
+    parser.add_argument(
+        "--depths",
+        default="10000,1000000",
+        help="queue depths of the depth study, each a database of its own",
+    )
+    parser.add_argument(
+        "--depth-rounds", type=int, default=7, help="ABBA rounds of the depth study (default 7)"
+    )
+    parser.add_argument(
+        "--depth-seconds",
+        type=float,
+        default=3.0,
+        help="seconds of claiming per depth per round (default 3)",
+    )
+    parser.add_argument("--skip-depths", action="store_true", help="only the drains")
+    parser.add_argument("--skip-drains", action="store_true", help="only the depth study")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
-    url = await fresh_database(os.environ.get("BENCH_DATABASE", DEFAULT_DATABASE))
+    if args.depth_rounds < 1 or args.depth_seconds <= 0:
+        parser.error("--depth-rounds must be at least 1 and --depth-seconds positive")
+    try:
+        if min(int(d) for d in args.depths.split(",")) < MIN_DEPTH:
+            parser.error(
+                f"--depths: each at least {MIN_DEPTH} (8 claimers, each locking a fair "
+                f"share plus one run of each of {WORKFLOWS} workflows, need runs to claim)"
+            )
+    except ValueError:
+        parser.error("--depths: comma-separated integers, e.g. 10000,1000000")
+    database = os.environ.get("BENCH_DATABASE", DEFAULT_DATABASE)
     os.environ.setdefault("FLOWFORGE_ENV", "test")
     result: dict[str, Any] = {"cores": os.cpu_count()}
-    for depth in [int(d) for d in args.depths.split(",")]:
-        await stock(url, WORKFLOWS, depth)
-        result[f"depth_{depth}"] = [await claim_at_depth(url, c) for c in (1, 8)]
-        print("depth", depth, result[f"depth_{depth}"], flush=True)
-    result["drain_in_process"] = await drain(url, args.runs, args.workers, over_http=False)
-    print("in-process", result["drain_in_process"], flush=True)
-    if not args.skip_http:
-        result["drain_http"] = await drain(url, args.http_runs, args.workers, over_http=True)
-        print("http", result["drain_http"], flush=True)
+    depths = sorted(int(d) for d in args.depths.split(","))
+    if args.skip_depths:
+        result["depth_study"] = None
+    else:
+        result["depth_study"] = await depth_study(
+            database, depths, rounds=args.depth_rounds, seconds=args.depth_seconds
+        )
+        print(format_depth_study(result["depth_study"]), flush=True)
+    if not args.skip_drains:
+        url = await fresh_database(database)
+        result["drain_in_process"] = await drain(url, args.runs, args.workers, over_http=False)
+        print("in-process", result["drain_in_process"], flush=True)
+        if not args.skip_http:
+            result["drain_http"] = await drain(url, args.http_runs, args.workers, over_http=True)
+            print("http", result["drain_http"], flush=True)
     # Kept runs are renamed by hand to queue-<date>.json (docs cite them).
     out = dataset.REPO_ROOT / "benchmarks" / "results" / "queue-latest.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -497,3 +497,48 @@ async def test_the_data_set_gives_its_sample_runs_the_history_the_triggers_write
             assert chain[0][0] is None, chain
             assert all(a[1] == b[0] for a, b in itertools.pairwise(chain)), chain
             assert chain[-1][1] == status, chain
+
+
+def test_the_queue_depth_study_interleaves_its_depths_and_reports_a_ratio() -> None:
+    """`python -m benchmarks.queue --skip-drains` as the README spells it, tiny: a
+    database per depth, stocked and dropped; each claimer count measured at every
+    depth in every round, and the deep-over-shallow ratio taken per round."""
+    database = database_name("benchdepth")
+    depths = (2000, 4000)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.queue", "--skip-drains",
+             "--depths", ",".join(map(str, depths)), "--depth-rounds", "2",
+             "--depth-seconds", "0.3"],
+            cwd=REPO_ROOT,
+            env={**os.environ, "DATABASE_URL": server_url(), "BENCH_DATABASE": database},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        for depth in depths:
+            asyncio.run(
+                drop_database(f"{database}_d{depth}")
+            )  # dropped by the run; not if it failed
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    study = json.loads((REPO_ROOT / "benchmarks/results/queue-latest.json").read_text())[
+        "depth_study"
+    ]
+    assert study["depths"] == list(depths) and study["rounds"] == 2
+    assert set(study["claimers"]) == {"1", "8"}
+    for row in study["claimers"].values():
+        assert set(row["per_depth"]) == {"2000", "4000"}
+        for depth in row["per_depth"].values():
+            assert len(depth["rounds"]) == 2 and depth["claims_per_second"] > 0
+        assert len(row["ratio_rounds"]) == 2
+        low, high = row["ratio_spread"]
+        assert low <= row["deep_over_shallow"] <= high and low > 0
+    assert "claim of 10 vs depth" in completed.stdout
+
+
+def test_the_queue_benchmark_refuses_a_depth_too_shallow_to_claim_from() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.queue", "--depths", "10,10000"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert "--depths: each at least 2000" in completed.stderr
