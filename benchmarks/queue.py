@@ -391,9 +391,15 @@ async def request_json(
 
 async def claim_at_depth(url: str, claimers: int, seconds: float = 5.0) -> dict[str, Any]:
     """Claims of 10 rolled back (the depth stays put), `claimers` at once, for `seconds`."""
+    from flowforge.core.settings import get_settings
+    from flowforge.db.engine import session_settings
     from flowforge.db.sql import queue as queue_sql
 
-    pool = await asyncpg.create_pool(url, min_size=claimers, max_size=claimers)
+    # FlowForge's session settings (timeouts, jit off), as its engine connects.
+    pool = await asyncpg.create_pool(
+        url, min_size=claimers, max_size=claimers,
+        server_settings=session_settings(get_settings()),
+    )  # fmt: skip
     latencies: list[float] = []
     empty = [0]
     deadline = time.perf_counter() + seconds

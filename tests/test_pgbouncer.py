@@ -88,10 +88,12 @@ async def test_idle_in_transaction_limit_holds_through_pgbouncer(engine: FlowFor
     async with engine.transaction():
         rows = await engine.fetch(
             "SELECT current_setting('statement_timeout') AS st, "
-            "current_setting('idle_in_transaction_session_timeout') AS idle"
+            "current_setting('idle_in_transaction_session_timeout') AS idle, "
+            "current_setting('jit') AS jit"
         )
     assert rows[0]["st"] == "1s"
     assert rows[0]["idle"] == "31s"
+    assert rows[0]["jit"] == "off"  # FlowForge's statements are never JIT-compiled
 
 
 async def test_extra_session_settings_become_set_local_behind_pgbouncer(

@@ -101,6 +101,11 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "statement_timeout": str(int(settings.statement_timeout * 1000)),
         # Never sit idle inside a transaction holding locks (a stuck client).
         "idle_in_transaction_session_timeout": str(int((settings.statement_timeout + 30) * 1000)),
+        # No JIT compilation: FlowForge's statements are short OLTP statements,
+        # and a plan whose estimate crosses jit_above_cost (the claim's, once a
+        # million runs are queued) spent ~50 ms compiling for ~5 ms of work,
+        # halving claim throughput at that depth (docs/decisions/06-connection-pool.md).
+        "jit": "off",
     }
 
 
